@@ -1,0 +1,167 @@
+//! Alerts that follow from one order on its own (the stateful detectors live elsewhere).
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::MatchedCode;
+use crate::codes::{CodeTable, EntryId};
+use crate::ids::alert_id;
+use crate::schema::{Alert, AlertKind, InvalidReason, Status, ValidOrder};
+use crate::settings::ForeignCodeRule;
+use crate::timefmt::format_instant;
+
+/// The parts of the decision the alerts need.
+pub struct OutcomeView<'o> {
+    pub status: Status,
+    pub foreign_code_decided: bool,
+    pub decisive_code: Option<EntryId>,
+    pub winner: Option<&'o str>,
+    pub foreign_rule: ForeignCodeRule,
+}
+
+fn kind_for(reason: InvalidReason) -> Option<AlertKind> {
+    match reason {
+        InvalidReason::CodeExpired => Some(AlertKind::ExpiredCodeUsed),
+        InvalidReason::CodeNotYetActive => Some(AlertKind::NotYetActiveCodeUsed),
+        InvalidReason::CodeInactive => Some(AlertKind::InactiveCodeUsed),
+        InvalidReason::CodeRestricted => Some(AlertKind::RestrictedCodeUsed),
+        InvalidReason::PartnerContractInactive => Some(AlertKind::CodeOwnerContractInactive),
+        _ => None,
+    }
+}
+
+/// Builds alerts that share the order's identity; ids are derived from the kind, the order and
+/// the code, so the same order always raises the same alerts with the same ids.
+struct OrderAlerts<'a, 't> {
+    order: &'a ValidOrder<'a>,
+    table: &'t CodeTable,
+    alerts: Vec<Alert<'a>>,
+}
+
+impl<'a, 't: 'a> OrderAlerts<'a, 't> {
+    fn push(
+        &mut self,
+        kind: AlertKind,
+        code: Option<&MatchedCode<'a>>,
+        other_partner: Option<&'a str>,
+        detail: Value,
+    ) {
+        let order = &self.order.order;
+        let code_id = code.map(|m| self.table.code_id(m.entry));
+        let id = alert_id(&[
+            kind.as_str(),
+            &order.program_id,
+            &order.event_type,
+            &order.order_id,
+            code_id.unwrap_or(""),
+        ]);
+        if self.alerts.iter().any(|a| a.alert_id == id) {
+            return;
+        }
+        self.alerts.push(Alert {
+            schema_version: crate::schema::alert::SCHEMA_VERSION,
+            alert_id: id,
+            kind,
+            severity: kind.severity(),
+            program_id: Cow::Borrowed(&order.program_id),
+            order_ids: vec![Cow::Borrowed(&order.order_id)],
+            code_id: code_id.map(Cow::Borrowed),
+            code: code.map(|m| Cow::Borrowed(m.entered)),
+            owner_partner_id: code
+                .and_then(|m| self.table.entry(m.entry).owner_partner_id.as_deref())
+                .map(Cow::Borrowed),
+            other_partner_id: other_partner.map(Cow::Borrowed),
+            event_time: Cow::Borrowed(&order.event_time),
+            code_table_version: Cow::Borrowed(self.table.version()),
+            count: 1,
+            detail,
+        });
+    }
+}
+
+pub fn per_order_alerts<'a, 't: 'a>(
+    order: &'a ValidOrder<'a>,
+    table: &'t CodeTable,
+    matched: &[MatchedCode<'a>],
+    outcome: &OutcomeView<'a>,
+) -> Vec<Alert<'a>> {
+    let mut out = OrderAlerts {
+        order,
+        table,
+        alerts: Vec::new(),
+    };
+    for code in matched {
+        let entry = table.entry(code.entry);
+        if let Err(reason) = code.validity
+            && let Some(kind) = kind_for(reason)
+        {
+            let detail = json!({
+                "reason": reason.as_str(),
+                "active_start": entry.start.as_ref().map(format_instant),
+                "active_end": entry.end.as_ref().map(format_instant),
+                "code_type": entry.code_type,
+                "conversion_status": outcome.status,
+            });
+            out.push(kind, Some(code), outcome.winner, detail);
+        }
+        if code.owners_differ
+            && let Some(program) = table.program(&order.order.program_id)
+        {
+            let candidates: Vec<Value> = table
+                .all_matches(program, code.entered)
+                .into_iter()
+                .map(|id| {
+                    let e = table.entry(id);
+                    json!({"code_id": table.code_id(id), "owner_partner_id": e.owner_partner_id, "priority": e.priority})
+                })
+                .collect();
+            out.push(
+                AlertKind::AmbiguousCodeMatch,
+                Some(code),
+                None,
+                json!({ "matches": candidates }),
+            );
+        }
+    }
+    let valid_owners: BTreeSet<&str> = matched
+        .iter()
+        .filter(|m| m.validity.is_ok())
+        .filter_map(|m| table.entry(m.entry).owner_partner_id.as_deref())
+        .collect();
+    if valid_owners.len() >= 2 {
+        let decisive = matched
+            .iter()
+            .find(|m| Some(m.entry) == outcome.decisive_code);
+        let codes: Vec<&str> = matched
+            .iter()
+            .filter(|m| m.validity.is_ok())
+            .map(|m| table.code_id(m.entry))
+            .collect();
+        out.push(
+            AlertKind::MultiplePartnerCodes,
+            decisive,
+            None,
+            json!({ "owners": valid_owners, "code_ids": codes }),
+        );
+    }
+    if outcome.foreign_code_decided
+        && let Some(code) = matched
+            .iter()
+            .find(|m| Some(m.entry) == outcome.decisive_code)
+    {
+        let detail = json!({
+            "credit_policy": table.entry(code.entry).credit_policy,
+            "foreign_code": outcome.foreign_rule,
+            "conversion_status": outcome.status,
+        });
+        out.push(
+            AlertKind::CodeUsedByUnauthorizedPartner,
+            Some(code),
+            outcome.winner,
+            detail,
+        );
+    }
+    out.alerts
+}

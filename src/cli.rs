@@ -1,0 +1,183 @@
+//! The `promo-attribution` command line.
+//!
+//! Exit codes: 0 success; 1 the code table (or another input that must be valid as a whole) is
+//! invalid; 2 usage, configuration or I/O errors.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::codes::CodeTable;
+use crate::codes::table::BuildOptions;
+use crate::offline::{self, Sinks, TableError};
+use crate::settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "promo-attribution",
+    version,
+    about = "Credits orders to partners from promo codes and clicks (impact.com rules) and flags code misuse."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Decide orders from a JSON-lines file (or stdin) against CSV code tables, without services.
+    Attribute(AttributeArgs),
+    /// Show, step by step, how one order is decided.
+    Explain(ExplainArgs),
+}
+
+/// Where the code table and settings come from in the offline modes.
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// Codes in impact.com's bulk-upload CSV format.
+    #[arg(long, value_name = "FILE")]
+    pub codes: PathBuf,
+    /// Partners CSV (Partner Id, Status, Contract Start, Contract End, Referral Window Days, Credit Group).
+    #[arg(long, value_name = "FILE")]
+    pub partners: Option<PathBuf>,
+    /// Settings TOML (attribution rules, input limits).
+    #[arg(long, value_name = "FILE")]
+    pub settings: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttributeArgs {
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// Orders, one JSON object per line; stdin when omitted.
+    #[arg(long, value_name = "FILE")]
+    pub orders: Option<PathBuf>,
+    /// Where conversions go, one per order in input order; stdout when omitted.
+    #[arg(long, value_name = "FILE")]
+    pub conversions: Option<PathBuf>,
+    /// Where alerts go; discarded when omitted.
+    #[arg(long, value_name = "FILE")]
+    pub alerts: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub table: TableArgs,
+    /// One order as JSON; `-` reads stdin.
+    #[arg(value_name = "ORDER.json")]
+    pub order: PathBuf,
+}
+
+/// A failure that ends the command, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Table(TableError::Invalid(_)) => 1,
+            _ => 2,
+        }
+    }
+
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> CliError {
+        let context = context.into();
+        move |source| CliError::Io { context, source }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Attribute(args) => run_attribute(args),
+        Command::Explain(args) => run_explain(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn load(args: &TableArgs) -> Result<(CodeTable, Settings), CliError> {
+    let settings = match &args.settings {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let table = offline::load_table(
+        &args.codes,
+        args.partners.as_deref(),
+        BuildOptions::default(),
+    )?;
+    Ok((table, settings))
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>, CliError> {
+    File::create(path)
+        .map(BufWriter::new)
+        .map_err(CliError::io(format!("cannot create {}", path.display())))
+}
+
+fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
+    let (table, settings) = load(&args.table)?;
+    let (input, origin): (Box<dyn BufRead>, String) = match &args.orders {
+        Some(path) => {
+            let file = File::open(path)
+                .map_err(CliError::io(format!("cannot open {}", path.display())))?;
+            (
+                Box::new(BufReader::with_capacity(1 << 16, file)),
+                path.display().to_string(),
+            )
+        }
+        None => (Box::new(io::stdin().lock()), "stdin".to_string()),
+    };
+    let mut conversions: Box<dyn Write> = match &args.conversions {
+        Some(path) => Box::new(create(path)?),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    };
+    let mut alerts: Box<dyn Write> = match &args.alerts {
+        Some(path) => Box::new(create(path)?),
+        None => Box::new(io::sink()),
+    };
+    let mut rejects = io::stderr().lock();
+    let sinks = Sinks {
+        conversions: &mut conversions,
+        alerts: &mut alerts,
+        rejects: &mut rejects,
+    };
+    let summary = offline::attribute(input, &origin, &table, &settings, sinks)
+        .map_err(CliError::io("attribute"))?;
+    eprintln!("{summary} (code table {})", table.version());
+    Ok(())
+}
+
+fn run_explain(args: ExplainArgs) -> Result<(), CliError> {
+    let (table, settings) = load(&args.table)?;
+    let mut record = Vec::new();
+    if args.order.as_os_str() == "-" {
+        io::stdin()
+            .read_to_end(&mut record)
+            .map_err(CliError::io("cannot read stdin"))?;
+    } else {
+        record = std::fs::read(&args.order).map_err(CliError::io(format!(
+            "cannot read {}",
+            args.order.display()
+        )))?;
+    }
+    let record = record.trim_ascii_end();
+    print!("{}", crate::explain::explain(record, &table, &settings));
+    Ok(())
+}

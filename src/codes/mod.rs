@@ -1,0 +1,142 @@
+//! The code table: promo codes (impact.com bulk-upload rows) and the partners who own them.
+//!
+//! Pure data and validation; no I/O beyond reading CSV from a `Read` the caller opens.
+
+pub mod load;
+pub mod normalize;
+pub mod table;
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::timefmt::Instant;
+
+pub use load::{LoadProblem, LoadProblems};
+pub use table::{CodeTable, EntryId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CodeType {
+    Tracking,
+    /// impact's second upload type: a code no partner may be credited through (staff or
+    /// customer-service codes).
+    Restricted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CreditPolicy {
+    Always,
+    Involved,
+    Winner,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MatchType {
+    Exact,
+    Regex,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CodeState {
+    #[default]
+    Active,
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PartnerStatus {
+    #[default]
+    Active,
+    Inactive,
+}
+
+/// impact's credit groups. The derived order is the crediting priority: a Preferred click beats
+/// any Standard click, which beats any Non-Preferred click.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CreditGroup {
+    NonPreferred,
+    Standard,
+    #[default]
+    Preferred,
+}
+
+/// One row of the code table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeEntry {
+    pub program_id: String,
+    /// The code as written in the table: the literal code, or the pattern of a regex code.
+    pub code: String,
+    pub match_type: MatchType,
+    pub code_type: CodeType,
+    /// The partner or media source credited through the code; `None` only for restricted codes.
+    pub owner_partner_id: Option<String>,
+    /// `None` only for restricted codes.
+    pub credit_policy: Option<CreditPolicy>,
+    pub deal_id: Option<String>,
+    /// Inclusive; `None` = active from the beginning.
+    pub start: Option<Instant>,
+    /// Exclusive; `None` = never ends.
+    pub end: Option<Instant>,
+    /// The zone the row's local dates were read in; kept so exports and explanations show it.
+    pub timezone: Tz,
+    pub state: CodeState,
+    pub usage_limit: Option<u64>,
+    pub customer_limit: Option<u64>,
+    /// Among regex codes matching one entered value, the larger number wins.
+    pub priority: i64,
+    /// Line in the source file, for error messages; 0 when the row did not come from a file.
+    pub source_line: u64,
+}
+
+impl CodeEntry {
+    /// Stable identifier of the entry within its program: the match mode and the canonical code
+    /// (exact) or the pattern (regex). It survives edits of every other column, so an expired and
+    /// reactivated code keeps its id.
+    pub fn code_id(&self) -> String {
+        match self.match_type {
+            MatchType::Exact => format!("LI:{}", normalize::exact_key(&self.code)),
+            MatchType::Regex => format!("RE:{}", self.code),
+        }
+    }
+}
+
+/// A partner's contract state, from the optional partners file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Partner {
+    pub partner_id: String,
+    pub status: PartnerStatus,
+    pub contract_start: Option<Instant>,
+    pub contract_end: Option<Instant>,
+    pub referral_window_days: u32,
+    pub credit_group: CreditGroup,
+}
+
+pub const DEFAULT_REFERRAL_WINDOW_DAYS: u32 = 30;
+
+impl Partner {
+    /// What a partner missing from the partners file is: active, 30-day window, Preferred.
+    pub fn unlisted(partner_id: &str) -> Partner {
+        Partner {
+            partner_id: partner_id.to_string(),
+            status: PartnerStatus::Active,
+            contract_start: None,
+            contract_end: None,
+            referral_window_days: DEFAULT_REFERRAL_WINDOW_DAYS,
+            credit_group: CreditGroup::Preferred,
+        }
+    }
+
+    /// Active status and a contract covering `at` (start inclusive, end exclusive).
+    pub fn is_active_at(&self, at: Instant) -> bool {
+        self.status == PartnerStatus::Active
+            && self.contract_start.is_none_or(|start| start <= at)
+            && self.contract_end.is_none_or(|end| at < end)
+    }
+}

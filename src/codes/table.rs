@@ -1,0 +1,305 @@
+//! The immutable, indexed code table that decisions read.
+//!
+//! A table is built once per version (from files, or from the Redis store) and never changed;
+//! a new version is a new table, swapped in whole, so a decision never sees half of an update.
+
+use std::collections::HashMap;
+
+use super::load::{LoadProblem, LoadProblems};
+use super::normalize::{exact_key, trim_entered};
+use super::{CodeEntry, MatchType, Partner};
+use crate::matcher::{DEFAULT_REGEX_SIZE_LIMIT, ProgramMatcher, RegexIndex};
+
+/// Position of an entry in the table; also its row order, which breaks ties between regexes.
+pub type EntryId = u32;
+
+/// What an entered code matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeMatch {
+    /// The entry that applies: the exact match, else the regex with the highest priority, then
+    /// the earliest row.
+    pub entry: EntryId,
+    /// Entries of two or more different owners matched (an `AMBIGUOUS_CODE_MATCH`).
+    pub owners_differ: bool,
+}
+
+/// Build options that are not part of the table's content.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    pub regex_size_limit: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            regex_size_limit: DEFAULT_REGEX_SIZE_LIMIT,
+        }
+    }
+}
+
+pub struct CodeTable {
+    version: String,
+    entries: Vec<CodeEntry>,
+    code_ids: Vec<String>,
+    programs: HashMap<String, ProgramMatcher>,
+    partners: HashMap<String, Partner>,
+    /// Terms of any partner the partners file does not list.
+    unlisted: Partner,
+}
+
+impl std::fmt::Debug for CodeTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeTable")
+            .field("version", &self.version)
+            .field("entries", &self.entries.len())
+            .field("programs", &self.programs.len())
+            .field("partners", &self.partners.len())
+            .finish()
+    }
+}
+
+impl CodeTable {
+    /// Indexes `entries` (in row order) and `partners`, reporting every duplicate code and every
+    /// pattern that does not compile. `origin` names the codes' source in problems.
+    pub fn build(
+        entries: Vec<CodeEntry>,
+        partners: Vec<Partner>,
+        version: impl Into<String>,
+        origin: &str,
+        options: BuildOptions,
+    ) -> Result<CodeTable, LoadProblems> {
+        let mut problems = Vec::new();
+        let mut problem = |line: u64, reason: String| {
+            problems.push(LoadProblem {
+                origin: origin.to_string(),
+                line,
+                column: Some("Promo Code".to_string()),
+                reason,
+            })
+        };
+        let mut programs: HashMap<String, ProgramMatcher> = HashMap::new();
+        let mut pattern_rows: HashMap<(&str, &str), EntryId> = HashMap::new();
+        for (id, entry) in entries.iter().enumerate() {
+            let id = id as EntryId;
+            let program =
+                programs
+                    .entry(entry.program_id.clone())
+                    .or_insert_with(|| ProgramMatcher {
+                        regex: RegexIndex::new(options.regex_size_limit),
+                        ..ProgramMatcher::default()
+                    });
+            let earlier = match entry.match_type {
+                MatchType::Exact => program.exact.insert(&exact_key(&entry.code), id),
+                MatchType::Regex => pattern_rows.insert((&entry.program_id, &entry.code), id),
+            };
+            if let Some(earlier) = earlier {
+                let first = &entries[earlier as usize];
+                let whose = if first.owner_partner_id == entry.owner_partner_id {
+                    "the same owner"
+                } else {
+                    "a different owner"
+                };
+                problem(
+                    entry.source_line,
+                    format!(
+                        "{:?} is the same code as line {} (program {}, {whose}); a code has one row",
+                        entry.code, first.source_line, entry.program_id
+                    ),
+                );
+                continue;
+            }
+            if entry.match_type == MatchType::Regex
+                && let Err(reason) = program.regex.add(&entry.code, id)
+            {
+                problem(
+                    entry.source_line,
+                    format!("regex {:?} refused: {reason}", entry.code),
+                );
+            }
+        }
+        for (program_id, program) in &mut programs {
+            if let Err(reason) = program.regex.finish() {
+                problem(
+                    0,
+                    format!(
+                        "program {program_id}: patterns without a literal anchor do not build together: {reason}"
+                    ),
+                );
+            }
+        }
+        if !problems.is_empty() {
+            return Err(LoadProblems(problems));
+        }
+        let code_ids = entries.iter().map(CodeEntry::code_id).collect();
+        let partners = partners
+            .into_iter()
+            .map(|p| (p.partner_id.clone(), p))
+            .collect();
+        Ok(CodeTable {
+            version: version.into(),
+            entries,
+            code_ids,
+            programs,
+            partners,
+            unlisted: Partner::unlisted(""),
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn entries(&self) -> &[CodeEntry] {
+        &self.entries
+    }
+
+    pub fn entry(&self, id: EntryId) -> &CodeEntry {
+        &self.entries[id as usize]
+    }
+
+    pub fn code_id(&self, id: EntryId) -> &str {
+        &self.code_ids[id as usize]
+    }
+
+    pub fn partners(&self) -> impl Iterator<Item = &Partner> {
+        self.partners.values()
+    }
+
+    /// The partner's record; `None` means not listed, i.e. [`Partner::unlisted`] defaults.
+    pub fn partner(&self, partner_id: &str) -> Option<&Partner> {
+        self.partners.get(partner_id)
+    }
+
+    /// The terms that apply to a partner: its record, or the defaults for an unlisted one.
+    pub fn partner_terms(&self, partner_id: &str) -> &Partner {
+        self.partners.get(partner_id).unwrap_or(&self.unlisted)
+    }
+
+    pub fn program(&self, program_id: &str) -> Option<&ProgramMatcher> {
+        self.programs.get(program_id)
+    }
+
+    /// Finds the entry an entered code matches in a program. `scratch` is reused between calls
+    /// so the hot path does not allocate.
+    pub fn lookup(
+        &self,
+        program: &ProgramMatcher,
+        entered: &str,
+        scratch: &mut Vec<EntryId>,
+    ) -> Option<CodeMatch> {
+        scratch.clear();
+        let exact = program.exact.get(entered);
+        if !program.regex.is_empty() {
+            program.regex.matches_into(trim_entered(entered), scratch);
+        }
+        let best_regex = scratch
+            .iter()
+            .copied()
+            .min_by_key(|&id| (std::cmp::Reverse(self.entry(id).priority), id));
+        let entry = exact.or(best_regex)?;
+        let owner = &self.entry(entry).owner_partner_id;
+        let owners_differ = exact
+            .iter()
+            .chain(scratch.iter())
+            .any(|&id| &self.entry(id).owner_partner_id != owner);
+        Some(CodeMatch {
+            entry,
+            owners_differ,
+        })
+    }
+
+    /// Every entry an entered code matches, exact first, then regexes in precedence order; the
+    /// evidence for an ambiguity alert and for `explain`.
+    pub fn all_matches(&self, program: &ProgramMatcher, entered: &str) -> Vec<EntryId> {
+        let mut regexes = Vec::new();
+        program
+            .regex
+            .matches_into(trim_entered(entered), &mut regexes);
+        regexes.sort_by_key(|&id| (std::cmp::Reverse(self.entry(id).priority), id));
+        program
+            .exact
+            .get(entered)
+            .into_iter()
+            .chain(regexes)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::load::read_codes;
+
+    fn table(rows: &str) -> Result<CodeTable, LoadProblems> {
+        let text =
+            format!("Promo Code,Program Id,Media Id,Type,Credit Rule,Match Mode,Priority\n{rows}");
+        let entries = read_codes(text.as_bytes(), "codes.csv")?;
+        CodeTable::build(
+            entries,
+            Vec::new(),
+            "v1",
+            "codes.csv",
+            BuildOptions::default(),
+        )
+    }
+
+    fn matched(table: &CodeTable, program: &str, code: &str) -> Option<(String, bool)> {
+        let program = table.program(program)?;
+        table
+            .lookup(program, code, &mut Vec::new())
+            .map(|m| (table.code_id(m.entry).to_string(), m.owners_differ))
+    }
+
+    #[test]
+    fn exact_beats_regex_and_priority_then_row_orders_regexes() {
+        let t = table(
+            "SUMMER10,1,A,TRACKING,ALWAYS,LI,\n\
+             ^(SUMMER).*,1,B,TRACKING,ALWAYS,RE,\n\
+             ^(SUM).*,1,B,TRACKING,ALWAYS,RE,5\n\
+             ^(SU).*,1,C,TRACKING,ALWAYS,RE,5\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            matched(&t, "1", "summer10"),
+            Some(("LI:SUMMER10".into(), true))
+        );
+        assert_eq!(
+            matched(&t, "1", "SUMMER11"),
+            Some(("RE:^(SUM).*".into(), true))
+        );
+        assert_eq!(matched(&t, "1", "SUX"), Some(("RE:^(SU).*".into(), false)));
+        assert_eq!(matched(&t, "1", "nothing"), None);
+        assert_eq!(
+            matched(&t, "2", "SUMMER10"),
+            None,
+            "codes are scoped to their program"
+        );
+    }
+
+    #[test]
+    fn same_owner_matches_are_not_ambiguous() {
+        let t = table("SAVE,1,A,TRACKING,ALWAYS,LI,\n^(SAVE).*,1,A,TRACKING,WINNER,RE,\n")
+            .expect("valid");
+        assert_eq!(matched(&t, "1", "save"), Some(("LI:SAVE".into(), false)));
+    }
+
+    #[test]
+    fn duplicates_and_bad_patterns_are_all_reported() {
+        let problems = table(
+            "SAVE,1,A,TRACKING,ALWAYS,LI,\n\
+             save ,1,B,TRACKING,ALWAYS,LI,\n\
+             SAVE,2,B,TRACKING,ALWAYS,LI,\n\
+             (?<=x)a,1,A,TRACKING,ALWAYS,RE,\n\
+             ^X.*,1,A,TRACKING,ALWAYS,RE,\n\
+             ^X.*,1,A,TRACKING,ALWAYS,RE,\n",
+        )
+        .expect_err("invalid")
+        .0;
+        let lines: Vec<u64> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [3, 5, 7]);
+        assert!(
+            problems[0].reason.contains("line 2") && problems[0].reason.contains("different owner")
+        );
+        assert!(problems[2].reason.contains("same owner"));
+    }
+}

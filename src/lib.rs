@@ -1,0 +1,26 @@
+//! promo-attribution: credits orders to the partners whose promo codes and clicks drove them,
+//! following impact.com's Tracking Promo Codes rules, and flags code misuse as it happens.
+//!
+//! # Layout
+//!
+//! The decision core is pure — no Kafka, no Redis, no clock — and is what every mode shares:
+//! - [`schema`]: the order read in, the conversion and alert written out.
+//! - [`codes`]: the code table, its CSV format and validation.
+//! - [`matcher`]: exact and regex indexes that find an entered code's entry.
+//! - [`attribution`]: the crediting rules and per-order alerts.
+//! - [`settings`], [`timefmt`], [`ids`]: configuration, date reading, deterministic ids.
+//!
+//! At the edges:
+//! - [`offline`]: the engine over files (`attribute`), and [`explain`] for people.
+//! - [`cli`]: the command line; `src/main.rs` only calls it.
+
+pub mod attribution;
+pub mod cli;
+pub mod codes;
+pub mod explain;
+pub mod ids;
+pub mod matcher;
+pub mod offline;
+pub mod schema;
+pub mod settings;
+pub mod timefmt;

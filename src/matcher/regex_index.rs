@@ -1,0 +1,364 @@
+//! Regex code lookup without running every pattern.
+//!
+//! `RegexSet::matches` over 10 k patterns costs ~10 µs per entered code. Nearly every promo-code
+//! pattern pins its start or its end to literal text (`^(SUMMER).*`, `^.*(SUMMER)$`), so each
+//! pattern is indexed by the literals a match must begin (or end) with, an entered code probes the
+//! index once per distinct literal length, and only the few candidates found are run. Patterns of
+//! the form `^LITERAL<anything that may be empty>` need no regex run at all: a prefix hit is the
+//! match. Patterns with no anchored literal fall back to a `RegexSet`.
+
+use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+use regex_syntax::hir::{Hir, HirKind, Look};
+
+/// Compiled-size bound per pattern; generous for promo-code patterns, fatal for a pathological
+/// one such as `(a{100}){100}`.
+pub const DEFAULT_REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// More case variants than this (from `(?i)` on a long prefix) and a pattern is not worth indexing.
+const MAX_LITERALS_PER_PATTERN: usize = 256;
+
+enum Check {
+    /// The pattern is exactly "starts with the indexed literal".
+    PrefixHit,
+    Run(Regex),
+}
+
+struct Pattern {
+    value: u32,
+    check: Check,
+}
+
+#[derive(Default)]
+struct LiteralIndex {
+    by_literal: HashMap<Box<[u8]>, Vec<u32>, RandomState>,
+    /// Distinct literal lengths, ascending: the probes an entered code needs.
+    lengths: Vec<usize>,
+}
+
+impl LiteralIndex {
+    fn add(&mut self, literal: &[u8], pattern: u32) {
+        let slot = self.by_literal.entry(literal.into()).or_default();
+        if !slot.contains(&pattern) {
+            slot.push(pattern);
+        }
+        if let Err(at) = self.lengths.binary_search(&literal.len()) {
+            self.lengths.insert(at, literal.len());
+        }
+    }
+
+    fn candidates<'s>(&'s self, code: &'s [u8], from_end: bool) -> impl Iterator<Item = u32> + 's {
+        self.lengths
+            .iter()
+            .take_while(move |&&len| len <= code.len())
+            .filter_map(move |&len| {
+                let probe = if from_end {
+                    &code[code.len() - len..]
+                } else {
+                    &code[..len]
+                };
+                self.by_literal.get(probe)
+            })
+            .flatten()
+            .copied()
+    }
+}
+
+/// How one pattern ended up being indexed; reported by `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexedBy {
+    PrefixOnly,
+    Prefix,
+    Suffix,
+    Scan,
+}
+
+#[derive(Default)]
+pub struct RegexIndex {
+    patterns: Vec<Pattern>,
+    prefix: LiteralIndex,
+    suffix: LiteralIndex,
+    unindexed: Vec<u32>,
+    unindexed_set: Option<RegexSet>,
+    unindexed_sources: Vec<String>,
+    size_limit: usize,
+}
+
+impl RegexIndex {
+    pub fn new(size_limit: usize) -> RegexIndex {
+        RegexIndex {
+            size_limit,
+            ..RegexIndex::default()
+        }
+    }
+
+    /// Adds a pattern carrying `value`; on error the pattern is not added and the message says
+    /// why it was refused.
+    pub fn add(&mut self, pattern: &str, value: u32) -> Result<IndexedBy, String> {
+        let hir = regex_syntax::ParserBuilder::new()
+            .build()
+            .parse(pattern)
+            .map_err(|e| one_line(&e.to_string()))?;
+        let local = self.patterns.len() as u32;
+        if let Some(literal) = literal_prefix_only(&hir) {
+            self.patterns.push(Pattern {
+                value,
+                check: Check::PrefixHit,
+            });
+            self.prefix.add(&literal, local);
+            return Ok(IndexedBy::PrefixOnly);
+        }
+        let regex = RegexBuilder::new(pattern)
+            .size_limit(self.size_limit)
+            .build()
+            .map_err(|e| one_line(&e.to_string()))?;
+        let properties = hir.properties();
+        let indexed = if let Some(literals) = properties
+            .look_set_prefix()
+            .contains(Look::Start)
+            .then(|| anchored_literals(&hir, ExtractKind::Prefix))
+            .flatten()
+        {
+            literals.iter().for_each(|l| self.prefix.add(l, local));
+            IndexedBy::Prefix
+        } else if let Some(literals) = properties
+            .look_set_suffix()
+            .contains(Look::End)
+            .then(|| anchored_literals(&hir, ExtractKind::Suffix))
+            .flatten()
+        {
+            literals.iter().for_each(|l| self.suffix.add(l, local));
+            IndexedBy::Suffix
+        } else {
+            self.unindexed.push(local);
+            self.unindexed_sources.push(pattern.to_string());
+            IndexedBy::Scan
+        };
+        self.patterns.push(Pattern {
+            value,
+            check: Check::Run(regex),
+        });
+        Ok(indexed)
+    }
+
+    /// Builds the fallback set once all patterns are in.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.unindexed_set = if self.unindexed.len() > 8 {
+            let set = RegexSetBuilder::new(&self.unindexed_sources)
+                .size_limit(self.size_limit.saturating_mul(self.unindexed.len()))
+                .build()
+                .map_err(|e| one_line(&e.to_string()))?;
+            Some(set)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// Appends the values of every pattern that matches `code` (already trimmed), each once.
+    pub fn matches_into(&self, code: &str, out: &mut Vec<u32>) {
+        let start = out.len();
+        let bytes = code.as_bytes();
+        let indexed = self
+            .prefix
+            .candidates(bytes, false)
+            .chain(self.suffix.candidates(bytes, true));
+        for local in indexed {
+            let pattern = &self.patterns[local as usize];
+            let hit = match &pattern.check {
+                Check::PrefixHit => true,
+                Check::Run(regex) => regex.is_match(code),
+            };
+            if hit && !out[start..].contains(&pattern.value) {
+                out.push(pattern.value);
+            }
+        }
+        let mut push_unindexed = |position: usize| {
+            let pattern = &self.patterns[self.unindexed[position] as usize];
+            if !out[start..].contains(&pattern.value) {
+                out.push(pattern.value);
+            }
+        };
+        match &self.unindexed_set {
+            Some(set) => set.matches(code).iter().for_each(&mut push_unindexed),
+            None => (0..self.unindexed.len())
+                .filter(
+                    |&i| match &self.patterns[self.unindexed[i] as usize].check {
+                        Check::Run(regex) => regex.is_match(code),
+                        Check::PrefixHit => false,
+                    },
+                )
+                .for_each(&mut push_unindexed),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+}
+
+/// `^` followed by literal text and then only parts that can match the empty string without any
+/// assertion: under search semantics such a pattern matches exactly the codes that start with the
+/// literal.
+fn literal_prefix_only(hir: &Hir) -> Option<Vec<u8>> {
+    let HirKind::Concat(items) = hir.kind() else {
+        return None;
+    };
+    let (first, rest) = items.split_first()?;
+    if !matches!(first.kind(), HirKind::Look(Look::Start)) {
+        return None;
+    }
+    let mut prefix = Vec::new();
+    let mut in_prefix = true;
+    for item in rest {
+        if in_prefix && let Some(bytes) = literal_bytes(item) {
+            prefix.extend_from_slice(&bytes);
+            continue;
+        }
+        in_prefix = false;
+        let properties = item.properties();
+        if properties.minimum_len() != Some(0) || !properties.look_set().is_empty() {
+            return None;
+        }
+    }
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+fn literal_bytes(hir: &Hir) -> Option<Vec<u8>> {
+    match hir.kind() {
+        HirKind::Literal(literal) => Some(literal.0.to_vec()),
+        HirKind::Capture(capture) => literal_bytes(&capture.sub),
+        HirKind::Concat(items) => items.iter().try_fold(Vec::new(), |mut acc, item| {
+            acc.extend(literal_bytes(item)?);
+            Some(acc)
+        }),
+        _ => None,
+    }
+}
+
+/// The finite, non-empty literals every match must start (or end) with, if there are few enough.
+fn anchored_literals(hir: &Hir, kind: ExtractKind) -> Option<Vec<Vec<u8>>> {
+    let seq = Extractor::new().kind(kind).extract(hir);
+    let literals = seq.literals()?;
+    if literals.is_empty()
+        || literals.len() > MAX_LITERALS_PER_PATTERN
+        || literals.iter().any(|l| l.as_bytes().is_empty())
+    {
+        return None;
+    }
+    Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
+}
+
+/// regex errors span several lines with a caret diagram; table problems are one line each.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(patterns: &[&str]) -> RegexIndex {
+        let mut index = RegexIndex::new(DEFAULT_REGEX_SIZE_LIMIT);
+        for (i, p) in patterns.iter().enumerate() {
+            index.add(p, i as u32).expect("valid pattern");
+        }
+        index.finish().expect("set builds");
+        index
+    }
+
+    fn hits(index: &RegexIndex, code: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        index.matches_into(code, &mut out);
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn classifies_patterns() {
+        let mut index = RegexIndex::new(DEFAULT_REGEX_SIZE_LIMIT);
+        assert_eq!(index.add("^(SUMMER).*", 0), Ok(IndexedBy::PrefixOnly));
+        assert_eq!(index.add("^SUMMER", 1), Ok(IndexedBy::PrefixOnly));
+        assert_eq!(index.add("^(?i)(SUMMER).*", 2), Ok(IndexedBy::Prefix));
+        assert_eq!(index.add("^WIN[0-9]{2,4}$", 3), Ok(IndexedBy::Prefix));
+        assert_eq!(index.add("^.*(SUMMER)$", 4), Ok(IndexedBy::Suffix));
+        assert_eq!(index.add("SUMMER", 5), Ok(IndexedBy::Scan));
+        assert_eq!(index.add("^SUMMER$", 6), Ok(IndexedBy::Prefix));
+    }
+
+    #[test]
+    fn impact_documented_examples() {
+        let starts = index(&["^(SUMMER).*"]);
+        for code in ["SUMMER20OFF", "SUMMER10", "SUMMER25", "SUMMER"] {
+            assert_eq!(hits(&starts, code), [0], "{code}");
+        }
+        for code in ["summer10", "20OFFSUMMER", "SUMME"] {
+            assert!(hits(&starts, code).is_empty(), "{code}");
+        }
+        let ends = index(&["^.*(SUMMER)$"]);
+        for code in ["20OFFSUMMER", "10SUMMER", "25SUMMER", "SUMMER"] {
+            assert_eq!(hits(&ends, code), [0], "{code}");
+        }
+        assert!(hits(&ends, "SUMMER10").is_empty());
+        let insensitive = index(&["^(?i)(SUMMER).*"]);
+        assert_eq!(hits(&insensitive, "summer10"), [0]);
+        assert_eq!(hits(&insensitive, "SuMmEr"), [0]);
+        assert!(hits(&insensitive, "10summer").is_empty());
+    }
+
+    #[test]
+    fn unanchored_patterns_search_anywhere() {
+        let index = index(&["SUMMER", "^WIN[0-9]{2,4}$"]);
+        assert_eq!(hits(&index, "XXSUMMERXX"), [0]);
+        assert_eq!(hits(&index, "WIN123"), [1]);
+        assert!(hits(&index, "WIN12345").is_empty());
+        assert!(hits(&index, "WIN1").is_empty());
+    }
+
+    #[test]
+    fn agrees_with_a_regex_set_on_a_mixed_table() {
+        let patterns: Vec<String> = (0..40)
+            .map(|i| match i % 5 {
+                0 => format!("^(P{i}).*"),
+                1 => format!("^(?i)q{i}[a-z]*$"),
+                2 => format!("^.*(S{i})$"),
+                3 => format!("M{i}"),
+                _ => format!("^(R{i}|T{i})[0-9]+"),
+            })
+            .collect();
+        let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        let ours = index(&refs);
+        let set = RegexSet::new(&patterns).expect("valid");
+        for code in [
+            "P0abc", "Q1xyz", "q11", "xxS2", "aM3b", "R4123", "T44", "P10", "S7", "none", "M33x",
+        ] {
+            let expected: Vec<u32> = set.matches(code).iter().map(|i| i as u32).collect();
+            assert_eq!(hits(&ours, code), expected, "{code}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_and_oversized_patterns() {
+        let mut index = RegexIndex::new(10 * 1024);
+        assert!(
+            index.add("(?<=x)a", 0).is_err(),
+            "look-behind is unsupported"
+        );
+        assert!(index.add("(a", 1).is_err());
+        let err = index.add("(\\w{100}){100}", 2).expect_err("too big");
+        assert!(err.contains("size limit"), "{err}");
+        assert!(!err.contains('\n'));
+        assert!(index.is_empty());
+    }
+}

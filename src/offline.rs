@@ -1,0 +1,162 @@
+//! The engine over files: a code table from CSV, orders from JSON lines, conversions and alerts
+//! to JSON lines, in input order. Used to try the rules without services, for backfills, and as
+//! the reference the streaming worker is tested against.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use crate::attribution::decide;
+use crate::codes::load::{read_codes, read_partners};
+use crate::codes::table::BuildOptions;
+use crate::codes::{CodeTable, LoadProblems};
+use crate::ids::content_version;
+use crate::schema::{Status, parse_order};
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the code table is invalid:\n{0}")]
+    Invalid(LoadProblems),
+}
+
+/// Reads and validates a codes file and an optional partners file, reporting the problems of
+/// both at once. The version is a fingerprint of the two files, so the same files always give
+/// the same `code_table_version`.
+pub fn load_table(
+    codes: &Path,
+    partners: Option<&Path>,
+    options: BuildOptions,
+) -> Result<CodeTable, TableError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TableError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let codes_bytes = read(codes)?;
+    let partners_bytes = partners.map(read).transpose()?;
+    let codes_origin = codes.display().to_string();
+    let entries = read_codes(codes_bytes.as_slice(), &codes_origin);
+    let partner_rows = match (partners, &partners_bytes) {
+        (Some(path), Some(bytes)) => read_partners(bytes.as_slice(), &path.display().to_string()),
+        _ => Ok(Vec::new()),
+    };
+    let (entries, partner_rows) = match (entries, partner_rows) {
+        (Ok(e), Ok(p)) => (e, p),
+        (e, p) => {
+            let mut problems = e.err().unwrap_or_default().0;
+            problems.extend(p.err().unwrap_or_default().0);
+            return Err(TableError::Invalid(LoadProblems(problems)));
+        }
+    };
+    let version = content_version(&[&codes_bytes, partners_bytes.as_deref().unwrap_or_default()]);
+    CodeTable::build(entries, partner_rows, version, &codes_origin, options)
+        .map_err(TableError::Invalid)
+}
+
+/// Counts of one run, printed at the end of `attribute`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub orders: u64,
+    pub rejected_lines: u64,
+    pub by_status: BTreeMap<&'static str, u64>,
+    pub alerts: u64,
+    pub rejected_by_reason: BTreeMap<&'static str, u64>,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} orders decided", self.orders)?;
+        for (status, n) in &self.by_status {
+            write!(f, ", {n} {status}")?;
+        }
+        write!(
+            f,
+            "; {} alerts; {} rejected lines",
+            self.alerts, self.rejected_lines
+        )?;
+        for (reason, n) in &self.rejected_by_reason {
+            write!(f, ", {n} {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+fn status_label(status: Status) -> &'static str {
+    match status {
+        Status::Credited => "CREDITED",
+        Status::Invalid => "INVALID",
+        Status::Unattributed => "UNATTRIBUTED",
+    }
+}
+
+/// Output sinks of a run.
+pub struct Sinks<'w> {
+    pub conversions: &'w mut dyn Write,
+    pub alerts: &'w mut dyn Write,
+    /// Receives one line per rejected input line: `ORIGIN:LINE: reason`.
+    pub rejects: &'w mut dyn Write,
+}
+
+/// Decides every order line of `input`. A bad line is reported and counted, never fatal; only
+/// failing to read the input or write an output stops the run.
+pub fn attribute<R: BufRead>(
+    mut input: R,
+    origin: &str,
+    table: &CodeTable,
+    settings: &Settings,
+    sinks: Sinks<'_>,
+) -> io::Result<RunSummary> {
+    let mut summary = RunSummary::default();
+    let mut line = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(1024);
+    let mut line_number = 0u64;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        line_number += 1;
+        let record = trim_line_end(&line);
+        if record.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let order = match parse_order(record, &settings.limits) {
+            Ok(order) => order,
+            Err(err) => {
+                summary.rejected_lines += 1;
+                *summary.rejected_by_reason.entry(err.reason()).or_default() += 1;
+                writeln!(sinks.rejects, "{origin}:{line_number}: {err}")?;
+                continue;
+            }
+        };
+        let decision = decide(record, &order, table, &settings.attribution);
+        summary.orders += 1;
+        *summary
+            .by_status
+            .entry(status_label(decision.conversion.status))
+            .or_default() += 1;
+        out.clear();
+        serde_json::to_writer(&mut out, &decision.conversion)?;
+        out.push(b'\n');
+        sinks.conversions.write_all(&out)?;
+        for alert in &decision.alerts {
+            out.clear();
+            serde_json::to_writer(&mut out, alert)?;
+            out.push(b'\n');
+            sinks.alerts.write_all(&out)?;
+            summary.alerts += 1;
+        }
+    }
+    sinks.conversions.flush()?;
+    sinks.alerts.flush()?;
+    Ok(summary)
+}
+
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}

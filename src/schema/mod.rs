@@ -1,0 +1,9 @@
+//! The JSON records the worker reads and writes. Published as JSON Schema under `schema/`.
+
+pub mod alert;
+pub mod conversion;
+pub mod order;
+
+pub use alert::{Alert, AlertKind, Severity};
+pub use conversion::{Basis, ClickRef, CodeRef, Conversion, InvalidReason, Status};
+pub use order::{Order, OrderError, Touchpoint, TouchpointKind, ValidOrder, parse_order};

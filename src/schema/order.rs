@@ -1,0 +1,297 @@
+//! The order event that comes in (`schema/order.schema.json`).
+//!
+//! Strings borrow from the input buffer wherever JSON escapes allow, because an order is parsed
+//! once and dropped right after its decision is serialized.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::settings::InputLimits;
+use crate::timefmt::{Instant, parse_rfc3339};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Order<'a> {
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+    #[serde(borrow)]
+    pub order_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub program_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub event_time: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    pub promo_codes: Vec<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    pub touchpoints: Vec<Touchpoint<'a>>,
+    #[serde(default, borrow)]
+    pub event_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub customer: Option<Customer<'a>>,
+    #[serde(default, borrow)]
+    pub risk: Option<Risk<'a>>,
+    #[serde(default)]
+    pub amount: Option<f64>,
+    #[serde(default)]
+    pub discount: Option<f64>,
+    #[serde(default, borrow)]
+    pub currency: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Touchpoint<'a> {
+    #[serde(borrow)]
+    pub partner_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub click_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub ts: Cow<'a, str>,
+    #[serde(default)]
+    pub kind: TouchpointKind,
+    #[serde(default)]
+    pub credit_group: Option<crate::codes::CreditGroup>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TouchpointKind {
+    #[default]
+    Click,
+    View,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Customer<'a> {
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub email_sha256: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub status: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Risk<'a> {
+    #[serde(default, borrow)]
+    pub ip_hash: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub device_hash: Option<Cow<'a, str>>,
+}
+
+/// JSON `null` for a list means the same as a missing list: producers differ on which they send.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// An order whose timestamps have been read and whose size is within limits: what the decision
+/// core accepts.
+#[derive(Debug, Clone)]
+pub struct ValidOrder<'a> {
+    pub order: Order<'a>,
+    pub event_time: Instant,
+    /// Parsed `ts` of each touchpoint, index-aligned with `order.touchpoints`.
+    pub touchpoint_times: Vec<Instant>,
+}
+
+/// Why an input record cannot be decided. The `reason` string is stable: it labels DLQ records
+/// and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    Oversize { size: usize, limit: usize },
+    #[error("not valid UTF-8 at byte {0}")]
+    InvalidUtf8(usize),
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("does not match the order schema: {0}")]
+    SchemaViolation(String),
+    #[error("unsupported schema_version {0} (this worker reads version {SCHEMA_VERSION})")]
+    UnsupportedSchemaVersion(u32),
+    #[error("field {field} is not an RFC 3339 date-time with offset: {value:?}")]
+    BadTimestamp { field: String, value: String },
+    #[error("{count} promo codes exceed the limit of {limit} per order")]
+    TooManyCodes { count: usize, limit: usize },
+    #[error("{count} touchpoints exceed the limit of {limit} per order")]
+    TooManyTouchpoints { count: usize, limit: usize },
+    #[error("promo code #{index} is {length} bytes, over the limit of {limit}")]
+    CodeTooLong {
+        index: usize,
+        length: usize,
+        limit: usize,
+    },
+    #[error("required field {0} is empty")]
+    EmptyField(&'static str),
+}
+
+impl OrderError {
+    /// Short machine-readable class, used as the DLQ reason and a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OrderError::Oversize { .. } => "oversize",
+            OrderError::InvalidUtf8(_) => "invalid_utf8",
+            OrderError::MalformedJson(_) => "malformed_json",
+            OrderError::SchemaViolation(_) | OrderError::EmptyField(_) => "schema_violation",
+            OrderError::UnsupportedSchemaVersion(_) => "unsupported_schema_version",
+            OrderError::BadTimestamp { .. } => "bad_timestamp",
+            OrderError::TooManyCodes { .. } => "too_many_codes",
+            OrderError::TooManyTouchpoints { .. } => "too_many_touchpoints",
+            OrderError::CodeTooLong { .. } => "code_too_long",
+        }
+    }
+}
+
+/// Reads one order from the bytes of one record, enforcing the input limits.
+pub fn parse_order<'a>(
+    bytes: &'a [u8],
+    limits: &InputLimits,
+) -> Result<ValidOrder<'a>, OrderError> {
+    if bytes.len() > limits.max_message_bytes {
+        return Err(OrderError::Oversize {
+            size: bytes.len(),
+            limit: limits.max_message_bytes,
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| OrderError::InvalidUtf8(e.valid_up_to()))?;
+    let order: Order<'a> = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => OrderError::SchemaViolation(e.to_string()),
+        _ => OrderError::MalformedJson(e.to_string()),
+    })?;
+    validate(order, limits)
+}
+
+fn validate<'a>(order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder<'a>, OrderError> {
+    if let Some(version) = order.schema_version
+        && version != SCHEMA_VERSION
+    {
+        return Err(OrderError::UnsupportedSchemaVersion(version));
+    }
+    for (field, value) in [
+        ("order_id", &order.order_id),
+        ("program_id", &order.program_id),
+        ("event_type", &order.event_type),
+    ] {
+        if value.trim().is_empty() {
+            return Err(OrderError::EmptyField(field));
+        }
+    }
+    if order.promo_codes.len() > limits.max_codes_per_order {
+        return Err(OrderError::TooManyCodes {
+            count: order.promo_codes.len(),
+            limit: limits.max_codes_per_order,
+        });
+    }
+    if order.touchpoints.len() > limits.max_touchpoints_per_order {
+        return Err(OrderError::TooManyTouchpoints {
+            count: order.touchpoints.len(),
+            limit: limits.max_touchpoints_per_order,
+        });
+    }
+    if let Some((index, code)) = order
+        .promo_codes
+        .iter()
+        .enumerate()
+        .find(|(_, code)| code.len() > limits.max_code_bytes)
+    {
+        return Err(OrderError::CodeTooLong {
+            index,
+            length: code.len(),
+            limit: limits.max_code_bytes,
+        });
+    }
+    let event_time = parse_rfc3339(&order.event_time).ok_or_else(|| OrderError::BadTimestamp {
+        field: "event_time".into(),
+        value: order.event_time.to_string(),
+    })?;
+    let touchpoint_times = order
+        .touchpoints
+        .iter()
+        .enumerate()
+        .map(|(i, tp)| {
+            parse_rfc3339(&tp.ts).ok_or_else(|| OrderError::BadTimestamp {
+                field: format!("touchpoints[{i}].ts"),
+                value: tp.ts.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ValidOrder {
+        order,
+        event_time,
+        touchpoint_times,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> InputLimits {
+        InputLimits::default()
+    }
+
+    #[test]
+    fn minimal_order_has_empty_lists() {
+        let raw = br#"{"order_id":"o1","program_id":"p","event_type":"sale","event_time":"2026-01-01T00:00:00Z"}"#;
+        let order = parse_order(raw, &limits()).expect("valid");
+        assert!(order.order.promo_codes.is_empty());
+        assert!(order.order.touchpoints.is_empty());
+    }
+
+    #[test]
+    fn null_lists_and_unknown_fields_are_accepted() {
+        let raw = br#"{"order_id":"o1","program_id":"p","event_type":"sale","event_time":"2026-01-01T00:00:00+02:00","promo_codes":null,"touchpoints":null,"extra":{"x":1},"items":[{"sku":"a"}]}"#;
+        let order = parse_order(raw, &limits()).expect("valid");
+        assert_eq!(order.event_time.to_rfc3339(), "2025-12-31T22:00:00+00:00");
+    }
+
+    #[test]
+    fn each_bad_input_class_has_its_reason() {
+        let cases: [(&[u8], &str); 9] = [
+            (b"{not json", "malformed_json"),
+            (b"\xff\xfe", "invalid_utf8"),
+            (br#"{"order_id":1,"program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z"}"#, "schema_violation"),
+            (br#"{"program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z"}"#, "schema_violation"),
+            (br#"{"order_id":" ","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z"}"#, "schema_violation"),
+            (br#"{"order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01"}"#, "bad_timestamp"),
+            (br#"{"order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z","touchpoints":[{"partner_id":"a","click_id":"c","ts":"yesterday"}]}"#, "bad_timestamp"),
+            (br#"{"schema_version":2,"order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z"}"#, "unsupported_schema_version"),
+            (br#"{"order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z","touchpoints":[{"partner_id":"a","click_id":"c","ts":"2026-01-01T00:00:00Z","kind":"hover"}]}"#, "schema_violation"),
+        ];
+        for (raw, reason) in cases {
+            let err = parse_order(raw, &limits()).expect_err("must be rejected");
+            assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let small = InputLimits {
+            max_message_bytes: 400,
+            max_codes_per_order: 2,
+            max_code_bytes: 8,
+            max_touchpoints_per_order: 1,
+        };
+        let base = r#""order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z""#;
+        let too_many = format!(r#"{{{base},"promo_codes":["A","B","C"]}}"#);
+        let too_long = format!(r#"{{{base},"promo_codes":["A","ABCDEFGHIJ"]}}"#);
+        let tp = r#"{"partner_id":"a","click_id":"c","ts":"2026-01-01T00:00:00Z"}"#;
+        let too_many_tps = format!(r#"{{{base},"touchpoints":[{tp},{tp}]}}"#);
+        let oversize = format!(r#"{{{base},"pad":"{}"}}"#, "x".repeat(400));
+        for (raw, reason) in [
+            (too_many, "too_many_codes"),
+            (too_long, "code_too_long"),
+            (too_many_tps, "too_many_touchpoints"),
+            (oversize, "oversize"),
+        ] {
+            let err = parse_order(raw.as_bytes(), &small).expect_err("must be rejected");
+            assert_eq!(err.reason(), reason);
+        }
+    }
+}

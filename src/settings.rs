@@ -1,0 +1,179 @@
+//! The one typed `Settings` value, read from a TOML file and passed explicitly to whatever needs
+//! it. Every field has a default, so an empty file (or no file) is a valid configuration.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub attribution: AttributionSettings,
+    pub limits: InputLimits,
+}
+
+/// What to do when the click winner used a code another partner owns (impact: the winner's
+/// conversion is invalid; Everflow and Rakuten: the click wins).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForeignCodeRule {
+    #[default]
+    Invalidate,
+    CreditClickWinner,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributionSettings {
+    pub foreign_code: ForeignCodeRule,
+    /// Per-program overrides, keyed by program id.
+    pub programs: BTreeMap<String, ProgramOverrides>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgramOverrides {
+    pub foreign_code: Option<ForeignCodeRule>,
+}
+
+impl AttributionSettings {
+    pub fn foreign_code_for(&self, program_id: &str) -> ForeignCodeRule {
+        self.programs
+            .get(program_id)
+            .and_then(|p| p.foreign_code)
+            .unwrap_or(self.foreign_code)
+    }
+}
+
+/// Bounds on one input record. A record over any of them is rejected whole (dead-lettered by the
+/// worker, reported by the offline mode), never truncated.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputLimits {
+    pub max_message_bytes: usize,
+    pub max_codes_per_order: usize,
+    /// impact's tracking parameter is a String(64); twice that leaves room for padding and
+    /// multi-byte characters while still stopping garbage.
+    pub max_code_bytes: usize,
+    pub max_touchpoints_per_order: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_message_bytes: 64 * 1024,
+            max_codes_per_order: 20,
+            max_code_bytes: 128,
+            max_touchpoints_per_order: 200,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid settings file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Settings {
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Settings, SettingsError> {
+        let settings: Settings = toml::from_str(text).map_err(|e| SettingsError::Invalid {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        settings
+            .check()
+            .map_err(|problems| SettingsError::Invalid {
+                path: origin.to_string(),
+                message: problems.join("; "),
+            })?;
+        Ok(settings)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Settings, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Settings::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Every value that parses but makes no sense, all at once.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let limits = &self.limits;
+        let mut problems = Vec::new();
+        for (name, value) in [
+            ("limits.max_message_bytes", limits.max_message_bytes),
+            ("limits.max_codes_per_order", limits.max_codes_per_order),
+            ("limits.max_code_bytes", limits.max_code_bytes),
+            (
+                "limits.max_touchpoints_per_order",
+                limits.max_touchpoints_per_order,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let settings = Settings::from_toml_str("", "test").expect("valid");
+        assert_eq!(settings, Settings::default());
+        assert_eq!(
+            settings.attribution.foreign_code,
+            ForeignCodeRule::Invalidate
+        );
+    }
+
+    #[test]
+    fn program_override_wins() {
+        let text = r#"
+            [attribution]
+            foreign_code = "invalidate"
+            [attribution.programs."42"]
+            foreign_code = "credit_click_winner"
+        "#;
+        let settings = Settings::from_toml_str(text, "test").expect("valid");
+        assert_eq!(
+            settings.attribution.foreign_code_for("42"),
+            ForeignCodeRule::CreditClickWinner
+        );
+        assert_eq!(
+            settings.attribution.foreign_code_for("7"),
+            ForeignCodeRule::Invalidate
+        );
+    }
+
+    #[test]
+    fn typos_and_zero_limits_are_rejected() {
+        assert!(
+            Settings::from_toml_str("[attribution]\nforeign_cod = \"invalidate\"", "t").is_err()
+        );
+        let err =
+            Settings::from_toml_str("[limits]\nmax_code_bytes = 0\nmax_codes_per_order = 0", "t")
+                .expect_err("zero limits");
+        let text = err.to_string();
+        assert!(
+            text.contains("max_code_bytes") && text.contains("max_codes_per_order"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! Reading the date-times of code tables and orders.
+//!
+//! Code tables follow impact.com's bulk upload: ISO 8601, with an offset or, without one, local
+//! time in the row's IANA time zone. Orders carry RFC 3339 instants with an offset, always.
+
+use chrono::{DateTime, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+pub type Instant = DateTime<Utc>;
+
+/// Why a table date could not be read; shown to the person who wrote the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DateError {
+    #[error(
+        "not an ISO 8601 date-time (expected e.g. 2026-06-30T00:00:00-07:00, 2026-06-30T00:00:00 or 2026-06-30)"
+    )]
+    Unparseable,
+    #[error("local time {0} does not exist in time zone {1} (skipped by a daylight-saving change)")]
+    NonexistentLocalTime(NaiveDateTime, Tz),
+}
+
+/// An RFC 3339 instant with an explicit offset, as orders carry them.
+pub fn parse_rfc3339(text: &str) -> Option<Instant> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A table date: an offset in the text wins; otherwise the wall-clock time is read in `zone`.
+/// A date without a time means its midnight. A wall-clock time that falls twice (the hour
+/// repeated when daylight saving ends) is read as the earlier of the two.
+pub fn parse_table_datetime(text: &str, zone: Tz) -> Result<Instant, DateError> {
+    let text = text.trim();
+    if let Some(instant) = parse_with_offset(text) {
+        return Ok(instant);
+    }
+    let local = parse_naive(text).ok_or(DateError::Unparseable)?;
+    match zone.from_local_datetime(&local) {
+        LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+        LocalResult::Ambiguous(earlier, _) => Ok(earlier.with_timezone(&Utc)),
+        LocalResult::None => Err(DateError::NonexistentLocalTime(local, zone)),
+    }
+}
+
+fn parse_with_offset(text: &str) -> Option<Instant> {
+    const WITH_OFFSET: [&str; 4] = [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+    ];
+    if let Some(t) = parse_rfc3339(text) {
+        return Some(t);
+    }
+    WITH_OFFSET
+        .iter()
+        .find_map(|format| DateTime::<FixedOffset>::parse_from_str(text, format).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn parse_naive(text: &str) -> Option<NaiveDateTime> {
+    const LOCAL: [&str; 4] = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ];
+    LOCAL
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .or_else(|| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
+}
+
+/// The canonical text of an instant in outputs and exports: RFC 3339 in UTC, seconds precision
+/// unless the instant has a fraction.
+pub fn format_instant(t: &Instant) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> Instant {
+        parse_rfc3339(text).expect("test instant")
+    }
+
+    #[test]
+    fn offset_in_text_wins_over_zone() {
+        let t = parse_table_datetime("2013-06-30T00:00:00-07:00", chrono_tz::Europe::Paris);
+        assert_eq!(t, Ok(utc("2013-06-30T07:00:00Z")));
+    }
+
+    #[test]
+    fn local_time_is_read_in_the_row_zone() {
+        let ny = chrono_tz::America::New_York;
+        assert_eq!(
+            parse_table_datetime("2026-07-01T00:00:00", ny),
+            Ok(utc("2026-07-01T04:00:00Z"))
+        );
+        assert_eq!(
+            parse_table_datetime("2026-01-01", ny),
+            Ok(utc("2026-01-01T05:00:00Z"))
+        );
+        assert_eq!(
+            parse_table_datetime("2026-01-01 09:30", chrono_tz::UTC),
+            Ok(utc("2026-01-01T09:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn daylight_saving_gap_is_an_error_and_overlap_takes_the_earlier() {
+        let ny = chrono_tz::America::New_York;
+        assert!(matches!(
+            parse_table_datetime("2026-03-08T02:30:00", ny),
+            Err(DateError::NonexistentLocalTime(..))
+        ));
+        assert_eq!(
+            parse_table_datetime("2026-11-01T01:30:00", ny),
+            Ok(utc("2026-11-01T05:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        assert_eq!(
+            parse_table_datetime("30/06/2026", chrono_tz::UTC),
+            Err(DateError::Unparseable)
+        );
+        assert_eq!(parse_rfc3339("2026-06-30T00:00:00"), None);
+    }
+
+    #[test]
+    fn formats_as_utc() {
+        assert_eq!(
+            format_instant(&utc("2026-06-30T00:00:00+02:00")),
+            "2026-06-29T22:00:00Z"
+        );
+    }
+}
