@@ -11,6 +11,16 @@ use crate::schema::{Conversion, parse_order};
 use crate::settings::Settings;
 use crate::timefmt::{Instant, format_instant};
 
+/// The spelling a value has in the JSON records and CSV files (`CREDITED`, `PREFERRED`, ...),
+/// so what a person reads here is what they will find in the data.
+fn spelled<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_string(),
+    }
+}
+
 /// Explains the decision for one order record. Writing to a `String` cannot fail, so the
 /// `fmt::Result`s below are discarded on purpose.
 pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String {
@@ -84,7 +94,7 @@ pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String 
                     .unwrap_or("none (restricted)"),
                 entry
                     .credit_policy
-                    .map_or("none".to_string(), |p| format!("{p:?}").to_uppercase()),
+                    .map_or("none".to_string(), |p| spelled(&p)),
                 entry.priority,
                 entry.source_line
             );
@@ -108,13 +118,13 @@ pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String 
         };
         let _ = writeln!(
             out,
-            "   #{} partner {} click {} at {} ({:?}, group {:?}, window {} days): {verdict}",
+            "   #{} partner {} click {} at {} ({}, group {}, window {} days): {verdict}",
             i + 1,
             tp.partner_id,
             tp.click_id,
             tp.ts,
-            tp.kind,
-            credit_group(tp, partner),
+            spelled(&tp.kind),
+            spelled(&credit_group(tp, partner)),
             partner.referral_window_days
         );
     }
@@ -126,8 +136,10 @@ pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String 
         Some(click) => {
             let _ = writeln!(
                 out,
-                "   winning click {} by partner {} (highest credit group {:?}, then latest, ties to the last listed)",
-                click.click_id, click.partner_id, click.credit_group
+                "   winning click {} by partner {} (highest credit group {}, then latest, ties to the last listed)",
+                click.click_id,
+                click.partner_id,
+                spelled(&click.credit_group)
             );
         }
         None => {
@@ -152,9 +164,9 @@ pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String 
         for alert in &decision.alerts {
             let _ = writeln!(
                 out,
-                "   {} ({:?}) code {}",
+                "   {} ({}) code {}",
                 alert.kind.as_str(),
-                alert.severity,
+                spelled(&alert.severity),
                 alert.code.as_deref().unwrap_or("-")
             );
         }
@@ -166,19 +178,19 @@ fn validity_steps(out: &mut String, entry: &CodeEntry, at: Instant, table: &Code
     let when = |t: &Option<Instant>| t.as_ref().map_or("none".to_string(), format_instant);
     let _ = writeln!(
         out,
-        "      state {:?}; active from {} (inclusive) to {} (exclusive), dates read in {}; type {:?}",
-        entry.state,
+        "      state {}; active from {} (inclusive) to {} (exclusive), dates read in {}; type {}",
+        spelled(&entry.state),
         when(&entry.start),
         when(&entry.end),
         entry.timezone,
-        entry.code_type
+        spelled(&entry.code_type)
     );
     if let Some(owner) = &entry.owner_partner_id {
         let partner = table.partner_terms(owner);
         let _ = writeln!(
             out,
-            "      owner {owner}: status {:?}, contract {} to {}",
-            partner.status,
+            "      owner {owner}: status {}, contract {} to {}",
+            spelled(&partner.status),
             when(&partner.contract_start),
             when(&partner.contract_end)
         );
@@ -191,9 +203,9 @@ fn validity_steps(out: &mut String, entry: &CodeEntry, at: Instant, table: &Code
 }
 
 fn outcome_line(out: &mut String, c: &Conversion<'_>) {
-    let _ = write!(out, "   outcome: {:?}", c.status);
+    let _ = write!(out, "   outcome: {}", spelled(&c.status));
     if let Some(basis) = c.basis {
-        let _ = write!(out, " basis {basis:?}");
+        let _ = write!(out, " basis {}", spelled(&basis));
     }
     if let Some(partner) = &c.partner_id {
         let _ = write!(out, ", credited partner {partner}");

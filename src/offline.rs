@@ -7,7 +7,7 @@ use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use crate::attribution::decide;
-use crate::codes::load::{read_codes, read_partners};
+use crate::codes::load::{read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeTable, LoadProblems};
 use crate::ids::content_version;
@@ -39,22 +39,26 @@ pub fn load_table(
     let codes_bytes = read(codes)?;
     let partners_bytes = partners.map(read).transpose()?;
     let codes_origin = codes.display().to_string();
-    let entries = read_codes(codes_bytes.as_slice(), &codes_origin);
+    let (entries, mut problems) = read_codes_lenient(codes_bytes.as_slice(), &codes_origin);
     let partner_rows = match (partners, &partners_bytes) {
         (Some(path), Some(bytes)) => read_partners(bytes.as_slice(), &path.display().to_string()),
         _ => Ok(Vec::new()),
     };
-    let (entries, partner_rows) = match (entries, partner_rows) {
-        (Ok(e), Ok(p)) => (e, p),
-        (e, p) => {
-            let mut problems = e.err().unwrap_or_default().0;
-            problems.extend(p.err().unwrap_or_default().0);
-            return Err(TableError::Invalid(LoadProblems(problems)));
-        }
-    };
+    let partner_rows = partner_rows.unwrap_or_else(|invalid| {
+        problems.extend(invalid.0);
+        Vec::new()
+    });
     let version = content_version(&[&codes_bytes, partners_bytes.as_deref().unwrap_or_default()]);
-    CodeTable::build(entries, partner_rows, version, &codes_origin, options)
-        .map_err(TableError::Invalid)
+    let built = CodeTable::build(entries, partner_rows, version, &codes_origin, options);
+    match built {
+        Ok(table) if problems.is_empty() => Ok(table),
+        Ok(_) => Err(TableError::Invalid(LoadProblems(problems))),
+        Err(more) => {
+            problems.extend(more.0);
+            problems.sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
+            Err(TableError::Invalid(LoadProblems(problems)))
+        }
+    }
 }
 
 /// Counts of one run, printed at the end of `attribute`.

@@ -287,6 +287,18 @@ fn for_each_row<R: Read>(
 /// Reads a codes file. Cross-row checks (duplicates, regex compilation) happen when the table is
 /// built; see [`super::table::CodeTable::build`].
 pub fn read_codes<R: Read>(input: R, origin: &str) -> Result<Vec<CodeEntry>, LoadProblems> {
+    let (entries, problems) = read_codes_lenient(input, origin);
+    if problems.is_empty() {
+        Ok(entries)
+    } else {
+        Err(LoadProblems(problems))
+    }
+}
+
+/// Reads a codes file, returning the rows that are valid on their own together with the problems
+/// of the others, so that cross-row checks can still run over the good rows and a person sees
+/// every problem in one report.
+pub fn read_codes_lenient<R: Read>(input: R, origin: &str) -> (Vec<CodeEntry>, Vec<LoadProblem>) {
     let mut out = Collector {
         origin: origin.to_string(),
         problems: Vec::new(),
@@ -294,7 +306,7 @@ pub fn read_codes<R: Read>(input: R, origin: &str) -> Result<Vec<CodeEntry>, Loa
     let mut reader = csv_reader(input);
     let Some(columns) = read_header(&mut reader, &mut out, &CODE_COLUMNS, &REQUIRED_CODE_COLUMNS)
     else {
-        return Err(LoadProblems(out.problems));
+        return (Vec::new(), out.problems);
     };
     let mut entries = Vec::new();
     for_each_row(&mut reader, &columns, &mut out, |row, out| {
@@ -302,11 +314,7 @@ pub fn read_codes<R: Read>(input: R, origin: &str) -> Result<Vec<CodeEntry>, Loa
             entries.push(entry);
         }
     });
-    if out.problems.is_empty() {
-        Ok(entries)
-    } else {
-        Err(LoadProblems(out.problems))
-    }
+    (entries, out.problems)
 }
 
 fn code_row(row: &Row<'_>, out: &mut Collector) -> Option<CodeEntry> {

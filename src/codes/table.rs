@@ -260,7 +260,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            matched(&t, "1", "summer10"),
+            matched(&t, "1", "SUMMER10"),
             Some(("LI:SUMMER10".into(), true))
         );
         assert_eq!(

@@ -56,7 +56,7 @@ pub struct Touchpoint<'a> {
     pub credit_group: Option<crate::codes::CreditGroup>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TouchpointKind {
     #[default]
