@@ -153,34 +153,6 @@ fn an_invalid_code_table_lists_every_problem_and_exits_1() {
 }
 
 #[test]
-fn cross_row_problems_are_reported_together() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let codes = dir.path().join("codes.csv");
-    std::fs::write(
-        &codes,
-        "Promo Code,Program Id,Media Id,Type,Credit Rule,Match Mode\n\
-         A,1,5,TRACKING,ALWAYS,LI\n\
-         (?<=x)y,1,5,TRACKING,ALWAYS,RE\n\
-         a,1,6,TRACKING,ALWAYS,LI\n",
-    )
-    .expect("write codes");
-    let output = run(
-        &["attribute", "--codes", codes.to_str().expect("utf-8 path")],
-        Some(b""),
-    );
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = text(&output.stderr);
-    assert!(
-        stderr.contains(":3: column \"Promo Code\": regex"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(":4: column \"Promo Code\"") && stderr.contains("same code as line 2"),
-        "{stderr}"
-    );
-}
-
-#[test]
 fn usage_and_io_errors_exit_2() {
     assert_eq!(run(&["attribute"], None).status.code(), Some(2));
     let missing = run(
