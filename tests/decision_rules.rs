@@ -76,10 +76,6 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.conversion[name].as_str()
-    }
-
     fn alert_kinds(&self) -> Vec<&str> {
         self.alerts
             .iter()
