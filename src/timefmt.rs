@@ -20,10 +20,19 @@ pub enum DateError {
 }
 
 /// An RFC 3339 instant with an explicit offset, as orders carry them.
+///
+/// Stricter than chrono's reader: the date and time must be joined by `T` and a leap second is
+/// refused, so that every accepted value is also a JSON Schema `date-time` and the instants
+/// echoed into conversions stay valid for downstream validators.
 pub fn parse_rfc3339(text: &str) -> Option<Instant> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
+        return None;
+    }
+    let parsed = DateTime::parse_from_rfc3339(text).ok()?;
+    if chrono::Timelike::nanosecond(&parsed) >= 1_000_000_000 {
+        return None;
+    }
+    Some(parsed.with_timezone(&Utc))
 }
 
 /// A table date: an offset in the text wins; otherwise the wall-clock time is read in `zone`.
@@ -132,6 +141,9 @@ mod tests {
             Err(DateError::Unparseable)
         );
         assert_eq!(parse_rfc3339("2026-06-30T00:00:00"), None);
+        assert_eq!(parse_rfc3339("2026-06-30 00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2026-06-30T23:59:60Z"), None);
+        assert!(parse_rfc3339("2026-06-30t23:59:59.5+02:00").is_some());
     }
 
     #[test]

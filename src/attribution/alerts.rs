@@ -104,7 +104,10 @@ pub fn per_order_alerts<'a, 't: 'a>(
                 "code_type": entry.code_type,
                 "conversion_status": outcome.status,
             });
-            out.push(kind, Some(code), outcome.winner, detail);
+            let other = outcome
+                .winner
+                .filter(|w| Some(*w) != entry.owner_partner_id.as_deref());
+            out.push(kind, Some(code), other, detail);
         }
         if code.owners_differ
             && let Some(program) = table.program(&order.order.program_id)

@@ -10,6 +10,7 @@ pub mod clicks;
 
 use std::borrow::Cow;
 
+use crate::codes::normalize::trim_entered;
 use crate::codes::{CodeEntry, CodeState, CodeTable, CodeType, CreditPolicy, EntryId};
 use crate::ids::conversion_event_id;
 use crate::schema::{
@@ -104,7 +105,8 @@ pub fn code_validity(
     Ok(())
 }
 
-/// Matches every entered code; the rest are unknown.
+/// Matches every entered code; the rest are unknown. A blank entry (checkout forms send `""`
+/// for "no code") is neither.
 pub fn match_codes<'a>(
     order: &'a ValidOrder<'a>,
     table: &CodeTable,
@@ -114,6 +116,9 @@ pub fn match_codes<'a>(
     let program = table.program(&order.order.program_id);
     let mut scratch = Vec::new();
     for (position, entered) in order.order.promo_codes.iter().enumerate() {
+        if trim_entered(entered).is_empty() {
+            continue;
+        }
         let hit = program.and_then(|p| table.lookup(p, entered, &mut scratch));
         match hit {
             Some(hit) => matched.push(MatchedCode {

@@ -50,7 +50,8 @@ pub struct Touchpoint<'a> {
     pub click_id: Cow<'a, str>,
     #[serde(borrow)]
     pub ts: Cow<'a, str>,
-    #[serde(default)]
+    /// Absent or `null` means a click.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub kind: TouchpointKind,
     #[serde(default)]
     pub credit_group: Option<crate::codes::CreditGroup>,
@@ -91,6 +92,14 @@ where
     Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// An order whose timestamps have been read and whose size is within limits: what the decision
 /// core accepts.
 #[derive(Debug, Clone)]
@@ -128,7 +137,7 @@ pub enum OrderError {
         limit: usize,
     },
     #[error("required field {0} is empty")]
-    EmptyField(&'static str),
+    EmptyField(String),
 }
 
 impl OrderError {
@@ -179,7 +188,17 @@ fn validate<'a>(order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder<'a>
         ("event_type", &order.event_type),
     ] {
         if value.trim().is_empty() {
-            return Err(OrderError::EmptyField(field));
+            return Err(OrderError::EmptyField(field.to_string()));
+        }
+    }
+    for (i, touchpoint) in order.touchpoints.iter().enumerate() {
+        for (field, value) in [
+            ("partner_id", &touchpoint.partner_id),
+            ("click_id", &touchpoint.click_id),
+        ] {
+            if value.trim().is_empty() {
+                return Err(OrderError::EmptyField(format!("touchpoints[{i}].{field}")));
+            }
         }
     }
     if order.promo_codes.len() > limits.max_codes_per_order {
@@ -242,6 +261,24 @@ mod tests {
         let order = parse_order(raw, &limits()).expect("valid");
         assert!(order.order.promo_codes.is_empty());
         assert!(order.order.touchpoints.is_empty());
+    }
+
+    #[test]
+    fn null_kind_is_a_click_and_blank_touchpoint_ids_are_rejected() {
+        let tp = |partner: &str, kind: &str| {
+            format!(
+                r#"{{"order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z","touchpoints":[{{"partner_id":"{partner}","click_id":"c","ts":"2026-01-01T00:00:00Z","kind":{kind}}}]}}"#
+            )
+        };
+        let record = tp("a", "null");
+        let order = parse_order(record.as_bytes(), &limits()).expect("null kind");
+        assert_eq!(order.order.touchpoints[0].kind, TouchpointKind::Click);
+        let err =
+            parse_order(tp(" ", "\"click\"").as_bytes(), &limits()).expect_err("blank partner");
+        assert_eq!(
+            err.to_string(),
+            "required field touchpoints[0].partner_id is empty"
+        );
     }
 
     #[test]
