@@ -32,6 +32,71 @@ pub enum Command {
     Attribute(AttributeArgs),
     /// Show, step by step, how one order is decided.
     Explain(ExplainArgs),
+    /// Run the stream worker: orders from Kafka in, conversions, alerts and dead letters out.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Settings TOML; `PROMO__SECTION__KEY` environment variables and the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Any setting as dotted.key=value (e.g. kafka.consumer.fetch.min.bytes=1048576); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Kafka bootstrap servers (kafka.brokers).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Consumer group (kafka.group_id).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Order topic (kafka.input_topic).
+    #[arg(long)]
+    pub input_topic: Option<String>,
+    /// Stable, unique per instance (kafka.transactional_id).
+    #[arg(long)]
+    pub transactional_id: Option<String>,
+    /// exactly-once or at-least-once (kafka.delivery).
+    #[arg(long)]
+    pub delivery: Option<String>,
+    /// Codes CSV (codes.codes_file).
+    #[arg(long, value_name = "FILE")]
+    pub codes: Option<PathBuf>,
+    /// Partners CSV (codes.partners_file).
+    #[arg(long, value_name = "FILE")]
+    pub partners: Option<PathBuf>,
+    /// Admin address for /metrics, /healthz, /readyz (admin.listen); empty disables it.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Validate the configuration, print it as TOML and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl RunArgs {
+    /// The flags as overrides, after the generic `--set` ones so the specific flag wins.
+    fn overrides(&self) -> Vec<String> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let flags = [
+            ("kafka.brokers", self.brokers.clone()),
+            ("kafka.group_id", self.group.clone()),
+            ("kafka.input_topic", self.input_topic.clone()),
+            ("kafka.transactional_id", self.transactional_id.clone()),
+            ("kafka.delivery", self.delivery.clone()),
+            ("codes.codes_file", path(&self.codes)),
+            ("codes.partners_file", path(&self.partners)),
+            ("admin.listen", self.admin_listen.clone()),
+        ];
+        self.set
+            .iter()
+            .cloned()
+            .chain(
+                flags
+                    .into_iter()
+                    .filter_map(|(key, value)| value.map(|v| format!("{key}={v}"))),
+            )
+            .collect()
+    }
 }
 
 /// Where the code table and settings come from in the offline modes.
@@ -102,6 +167,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attribute(args) => run_attribute(args),
         Command::Explain(args) => run_explain(args),
+        Command::Run(args) => return run_worker(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,6 +228,31 @@ fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
         .map_err(CliError::io("attribute"))?;
     eprintln!("{summary} (code table {})", table.version());
     Ok(())
+}
+
+fn run_worker(args: RunArgs) -> ExitCode {
+    let sources =
+        crate::settings::SettingsSources::with_process_env(args.config.clone(), args.overrides());
+    let settings = match sources.load() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(crate::run::exit::CONFIG);
+        }
+    };
+    if args.check_config {
+        return match toml::to_string_pretty(&settings) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(crate::run::exit::CONFIG)
+            }
+        };
+    }
+    crate::run::run(settings)
 }
 
 fn run_explain(args: ExplainArgs) -> Result<(), CliError> {

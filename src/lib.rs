@@ -12,15 +12,23 @@
 //!
 //! At the edges:
 //! - [`offline`]: the engine over files (`attribute`), and [`explain`] for people.
-//! - [`cli`]: the command line; `src/main.rs` only calls it.
+//! - [`kafka`]: the stream worker (consume, decide, produce, commit) on its own thread.
+//! - [`table_source`]: the seam the worker reads the current code table through.
+//! - [`admin`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`run`]: wiring of the worker; [`cli`]: the command line; `src/main.rs` only calls it.
 
+pub mod admin;
 pub mod attribution;
 pub mod cli;
 pub mod codes;
 pub mod explain;
 pub mod ids;
+pub mod kafka;
 pub mod matcher;
+pub mod metrics;
 pub mod offline;
+pub mod run;
 pub mod schema;
 pub mod settings;
+pub mod table_source;
 pub mod timefmt;

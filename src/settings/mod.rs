@@ -1,16 +1,29 @@
-//! The one typed `Settings` value, read from a TOML file and passed explicitly to whatever needs
-//! it. Every field has a default, so an empty file (or no file) is a valid configuration.
+//! The one typed `Settings` value, read from a TOML file, environment overrides and flags (see
+//! [`sources`]), and passed explicitly to whatever needs it. Every field has a default, so an empty
+//! file (or no file) is a valid configuration for the offline mode.
+
+mod sources;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use sources::{ENV_PREFIX, SettingsSources};
+pub use worker::{
+    AdminSettings, CodesSettings, Delivery, KafkaSettings, LogFormat, WorkerSettings,
+};
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub attribution: AttributionSettings,
     pub limits: InputLimits,
+    pub kafka: KafkaSettings,
+    pub codes: CodesSettings,
+    pub admin: AdminSettings,
+    pub worker: WorkerSettings,
 }
 
 /// What to do when the click winner used a code another partner owns (impact: the winner's
@@ -79,6 +92,8 @@ pub enum SettingsError {
     },
     #[error("invalid settings file {path}: {message}")]
     Invalid { path: String, message: String },
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Problems(Vec<String>),
 }
 
 impl Settings {
@@ -108,6 +123,11 @@ impl Settings {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let limits = &self.limits;
         let mut problems = Vec::new();
+        self.kafka.check(&mut problems);
+        self.worker.check(&mut problems);
+        if let Err(problem) = self.admin.listen_addr() {
+            problems.push(problem);
+        }
         for (name, value) in [
             ("limits.max_message_bytes", limits.max_message_bytes),
             ("limits.max_codes_per_order", limits.max_codes_per_order),

@@ -1,0 +1,87 @@
+//! Consumer callbacks: rebalances (finish the batch before partitions move), statistics (lag per
+//! partition), and librdkafka's own log and error events routed to `tracing`.
+
+use std::sync::{Arc, OnceLock};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+
+use super::pipeline::Pipeline;
+use crate::admin::Health;
+use crate::metrics::Metrics;
+
+pub struct WorkerContext {
+    /// Set right after the consumer is created: the pipeline owns the producer, which must exist
+    /// before the consumer joins the group, and the consumer needs this context to be created.
+    pub pipeline: OnceLock<Arc<Pipeline>>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub input_topic: String,
+}
+
+impl ClientContext for WorkerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, message)
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, message),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, message)
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, message),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, reason, "client error");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.input_topic) {
+            for (partition, stats) in &topic.partitions {
+                // librdkafka lists an internal partition -1 and reports -1 lag until it knows it.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    self.metrics
+                        .set_lag(&self.input_topic, *partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(
+                    partitions = partitions.count(),
+                    lost = consumer.assignment_lost(),
+                    "partitions revoked"
+                );
+                if let Some(pipeline) = self.pipeline.get() {
+                    pipeline.on_revoke(consumer);
+                }
+                for element in partitions.elements() {
+                    self.metrics.clear_lag(element.topic(), element.partition());
+                }
+            }
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = partitions.count(), "partitions assigned")
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.metrics.set_assigned_partitions(assigned);
+        self.health.set_assigned_partitions(assigned);
+    }
+}

@@ -1,0 +1,112 @@
+//! The Kafka edge: client configuration, the consume→decide→produce pipeline with its delivery
+//! guarantees, and the poll loop that drives it on its own thread.
+
+pub mod context;
+pub mod failure;
+pub mod outputs;
+pub mod pipeline;
+pub mod worker;
+
+use rdkafka::ClientConfig;
+
+use crate::settings::{Delivery, KafkaSettings};
+
+pub use failure::Failure;
+pub use worker::{WorkerExit, run_worker};
+
+fn apply(config: &mut ClientConfig, properties: &std::collections::BTreeMap<String, String>) {
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+}
+
+/// Consumer properties. Ours first, then the operator's passthrough properties (which cannot
+/// touch the reserved ones, see `settings::worker::RESERVED_PROPERTIES`), then the guarantees.
+pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Lag per partition arrives with the statistics; 5 s is frequent enough for a gauge and
+        // cheap for librdkafka.
+        .set("statistics.interval.ms", "5000")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.min.messages", "20000");
+    apply(&mut config, &kafka.common);
+    apply(&mut config, &kafka.consumer);
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    match kafka.delivery {
+        // Offsets travel inside the transaction; an auto-commit would move them outside it.
+        Delivery::ExactlyOnce => config.set("enable.auto.commit", "false"),
+        // Offsets are stored only once their batch is acknowledged; auto-commit then commits
+        // what was stored.
+        Delivery::AtLeastOnce => config.set("enable.auto.commit", "true"),
+    };
+    config
+}
+
+/// Producer properties for the given delivery mode.
+pub fn producer_config(kafka: &KafkaSettings, transactional_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("compression.type", "none")
+        // Same key → same partition as Java clients would choose, so conversions of one order
+        // land together whichever client wrote them.
+        .set("partitioner", "murmur2_random")
+        .set(
+            "transaction.timeout.ms",
+            kafka.transaction_timeout_ms.to_string(),
+        );
+    apply(&mut config, &kafka.common);
+    apply(&mut config, &kafka.producer);
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("enable.idempotence", "true");
+    if kafka.delivery == Delivery::ExactlyOnce {
+        config.set("transactional.id", transactional_id);
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarantees_win_over_passthrough_and_modes_differ() {
+        let mut kafka = KafkaSettings::default();
+        kafka
+            .consumer
+            .insert("fetch.min.bytes".into(), "1024".into());
+        kafka
+            .common
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let consumer = consumer_config(&kafka);
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("1024"));
+        assert_eq!(consumer.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        let producer = producer_config(&kafka, "tx-1");
+        assert_eq!(producer.get("transactional.id"), Some("tx-1"));
+        kafka.delivery = Delivery::AtLeastOnce;
+        assert_eq!(
+            consumer_config(&kafka).get("enable.auto.commit"),
+            Some("true")
+        );
+        assert_eq!(
+            producer_config(&kafka, "tx-1").get("transactional.id"),
+            None
+        );
+        assert_eq!(
+            producer_config(&kafka, "tx-1").get("enable.idempotence"),
+            Some("true")
+        );
+    }
+}

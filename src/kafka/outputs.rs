@@ -1,0 +1,57 @@
+//! The records the worker writes: conversions, alerts and dead letters.
+
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+
+/// Header names of a dead letter, modelled on Kafka Connect's `errors.deadletterqueue.context`
+/// headers so existing DLQ tooling can read them.
+pub mod dlq_header {
+    pub const TOPIC: &str = "__connect.errors.topic";
+    pub const PARTITION: &str = "__connect.errors.partition";
+    pub const OFFSET: &str = "__connect.errors.offset";
+    pub const CLASS: &str = "__connect.errors.exception.class.name";
+    pub const MESSAGE: &str = "__connect.errors.exception.message";
+    /// The short stable reason (`malformed_json`, `oversize`, ...), also the metric label.
+    pub const REASON: &str = "promo.dlq.reason";
+    pub const WORKER_VERSION: &str = "promo.worker.version";
+}
+
+/// Why a record could not be decided: a stable reason and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The record's own headers, then the error context. The payload and key are written unchanged
+/// by the caller, so a fixed record can be replayed from the DLQ as it was.
+pub fn dlq_headers(message: &BorrowedMessage<'_>, rejection: &Rejection) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = message.headers() {
+        for header in original.iter() {
+            headers = headers.insert(Header {
+                key: header.key,
+                value: header.value,
+            });
+        }
+    }
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    let class = format!("promo_attribution.{}", rejection.reason);
+    let context: [(&str, &str); 7] = [
+        (dlq_header::TOPIC, message.topic()),
+        (dlq_header::PARTITION, &partition),
+        (dlq_header::OFFSET, &offset),
+        (dlq_header::CLASS, &class),
+        (dlq_header::MESSAGE, &rejection.message),
+        (dlq_header::REASON, rejection.reason),
+        (dlq_header::WORKER_VERSION, env!("CARGO_PKG_VERSION")),
+    ];
+    for (key, value) in context {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers
+}

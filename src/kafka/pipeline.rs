@@ -1,0 +1,421 @@
+//! One batch at a time: decide each record, produce its outputs, then commit outputs and input
+//! offsets together (exactly-once) or store the offsets once every output is acknowledged
+//! (at-least-once).
+//!
+//! The state lives behind a mutex because two callers touch it: the poll loop, and the rebalance
+//! callback, which librdkafka runs from inside that same loop's `poll` when partitions move, and
+//! which must finish the open batch before they do. The lock is therefore never held across
+//! `poll`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::Failure;
+use super::context::WorkerContext;
+use super::outputs::{Rejection, dlq_headers};
+use crate::attribution::decide;
+use crate::metrics::{Metrics, TxOutcome};
+use crate::schema::parse_order;
+use crate::settings::{Delivery, Settings};
+use crate::table_source::TableHandle;
+
+/// Counts deliveries that failed after librdkafka's own retries; at-least-once mode must not
+/// store offsets past a record whose output was lost.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((err, _)) = result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(err.to_string());
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    open: bool,
+    started: Option<Instant>,
+    records: usize,
+    /// Per (topic, partition): the first offset of the batch (where to rewind) and the next
+    /// offset to consume (what to commit).
+    first: BTreeMap<(String, i32), i64>,
+    next: BTreeMap<(String, i32), i64>,
+    failures_at_start: u64,
+    buffer: Vec<u8>,
+}
+
+pub struct Pipeline {
+    producer: BaseProducer<DeliveryTracker>,
+    settings: Arc<Settings>,
+    table: TableHandle,
+    metrics: Arc<Metrics>,
+    batch: Mutex<Batch>,
+    /// A failure seen inside a rebalance callback, which cannot return it; the loop picks it up.
+    deferred: Mutex<Option<Failure>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        producer: BaseProducer<DeliveryTracker>,
+        settings: Arc<Settings>,
+        table: TableHandle,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        Pipeline {
+            producer,
+            settings,
+            table,
+            metrics,
+            batch: Mutex::default(),
+            deferred: Mutex::default(),
+        }
+    }
+
+    pub fn producer(&self) -> &BaseProducer<DeliveryTracker> {
+        &self.producer
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.settings.kafka.delivery == Delivery::ExactlyOnce
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Batch>, Failure> {
+        self.batch
+            .lock()
+            .map_err(|_| Failure::Fatal("batch state poisoned by an earlier panic".into()))
+    }
+
+    pub fn defer(&self, failure: Failure) {
+        if let Ok(mut slot) = self.deferred.lock()
+            && slot
+                .as_ref()
+                .is_none_or(|f| !matches!(f, Failure::Fatal(_)))
+        {
+            *slot = Some(failure);
+        }
+    }
+
+    pub fn take_deferred(&self) -> Option<Failure> {
+        self.deferred.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// Whether the open batch should be committed now.
+    pub fn is_due(&self) -> Result<bool, Failure> {
+        let batch = self.lock()?;
+        let kafka = &self.settings.kafka;
+        Ok(batch.records > 0
+            && (batch.records >= kafka.batch_max_records
+                || batch
+                    .started
+                    .is_some_and(|s| s.elapsed() >= Duration::from_millis(kafka.batch_max_ms))))
+    }
+
+    /// Time left before the open batch is due, to bound the next poll.
+    pub fn time_to_due(&self) -> Duration {
+        let max = Duration::from_millis(self.settings.kafka.batch_max_ms);
+        match self.batch.lock().ok().and_then(|b| b.started) {
+            Some(started) => max.saturating_sub(started.elapsed()),
+            None => max,
+        }
+    }
+
+    /// Decides one record and produces its outputs into the open batch.
+    pub fn process(&self, message: &BorrowedMessage<'_>) -> Result<(), Failure> {
+        let mut batch = self.lock()?;
+        // Recorded before anything can fail, so that a rewind also covers this record.
+        let key = (message.topic().to_string(), message.partition());
+        batch.first.entry(key.clone()).or_insert(message.offset());
+        batch.next.insert(key, message.offset() + 1);
+        if !batch.open {
+            if self.exactly_once() {
+                self.producer
+                    .begin_transaction()
+                    .map_err(|e| Failure::from_transactional("begin_transaction", &e))?;
+            }
+            batch.open = true;
+            batch.started = Some(Instant::now());
+            batch.failures_at_start = self.producer.context().failures.load(Ordering::Relaxed);
+        }
+        self.metrics.inc_orders_consumed(1);
+        batch.records += 1;
+        let Batch { buffer, .. } = &mut *batch;
+        self.decide_and_produce(message, buffer)
+    }
+
+    fn decide_and_produce(
+        &self,
+        message: &BorrowedMessage<'_>,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        let Some(payload) = message.payload() else {
+            let rejection = Rejection {
+                reason: "empty_record",
+                message: "record has no value".into(),
+            };
+            return self.dead_letter(message, &rejection);
+        };
+        let order = match parse_order(payload, &self.settings.limits) {
+            Ok(order) => order,
+            Err(err) => {
+                let rejection = Rejection {
+                    reason: err.reason(),
+                    message: err.to_string(),
+                };
+                return self.dead_letter(message, &rejection);
+            }
+        };
+        let table = self.table.current();
+        let decision = decide(payload, &order, &table, &self.settings.attribution);
+        let conversion = &decision.conversion;
+        buffer.clear();
+        serde_json::to_writer(&mut *buffer, conversion)
+            .map_err(|e| Failure::Fatal(format!("serialize conversion: {e}")))?;
+        let kafka = &self.settings.kafka;
+        self.send(
+            BaseRecord::to(&kafka.conversions_topic)
+                .key(conversion.order_id.as_bytes())
+                .payload(buffer.as_slice()),
+        )?;
+        self.metrics.record_conversion(
+            conversion.status,
+            conversion.basis,
+            conversion.invalid_reason,
+        );
+        for alert in &decision.alerts {
+            buffer.clear();
+            serde_json::to_writer(&mut *buffer, alert)
+                .map_err(|e| Failure::Fatal(format!("serialize alert: {e}")))?;
+            self.send(
+                BaseRecord::to(&kafka.alerts_topic)
+                    .key(alert.alert_id.as_bytes())
+                    .payload(buffer.as_slice()),
+            )?;
+            self.metrics.record_alert(alert.kind);
+        }
+        let lag = chrono::Utc::now() - order.event_time;
+        self.metrics.observe_end_to_end(lag.as_seconds_f64());
+        Ok(())
+    }
+
+    fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        rejection: &Rejection,
+    ) -> Result<(), Failure> {
+        let headers: OwnedHeaders = dlq_headers(message, rejection);
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&self.settings.kafka.dlq_topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        self.send(record)?;
+        self.metrics.record_dlq(rejection.reason);
+        Ok(())
+    }
+
+    /// Enqueues a record, waiting for room when the local queue is full rather than dropping it.
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), Failure> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((err, _)) => return Err(Failure::from_client("produce", &err)),
+            }
+        }
+    }
+
+    /// Commits the open batch; a no-op without one.
+    pub fn commit(&self, consumer: &BaseConsumer<WorkerContext>) -> Result<(), Failure> {
+        let mut batch = self.lock()?;
+        if !batch.open {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let offsets = offsets_list(&batch.next)?;
+        if self.exactly_once() {
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| Failure::Fatal("consumer has no group metadata".into()))?;
+            retry_resumable(|| {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &group, Timeout::Never)
+                    .map_err(|e| Failure::from_transactional("send_offsets_to_transaction", &e))
+            })?;
+            retry_resumable(|| {
+                self.producer
+                    .commit_transaction(Timeout::Never)
+                    .map_err(|e| Failure::from_transactional("commit_transaction", &e))
+            })?;
+            self.metrics.record_transaction(TxOutcome::Committed);
+        } else {
+            self.producer
+                .flush(Timeout::After(Duration::from_millis(
+                    self.settings.kafka.transaction_timeout_ms,
+                )))
+                .map_err(|e| Failure::Transient(format!("flush: {e}")))?;
+            let tracker = self.producer.context();
+            if tracker.failures.load(Ordering::Relaxed) > batch.failures_at_start {
+                let last = tracker
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.clone())
+                    .unwrap_or_default();
+                return Err(Failure::Transient(format!(
+                    "an output was not delivered: {last}"
+                )));
+            }
+            consumer
+                .store_offsets(&offsets)
+                .map_err(|e| Failure::from_client("store_offsets", &e))?;
+        }
+        self.metrics.observe_batch_size(batch.records);
+        self.metrics.observe_commit_latency(started.elapsed());
+        *batch = Batch {
+            buffer: std::mem::take(&mut batch.buffer),
+            ..Batch::default()
+        };
+        Ok(())
+    }
+
+    /// Gives up the open batch: aborts its transaction and moves the consumer back to the batch's
+    /// first offsets, so the same records are decided again (with the same outputs). Returns
+    /// those offsets, for a second seek after a pause.
+    pub fn abort_and_rewind(
+        &self,
+        consumer: &BaseConsumer<WorkerContext>,
+    ) -> Result<RewindPoint, Failure> {
+        let mut batch = self.lock()?;
+        if batch.open && self.exactly_once() {
+            retry_resumable(|| {
+                self.producer
+                    .abort_transaction(Timeout::Never)
+                    .map_err(|e| Failure::from_transactional("abort_transaction", &e))
+            })?;
+            self.metrics.record_transaction(TxOutcome::Aborted);
+        }
+        let rewind = RewindPoint(std::mem::take(&mut batch.first));
+        *batch = Batch {
+            buffer: std::mem::take(&mut batch.buffer),
+            ..Batch::default()
+        };
+        drop(batch);
+        rewind.seek(consumer)?;
+        Ok(rewind)
+    }
+
+    /// Partitions are about to move: finish the open batch, or abort it when the assignment is
+    /// already lost (another member may own the partitions by now).
+    pub fn on_revoke(&self, consumer: &BaseConsumer<WorkerContext>) {
+        let result = if consumer.assignment_lost() {
+            self.abort_and_rewind(consumer).map(drop)
+        } else {
+            self.commit(consumer).or_else(|failure| match failure {
+                Failure::Fatal(_) => Err(failure),
+                _ => self.abort_and_rewind(consumer).map(drop),
+            })
+        };
+        if let Err(failure) = result {
+            self.defer(failure);
+        }
+    }
+}
+
+fn offsets_list(next: &BTreeMap<(String, i32), i64>) -> Result<TopicPartitionList, Failure> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| Failure::Fatal(format!("offset list: {e}")))?;
+    }
+    Ok(list)
+}
+
+/// Where each partition of an abandoned batch started.
+#[derive(Debug, Clone, Default)]
+pub struct RewindPoint(BTreeMap<(String, i32), i64>);
+
+impl RewindPoint {
+    /// Seeks the partitions still assigned back to where the batch started; partitions that
+    /// moved away are left to their new owner, who starts from the committed offsets anyway.
+    pub fn seek(&self, consumer: &BaseConsumer<WorkerContext>) -> Result<(), Failure> {
+        seek_assigned(consumer, &self.0)
+    }
+}
+
+fn seek_assigned(
+    consumer: &BaseConsumer<WorkerContext>,
+    rewind: &BTreeMap<(String, i32), i64>,
+) -> Result<(), Failure> {
+    if rewind.is_empty() {
+        return Ok(());
+    }
+    let assigned = consumer
+        .assignment()
+        .map_err(|e| Failure::from_client("assignment", &e))?;
+    let still_ours: BTreeMap<(String, i32), i64> = rewind
+        .iter()
+        .filter(|((topic, partition), _)| assigned.find_partition(topic, *partition).is_some())
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    if still_ours.is_empty() {
+        return Ok(());
+    }
+    let seeks = offsets_list(&still_ours)?;
+    let result = consumer
+        .seek_partitions(seeks, Duration::from_secs(10))
+        .map_err(|e| Failure::Transient(format!("seek: {e}")))?;
+    for element in result.elements() {
+        if let Err(e) = element.error() {
+            return Err(Failure::Transient(format!(
+                "seek {}[{}]: {e}",
+                element.topic(),
+                element.partition()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Repeats a transactional call that librdkafka calls resumable, a bounded number of times.
+fn retry_resumable(mut call: impl FnMut() -> Result<(), Failure>) -> Result<(), Failure> {
+    const ATTEMPTS: u32 = 10;
+    let mut attempt = 0;
+    loop {
+        match call() {
+            Err(Failure::Retriable(message)) if attempt + 1 < ATTEMPTS => {
+                attempt += 1;
+                tracing::warn!(attempt, %message, "retrying a resumable transactional call");
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+            }
+            Err(Failure::Retriable(message)) => return Err(Failure::Transient(message)),
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The poll loop. It runs on its own OS thread, not on an async runtime: librdkafka's
+//! transactional calls block, and a `StreamConsumer` has known stalls (see the reliability notes),
+//! so one plain `BaseConsumer::poll` loop owns consumption, batching, commits and backoff.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::util::Timeout;
+
+use super::context::WorkerContext;
+use super::pipeline::{DeliveryTracker, Pipeline};
+use super::{Failure, consumer_config, producer_config};
+use crate::admin::Health;
+use crate::metrics::Metrics;
+use crate::settings::{Delivery, Settings};
+use crate::table_source::TableHandle;
+
+/// Everything the loop needs, handed over explicitly.
+pub struct WorkerDeps {
+    pub settings: Arc<Settings>,
+    pub table: TableHandle,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Set by SIGTERM/SIGINT: finish the open batch, commit, leave the group.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Stopped on request after committing everything it had read.
+    Drained,
+}
+
+/// Longest single poll, so shutdown requests and batch deadlines are noticed promptly.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
+    let settings = deps.settings.clone();
+    let kafka = &settings.kafka;
+    let transactional_id = kafka.effective_transactional_id();
+    let producer: BaseProducer<DeliveryTracker> = producer_config(kafka, &transactional_id)
+        .create_with_context(DeliveryTracker::default())
+        .map_err(|e| Failure::Fatal(format!("cannot create the producer: {e}")))?;
+    if kafka.delivery == Delivery::ExactlyOnce {
+        // Completes or aborts whatever a previous incarnation with this id left open, and fences it.
+        let timeout = Duration::from_millis(kafka.transaction_timeout_ms.saturating_mul(2));
+        producer.init_transactions(timeout).map_err(|e| {
+            Failure::Fatal(format!("init_transactions for {transactional_id}: {e}"))
+        })?;
+    }
+    let pipeline = Arc::new(Pipeline::new(
+        producer,
+        settings.clone(),
+        deps.table.clone(),
+        deps.metrics.clone(),
+    ));
+    let context = WorkerContext {
+        pipeline: OnceLock::new(),
+        metrics: deps.metrics.clone(),
+        health: deps.health.clone(),
+        input_topic: kafka.input_topic.clone(),
+    };
+    let consumer: BaseConsumer<WorkerContext> = consumer_config(kafka)
+        .create_with_context(context)
+        .map_err(|e| Failure::Fatal(format!("cannot create the consumer: {e}")))?;
+    let _ = consumer.context().pipeline.set(pipeline.clone());
+    consumer
+        .subscribe(&[&kafka.input_topic])
+        .map_err(|e| Failure::Fatal(format!("cannot subscribe to {}: {e}", kafka.input_topic)))?;
+    tracing::info!(
+        topic = %kafka.input_topic,
+        group = %kafka.group_id,
+        delivery = ?kafka.delivery,
+        transactional_id = %transactional_id,
+        "worker started"
+    );
+
+    let mut backoff = Backoff::new(Duration::from_millis(settings.worker.max_backoff_ms));
+    while !deps.shutdown.load(Ordering::SeqCst) {
+        deps.health.mark_progress();
+        if let Some(failure) = pipeline.take_deferred() {
+            recover(&consumer, &pipeline, &deps, failure, &mut backoff)?;
+            continue;
+        }
+        let step = poll_once(&consumer, &pipeline).and_then(|()| {
+            if pipeline.is_due()? {
+                pipeline.commit(&consumer)
+            } else {
+                Ok(())
+            }
+        });
+        match step {
+            Ok(()) => backoff.reset(),
+            Err(failure) => recover(&consumer, &pipeline, &deps, failure, &mut backoff)?,
+        }
+    }
+    drain(&consumer, &pipeline, &settings)?;
+    Ok(WorkerExit::Drained)
+}
+
+fn poll_once(consumer: &BaseConsumer<WorkerContext>, pipeline: &Pipeline) -> Result<(), Failure> {
+    let timeout = pipeline
+        .time_to_due()
+        .clamp(Duration::from_millis(1), POLL_SLICE);
+    match consumer.poll(timeout) {
+        None => Ok(()),
+        Some(Ok(message)) => pipeline.process(&message),
+        Some(Err(KafkaError::PartitionEOF(_))) => Ok(()),
+        Some(Err(err)) => match Failure::from_client("consume", &err) {
+            Failure::Fatal(message) => Err(Failure::Fatal(message)),
+            // librdkafka recovers from broker-side consume errors by itself; they are reported
+            // so operators see them, not because the batch is wrong.
+            other => {
+                tracing::warn!(error = %other, "consumer error");
+                Ok(())
+            }
+        },
+    }
+}
+
+/// A transient failure: give up the batch, pause consumption (still polling, so the group
+/// keeps this member), wait, then redo from the rewind point. A fatal one ends the loop.
+fn recover(
+    consumer: &BaseConsumer<WorkerContext>,
+    pipeline: &Pipeline,
+    deps: &WorkerDeps,
+    failure: Failure,
+    backoff: &mut Backoff,
+) -> Result<(), Failure> {
+    if let Failure::Fatal(_) = failure {
+        tracing::error!(error = %failure, "fatal failure; exiting so the supervisor restarts the worker");
+        return Err(failure);
+    }
+    let pause = backoff.next();
+    tracing::warn!(error = %failure, pause_ms = pause.as_millis() as u64, "aborting the batch and retrying");
+    let rewind = pipeline.abort_and_rewind(consumer)?;
+    deps.metrics.set_paused(true);
+    let assigned = consumer
+        .assignment()
+        .map_err(|e| Failure::from_client("assignment", &e))?;
+    let _ = consumer.pause(&assigned);
+    let until = Instant::now() + pause;
+    while Instant::now() < until && !deps.shutdown.load(Ordering::SeqCst) {
+        deps.health.mark_progress();
+        // Paused partitions deliver nothing; the poll serves rebalances and heartbeats.
+        if let Some(Ok(message)) =
+            consumer.poll(POLL_SLICE.min(until.saturating_duration_since(Instant::now())))
+        {
+            tracing::debug!(
+                offset = message.offset(),
+                "record during pause, will be re-read"
+            );
+        }
+    }
+    let assigned = consumer
+        .assignment()
+        .map_err(|e| Failure::from_client("assignment", &e))?;
+    let _ = consumer.resume(&assigned);
+    rewind.seek(consumer)?;
+    deps.metrics.set_paused(false);
+    Ok(())
+}
+
+/// Commits what was read, then leaves the group so partitions move at once.
+fn drain(
+    consumer: &BaseConsumer<WorkerContext>,
+    pipeline: &Pipeline,
+    settings: &Settings,
+) -> Result<(), Failure> {
+    tracing::info!("shutting down: committing the open batch");
+    if let Err(failure) = pipeline.commit(consumer) {
+        tracing::warn!(error = %failure, "final commit failed; aborting so the records are read again");
+        pipeline.abort_and_rewind(consumer)?;
+    }
+    if settings.kafka.delivery == Delivery::AtLeastOnce
+        && let Err(err) = consumer.commit_consumer_state(CommitMode::Sync)
+    {
+        // Nothing stored yet is the common benign case.
+        tracing::debug!(error = %err, "final offset commit");
+    }
+    consumer.unsubscribe();
+    let _ = pipeline
+        .producer()
+        .flush(Timeout::After(Duration::from_secs(5)));
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Exponential backoff from 50 ms up to the configured ceiling.
+struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(50);
+
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            current: Backoff::START,
+            max,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.current;
+        self.current = (self.current * 2).min(self.max);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.current = Backoff::START;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_ceiling_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(300));
+        let waits: Vec<u128> = (0..5).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 300, 300]);
+        backoff.reset();
+        assert_eq!(backoff.next().as_millis(), 50);
+    }
+}

@@ -1,0 +1,548 @@
+//! Prometheus metrics for the stream worker.
+//!
+//! Every metric lives in a [`Registry`] owned by [`Metrics`] rather than in the process-wide
+//! default registry, so that tests (and several workers in one process) can each have their own
+//! without name clashes. The admin server renders it on `GET /metrics`.
+//!
+//! Label values for statuses, bases, reasons and alert kinds are the same SCREAMING_SNAKE_CASE
+//! spellings the output records use, so a dashboard can be checked against the topics directly.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::schema::alert::AlertKind;
+use crate::schema::conversion::{Basis, InvalidReason, Status};
+
+/// How a Kafka transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxOutcome {
+    Committed,
+    Aborted,
+}
+
+impl TxOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxOutcome::Committed => "committed",
+            TxOutcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// Records per poll batch: a single record when idle up to the largest batch the worker reads.
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
+/// A healthy transactional commit takes milliseconds; the upper buckets exist to show a broker
+/// in trouble rather than lumping it all into `+Inf`.
+const COMMIT_LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Event time is set by the order system, so after an outage or a replay the lag can be hours;
+/// the buckets run from the steady-state milliseconds up to an hour.
+const END_TO_END_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 600.0, 1800.0, 3600.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    orders_consumed: IntCounter,
+    conversions: IntCounterVec,
+    alerts: IntCounterVec,
+    dlq_records: IntCounterVec,
+    batch_size: Histogram,
+    commit_latency: Histogram,
+    end_to_end_latency: Histogram,
+    consumer_lag: IntGaugeVec,
+    transactions: IntCounterVec,
+    code_table_info: IntGaugeVec,
+    /// The version currently exported by `code_table_info`, so that a reload can drop the old
+    /// label set; a lock rather than an atomic because the old and new set must change together.
+    code_table_version: Mutex<Option<String>>,
+    code_table_entries: IntGauge,
+    code_table_age: Gauge,
+    redis_up: IntGauge,
+    assigned_partitions: IntGauge,
+    worker_paused: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+
+        let orders_consumed = IntCounter::new(
+            "promo_orders_consumed_total",
+            "Order records read from the input topic.",
+        )?;
+        let conversions = IntCounterVec::new(
+            Opts::new(
+                "promo_conversions_total",
+                "Conversions produced, by status, basis and invalid reason (empty when absent).",
+            ),
+            &["status", "basis", "reason"],
+        )?;
+        let alerts = IntCounterVec::new(
+            Opts::new("promo_alerts_total", "Misuse alerts produced, by kind."),
+            &["kind"],
+        )?;
+        let dlq_records = IntCounterVec::new(
+            Opts::new(
+                "promo_dlq_records_total",
+                "Input records sent to the dead-letter topic, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("promo_batch_size", "Records processed per batch.")
+                .buckets(BATCH_SIZE_BUCKETS.to_vec()),
+        )?;
+        let commit_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "promo_commit_latency_seconds",
+                "Time to commit a Kafka transaction (offsets and output).",
+            )
+            .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
+        )?;
+        let end_to_end_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "promo_end_to_end_latency_seconds",
+                "Time from an order's event time to its conversion being produced.",
+            )
+            .buckets(END_TO_END_BUCKETS.to_vec()),
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "promo_consumer_lag",
+                "Records between the committed position and the high watermark, per partition.",
+            ),
+            &["topic", "partition"],
+        )?;
+        let transactions = IntCounterVec::new(
+            Opts::new(
+                "promo_transactions_total",
+                "Kafka transactions ended, by outcome (committed or aborted).",
+            ),
+            &["outcome"],
+        )?;
+        let code_table_info = IntGaugeVec::new(
+            Opts::new(
+                "promo_code_table_info",
+                "Always 1, labelled with the version of the code table in use.",
+            ),
+            &["version"],
+        )?;
+        let code_table_entries = IntGauge::new(
+            "promo_code_table_entries",
+            "Entries in the code table in use.",
+        )?;
+        let code_table_age = Gauge::new(
+            "promo_code_table_age_seconds",
+            "Seconds since the code table in use was loaded.",
+        )?;
+        let redis_up = IntGauge::new(
+            "promo_redis_up",
+            "1 when the last Redis operation succeeded, 0 otherwise.",
+        )?;
+        let assigned_partitions = IntGauge::new(
+            "promo_assigned_partitions",
+            "Input partitions currently assigned to this worker.",
+        )?;
+        let worker_paused = IntGauge::new(
+            "promo_worker_paused",
+            "1 while consumption is paused because of a transient error.",
+        )?;
+
+        registry.register(Box::new(orders_consumed.clone()))?;
+        registry.register(Box::new(conversions.clone()))?;
+        registry.register(Box::new(alerts.clone()))?;
+        registry.register(Box::new(dlq_records.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(commit_latency.clone()))?;
+        registry.register(Box::new(end_to_end_latency.clone()))?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        registry.register(Box::new(transactions.clone()))?;
+        registry.register(Box::new(code_table_info.clone()))?;
+        registry.register(Box::new(code_table_entries.clone()))?;
+        registry.register(Box::new(code_table_age.clone()))?;
+        registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(assigned_partitions.clone()))?;
+        registry.register(Box::new(worker_paused.clone()))?;
+
+        // Both outcomes exist from the start so that `rate()` over aborts reads 0, not "no data",
+        // until the first abort.
+        for outcome in [TxOutcome::Committed, TxOutcome::Aborted] {
+            transactions.with_label_values(&[outcome.as_str()]);
+        }
+
+        Ok(Metrics {
+            registry,
+            orders_consumed,
+            conversions,
+            alerts,
+            dlq_records,
+            batch_size,
+            commit_latency,
+            end_to_end_latency,
+            consumer_lag,
+            transactions,
+            code_table_info,
+            code_table_version: Mutex::new(None),
+            code_table_entries,
+            code_table_age,
+            redis_up,
+            assigned_partitions,
+            worker_paused,
+        })
+    }
+
+    /// For collectors owned elsewhere (e.g. client statistics) to be exported alongside these.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn inc_orders_consumed(&self, records: u64) {
+        self.orders_consumed.inc_by(records);
+    }
+
+    pub fn record_conversion(
+        &self,
+        status: Status,
+        basis: Option<Basis>,
+        reason: Option<InvalidReason>,
+    ) {
+        self.conversions
+            .with_label_values(&[
+                status_label(status),
+                basis.map_or("", basis_label),
+                reason.map_or("", InvalidReason::as_str),
+            ])
+            .inc();
+    }
+
+    pub fn record_alert(&self, kind: AlertKind) {
+        self.alerts.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// `reason` becomes a label value, so it must come from a small fixed set (an error kind),
+    /// never from record content.
+    pub fn record_dlq(&self, reason: &str) {
+        self.dlq_records.with_label_values(&[reason]).inc();
+    }
+
+    pub fn observe_batch_size(&self, records: usize) {
+        self.batch_size.observe(records as f64);
+    }
+
+    pub fn observe_commit_latency(&self, elapsed: Duration) {
+        self.commit_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Negative values come from clock skew between the order system and this host; they carry
+    /// no latency information and would drag the sum below zero, so they are dropped. NaN is
+    /// dropped for the same reason.
+    pub fn observe_end_to_end(&self, seconds: f64) {
+        if seconds >= 0.0 {
+            self.end_to_end_latency.observe(seconds);
+        }
+    }
+
+    pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .with_label_values(&[topic, &partition.to_string()])
+            .set(lag);
+    }
+
+    /// For revoked partitions: another worker now reports them, and a stale value here would
+    /// double-count the lag when summed.
+    pub fn clear_lag(&self, topic: &str, partition: i32) {
+        // Absent label sets (never reported, or already cleared) are not an error for the caller.
+        let _ = self
+            .consumer_lag
+            .remove_label_values(&[topic, &partition.to_string()]);
+    }
+
+    pub fn record_transaction(&self, outcome: TxOutcome) {
+        self.transactions
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+
+    /// Exports `version` as the only `promo_code_table_info` label set, so that
+    /// `promo_code_table_info == 1` joins to exactly one version per worker.
+    pub fn set_code_table(&self, version: &str, entries: usize) {
+        // A poisoned lock only means another thread panicked mid-update; the worst left behind is
+        // a stale label set, which this update replaces anyway.
+        let mut current = self
+            .code_table_version
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // New before old, so a scrape in between sees two versions rather than none.
+        self.code_table_info.with_label_values(&[version]).set(1);
+        if let Some(old) = current.as_deref()
+            && old != version
+        {
+            let _ = self.code_table_info.remove_label_values(&[old]);
+        }
+        *current = Some(version.to_owned());
+        self.code_table_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_code_table_age(&self, seconds: f64) {
+        self.code_table_age.set(seconds);
+    }
+
+    pub fn set_redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
+    }
+
+    pub fn set_assigned_partitions(&self, count: usize) {
+        self.assigned_partitions
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.worker_paused.set(i64::from(paused));
+    }
+
+    /// The Prometheus text exposition format (`text/plain; version=0.0.4`).
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut out = String::new();
+        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Kept beside the enum's serde spelling (checked in tests) because `Status` has no `as_str`.
+fn status_label(status: Status) -> &'static str {
+    match status {
+        Status::Credited => "CREDITED",
+        Status::Invalid => "INVALID",
+        Status::Unattributed => "UNATTRIBUTED",
+    }
+}
+
+fn basis_label(basis: Basis) -> &'static str {
+    match basis {
+        Basis::CodeAlways => "CODE_ALWAYS",
+        Basis::CodeInvolved => "CODE_INVOLVED",
+        Basis::CodeWinner => "CODE_WINNER",
+        Basis::Click => "CLICK",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new().expect("metrics register")
+    }
+
+    /// The sample lines (not `# HELP`/`# TYPE`) of the rendered output.
+    fn samples(m: &Metrics) -> Vec<String> {
+        m.render()
+            .expect("render")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn has_sample(m: &Metrics, line: &str) -> bool {
+        samples(m).iter().any(|l| l == line)
+    }
+
+    #[test]
+    fn many_instances_do_not_clash() {
+        let a = metrics();
+        let b = metrics();
+        a.inc_orders_consumed(3);
+        assert!(has_sample(&a, "promo_orders_consumed_total 3"));
+        assert!(has_sample(&b, "promo_orders_consumed_total 0"));
+    }
+
+    #[test]
+    fn every_metric_is_rendered_after_a_record_call() {
+        let m = metrics();
+        m.inc_orders_consumed(2);
+        m.record_conversion(Status::Credited, Some(Basis::CodeAlways), None);
+        m.record_alert(AlertKind::ExpiredCodeUsed);
+        m.record_dlq("bad_json");
+        m.observe_batch_size(42);
+        m.observe_commit_latency(Duration::from_millis(7));
+        m.observe_end_to_end(1.5);
+        m.set_lag("orders", 3, 17);
+        m.record_transaction(TxOutcome::Committed);
+        m.set_code_table("v1", 1234);
+        m.set_code_table_age(9.5);
+        m.set_redis_up(true);
+        m.set_assigned_partitions(4);
+        m.set_paused(true);
+
+        let text = m.render().expect("render");
+        for name in [
+            "promo_orders_consumed_total",
+            "promo_conversions_total",
+            "promo_alerts_total",
+            "promo_dlq_records_total",
+            "promo_batch_size",
+            "promo_commit_latency_seconds",
+            "promo_end_to_end_latency_seconds",
+            "promo_consumer_lag",
+            "promo_transactions_total",
+            "promo_code_table_info",
+            "promo_code_table_entries",
+            "promo_code_table_age_seconds",
+            "promo_redis_up",
+            "promo_assigned_partitions",
+            "promo_worker_paused",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing from:\n{text}"
+            );
+        }
+
+        for line in [
+            "promo_orders_consumed_total 2",
+            r#"promo_conversions_total{basis="CODE_ALWAYS",reason="",status="CREDITED"} 1"#,
+            r#"promo_alerts_total{kind="EXPIRED_CODE_USED"} 1"#,
+            r#"promo_dlq_records_total{reason="bad_json"} 1"#,
+            "promo_batch_size_count 1",
+            "promo_batch_size_sum 42",
+            r#"promo_batch_size_bucket{le="50"} 1"#,
+            r#"promo_batch_size_bucket{le="20"} 0"#,
+            "promo_commit_latency_seconds_count 1",
+            r#"promo_commit_latency_seconds_bucket{le="0.01"} 1"#,
+            r#"promo_commit_latency_seconds_bucket{le="0.005"} 0"#,
+            "promo_end_to_end_latency_seconds_count 1",
+            "promo_end_to_end_latency_seconds_sum 1.5",
+            r#"promo_end_to_end_latency_seconds_bucket{le="3600"} 1"#,
+            r#"promo_consumer_lag{partition="3",topic="orders"} 17"#,
+            r#"promo_transactions_total{outcome="committed"} 1"#,
+            r#"promo_transactions_total{outcome="aborted"} 0"#,
+            r#"promo_code_table_info{version="v1"} 1"#,
+            "promo_code_table_entries 1234",
+            "promo_code_table_age_seconds 9.5",
+            "promo_redis_up 1",
+            "promo_assigned_partitions 4",
+            "promo_worker_paused 1",
+        ] {
+            assert!(has_sample(&m, line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn conversion_labels_use_output_spellings_and_empty_when_absent() {
+        let m = metrics();
+        m.record_conversion(
+            Status::Invalid,
+            None,
+            Some(InvalidReason::CodeOwnedByOtherPartner),
+        );
+        m.record_conversion(Status::Unattributed, None, None);
+        m.record_conversion(Status::Unattributed, None, None);
+        m.record_conversion(Status::Credited, Some(Basis::Click), None);
+        assert!(has_sample(
+            &m,
+            r#"promo_conversions_total{basis="",reason="CODE_OWNED_BY_OTHER_PARTNER",status="INVALID"} 1"#
+        ));
+        assert!(has_sample(
+            &m,
+            r#"promo_conversions_total{basis="",reason="",status="UNATTRIBUTED"} 2"#
+        ));
+        assert!(has_sample(
+            &m,
+            r#"promo_conversions_total{basis="CLICK",reason="",status="CREDITED"} 1"#
+        ));
+    }
+
+    #[test]
+    fn labels_match_serde_spellings() {
+        fn serde_name<T: serde::Serialize>(v: T) -> String {
+            serde_json::to_string(&v)
+                .expect("serialize")
+                .trim_matches('"')
+                .to_owned()
+        }
+        for s in [Status::Credited, Status::Invalid, Status::Unattributed] {
+            assert_eq!(status_label(s), serde_name(s));
+        }
+        for b in [
+            Basis::CodeAlways,
+            Basis::CodeInvolved,
+            Basis::CodeWinner,
+            Basis::Click,
+        ] {
+            assert_eq!(basis_label(b), serde_name(b));
+        }
+    }
+
+    #[test]
+    fn code_table_info_keeps_only_the_current_version() {
+        let m = metrics();
+        m.set_code_table("2024-01-01T00:00:00Z#a", 10);
+        m.set_code_table("2024-01-02T00:00:00Z#b", 12);
+        // Same version again must not remove itself.
+        m.set_code_table("2024-01-02T00:00:00Z#b", 12);
+        let info: Vec<String> = samples(&m)
+            .into_iter()
+            .filter(|l| l.starts_with("promo_code_table_info"))
+            .collect();
+        assert_eq!(
+            info,
+            vec![r#"promo_code_table_info{version="2024-01-02T00:00:00Z#b"} 1"#.to_owned()]
+        );
+        assert!(has_sample(&m, "promo_code_table_entries 12"));
+    }
+
+    #[test]
+    fn negative_and_nan_end_to_end_latency_is_ignored() {
+        let m = metrics();
+        m.observe_end_to_end(-3.0);
+        m.observe_end_to_end(f64::NAN);
+        assert!(has_sample(&m, "promo_end_to_end_latency_seconds_count 0"));
+        m.observe_end_to_end(0.0);
+        assert!(has_sample(&m, "promo_end_to_end_latency_seconds_count 1"));
+        assert!(has_sample(&m, "promo_end_to_end_latency_seconds_sum 0"));
+    }
+
+    #[test]
+    fn cleared_lag_disappears_and_others_stay() {
+        let m = metrics();
+        m.set_lag("orders", 0, 5);
+        m.set_lag("orders", 1, 6);
+        m.clear_lag("orders", 0);
+        // Clearing an unknown partition is a no-op.
+        m.clear_lag("orders", 9);
+        let lag: Vec<String> = samples(&m)
+            .into_iter()
+            .filter(|l| l.starts_with("promo_consumer_lag"))
+            .collect();
+        assert_eq!(
+            lag,
+            vec![r#"promo_consumer_lag{partition="1",topic="orders"} 6"#.to_owned()]
+        );
+    }
+
+    #[test]
+    fn gauges_go_back_down() {
+        let m = metrics();
+        m.set_paused(true);
+        m.set_paused(false);
+        m.set_redis_up(false);
+        m.set_assigned_partitions(0);
+        assert!(has_sample(&m, "promo_worker_paused 0"));
+        assert!(has_sample(&m, "promo_redis_up 0"));
+        assert!(has_sample(&m, "promo_assigned_partitions 0"));
+    }
+}

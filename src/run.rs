@@ -1,0 +1,152 @@
+//! `promo-attribution run`: wires settings, logging, the admin port, the code table and signal
+//! handling around the Kafka poll loop, and turns the outcome into an exit code.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::admin::{Health, spawn_admin};
+use crate::kafka::worker::WorkerDeps;
+use crate::kafka::{WorkerExit, run_worker};
+use crate::metrics::Metrics;
+use crate::settings::{LogFormat, Settings};
+use crate::table_source::{SourceError, load_from_files};
+
+/// Exit codes of `run`: the supervisor restarts on anything but 0.
+pub mod exit {
+    pub const DRAINED: u8 = 0;
+    pub const FATAL: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const DEADLINE: u8 = 3;
+}
+
+pub fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.worker.log_filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests running several workers in one process) is harmless.
+    let _ = match settings.worker.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs the worker until SIGTERM/SIGINT (drain and exit 0) or a fatal failure (exit 1).
+pub fn run(settings: Settings) -> ExitCode {
+    init_logging(&settings);
+    let settings = Arc::new(settings);
+    match run_inner(settings) {
+        Ok(code) => ExitCode::from(code),
+        Err((code, message)) => {
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
+    let metrics = Arc::new(Metrics::new().map_err(|e| (exit::FATAL, format!("metrics: {e}")))?);
+    let health = Arc::new(Health::new());
+    health.set_stall_after(Duration::from_secs(settings.admin.stall_after_secs));
+    let admin_addr = settings
+        .admin
+        .listen_addr()
+        .map_err(|e| (exit::CONFIG, e))?;
+    let admin = match admin_addr {
+        Some(addr) => Some(
+            spawn_admin(addr, metrics.clone(), health.clone())
+                .map_err(|e| (exit::CONFIG, format!("admin port {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(admin) = &admin {
+        tracing::info!(addr = %admin.local_addr(), "admin endpoints: /metrics /healthz /readyz");
+    }
+
+    let table = load_from_files(&settings.codes).map_err(|e| match e {
+        SourceError::NotConfigured => (exit::CONFIG, e.to_string()),
+        SourceError::Table(inner) => (exit::FATAL, inner.to_string()),
+    })?;
+    let current = table.current();
+    metrics.set_code_table(current.version(), current.entries().len());
+    health.set_table_loaded(true);
+    tracing::info!(
+        version = current.version(),
+        entries = current.entries().len(),
+        "code table loaded"
+    );
+    drop(current);
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    install_signal_handlers(&shutdown)
+        .map_err(|e| (exit::FATAL, format!("signal handlers: {e}")))?;
+    start_deadline_watchdog(
+        shutdown.clone(),
+        Duration::from_secs(settings.worker.shutdown_deadline_secs),
+    );
+
+    let deps = WorkerDeps {
+        settings: settings.clone(),
+        table,
+        metrics,
+        health,
+        shutdown,
+    };
+    let worker = std::thread::Builder::new()
+        .name("kafka-loop".into())
+        .spawn(move || run_worker(deps))
+        .map_err(|e| (exit::FATAL, format!("cannot start the poll loop: {e}")))?;
+    let outcome = worker
+        .join()
+        .map_err(|_| (exit::FATAL, "the poll loop panicked".to_string()))?;
+    if let Some(admin) = admin
+        && let Err(e) = admin.shutdown()
+    {
+        tracing::warn!(error = %e, "admin server did not stop cleanly");
+    }
+    match outcome {
+        Ok(WorkerExit::Drained) => Ok(exit::DRAINED),
+        Err(failure) => Err((exit::FATAL, failure.to_string())),
+    }
+}
+
+/// First SIGTERM/SIGINT: ask the loop to drain. Second: exit at once.
+fn install_signal_handlers(shutdown: &Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for signal in [SIGTERM, SIGINT] {
+        // Registered first, so it sees the flag as it was before this signal set it.
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            i32::from(exit::DEADLINE),
+            shutdown.clone(),
+        )?;
+        signal_hook::flag::register(signal, shutdown.clone())?;
+    }
+    Ok(())
+}
+
+/// Bounds the drain: a commit stuck on an unreachable broker must not keep a terminating pod
+/// alive past its grace period.
+fn start_deadline_watchdog(shutdown: Arc<AtomicBool>, deadline: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            while !shutdown.load(Ordering::SeqCst) {
+                std::thread::park_timeout(Duration::from_millis(200));
+            }
+            std::thread::park_timeout(deadline);
+            eprintln!(
+                "error: shutdown did not finish within {} s; exiting",
+                deadline.as_secs()
+            );
+            std::process::exit(i32::from(exit::DEADLINE));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no shutdown deadline watchdog");
+    }
+}

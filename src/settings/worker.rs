@@ -1,0 +1,224 @@
+//! Settings of the stream worker: Kafka, where the code table comes from, the admin port,
+//! logging and shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How outputs and input offsets are tied together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Kafka transactions: a batch's outputs and its input offsets commit together.
+    #[default]
+    ExactlyOnce,
+    /// Idempotent producer; input offsets are stored only after every output was acknowledged, so
+    /// a crash repeats (byte-identical) outputs but never loses one.
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    pub conversions_topic: String,
+    pub alerts_topic: String,
+    pub dlq_topic: String,
+    pub delivery: Delivery,
+    /// Must be stable for one worker instance across restarts (so a restarted instance fences its
+    /// predecessor) and unique among the instances of a group. Kubernetes: the pod name of a
+    /// StatefulSet. Empty = `<group_id>-<hostname>`.
+    pub transactional_id: String,
+    pub batch_max_records: usize,
+    pub batch_max_ms: u64,
+    pub transaction_timeout_ms: u64,
+    /// librdkafka properties for both clients (security.protocol, sasl.*, ssl.*, ...).
+    pub common: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only; they override ours.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only; they override ours.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "promo-attribution".into(),
+            input_topic: "orders".into(),
+            conversions_topic: "promo.conversions".into(),
+            alerts_topic: "promo.alerts".into(),
+            dlq_topic: "promo.dlq".into(),
+            delivery: Delivery::ExactlyOnce,
+            transactional_id: String::new(),
+            batch_max_records: 2000,
+            batch_max_ms: 100,
+            transaction_timeout_ms: 60_000,
+            common: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    pub(super) fn check(&self, problems: &mut Vec<String>) {
+        for (name, value) in [
+            ("kafka.brokers", &self.brokers),
+            ("kafka.group_id", &self.group_id),
+            ("kafka.input_topic", &self.input_topic),
+            ("kafka.conversions_topic", &self.conversions_topic),
+            ("kafka.alerts_topic", &self.alerts_topic),
+            ("kafka.dlq_topic", &self.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                problems.push(format!("{name} must not be empty"));
+            }
+        }
+        let outputs = [&self.conversions_topic, &self.alerts_topic, &self.dlq_topic];
+        if outputs.contains(&&self.input_topic) {
+            problems.push("kafka.input_topic must differ from the output topics (the worker would read its own output)".into());
+        }
+        if self.batch_max_records == 0 {
+            problems.push("kafka.batch_max_records must be greater than 0".into());
+        }
+        if self.batch_max_ms == 0 {
+            problems.push("kafka.batch_max_ms must be greater than 0".into());
+        }
+        if self.transaction_timeout_ms < 1000 {
+            problems.push("kafka.transaction_timeout_ms must be at least 1000".into());
+        }
+        for (section, map) in [
+            ("common", &self.common),
+            ("consumer", &self.consumer),
+            ("producer", &self.producer),
+        ] {
+            for key in map.keys() {
+                if RESERVED_PROPERTIES.contains(&key.as_str()) {
+                    problems.push(format!(
+                        "kafka.{section}.\"{key}\" is set by the worker from its own settings and cannot be overridden"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The transactional id to use: the configured one, else `<group>-<hostname>`.
+    pub fn effective_transactional_id(&self) -> String {
+        if !self.transactional_id.trim().is_empty() {
+            return self.transactional_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_else(|| "local".into());
+        format!("{}-{host}", self.group_id)
+    }
+}
+
+/// Properties whose values carry the delivery guarantees; letting a passthrough map change them
+/// would silently break exactly-once.
+pub const RESERVED_PROPERTIES: [&str; 7] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "transactional.id",
+    "enable.idempotence",
+    "group.id",
+    "bootstrap.servers",
+];
+
+/// Where the worker's code table comes from until the Redis store lands: CSV files, loaded once
+/// at start.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodesSettings {
+    pub codes_file: Option<PathBuf>,
+    pub partners_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` listen; empty disables the admin port.
+    pub listen: String,
+    /// Without progress of the poll loop for this long, `/readyz` fails; for twice as long,
+    /// `/healthz` fails too, so the supervisor restarts a hung worker.
+    pub stall_after_secs: u64,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: "127.0.0.1:9464".into(),
+            stall_after_secs: 60,
+        }
+    }
+}
+
+impl AdminSettings {
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.listen.trim().is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            format!(
+                "admin.listen {:?} is not an address like 127.0.0.1:9464",
+                self.listen
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter, e.g. `info,promo_attribution=debug`.
+    pub log_filter: String,
+    /// After SIGTERM the open batch is committed and the worker exits within this time; a second
+    /// signal exits at once.
+    pub shutdown_deadline_secs: u64,
+    /// Longest pause between retries of a transient failure.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            shutdown_deadline_secs: 30,
+            max_backoff_ms: 5000,
+        }
+    }
+}
+
+impl WorkerSettings {
+    pub(super) fn check(&self, problems: &mut Vec<String>) {
+        if self.shutdown_deadline_secs == 0 {
+            problems.push("worker.shutdown_deadline_secs must be greater than 0".into());
+        }
+        if self.max_backoff_ms < 10 {
+            problems.push("worker.max_backoff_ms must be at least 10".into());
+        }
+    }
+}
