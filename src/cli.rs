@@ -34,6 +34,44 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run the stream worker: orders from Kafka in, conversions, alerts and dead letters out.
     Run(RunArgs),
+    /// Small Kafka tools for demos and checks: create topics, produce a JSON-lines file, read a topic.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create topics (existing ones are left alone).
+    Create {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        #[arg(required = true)]
+        topics: Vec<String>,
+    },
+    /// Produce each line of a file (or stdin) as one record, keyed by its order_id.
+    Produce {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Print the records of a topic (read_committed, from the beginning) as lines.
+    Read {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// Stop after this many records.
+        #[arg(long, default_value_t = usize::MAX)]
+        count: usize,
+        /// Stop after this long.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +184,8 @@ pub enum CliError {
     Settings(#[from] crate::settings::SettingsError),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error("{0}")]
+    Kafka(String),
 }
 
 impl CliError {
@@ -168,6 +208,7 @@ pub fn main() -> ExitCode {
         Command::Attribute(args) => run_attribute(args),
         Command::Explain(args) => run_explain(args),
         Command::Run(args) => return run_worker(args),
+        Command::Topics(command) => run_topics(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,6 +294,71 @@ fn run_worker(args: RunArgs) -> ExitCode {
         };
     }
     crate::run::run(settings)
+}
+
+fn run_topics(command: TopicsCommand) -> Result<(), CliError> {
+    use crate::kafka::tools;
+    match command {
+        TopicsCommand::Create {
+            brokers,
+            partitions,
+            topics,
+        } => {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            tools::create_topics(&brokers, &names, partitions).map_err(CliError::Kafka)
+        }
+        TopicsCommand::Produce {
+            brokers,
+            topic,
+            file,
+        } => {
+            let mut text = Vec::new();
+            match &file {
+                Some(path) => {
+                    text = std::fs::read(path)
+                        .map_err(CliError::io(format!("cannot read {}", path.display())))?
+                }
+                None => {
+                    io::stdin()
+                        .read_to_end(&mut text)
+                        .map_err(CliError::io("cannot read stdin"))?;
+                }
+            }
+            let records: Vec<Vec<u8>> = text
+                .split(|b| *b == b'\n')
+                .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+                .filter(|line| !line.trim_ascii().is_empty())
+                .map(<[u8]>::to_vec)
+                .collect();
+            let produced =
+                tools::produce_records(&brokers, &topic, &records).map_err(CliError::Kafka)?;
+            eprintln!("produced {produced} records to {topic}");
+            Ok(())
+        }
+        TopicsCommand::Read {
+            brokers,
+            topic,
+            count,
+            timeout_secs,
+        } => {
+            let records = tools::read_topic(
+                &brokers,
+                &topic,
+                count,
+                std::time::Duration::from_secs(timeout_secs),
+            )
+            .map_err(CliError::Kafka)?;
+            let mut out = io::stdout().lock();
+            for record in &records {
+                let payload = record.payload.as_deref().unwrap_or_default();
+                out.write_all(payload)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(CliError::io("stdout"))?;
+            }
+            eprintln!("read {} records from {topic}", records.len());
+            Ok(())
+        }
+    }
 }
 
 fn run_explain(args: ExplainArgs) -> Result<(), CliError> {

@@ -60,7 +60,7 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
     let admin = match admin_addr {
         Some(addr) => Some(
             spawn_admin(addr, metrics.clone(), health.clone())
-                .map_err(|e| (exit::CONFIG, format!("admin port {addr}: {e}")))?,
+                .map_err(|e| (exit::CONFIG, e.to_string()))?,
         ),
         None => None,
     };

@@ -5,6 +5,7 @@ pub mod context;
 pub mod failure;
 pub mod outputs;
 pub mod pipeline;
+pub mod tools;
 pub mod worker;
 
 use rdkafka::ClientConfig;

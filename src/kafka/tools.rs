@@ -1,0 +1,151 @@
+//! Small Kafka tools for the demo, tests and benchmarks: create topics, produce a file of JSON
+//! lines, read a topic back. Debian's `kcat` is too old to talk to current brokers such as
+//! tansu, so the project carries its own, built on the same client as the worker.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+fn client(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    config
+}
+
+/// Creates topics; ones that already exist are left as they are.
+pub fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = client(brokers)
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = runtime
+        .block_on(admin.create_topics(&new_topics, &options))
+        .map_err(|e| format!("create topics: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("create topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// Produces each record, keyed by its `order_id` when it has one (so one order's events share a
+/// partition, as a real order stream would), and waits until all are acknowledged.
+pub fn produce_records(brokers: &str, topic: &str, records: &[Vec<u8>]) -> Result<usize, String> {
+    let producer: BaseProducer = client(brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(|e| format!("producer: {e}"))?;
+    for payload in records {
+        let key = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| {
+                v.get("order_id")
+                    .and_then(|id| id.as_str())
+                    .map(str::to_string)
+            });
+        let mut record: BaseRecord<'_, str, [u8]> =
+            BaseRecord::to(topic).payload(payload.as_slice());
+        if let Some(key) = &key {
+            record = record.key(key.as_str());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(format!("produce: {e}")),
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(|e| format!("flush: {e}"))?;
+    Ok(records.len())
+}
+
+/// One record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads a topic from the beginning of every partition, without a consumer group, until
+/// `expected` records arrived or `timeout` passed, whichever is first.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Result<Vec<ReadRecord>, String> {
+    let consumer: BaseConsumer = client(brokers)
+        .set("group.id", "promo-attribution-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(|e| format!("assign: {e}"))?;
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| format!("assign {topic}: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while records.len() < expected && Instant::now() < deadline {
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = result.map_err(|e| format!("read {topic}: {e}"))?;
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(ReadRecord {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    }
+    Ok(records)
+}
