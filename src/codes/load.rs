@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono_tz::Tz;
 
@@ -309,15 +310,31 @@ pub fn read_codes_lenient<R: Read>(input: R, origin: &str) -> (Vec<CodeEntry>, V
         return (Vec::new(), out.problems);
     };
     let mut entries = Vec::new();
+    let mut interner = Interner::default();
     for_each_row(&mut reader, &columns, &mut out, |row, out| {
-        if let Some(entry) = code_row(row, out) {
+        if let Some(entry) = code_row(row, out, &mut interner) {
             entries.push(entry);
         }
     });
     (entries, out.problems)
 }
 
-fn code_row(row: &Row<'_>, out: &mut Collector) -> Option<CodeEntry> {
+/// Hands out one shared copy of each distinct program, partner or deal id.
+#[derive(Default)]
+pub struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    pub fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
+fn code_row(row: &Row<'_>, out: &mut Collector, interner: &mut Interner) -> Option<CodeEntry> {
     let before = out.problems.len();
     let code = row.required(out, "Promo Code");
     let program_id = row.required(out, "Program Id");
@@ -433,7 +450,7 @@ fn code_row(row: &Row<'_>, out: &mut Collector) -> Option<CodeEntry> {
     let usage_limit = positive(row, out, "Usage Limit");
     let customer_limit = positive(row, out, "Customer Limit");
     let priority = row
-        .number::<i64>(out, "Priority", "a whole number")
+        .number::<i32>(out, "Priority", "a whole number")
         .ok()
         .flatten()
         .unwrap_or(0);
@@ -444,13 +461,13 @@ fn code_row(row: &Row<'_>, out: &mut Collector) -> Option<CodeEntry> {
         return None;
     }
     Some(CodeEntry {
-        program_id: program_id?,
-        code: code?,
+        program_id: interner.intern(&program_id?),
+        code: code?.into_boxed_str(),
         match_type,
         code_type: code_type?,
-        owner_partner_id: owner,
+        owner_partner_id: owner.map(|o| interner.intern(&o)),
         credit_policy,
-        deal_id: row.optional("Deal Id").map(str::to_string),
+        deal_id: row.optional("Deal Id").map(|d| interner.intern(d)),
         start,
         end,
         timezone,
@@ -458,13 +475,13 @@ fn code_row(row: &Row<'_>, out: &mut Collector) -> Option<CodeEntry> {
         usage_limit,
         customer_limit,
         priority,
-        source_line: row.line,
+        source_line: u32::try_from(row.line).unwrap_or(u32::MAX),
     })
 }
 
-fn positive(row: &Row<'_>, out: &mut Collector, column: &str) -> Option<u64> {
+fn positive(row: &Row<'_>, out: &mut Collector, column: &str) -> Option<u32> {
     let value = row
-        .number::<u64>(out, column, "a whole number")
+        .number::<u32>(out, column, "a whole number")
         .ok()
         .flatten();
     if value == Some(0) {

@@ -6,6 +6,8 @@ pub mod load;
 pub mod normalize;
 pub mod table;
 
+use std::sync::Arc;
+
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -68,18 +70,22 @@ pub enum CreditGroup {
 }
 
 /// One row of the code table.
+///
+/// A table holds a million of these, so the repeated strings (program, owner, deal) are shared
+/// `Arc<str>`s interned while loading, and the code is a `Box<str>`: together that keeps an
+/// entry at about half the size of plain `String`s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CodeEntry {
-    pub program_id: String,
+    pub program_id: Arc<str>,
     /// The code as written in the table: the literal code, or the pattern of a regex code.
-    pub code: String,
+    pub code: Box<str>,
     pub match_type: MatchType,
     pub code_type: CodeType,
     /// The partner or media source credited through the code; `None` only for restricted codes.
-    pub owner_partner_id: Option<String>,
+    pub owner_partner_id: Option<Arc<str>>,
     /// `None` only for restricted codes.
     pub credit_policy: Option<CreditPolicy>,
-    pub deal_id: Option<String>,
+    pub deal_id: Option<Arc<str>>,
     /// Inclusive; `None` = active from the beginning.
     pub start: Option<Instant>,
     /// Exclusive; `None` = never ends.
@@ -87,12 +93,12 @@ pub struct CodeEntry {
     /// The zone the row's local dates were read in; kept so exports and explanations show it.
     pub timezone: Tz,
     pub state: CodeState,
-    pub usage_limit: Option<u64>,
-    pub customer_limit: Option<u64>,
+    pub usage_limit: Option<u32>,
+    pub customer_limit: Option<u32>,
     /// Among regex codes matching one entered value, the larger number wins.
-    pub priority: i64,
+    pub priority: i32,
     /// Line in the source file, for error messages; 0 when the row did not come from a file.
-    pub source_line: u64,
+    pub source_line: u32,
 }
 
 impl CodeEntry {

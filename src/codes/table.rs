@@ -4,6 +4,7 @@
 //! a new version is a new table, swapped in whole, so a decision never sees half of an update.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::load::{LoadProblem, LoadProblems};
 use super::normalize::{exact_key, trim_entered};
@@ -40,8 +41,8 @@ impl Default for BuildOptions {
 pub struct CodeTable {
     version: String,
     entries: Vec<CodeEntry>,
-    code_ids: Vec<String>,
-    programs: HashMap<String, ProgramMatcher>,
+    code_ids: Vec<Box<str>>,
+    programs: HashMap<Arc<str>, ProgramMatcher>,
     partners: HashMap<String, Partner>,
     /// Terms of any partner the partners file does not list.
     unlisted: Partner,
@@ -77,7 +78,7 @@ impl CodeTable {
                 reason,
             })
         };
-        let mut programs: HashMap<String, ProgramMatcher> = HashMap::new();
+        let mut programs: HashMap<Arc<str>, ProgramMatcher> = HashMap::new();
         let mut pattern_rows: HashMap<(&str, &str), EntryId> = HashMap::new();
         for (id, entry) in entries.iter().enumerate() {
             let id = id as EntryId;
@@ -100,7 +101,7 @@ impl CodeTable {
                     "a different owner"
                 };
                 problem(
-                    entry.source_line,
+                    u64::from(entry.source_line),
                     format!(
                         "{:?} is the same code as line {} (program {}, {whose}); a code has one row",
                         entry.code, first.source_line, entry.program_id
@@ -112,7 +113,7 @@ impl CodeTable {
                 && let Err(reason) = program.regex.add(&entry.code, id)
             {
                 problem(
-                    entry.source_line,
+                    u64::from(entry.source_line),
                     format!("regex {:?} refused: {reason}", entry.code),
                 );
             }
@@ -130,7 +131,10 @@ impl CodeTable {
         if !problems.is_empty() {
             return Err(LoadProblems(problems));
         }
-        let code_ids = entries.iter().map(CodeEntry::code_id).collect();
+        let code_ids = entries
+            .iter()
+            .map(|e| e.code_id().into_boxed_str())
+            .collect();
         let partners = partners
             .into_iter()
             .map(|p| (p.partner_id.clone(), p))

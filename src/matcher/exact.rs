@@ -15,19 +15,21 @@ const INLINE_BYTES: usize = 15;
 
 /// Packs a key of at most 15 bytes, with its length in the last byte so that keys differing only
 /// in trailing NULs stay distinct.
-fn pack(bytes: &[u8]) -> Option<u128> {
+fn pack(bytes: &[u8]) -> Option<InlineKey> {
     if bytes.len() > INLINE_BYTES {
         return None;
     }
     let mut packed = [0u8; 16];
     packed[..bytes.len()].copy_from_slice(bytes);
     packed[INLINE_BYTES] = bytes.len() as u8;
-    Some(u128::from_le_bytes(packed))
+    Some(packed)
 }
+
+type InlineKey = [u8; 16];
 
 #[derive(Debug, Default)]
 pub struct ExactIndex {
-    inline: HashMap<u128, u32, RandomState>,
+    inline: HashMap<InlineKey, u32, RandomState>,
     spilled: HashMap<Box<str>, u32, RandomState>,
 }
 
