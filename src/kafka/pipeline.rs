@@ -52,17 +52,43 @@ impl ProducerContext for DeliveryTracker {
     }
 }
 
+/// Where one partition's part of the batch starts and where it has got to.
+struct Position {
+    topic: String,
+    partition: i32,
+    first: i64,
+    next: i64,
+}
+
 #[derive(Default)]
 struct Batch {
     open: bool,
     started: Option<Instant>,
     records: usize,
-    /// Per (topic, partition): the first offset of the batch (where to rewind) and the next
-    /// offset to consume (what to commit).
-    first: BTreeMap<(String, i32), i64>,
-    next: BTreeMap<(String, i32), i64>,
+    /// Per partition read in this batch: where to rewind and what to commit.
+    positions: Vec<Position>,
     failures_at_start: u64,
     buffer: Vec<u8>,
+}
+
+impl Batch {
+    /// Notes that `offset` was read. A batch touches a handful of partitions, so a scan beats a
+    /// map and allocates the topic name only once per partition.
+    fn advance(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self
+            .positions
+            .iter_mut()
+            .find(|p| p.partition == partition && p.topic == topic)
+        {
+            Some(position) => position.next = offset + 1,
+            None => self.positions.push(Position {
+                topic: topic.to_string(),
+                partition,
+                first: offset,
+                next: offset + 1,
+            }),
+        }
+    }
 }
 
 pub struct Pipeline {
@@ -144,9 +170,7 @@ impl Pipeline {
     pub fn process(&self, message: &BorrowedMessage<'_>) -> Result<(), Failure> {
         let mut batch = self.lock()?;
         // Recorded before anything can fail, so that a rewind also covers this record.
-        let key = (message.topic().to_string(), message.partition());
-        batch.first.entry(key.clone()).or_insert(message.offset());
-        batch.next.insert(key, message.offset() + 1);
+        batch.advance(message.topic(), message.partition(), message.offset());
         if !batch.open {
             if self.exactly_once() {
                 self.producer
@@ -258,7 +282,12 @@ impl Pipeline {
             return Ok(());
         }
         let started = Instant::now();
-        let offsets = offsets_list(&batch.next)?;
+        let offsets = offsets_list(
+            batch
+                .positions
+                .iter()
+                .map(|p| (p.topic.as_str(), p.partition, p.next)),
+        )?;
         if self.exactly_once() {
             let group = consumer
                 .group_metadata()
@@ -321,7 +350,13 @@ impl Pipeline {
             })?;
             self.metrics.record_transaction(TxOutcome::Aborted);
         }
-        let rewind = RewindPoint(std::mem::take(&mut batch.first));
+        let rewind = RewindPoint(
+            batch
+                .positions
+                .iter()
+                .map(|p| ((p.topic.clone(), p.partition), p.first))
+                .collect(),
+        );
         *batch = Batch {
             buffer: std::mem::take(&mut batch.buffer),
             ..Batch::default()
@@ -348,10 +383,12 @@ impl Pipeline {
     }
 }
 
-fn offsets_list(next: &BTreeMap<(String, i32), i64>) -> Result<TopicPartitionList, Failure> {
+fn offsets_list<'a>(
+    offsets: impl Iterator<Item = (&'a str, i32, i64)>,
+) -> Result<TopicPartitionList, Failure> {
     let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+    for (topic, partition, offset) in offsets {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))
             .map_err(|e| Failure::Fatal(format!("offset list: {e}")))?;
     }
     Ok(list)
@@ -387,7 +424,7 @@ fn seek_assigned(
     if still_ours.is_empty() {
         return Ok(());
     }
-    let seeks = offsets_list(&still_ours)?;
+    let seeks = offsets_list(still_ours.iter().map(|((t, p), o)| (t.as_str(), *p, *o)))?;
     let result = consumer
         .seek_partitions(seeks, Duration::from_secs(10))
         .map_err(|e| Failure::Transient(format!("seek: {e}")))?;
