@@ -192,7 +192,7 @@ impl Pipeline {
         message: &BorrowedMessage<'_>,
         buffer: &mut Vec<u8>,
     ) -> Result<(), Failure> {
-        let Some(payload) = message.payload() else {
+        let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
             let rejection = Rejection {
                 reason: "empty_record",
                 message: "record has no value".into(),

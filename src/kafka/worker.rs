@@ -174,8 +174,12 @@ fn drain(
 ) -> Result<(), Failure> {
     tracing::info!("shutting down: committing the open batch");
     if let Err(failure) = pipeline.commit(consumer) {
+        // Nothing is lost (the group's committed offsets still point before the batch, so the
+        // next owner reads it again), but this was not a clean drain and the exit code says so.
         tracing::warn!(error = %failure, "final commit failed; aborting so the records are read again");
         pipeline.abort_and_rewind(consumer)?;
+        consumer.unsubscribe();
+        return Err(Failure::Fatal(format!("final commit failed: {failure}")));
     }
     if settings.kafka.delivery == Delivery::AtLeastOnce
         && let Err(err) = consumer.commit_consumer_state(CommitMode::Sync)

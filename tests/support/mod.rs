@@ -1,0 +1,706 @@
+//! Shared helpers for the tests that run against the local Kafka-protocol broker (tansu, started
+//! by `scripts/services up`): unique topic names, in-process and subprocess workers, an order
+//! generator and the offline reference, metric and topic reading with deadlines.
+//!
+//! Included with `mod support;` by each test crate that needs it; not every crate uses every
+//! helper, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, SecondsFormat};
+use promo_attribution::admin::Health;
+use promo_attribution::codes::table::BuildOptions;
+use promo_attribution::kafka::tools::{self, ReadRecord};
+use promo_attribution::kafka::worker::WorkerDeps;
+use promo_attribution::kafka::{Failure, WorkerExit, run_worker};
+use promo_attribution::metrics::Metrics;
+use promo_attribution::offline::{self, RunSummary, Sinks};
+use promo_attribution::settings::{Settings, SettingsSources};
+use promo_attribution::table_source::load_from_files;
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// The broker
+
+/// The broker address, after making sure the local services run. `scripts/services up` is
+/// idempotent and takes a lock, so parallel test binaries may all call it; within one binary it
+/// runs once. A broker that cannot be started fails the test: it is never silently skipped.
+pub fn brokers() -> &'static str {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS.get_or_init(|| {
+        let script = repo().join("scripts/services");
+        let up = Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .current_dir(repo())
+            .output()
+            .expect("run scripts/services up");
+        assert!(
+            up.status.success(),
+            "scripts/services up failed ({}):\n{}{}",
+            up.status,
+            String::from_utf8_lossy(&up.stdout),
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let env = Command::new("bash")
+            .arg(&script)
+            .arg("env")
+            .current_dir(repo())
+            .output()
+            .expect("run scripts/services env");
+        assert!(env.status.success(), "scripts/services env failed");
+        let text = String::from_utf8(env.stdout).expect("scripts/services env prints UTF-8");
+        text.lines()
+            .find_map(|line| line.strip_prefix("export PROMO_KAFKA_BROKERS="))
+            .map(|value| {
+                value
+                    .trim()
+                    .trim_matches('\'')
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .filter(|value| !value.is_empty())
+            .unwrap_or_else(|| panic!("no PROMO_KAFKA_BROKERS in scripts/services env:\n{text}"))
+    })
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn codes_csv() -> PathBuf {
+    repo().join("samples/codes.csv")
+}
+
+pub fn partners_csv() -> PathBuf {
+    repo().join("samples/partners.csv")
+}
+
+/// A name no other test (in this run or an earlier one against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// The topics, group and transactional id of one test.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub input: String,
+    pub conversions: String,
+    pub alerts: String,
+    pub dlq: String,
+    pub group: String,
+    pub transactional_id: String,
+}
+
+impl Names {
+    pub fn new(test: &str) -> Names {
+        let base = unique(test);
+        Names {
+            input: format!("{base}.orders"),
+            conversions: format!("{base}.conversions"),
+            alerts: format!("{base}.alerts"),
+            dlq: format!("{base}.dlq"),
+            group: format!("{base}.group"),
+            transactional_id: format!("{base}.tx"),
+        }
+    }
+
+    /// Creates the input topic with `input_partitions` partitions and the outputs with 3.
+    pub fn create_topics(&self, input_partitions: i32) {
+        tools::create_topics(brokers(), &[&self.input], input_partitions)
+            .expect("create the input topic");
+        tools::create_topics(brokers(), &[&self.conversions, &self.alerts, &self.dlq], 3)
+            .expect("create the output topics");
+    }
+
+    /// The same settings `run` builds from its flags, as `--set` overrides.
+    pub fn overrides(&self, transactional_id: &str) -> Vec<String> {
+        vec![
+            format!("kafka.brokers={}", brokers()),
+            format!("kafka.group_id={}", self.group),
+            format!("kafka.input_topic={}", self.input),
+            format!("kafka.conversions_topic={}", self.conversions),
+            format!("kafka.alerts_topic={}", self.alerts),
+            format!("kafka.dlq_topic={}", self.dlq),
+            format!("kafka.transactional_id={transactional_id}"),
+            format!("codes.codes_file={}", codes_csv().display()),
+            format!("codes.partners_file={}", partners_csv().display()),
+            "kafka.consumer.session.timeout.ms=3000".into(),
+            "kafka.consumer.heartbeat.interval.ms=500".into(),
+            "admin.listen=".into(),
+        ]
+    }
+
+    /// Settings for an in-process worker, loaded the way the CLI loads them.
+    pub fn settings(&self, transactional_id: &str, extra: &[&str]) -> Settings {
+        let mut overrides = self.overrides(transactional_id);
+        overrides.extend(extra.iter().map(|s| s.to_string()));
+        SettingsSources {
+            file: None,
+            env: Vec::new(),
+            overrides,
+        }
+        .load()
+        .expect("test settings are valid")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process worker
+
+/// `run_worker` on its own thread, stopped through its shutdown flag.
+pub struct InProcessWorker {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    shutdown: Arc<AtomicBool>,
+    done: Option<Receiver<Result<WorkerExit, Failure>>>,
+}
+
+impl InProcessWorker {
+    pub fn start(settings: Settings) -> InProcessWorker {
+        let table = load_from_files(&settings.codes).expect("sample code table loads");
+        let metrics = Arc::new(Metrics::new().expect("metrics register"));
+        let health = Arc::new(Health::new());
+        health.set_table_loaded(true);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let deps = WorkerDeps {
+            settings: Arc::new(settings),
+            table,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let (sender, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("test-worker".into())
+            .spawn(move || {
+                // The receiver may be gone when a failed test dropped the worker first.
+                let _ = sender.send(run_worker(deps));
+            })
+            .expect("spawn the worker thread");
+        InProcessWorker {
+            metrics,
+            health,
+            shutdown,
+            done: Some(done),
+        }
+    }
+
+    /// The rendered Prometheus text of this worker.
+    pub fn render(&self) -> String {
+        self.metrics.render().expect("metrics render")
+    }
+
+    /// An unlabelled sample of this worker's metrics (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(&self.render(), name).unwrap_or(0.0)
+    }
+
+    /// Whether the worker ended on its own (it should not, before `stop`).
+    pub fn finished_early(&mut self) -> Option<Result<WorkerExit, Failure>> {
+        self.done.as_ref().and_then(|done| done.try_recv().ok())
+    }
+
+    /// Asks the worker to drain and waits for it, within `deadline`.
+    pub fn stop(mut self, deadline: Duration) -> Result<WorkerExit, Failure> {
+        self.shutdown.store(true, Ordering::SeqCst);
+        let done = self.done.take().expect("worker stopped once");
+        match done.recv_timeout(deadline) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("worker did not stop within {deadline:?} after the shutdown request")
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!("worker thread panicked"),
+        }
+    }
+}
+
+impl Drop for InProcessWorker {
+    /// A failing test still stops its worker (without waiting), so it leaves the group.
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The value of the sample `name` (exact name, labels included if given) in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subprocess worker
+
+/// The built binary running `run`, killed (SIGKILL) if a test drops it without stopping it.
+pub struct ChildWorker {
+    child: Child,
+    pub log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl ChildWorker {
+    /// `promo-attribution run` with the flags of a deployment; stderr goes to `log`.
+    pub fn spawn(
+        names: &Names,
+        transactional_id: &str,
+        extra_sets: &[&str],
+        log: &Path,
+    ) -> ChildWorker {
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the worker log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_promo-attribution"));
+        command
+            .arg("run")
+            .args(["--brokers", brokers()])
+            .args(["--group", &names.group])
+            .args(["--input-topic", &names.input])
+            .args(["--transactional-id", transactional_id])
+            .arg("--codes")
+            .arg(codes_csv())
+            .arg("--partners")
+            .arg(partners_csv())
+            .args(["--admin-listen", "127.0.0.1:0"]);
+        let sets = [
+            format!("kafka.conversions_topic={}", names.conversions),
+            format!("kafka.alerts_topic={}", names.alerts),
+            format!("kafka.dlq_topic={}", names.dlq),
+            "kafka.consumer.session.timeout.ms=3000".into(),
+            "kafka.consumer.heartbeat.interval.ms=500".into(),
+        ];
+        for set in sets
+            .iter()
+            .map(String::as_str)
+            .chain(extra_sets.iter().copied())
+        {
+            command.args(["--set", set]);
+        }
+        let child = command
+            // The worker's log must not depend on the developer's shell.
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the worker binary");
+        ChildWorker {
+            child,
+            log: log.to_path_buf(),
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of the worker's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Whether the process already exited (it should not, before it is stopped).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("query the worker process");
+        }
+        self.exited
+    }
+
+    /// SIGKILL: no drain, no commit, an open transaction left behind.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the worker");
+        self.exited = Some(self.child.wait().expect("reap the killed worker"));
+    }
+
+    /// SIGTERM, then waits for the exit within `deadline`; `None` if it did not exit in time.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+        let mut exited = None;
+        wait_until(deadline, || {
+            exited = self.exited();
+            exited.is_some()
+        });
+        exited
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topics
+
+/// Reads `topic` until `expected` records arrived or `timeout` passed (see `tools::read_topic`).
+pub fn read(topic: &str, expected: usize, timeout: Duration) -> Vec<ReadRecord> {
+    tools::read_topic(brokers(), topic, expected, timeout)
+        .unwrap_or_else(|e| panic!("read {topic}: {e}"))
+}
+
+/// How long a read that expects nothing more waits for a surplus record to show up.
+pub const SETTLE: Duration = Duration::from_secs(3);
+
+/// Everything on `topic` once it is complete: waits for one record more than `expected` for
+/// [`SETTLE`], so a surplus (a duplicate, an unexpected output) is seen rather than cut off.
+pub fn read_settled(topic: &str, expected: usize) -> Vec<ReadRecord> {
+    read(topic, expected + 1, SETTLE)
+}
+
+/// Reads several topics at once (each read takes its own consumer), in the order given.
+pub fn read_settled_many(topics: &[(&str, usize)]) -> Vec<Vec<ReadRecord>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = topics
+            .iter()
+            .map(|(topic, expected)| scope.spawn(move || read_settled(topic, *expected)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("topic reader thread"))
+            .collect()
+    })
+}
+
+pub fn payloads(records: &[ReadRecord]) -> Vec<Vec<u8>> {
+    records
+        .iter()
+        .map(|r| r.payload.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Counts of each distinct item.
+pub fn multiset<T: Ord + Clone>(items: &[T]) -> BTreeMap<T, usize> {
+    let mut counts = BTreeMap::new();
+    for item in items {
+        *counts.entry(item.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// A string field of a JSON record.
+pub fn field(payload: &[u8], name: &str) -> String {
+    let value: Value = serde_json::from_slice(payload).unwrap_or_else(|e| {
+        panic!(
+            "output is not JSON ({e}): {}",
+            String::from_utf8_lossy(payload)
+        )
+    });
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string {name} in {value}"))
+        .to_string()
+}
+
+/// Groups records by a string field; each group in read order.
+pub fn group_by(records: &[ReadRecord], name: &str) -> BTreeMap<String, Vec<Vec<u8>>> {
+    let mut groups: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for payload in payloads(records) {
+        groups
+            .entry(field(&payload, name))
+            .or_default()
+            .push(payload);
+    }
+    groups
+}
+
+/// Reads conversions until every order id in `wanted` has at least one, or `timeout` passes.
+/// Repeats (left by aborted transactions, which tansu shows to read_committed readers) are kept.
+pub fn wait_for_orders(
+    topic: &str,
+    wanted: &BTreeSet<String>,
+    timeout: Duration,
+) -> Vec<ReadRecord> {
+    wait_for_keys(topic, "order_id", wanted, timeout)
+}
+
+/// Reads `topic` until every value in `wanted` of the string field `name` was seen at least once,
+/// or `timeout` passes. A count would not do where records may repeat: the first N records read
+/// could hold repeats and miss others.
+pub fn wait_for_keys(
+    topic: &str,
+    name: &str,
+    wanted: &BTreeSet<String>,
+    timeout: Duration,
+) -> Vec<ReadRecord> {
+    let deadline = Instant::now() + timeout;
+    let mut want = wanted.len();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let records = read(topic, want, left.min(Duration::from_secs(10)));
+        let seen: BTreeSet<String> = group_by(&records, name).into_keys().collect();
+        let missing = wanted.difference(&seen).count();
+        if missing == 0 || Instant::now() >= deadline {
+            return records;
+        }
+        // At least that many more records must arrive before the set can be complete.
+        want = records.len() + missing;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orders and the offline reference
+
+/// Deterministic pseudo-random numbers (splitmix64), so a failing corpus can be reproduced.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// Codes as customers type them, against `samples/codes.csv`: exact codes in several spellings,
+/// regex codes, expired / not-yet-active / restricted / owner-inactive codes, and unknown ones.
+const CODES: [&str; 22] = [
+    "ANNA10",
+    "anna10",
+    " ANNA10 ",
+    "ＡＮＮＡ１０",
+    "PODCAST15",
+    "podcast15\u{200b}",
+    "DEALS20",
+    "SPRING25",
+    "OLDCODE",
+    "VIPONCE",
+    "STAFF50",
+    "SUMMER-FLASH",
+    "summer-lower",
+    "SUMMIT",
+    "annabelle",
+    "Annabelle",
+    "GONE5",
+    "WELCOME",
+    "NOPE-XYZ",
+    "",
+    "DEALS20",
+    "SUMMER",
+];
+
+const PARTNERS: [&str; 10] = [
+    "2001", "2002", "2003", "2004", "2005", "2006", "3001", "3002", "9999", "2003",
+];
+
+const EVENT_TIMES: [&str; 7] = [
+    "2025-12-15T10:00:00Z",
+    "2026-02-10T12:00:00Z",
+    "2026-04-15T08:30:00+02:00",
+    "2026-05-10T12:00:00Z",
+    "2026-05-31T23:30:00+02:00",
+    "2026-07-10T12:00:00Z",
+    "2027-02-01T00:00:00Z",
+];
+
+/// Touchpoint age in minutes before the order; negative = after the order (not eligible).
+const CLICK_AGES_MIN: [i64; 8] = [-60, 1, 30, 120, 2 * 1440, 10 * 1440, 20 * 1440, 40 * 1440];
+
+/// One valid order (it parses and is decided), built from `rng`.
+pub fn order(order_id: &str, rng: &mut Rng) -> Vec<u8> {
+    let event_time = *rng.pick(&EVENT_TIMES);
+    let at = DateTime::parse_from_rfc3339(event_time).expect("event time is RFC 3339");
+    let codes: Vec<&str> = (0..rng.below(4)).map(|_| *rng.pick(&CODES)).collect();
+    let touchpoints: Vec<Value> = (0..rng.below(4))
+        .map(|i| {
+            let ts = at - chrono::Duration::minutes(*rng.pick(&CLICK_AGES_MIN));
+            let mut tp = json!({
+                "partner_id": rng.pick(&PARTNERS),
+                "click_id": format!("{order_id}-c{i}"),
+                "ts": ts.to_rfc3339_opts(SecondsFormat::Secs, true),
+            });
+            match rng.below(6) {
+                0 => tp["kind"] = json!("view"),
+                1 => tp["kind"] = json!("click"),
+                2 => tp["credit_group"] = json!("NON_PREFERRED"),
+                3 => tp["credit_group"] = json!("PREFERRED"),
+                _ => {}
+            }
+            tp
+        })
+        .collect();
+    let program = if rng.below(20) == 0 { "2002" } else { "1001" };
+    let mut order = json!({
+        "order_id": order_id,
+        "program_id": program,
+        "event_type": "sale",
+        "event_time": event_time,
+        "amount": (rng.below(50_000) as f64) / 100.0,
+        "currency": "USD",
+    });
+    if !codes.is_empty() || rng.below(2) == 0 {
+        order["promo_codes"] = json!(codes);
+    }
+    if !touchpoints.is_empty() || rng.below(2) == 0 {
+        order["touchpoints"] = json!(touchpoints);
+    }
+    serde_json::to_vec(&order).expect("serialize an order")
+}
+
+/// `count` valid orders with ids `<prefix>-<n>`.
+pub fn orders(prefix: &str, count: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(seed);
+    (0..count)
+        .map(|n| order(&format!("{prefix}-{n}"), &mut rng))
+        .collect()
+}
+
+/// The order ids of valid orders.
+pub fn order_ids(records: &[Vec<u8>]) -> BTreeSet<String> {
+    records.iter().map(|r| field(r, "order_id")).collect()
+}
+
+/// What the offline engine makes of the same records, one record per line.
+pub struct OfflineOutput {
+    pub conversions: Vec<Vec<u8>>,
+    pub alerts: Vec<Vec<u8>>,
+    pub summary: RunSummary,
+}
+
+/// The offline engine over `records` (joined as lines) with the worker's `settings`.
+pub fn offline_reference(records: &[Vec<u8>], settings: &Settings) -> OfflineOutput {
+    for record in records {
+        assert!(
+            !record.contains(&b'\n') && !record.ends_with(b"\r") && !record.trim_ascii().is_empty(),
+            "a record the offline engine cannot take as one line: {:?}",
+            String::from_utf8_lossy(record)
+        );
+    }
+    let input = records.join(&b'\n');
+    let table = offline::load_table(&codes_csv(), Some(&partners_csv()), BuildOptions::default())
+        .expect("sample code table loads");
+    let mut conversions = Vec::new();
+    let mut alerts = Vec::new();
+    let mut rejects = Vec::new();
+    let summary = offline::attribute(
+        input.as_slice(),
+        "test",
+        &table,
+        settings,
+        Sinks {
+            conversions: &mut conversions,
+            alerts: &mut alerts,
+            rejects: &mut rejects,
+        },
+    )
+    .expect("offline attribute over memory buffers");
+    let lines = |buffer: &[u8]| -> Vec<Vec<u8>> {
+        buffer
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    OfflineOutput {
+        conversions: lines(&conversions),
+        alerts: lines(&alerts),
+        summary,
+    }
+}
+
+/// Lossy text of a byte record, for messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts that two collections of records are equal as multisets; on failure shows what is
+/// missing and what is surplus, as text.
+pub fn assert_same_records(actual: &[Vec<u8>], expected: &[Vec<u8>], what: &str) {
+    let actual_counts = multiset(actual);
+    let expected_counts = multiset(expected);
+    if actual_counts == expected_counts {
+        return;
+    }
+    let mut missing = Vec::new();
+    let mut surplus = Vec::new();
+    for (record, &want) in &expected_counts {
+        let got = actual_counts.get(record).copied().unwrap_or(0);
+        if got < want {
+            missing.push(format!("{}x {}", want - got, text(record)));
+        }
+    }
+    for (record, &got) in &actual_counts {
+        let want = expected_counts.get(record).copied().unwrap_or(0);
+        if got > want {
+            surplus.push(format!("{}x {}", got - want, text(record)));
+        }
+    }
+    panic!(
+        "{what}: {} records read, {} expected; {} missing, {} surplus.\nmissing (first 5):\n  {}\nsurplus (first 5):\n  {}",
+        actual.len(),
+        expected.len(),
+        missing.len(),
+        surplus.len(),
+        missing
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  "),
+        surplus
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  "),
+    );
+}
