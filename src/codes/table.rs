@@ -42,8 +42,8 @@ pub struct CodeTable {
     version: String,
     entries: Vec<CodeEntry>,
     code_ids: Vec<Box<str>>,
-    programs: HashMap<Arc<str>, ProgramMatcher>,
-    partners: HashMap<String, Partner>,
+    programs: HashMap<Arc<str>, ProgramMatcher, foldhash::fast::RandomState>,
+    partners: HashMap<String, Partner, foldhash::fast::RandomState>,
     /// Terms of any partner the partners file does not list.
     unlisted: Partner,
 }
@@ -78,7 +78,8 @@ impl CodeTable {
                 reason,
             })
         };
-        let mut programs: HashMap<Arc<str>, ProgramMatcher> = HashMap::new();
+        let mut programs: HashMap<Arc<str>, ProgramMatcher, foldhash::fast::RandomState> =
+            HashMap::default();
         let mut pattern_rows: HashMap<(&str, &str), EntryId> = HashMap::new();
         for (id, entry) in entries.iter().enumerate() {
             let id = id as EntryId;
@@ -196,16 +197,25 @@ impl CodeTable {
         if !program.regex.is_empty() {
             program.regex.matches_into(trim_entered(entered), scratch);
         }
-        let best_regex = scratch
-            .iter()
-            .copied()
-            .min_by_key(|&id| (std::cmp::Reverse(self.entry(id).priority), id));
+        // The common cases are a single match or none: they are answered without reading any
+        // entry, because at a million entries each read is a cache and TLB miss.
+        let best_regex = match scratch.as_slice() {
+            [] => None,
+            [only] => Some(*only),
+            many => many
+                .iter()
+                .copied()
+                .min_by_key(|&id| (std::cmp::Reverse(self.entry(id).priority), id)),
+        };
         let entry = exact.or(best_regex)?;
-        let owner = &self.entry(entry).owner_partner_id;
-        let owners_differ = exact
-            .iter()
-            .chain(scratch.iter())
-            .any(|&id| &self.entry(id).owner_partner_id != owner);
+        let single = scratch.len() + usize::from(exact.is_some()) == 1;
+        let owners_differ = !single && {
+            let owner = &self.entry(entry).owner_partner_id;
+            exact
+                .iter()
+                .chain(scratch.iter())
+                .any(|&id| &self.entry(id).owner_partner_id != owner)
+        };
         Some(CodeMatch {
             entry,
             owners_differ,
