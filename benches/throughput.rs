@@ -285,7 +285,10 @@ fn worker(settings: Settings, table: &TableHandle, records: usize) -> Instant {
         health: health.clone(),
         shutdown: shutdown.clone(),
     };
-    let handle = std::thread::spawn(move || run_worker(deps));
+    let handle = std::thread::Builder::new()
+        .name("worker".into())
+        .spawn(move || run_worker(deps))
+        .expect("worker thread starts");
     let join_deadline = Instant::now() + Duration::from_secs(60);
     while health.assigned_partitions() == 0 {
         assert!(

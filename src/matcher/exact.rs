@@ -15,7 +15,7 @@ const INLINE_BYTES: usize = 15;
 
 /// Packs a key of at most 15 bytes, with its length in the last byte so that keys differing only
 /// in trailing NULs stay distinct.
-fn pack(bytes: &[u8]) -> Option<InlineKey> {
+pub(crate) fn pack(bytes: &[u8]) -> Option<InlineKey> {
     if bytes.len() > INLINE_BYTES {
         return None;
     }
@@ -25,7 +25,7 @@ fn pack(bytes: &[u8]) -> Option<InlineKey> {
     Some(packed)
 }
 
-type InlineKey = [u8; 16];
+pub(crate) type InlineKey = [u8; 16];
 
 #[derive(Debug, Default)]
 pub struct ExactIndex {

@@ -14,6 +14,8 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
+use super::exact::{InlineKey, pack};
+
 /// Compiled-size bound per pattern; generous for promo-code patterns, fatal for a pathological
 /// one such as `(a{100}){100}`.
 pub const DEFAULT_REGEX_SIZE_LIMIT: usize = 256 * 1024;
@@ -33,14 +35,20 @@ struct Pattern {
 
 #[derive(Default)]
 struct LiteralIndex {
-    by_literal: HashMap<Box<[u8]>, Vec<u32>, RandomState>,
+    /// Literals of up to 15 bytes (all real prefixes) inline, like exact codes, so a probe hashes
+    /// 16 bytes and compares in place; longer ones spill to boxed keys.
+    inline: HashMap<InlineKey, Vec<u32>, RandomState>,
+    spilled: HashMap<Box<[u8]>, Vec<u32>, RandomState>,
     /// Distinct literal lengths, ascending: the probes an entered code needs.
     lengths: Vec<usize>,
 }
 
 impl LiteralIndex {
     fn add(&mut self, literal: &[u8], pattern: u32) {
-        let slot = self.by_literal.entry(literal.into()).or_default();
+        let slot = match pack(literal) {
+            Some(key) => self.inline.entry(key).or_default(),
+            None => self.spilled.entry(literal.into()).or_default(),
+        };
         if !slot.contains(&pattern) {
             slot.push(pattern);
         }
@@ -59,7 +67,10 @@ impl LiteralIndex {
                 } else {
                     &code[..len]
                 };
-                self.by_literal.get(probe)
+                match pack(probe) {
+                    Some(key) => self.inline.get(&key),
+                    None => self.spilled.get(probe),
+                }
             })
             .flatten()
             .copied()
