@@ -6,6 +6,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
+// The allocator the worker binary uses, so the table is laid out the same way.
+#[global_allocator]
+static ALLOCATOR: promo_attribution::hugepages::HugePageAlloc =
+    promo_attribution::hugepages::HugePageAlloc;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -10,6 +10,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
+// The allocator the worker binary uses, so the table is laid out the same way.
+#[global_allocator]
+static ALLOCATOR: promo_attribution::hugepages::HugePageAlloc =
+    promo_attribution::hugepages::HugePageAlloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -278,10 +283,11 @@ fn worker(settings: Settings, table: &TableHandle, records: usize) -> Instant {
     let topic = settings.kafka.input_topic.clone();
     let shutdown = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::new());
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
     let deps = WorkerDeps {
         settings: Arc::new(settings),
         table: table.clone(),
-        metrics: Arc::new(Metrics::new().expect("metrics")),
+        metrics: metrics.clone(),
         health: health.clone(),
         shutdown: shutdown.clone(),
     };
@@ -304,7 +310,27 @@ fn worker(settings: Settings, table: &TableHandle, records: usize) -> Instant {
         .join()
         .expect("worker thread")
         .expect("worker drained");
+    report_batches(&metrics);
     started
+}
+
+/// Mean batch size and commit time of a worker run, from its own metrics.
+fn report_batches(metrics: &Metrics) {
+    let text = metrics.render().unwrap_or_default();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let batches = value("promo_batch_size_count");
+    eprintln!(
+        "  batches {batches:.0}, mean size {:.0}, mean commit {:.1} ms",
+        value("promo_batch_size_sum") / batches,
+        value("promo_commit_latency_seconds_sum") / value("promo_commit_latency_seconds_count")
+            * 1e3
+    );
 }
 
 /// Open-loop latency: orders stamped with the time they are produced, at a fixed rate; the

@@ -22,6 +22,7 @@ pub mod attribution;
 pub mod cli;
 pub mod codes;
 pub mod explain;
+pub mod hugepages;
 pub mod ids;
 pub mod kafka;
 pub mod matcher;
