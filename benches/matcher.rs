@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use promo_attribution::codes::table::BuildOptions;
 use promo_attribution::codes::{CodeTable, MatchType};
-use promo_attribution::matcher::{DEFAULT_REGEX_SIZE_LIMIT, RegexIndex};
+use promo_attribution::matcher::{DEFAULT_REGEX_SIZE_LIMIT, ProgramMatcher, RegexIndex};
 use regex::RegexSetBuilder;
 
 use support::{
@@ -141,6 +141,38 @@ fn make_probes(
     }
 }
 
+/// A group of `CodeTable::lookup` benches over hit and miss probe sets; the caller adds the
+/// index-only variants and finishes it.
+fn lookup_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    table: &CodeTable,
+    program: &ProgramMatcher,
+    sets: [(&str, &Vec<String>); 2],
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(40)
+        .throughput(Throughput::Elements(PROBES as u64));
+    let mut scratch = Vec::new();
+    for (name, set) in sets {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut found = 0u32;
+                for probe in set {
+                    found += table
+                        .lookup(program, black_box(probe), &mut scratch)
+                        .is_some() as u32;
+                }
+                found
+            })
+        });
+    }
+    group
+}
+
 fn matcher(c: &mut Criterion) {
     // --- One build, outside criterion: build time and resident memory. ---
     release_free_memory();
@@ -186,25 +218,13 @@ fn matcher(c: &mut Criterion) {
     let mut scratch = Vec::new();
 
     // --- Lookups through the public entry point. ---
-    let mut group = c.benchmark_group("exact_lookup");
-    group
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(40)
-        .throughput(Throughput::Elements(PROBES as u64));
-    for (name, set) in [("hit", &probes.exact_hits), ("miss", &probes.exact_misses)] {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let mut found = 0u32;
-                for probe in set {
-                    found += table
-                        .lookup(program, black_box(probe), &mut scratch)
-                        .is_some() as u32;
-                }
-                found
-            })
-        });
-    }
+    let mut group = lookup_group(
+        c,
+        "exact_lookup",
+        &table,
+        program,
+        [("hit", &probes.exact_hits), ("miss", &probes.exact_misses)],
+    );
     // The exact index alone, without the regex probes every `lookup` also makes.
     group.bench_function("index_only_hit", |b| {
         b.iter(|| {
@@ -217,25 +237,13 @@ fn matcher(c: &mut Criterion) {
     });
     group.finish();
 
-    let mut group = c.benchmark_group("regex_lookup");
-    group
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(40)
-        .throughput(Throughput::Elements(PROBES as u64));
-    for (name, set) in [("hit", &probes.regex_hits), ("miss", &probes.regex_misses)] {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let mut found = 0u32;
-                for probe in set {
-                    found += table
-                        .lookup(program, black_box(probe), &mut scratch)
-                        .is_some() as u32;
-                }
-                found
-            })
-        });
-    }
+    let mut group = lookup_group(
+        c,
+        "regex_lookup",
+        &table,
+        program,
+        [("hit", &probes.regex_hits), ("miss", &probes.regex_misses)],
+    );
     // The regex index alone, and the same index without the 20 unanchored patterns, to show
     // what the `RegexSet` fallback costs every lookup.
     group.bench_function("index_only_hit", |b| {

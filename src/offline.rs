@@ -160,6 +160,32 @@ pub fn attribute<R: BufRead>(
     Ok(summary)
 }
 
+/// The outputs of a run over an in-memory input, for tests and tools that compare runs.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub summary: RunSummary,
+    pub conversions: Vec<u8>,
+    pub alerts: Vec<u8>,
+    pub rejects: Vec<u8>,
+}
+
+/// [`attribute`] over bytes in memory, capturing every output.
+pub fn attribute_captured(
+    input: &[u8],
+    origin: &str,
+    table: &CodeTable,
+    settings: &Settings,
+) -> io::Result<Captured> {
+    let mut captured = Captured::default();
+    let sinks = Sinks {
+        conversions: &mut captured.conversions,
+        alerts: &mut captured.alerts,
+        rejects: &mut captured.rejects,
+    };
+    captured.summary = attribute(input, origin, table, settings, sinks)?;
+    Ok(captured)
+}
+
 fn trim_line_end(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)

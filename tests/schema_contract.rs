@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use jsonschema::Validator;
 use promo_attribution::codes::table::BuildOptions;
-use promo_attribution::offline::{self, Sinks};
+use promo_attribution::offline;
 use promo_attribution::schema::parse_order;
 use promo_attribution::settings::{InputLimits, Settings};
 use serde_json::{Value, json};
@@ -103,23 +103,12 @@ fn run_engine(orders: &[u8], origin: &str, settings: &Settings) -> RunOutput {
         BuildOptions::default(),
     )
     .unwrap_or_else(|e| panic!("the sample code table does not load: {e}"));
-    let (mut conversions, mut alerts, mut rejects) = (Vec::new(), Vec::new(), Vec::new());
-    let summary = offline::attribute(
-        orders,
-        origin,
-        &table,
-        settings,
-        Sinks {
-            conversions: &mut conversions,
-            alerts: &mut alerts,
-            rejects: &mut rejects,
-        },
-    )
-    .expect("writing to memory cannot fail");
+    let run = offline::attribute_captured(orders, origin, &table, settings)
+        .expect("writing to memory cannot fail");
     RunOutput {
-        conversions: json_lines(&conversions, "conversions"),
-        alerts: json_lines(&alerts, "alerts"),
-        orders_decided: summary.orders,
+        conversions: json_lines(&run.conversions, "conversions"),
+        alerts: json_lines(&run.alerts, "alerts"),
+        orders_decided: run.summary.orders,
     }
 }
 

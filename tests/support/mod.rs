@@ -6,6 +6,9 @@
 //! helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+mod rng;
+pub use rng::Rng;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use promo_attribution::kafka::tools::{self, ReadRecord};
 use promo_attribution::kafka::worker::WorkerDeps;
 use promo_attribution::kafka::{Failure, WorkerExit, run_worker};
 use promo_attribution::metrics::Metrics;
-use promo_attribution::offline::{self, RunSummary, Sinks};
+use promo_attribution::offline::{self, RunSummary};
 use promo_attribution::settings::{Settings, SettingsSources};
 use promo_attribution::table_source::load_from_files;
 use serde_json::{Value, json};
@@ -486,31 +489,6 @@ pub fn wait_for_keys(
 // ---------------------------------------------------------------------------------------------
 // Orders and the offline reference
 
-/// Deterministic pseudo-random numbers (splitmix64), so a failing corpus can be reproduced.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
 /// Codes as customers type them, against `samples/codes.csv`: exact codes in several spellings,
 /// regex codes, expired / not-yet-active / restricted / owner-inactive codes, and unknown ones.
 const CODES: [&str; 22] = [
@@ -628,21 +606,8 @@ pub fn offline_reference(records: &[Vec<u8>], settings: &Settings) -> OfflineOut
     let input = records.join(&b'\n');
     let table = offline::load_table(&codes_csv(), Some(&partners_csv()), BuildOptions::default())
         .expect("sample code table loads");
-    let mut conversions = Vec::new();
-    let mut alerts = Vec::new();
-    let mut rejects = Vec::new();
-    let summary = offline::attribute(
-        input.as_slice(),
-        "test",
-        &table,
-        settings,
-        Sinks {
-            conversions: &mut conversions,
-            alerts: &mut alerts,
-            rejects: &mut rejects,
-        },
-    )
-    .expect("offline attribute over memory buffers");
+    let run = offline::attribute_captured(&input, "test", &table, settings)
+        .expect("offline attribute over memory buffers");
     let lines = |buffer: &[u8]| -> Vec<Vec<u8>> {
         buffer
             .split(|b| *b == b'\n')
@@ -651,9 +616,9 @@ pub fn offline_reference(records: &[Vec<u8>], settings: &Settings) -> OfflineOut
             .collect()
     };
     OfflineOutput {
-        conversions: lines(&conversions),
-        alerts: lines(&alerts),
-        summary,
+        conversions: lines(&run.conversions),
+        alerts: lines(&run.alerts),
+        summary: run.summary,
     }
 }
 
