@@ -4,7 +4,8 @@
 //! and at-least-once), each draining the same backlog; then end-to-end latency with an open-loop
 //! generator at half the worker's drain rate.
 //!
-//! `cargo bench --bench throughput` (BENCH_ORDERS, default 300000; BENCH_LATENCY_SECS, default 10).
+//! `cargo bench --bench throughput` (BENCH_ORDERS, default 300000; BENCH_LATENCY_SECS, default 10;
+//! BENCH_BATCH_RECORDS and BENCH_BATCH_MS override the batch settings of every run).
 //! Starts the local services through `scripts/services` when they are not up.
 
 #[path = "support/mod.rs"]
@@ -188,6 +189,9 @@ fn settings_for(
     kafka.group_id = group.to_string();
     kafka.transactional_id = format!("{group}-tx");
     kafka.delivery = delivery;
+    kafka.batch_max_records =
+        env_number("BENCH_BATCH_RECORDS", kafka.batch_max_records as u64) as usize;
+    kafka.batch_max_ms = env_number("BENCH_BATCH_MS", kafka.batch_max_ms);
     kafka
         .consumer
         .insert("session.timeout.ms".into(), "6000".into());
