@@ -388,7 +388,7 @@ fn latency(
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{run}-lat-reader"))
         .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", "20")
         .create()
         .expect("reader");
     let mut assignment = TopicPartitionList::new();
@@ -400,7 +400,9 @@ fn latency(
     reader.assign(&assignment).expect("assign");
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
+        // A real order source batches a little too; one produce request per order would measure
+        // the broker's per-request overhead, not the pipeline.
+        .set("linger.ms", "5")
         .create()
         .expect("producer");
     let total = (rate * seconds as f64) as usize;
