@@ -282,7 +282,7 @@ fn run_worker(args: RunArgs) -> ExitCode {
         }
     };
     if args.check_config {
-        return match toml::to_string_pretty(&settings) {
+        return match toml::to_string_pretty(&redacted(&settings)) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -294,6 +294,24 @@ fn run_worker(args: RunArgs) -> ExitCode {
         };
     }
     crate::run::run(settings)
+}
+
+/// The settings with the values of secret-looking librdkafka properties (passwords, secrets,
+/// keys) replaced, so `--check-config` output can be pasted into a ticket.
+fn redacted(settings: &crate::settings::Settings) -> crate::settings::Settings {
+    let mut copy = settings.clone();
+    let kafka = &mut copy.kafka;
+    for map in [&mut kafka.common, &mut kafka.consumer, &mut kafka.producer] {
+        for (key, value) in map.iter_mut() {
+            if ["password", "secret", ".key", "token"]
+                .iter()
+                .any(|s| key.contains(s))
+            {
+                *value = "<redacted>".into();
+            }
+        }
+    }
+    copy
 }
 
 fn run_topics(command: TopicsCommand) -> Result<(), CliError> {

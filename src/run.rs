@@ -137,9 +137,9 @@ fn start_deadline_watchdog(shutdown: Arc<AtomicBool>, deadline: Duration) {
         .name("shutdown-deadline".into())
         .spawn(move || {
             while !shutdown.load(Ordering::SeqCst) {
-                std::thread::park_timeout(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(200));
             }
-            std::thread::park_timeout(deadline);
+            std::thread::sleep(deadline);
             eprintln!(
                 "error: shutdown did not finish within {} s; exiting",
                 deadline.as_secs()

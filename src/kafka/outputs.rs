@@ -14,6 +14,8 @@ pub mod dlq_header {
     /// The short stable reason (`malformed_json`, `oversize`, ...), also the metric label.
     pub const REASON: &str = "promo.dlq.reason";
     pub const WORKER_VERSION: &str = "promo.worker.version";
+    /// Set, to the original size in bytes, when the value was too large to dead-letter.
+    pub const PAYLOAD_OMITTED: &str = "promo.dlq.payload.omitted.bytes";
 }
 
 /// Why a record could not be decided: a stable reason and a message for people.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -212,34 +212,68 @@ impl Pipeline {
         let table = self.table.current();
         let decision = decide(payload, &order, &table, &self.settings.attribution);
         let conversion = &decision.conversion;
+        // Everything is serialized before anything is sent, so an output the producer would
+        // refuse as too large turns into one dead letter instead of half a decision.
         buffer.clear();
         serde_json::to_writer(&mut *buffer, conversion)
             .map_err(|e| Failure::Fatal(format!("serialize conversion: {e}")))?;
+        let mut ends = vec![buffer.len()];
+        for alert in &decision.alerts {
+            serde_json::to_writer(&mut *buffer, alert)
+                .map_err(|e| Failure::Fatal(format!("serialize alert: {e}")))?;
+            ends.push(buffer.len());
+        }
+        let largest = ends.iter().scan(0, |start, &end| {
+            let size = end - *start;
+            *start = end;
+            Some(size)
+        });
+        if let Some(size) = largest.max().filter(|&size| size > self.max_record_bytes()) {
+            let rejection = Rejection {
+                reason: "output_too_large",
+                message: format!(
+                    "an output of {size} bytes exceeds the producer limit of {} bytes",
+                    self.max_record_bytes()
+                ),
+            };
+            return self.dead_letter(message, &rejection);
+        }
         let kafka = &self.settings.kafka;
         self.send(
             BaseRecord::to(&kafka.conversions_topic)
                 .key(conversion.order_id.as_bytes())
-                .payload(buffer.as_slice()),
+                .payload(&buffer[..ends[0]]),
         )?;
         self.metrics.record_conversion(
             conversion.status,
             conversion.basis,
             conversion.invalid_reason,
         );
-        for alert in &decision.alerts {
-            buffer.clear();
-            serde_json::to_writer(&mut *buffer, alert)
-                .map_err(|e| Failure::Fatal(format!("serialize alert: {e}")))?;
+        for (alert, range) in decision.alerts.iter().zip(ends.windows(2)) {
             self.send(
                 BaseRecord::to(&kafka.alerts_topic)
                     .key(alert.alert_id.as_bytes())
-                    .payload(buffer.as_slice()),
+                    .payload(&buffer[range[0]..range[1]]),
             )?;
             self.metrics.record_alert(alert.kind);
         }
         let lag = chrono::Utc::now() - order.event_time;
         self.metrics.observe_end_to_end(lag.as_seconds_f64());
         Ok(())
+    }
+
+    /// The largest record the producer accepts (librdkafka's `message.max.bytes`, 1,000,000 unless
+    /// configured), less room for key and headers.
+    fn max_record_bytes(&self) -> usize {
+        const HEADROOM: usize = 16 * 1024;
+        self.settings
+            .kafka
+            .producer
+            .get("message.max.bytes")
+            .or_else(|| self.settings.kafka.common.get("message.max.bytes"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1_000_000)
+            .saturating_sub(HEADROOM)
     }
 
     fn dead_letter(
@@ -253,8 +287,19 @@ impl Pipeline {
         if let Some(key) = message.key() {
             record = record.key(key);
         }
-        if let Some(payload) = message.payload() {
+        // A value too large to produce again (an oversize input near the broker's limit) is
+        // left out rather than retried forever; the headers say so and keep its coordinates, so
+        // it can still be fetched from the input topic while retention allows.
+        let payload = message.payload().unwrap_or_default();
+        if payload.len() <= self.max_record_bytes() {
             record = record.payload(payload);
+        } else {
+            let omitted = payload.len().to_string();
+            let headers = dlq_headers(message, rejection).insert(Header {
+                key: super::outputs::dlq_header::PAYLOAD_OMITTED,
+                value: Some(omitted.as_str()),
+            });
+            record = record.headers(headers);
         }
         self.send(record)?;
         self.metrics.record_dlq(rejection.reason);
@@ -371,15 +416,38 @@ impl Pipeline {
         Ok(rewind)
     }
 
+    /// Drops the open batch without committing it, before the worker exits on a fatal failure:
+    /// its transaction is aborted where possible, and nothing of it is stored, so the next owner
+    /// of the partitions reads the batch again from the committed offsets.
+    pub fn abandon(&self) {
+        if let Ok(mut batch) = self.batch.lock() {
+            if batch.open && self.exactly_once() {
+                let _ = self.producer.abort_transaction(Duration::from_secs(10));
+            }
+            *batch = Batch {
+                buffer: std::mem::take(&mut batch.buffer),
+                ..Batch::default()
+            };
+        }
+    }
+
     /// Partitions are about to move: finish the open batch, or abort it when the assignment is
     /// already lost (another member may own the partitions by now).
     pub fn on_revoke(&self, consumer: &BaseConsumer<WorkerContext>) {
+        // Inside the callback a failed abort or seek cannot be retried later: the batch is
+        // already reset, so the loop would carry on past records it never decided. Exiting is
+        // the safe answer; the next owner reads from the committed offsets.
+        let give_up = || {
+            self.abort_and_rewind(consumer).map(drop).map_err(|f| {
+                Failure::Fatal(format!("abandoning the batch during a rebalance: {f}"))
+            })
+        };
         let result = if consumer.assignment_lost() {
-            self.abort_and_rewind(consumer).map(drop)
+            give_up()
         } else {
             self.commit(consumer).or_else(|failure| match failure {
                 Failure::Fatal(_) => Err(failure),
-                _ => self.abort_and_rewind(consumer).map(drop),
+                _ => give_up(),
             })
         };
         if let Err(failure) = result {
@@ -404,6 +472,15 @@ fn offsets_list<'a>(
 pub struct RewindPoint(BTreeMap<(String, i32), i64>);
 
 impl RewindPoint {
+    /// Adds a record read after the batch was abandoned, keeping the lowest offset per partition.
+    pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
+        let slot = self
+            .0
+            .entry((topic.to_string(), partition))
+            .or_insert(offset);
+        *slot = (*slot).min(offset);
+    }
+
     /// Seeks the partitions still assigned back to where the batch started; partitions that
     /// moved away are left to their new owner, who starts from the committed offsets anyway.
     pub fn seek(&self, consumer: &BaseConsumer<WorkerContext>) -> Result<(), Failure> {
@@ -459,5 +536,39 @@ fn retry_resumable(mut call: impl FnMut() -> Result<(), Failure>) -> Result<(), 
             Err(Failure::Retriable(message)) => return Err(Failure::Transient(message)),
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewind_point_keeps_the_lowest_offset_per_partition() {
+        let mut rewind = RewindPoint::default();
+        rewind.note("orders", 0, 40);
+        rewind.note("orders", 0, 12);
+        rewind.note("orders", 0, 30);
+        rewind.note("orders", 1, 7);
+        let offsets: Vec<_> = rewind
+            .0
+            .iter()
+            .map(|((t, p), o)| (t.as_str(), *p, *o))
+            .collect();
+        assert_eq!(offsets, [("orders", 0, 12), ("orders", 1, 7)]);
+    }
+
+    #[test]
+    fn batch_positions_start_at_the_first_offset_and_advance() {
+        let mut batch = Batch::default();
+        batch.advance("orders", 2, 100);
+        batch.advance("orders", 2, 101);
+        batch.advance("orders", 0, 5);
+        let seen: Vec<_> = batch
+            .positions
+            .iter()
+            .map(|p| (p.partition, p.first, p.next))
+            .collect();
+        assert_eq!(seen, [(2, 100, 102), (0, 5, 6)]);
     }
 }

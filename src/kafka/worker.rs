@@ -80,27 +80,44 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
         "worker started"
     );
 
-    let mut backoff = Backoff::new(Duration::from_millis(settings.worker.max_backoff_ms));
+    let outcome = poll_loop(&consumer, &pipeline, &deps)
+        .and_then(|()| drain(&consumer, &pipeline, &settings));
+    if outcome.is_err() {
+        // Dropping the consumer runs the revoke callback, which would otherwise commit whatever
+        // the failed batch holds, including a record whose outputs were only partly produced.
+        pipeline.abandon();
+    }
+    outcome.map(|()| WorkerExit::Drained)
+}
+
+fn poll_loop(
+    consumer: &BaseConsumer<WorkerContext>,
+    pipeline: &Pipeline,
+    deps: &WorkerDeps,
+) -> Result<(), Failure> {
+    let mut backoff = Backoff::new(Duration::from_millis(deps.settings.worker.max_backoff_ms));
     while !deps.shutdown.load(Ordering::SeqCst) {
         deps.health.mark_progress();
         if let Some(failure) = pipeline.take_deferred() {
-            recover(&consumer, &pipeline, &deps, failure, &mut backoff)?;
+            recover(consumer, pipeline, deps, failure, &mut backoff)?;
             continue;
         }
-        let step = poll_once(&consumer, &pipeline).and_then(|()| {
+        let step = poll_once(consumer, pipeline).and_then(|()| {
             if pipeline.is_due()? {
-                pipeline.commit(&consumer)
+                pipeline.commit(consumer).map(|()| true)
             } else {
-                Ok(())
+                Ok(false)
             }
         });
         match step {
-            Ok(()) => backoff.reset(),
-            Err(failure) => recover(&consumer, &pipeline, &deps, failure, &mut backoff)?,
+            // Only a batch that made it all the way through proves the trouble is over; an idle
+            // poll right after a rewind proves nothing.
+            Ok(true) => backoff.reset(),
+            Ok(false) => {}
+            Err(failure) => recover(consumer, pipeline, deps, failure, &mut backoff)?,
         }
     }
-    drain(&consumer, &pipeline, &settings)?;
-    Ok(WorkerExit::Drained)
+    Ok(())
 }
 
 fn poll_once(consumer: &BaseConsumer<WorkerContext>, pipeline: &Pipeline) -> Result<(), Failure> {
@@ -123,8 +140,13 @@ fn poll_once(consumer: &BaseConsumer<WorkerContext>, pipeline: &Pipeline) -> Res
     }
 }
 
-/// A transient failure: give up the batch, pause consumption (still polling, so the group
-/// keeps this member), wait, then redo from the rewind point. A fatal one ends the loop.
+/// A transient failure: give up the batch, wait (still polling, so the group keeps this member
+/// and rebalances are served), then redo from the rewind point. A fatal one ends the loop.
+///
+/// Partitions are not paused: a partition assigned during the wait would not be covered by the
+/// pause, and a paused partition that moves away and comes back stays paused. Instead every
+/// record polled during the wait is added to the rewind point, and the consumer seeks back to it
+/// afterwards, so nothing read while waiting is skipped.
 fn recover(
     consumer: &BaseConsumer<WorkerContext>,
     pipeline: &Pipeline,
@@ -136,31 +158,25 @@ fn recover(
         tracing::error!(error = %failure, "fatal failure; exiting so the supervisor restarts the worker");
         return Err(failure);
     }
-    let pause = backoff.next();
-    tracing::warn!(error = %failure, pause_ms = pause.as_millis() as u64, "aborting the batch and retrying");
-    let rewind = pipeline.abort_and_rewind(consumer)?;
+    let wait = backoff.next();
+    tracing::warn!(error = %failure, wait_ms = wait.as_millis() as u64, "aborting the batch and retrying");
+    let mut rewind = pipeline.abort_and_rewind(consumer)?;
     deps.metrics.set_paused(true);
-    let assigned = consumer
-        .assignment()
-        .map_err(|e| Failure::from_client("assignment", &e))?;
-    let _ = consumer.pause(&assigned);
-    let until = Instant::now() + pause;
+    let until = Instant::now() + wait;
     while Instant::now() < until && !deps.shutdown.load(Ordering::SeqCst) {
         deps.health.mark_progress();
-        // Paused partitions deliver nothing; the poll serves rebalances and heartbeats.
-        if let Some(Ok(message)) =
-            consumer.poll(POLL_SLICE.min(until.saturating_duration_since(Instant::now())))
-        {
-            tracing::debug!(
-                offset = message.offset(),
-                "record during pause, will be re-read"
-            );
+        match consumer.poll(POLL_SLICE.min(until.saturating_duration_since(Instant::now()))) {
+            Some(Ok(message)) => {
+                rewind.note(message.topic(), message.partition(), message.offset())
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(err)) => {
+                if let Failure::Fatal(message) = Failure::from_client("consume", &err) {
+                    return Err(Failure::Fatal(message));
+                }
+            }
         }
     }
-    let assigned = consumer
-        .assignment()
-        .map_err(|e| Failure::from_client("assignment", &e))?;
-    let _ = consumer.resume(&assigned);
     rewind.seek(consumer)?;
     deps.metrics.set_paused(false);
     Ok(())

@@ -128,6 +128,9 @@ impl Settings {
         if let Err(problem) = self.admin.listen_addr() {
             problems.push(problem);
         }
+        if self.admin.stall_after_secs == 0 {
+            problems.push("admin.stall_after_secs must be greater than 0".into());
+        }
         for (name, value) in [
             ("limits.max_message_bytes", limits.max_message_bytes),
             ("limits.max_codes_per_order", limits.max_codes_per_order),
