@@ -664,3 +664,94 @@ fn sigterm_drains() {
         t0.elapsed()
     );
 }
+
+/// Outputs the producer would refuse (above `message.max.bytes`) must neither stall the worker
+/// in endless retries nor vanish: the decision is dead-lettered as `output_too_large`, and a
+/// dead letter whose own value is too large goes out without it, with its size in a header.
+#[test]
+fn oversized_outputs_are_dead_lettered_not_retried() {
+    let names = Names::new("oversized");
+    names.create_topics(3);
+    // 20,000 bytes less the worker's 16 KiB headroom leaves 3,616 bytes per record.
+    let settings = names.settings(
+        &names.transactional_id,
+        &[
+            "kafka.producer.message.max.bytes=20000",
+            "limits.max_code_bytes=400",
+            "limits.max_message_bytes=4000",
+        ],
+    );
+    let order = |id: &str, extra: &str| {
+        format!(
+            r#"{{"order_id":"{id}","program_id":"1001","event_type":"sale","event_time":"2026-05-10T12:00:00Z"{extra}}}"#
+        )
+        .into_bytes()
+    };
+    // Twenty unknown 165-byte codes: the input fits in 3,616 bytes, its conversion (which lists
+    // them as unknown codes) does not.
+    let codes: Vec<String> = (0..20)
+        .map(|i| format!("{i:02}{}", "U".repeat(163)))
+        .collect();
+    let wide = order(
+        "O-wide",
+        &format!(r#","promo_codes":{}"#, serde_json::json!(codes)),
+    );
+    assert!(
+        wide.len() < 3616,
+        "the wide order itself fits: {} bytes",
+        wide.len()
+    );
+    // Over the 4,000-byte input limit and over the producer limit for its dead letter.
+    let huge = order("O-huge", &format!(r#","note":"{}""#, "x".repeat(5000)));
+    let good = orders("O", 20, 9);
+    let records = interleave(good.clone(), &[wide.clone(), huge.clone()]);
+    produce(&names.input, &records);
+
+    let worker = InProcessWorker::start(settings);
+    let dead = read(&names.dlq, 2, PROCESS_DEADLINE);
+    let converted = read(&names.conversions, good.len(), PROCESS_DEADLINE);
+    let render = worker.render();
+    assert_eq!(worker.stop(STOP_DEADLINE), Ok(WorkerExit::Drained));
+    assert_eq!(
+        converted.len(),
+        good.len(),
+        "the other orders converted; metrics:\n{render}"
+    );
+    assert_eq!(dead.len(), 2, "two dead letters; metrics:\n{render}");
+    let reason = |r: &tools::ReadRecord| {
+        r.headers
+            .get("promo.dlq.reason")
+            .map(|v| text(v))
+            .unwrap_or_default()
+    };
+    let wide_letter = dead
+        .iter()
+        .find(|r| reason(r) == "output_too_large")
+        .expect("the wide order is dead-lettered as output_too_large");
+    assert_eq!(
+        wide_letter.payload.as_deref(),
+        Some(wide.as_slice()),
+        "with its original bytes"
+    );
+    let huge_letter = dead
+        .iter()
+        .find(|r| reason(r) == "oversize")
+        .expect("the huge order is dead-lettered as oversize");
+    assert_eq!(
+        huge_letter.payload, None,
+        "a value too large to resend is left out"
+    );
+    assert_eq!(
+        huge_letter
+            .headers
+            .get("promo.dlq.payload.omitted.bytes")
+            .map(|v| text(v)),
+        Some(huge.len().to_string()),
+        "and its size is recorded"
+    );
+    assert_eq!(
+        metric(&render, r#"promo_transactions_total{outcome="aborted"}"#),
+        Some(0.0),
+        "no retries"
+    );
+}
