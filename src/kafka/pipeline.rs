@@ -72,6 +72,15 @@ struct Batch {
 }
 
 impl Batch {
+    /// Back to "no batch open", keeping the serialization buffer's allocation.
+    fn reset(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        *self = Batch {
+            buffer,
+            ..Batch::default()
+        };
+    }
+
     /// Notes that `offset` was read. A batch touches a handful of partitions, so a scan beats a
     /// map and allocates the topic name only once per partition.
     fn advance(&mut self, topic: &str, partition: i32, offset: i64) {
@@ -377,10 +386,7 @@ impl Pipeline {
         }
         self.metrics.observe_batch_size(batch.records);
         self.metrics.observe_commit_latency(started.elapsed());
-        *batch = Batch {
-            buffer: std::mem::take(&mut batch.buffer),
-            ..Batch::default()
-        };
+        batch.reset();
         Ok(())
     }
 
@@ -407,10 +413,7 @@ impl Pipeline {
                 .map(|p| ((p.topic.clone(), p.partition), p.first))
                 .collect(),
         );
-        *batch = Batch {
-            buffer: std::mem::take(&mut batch.buffer),
-            ..Batch::default()
-        };
+        batch.reset();
         drop(batch);
         rewind.seek(consumer)?;
         Ok(rewind)
@@ -424,10 +427,7 @@ impl Pipeline {
             if batch.open && self.exactly_once() {
                 let _ = self.producer.abort_transaction(Duration::from_secs(10));
             }
-            *batch = Batch {
-                buffer: std::mem::take(&mut batch.buffer),
-                ..Batch::default()
-            };
+            batch.reset();
         }
     }
 
