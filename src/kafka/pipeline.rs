@@ -290,25 +290,27 @@ impl Pipeline {
         message: &BorrowedMessage<'_>,
         rejection: &Rejection,
     ) -> Result<(), Failure> {
-        let headers: OwnedHeaders = dlq_headers(message, rejection);
+        // A value too large to produce again (an oversize input near the broker's limit) is
+        // left out rather than retried forever; the headers say so and keep its coordinates, so
+        // it can still be fetched from the input topic while retention allows.
+        let payload = message.payload();
+        let too_large = payload
+            .map(<[u8]>::len)
+            .filter(|&len| len > self.max_record_bytes());
+        let mut headers: OwnedHeaders = dlq_headers(message, rejection);
+        if let Some(len) = too_large {
+            headers = headers.insert(Header {
+                key: super::outputs::dlq_header::PAYLOAD_OMITTED,
+                value: Some(len.to_string().as_str()),
+            });
+        }
         let mut record: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(&self.settings.kafka.dlq_topic).headers(headers);
         if let Some(key) = message.key() {
             record = record.key(key);
         }
-        // A value too large to produce again (an oversize input near the broker's limit) is
-        // left out rather than retried forever; the headers say so and keep its coordinates, so
-        // it can still be fetched from the input topic while retention allows.
-        let payload = message.payload().unwrap_or_default();
-        if payload.len() <= self.max_record_bytes() {
+        if let Some(payload) = payload.filter(|_| too_large.is_none()) {
             record = record.payload(payload);
-        } else {
-            let omitted = payload.len().to_string();
-            let headers = dlq_headers(message, rejection).insert(Header {
-                key: super::outputs::dlq_header::PAYLOAD_OMITTED,
-                value: Some(omitted.as_str()),
-            });
-            record = record.headers(headers);
         }
         self.send(record)?;
         self.metrics.record_dlq(rejection.reason);
@@ -346,15 +348,11 @@ impl Pipeline {
             let group = consumer
                 .group_metadata()
                 .ok_or_else(|| Failure::Fatal("consumer has no group metadata".into()))?;
-            retry_resumable(|| {
-                self.producer
-                    .send_offsets_to_transaction(&offsets, &group, Timeout::Never)
-                    .map_err(|e| Failure::from_transactional("send_offsets_to_transaction", &e))
+            self.transactional("send_offsets_to_transaction", |p| {
+                p.send_offsets_to_transaction(&offsets, &group, Timeout::Never)
             })?;
-            retry_resumable(|| {
-                self.producer
-                    .commit_transaction(Timeout::Never)
-                    .map_err(|e| Failure::from_transactional("commit_transaction", &e))
+            self.transactional("commit_transaction", |p| {
+                p.commit_transaction(Timeout::Never)
             })?;
             self.metrics.record_transaction(TxOutcome::Committed);
         } else {
@@ -392,18 +390,14 @@ impl Pipeline {
 
     /// Gives up the open batch: aborts its transaction and moves the consumer back to the batch's
     /// first offsets, so the same records are decided again (with the same outputs). Returns
-    /// those offsets, for a second seek after a pause.
+    /// those offsets, so records read while backing off can join them before the final seek.
     pub fn abort_and_rewind(
         &self,
         consumer: &BaseConsumer<WorkerContext>,
     ) -> Result<RewindPoint, Failure> {
         let mut batch = self.lock()?;
         if batch.open && self.exactly_once() {
-            retry_resumable(|| {
-                self.producer
-                    .abort_transaction(Timeout::Never)
-                    .map_err(|e| Failure::from_transactional("abort_transaction", &e))
-            })?;
+            self.transactional("abort_transaction", |p| p.abort_transaction(Timeout::Never))?;
             self.metrics.record_transaction(TxOutcome::Aborted);
         }
         let rewind = RewindPoint(
@@ -417,6 +411,15 @@ impl Pipeline {
         drop(batch);
         rewind.seek(consumer)?;
         Ok(rewind)
+    }
+
+    /// Runs a transactional producer call, repeating it while librdkafka calls it resumable.
+    fn transactional(
+        &self,
+        what: &str,
+        call: impl Fn(&BaseProducer<DeliveryTracker>) -> rdkafka::error::KafkaResult<()>,
+    ) -> Result<(), Failure> {
+        retry_resumable(|| call(&self.producer).map_err(|e| Failure::from_transactional(what, &e)))
     }
 
     /// Drops the open batch without committing it, before the worker exits on a fatal failure:
