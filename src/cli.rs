@@ -300,6 +300,7 @@ fn run_worker(args: RunArgs) -> ExitCode {
 /// keys) replaced, so `--check-config` output can be pasted into a ticket.
 fn redacted(settings: &crate::settings::Settings) -> crate::settings::Settings {
     let mut copy = settings.clone();
+    copy.store.redis_url = crate::settings::redacted_url(&copy.store.redis_url);
     let kafka = &mut copy.kafka;
     for map in [&mut kafka.common, &mut kafka.consumer, &mut kafka.producer] {
         for (key, value) in map.iter_mut() {

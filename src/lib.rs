@@ -21,6 +21,7 @@ pub mod admin;
 pub mod attribution;
 pub mod cli;
 pub mod codes;
+pub mod detectors;
 pub mod explain;
 pub mod hugepages;
 pub mod ids;

@@ -3,12 +3,13 @@
 //! A table is built once per version (from files, or from the Redis store) and never changed;
 //! a new version is a new table, swapped in whole, so a decision never sees half of an update.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::load::{LoadProblem, LoadProblems};
 use super::normalize::{exact_key, trim_entered};
 use super::{CodeEntry, MatchType, Partner};
+use crate::detectors::config::ProgramSettings;
 use crate::matcher::{DEFAULT_REGEX_SIZE_LIMIT, ProgramMatcher, RegexIndex};
 
 /// Position of an entry in the table; also its row order, which breaks ties between regexes.
@@ -46,6 +47,8 @@ pub struct CodeTable {
     partners: HashMap<String, Partner, foldhash::fast::RandomState>,
     /// Terms of any partner the partners file does not list.
     unlisted: Partner,
+    /// Per-program settings published with the table (detector thresholds and the like).
+    program_settings: BTreeMap<String, ProgramSettings>,
 }
 
 impl std::fmt::Debug for CodeTable {
@@ -147,7 +150,23 @@ impl CodeTable {
             programs,
             partners,
             unlisted: Partner::unlisted(""),
+            program_settings: BTreeMap::new(),
         })
+    }
+
+    /// The same table with these per-program settings.
+    pub fn with_program_settings(mut self, settings: BTreeMap<String, ProgramSettings>) -> Self {
+        self.program_settings = settings;
+        self
+    }
+
+    /// Settings published for a program; `None` means the worker-wide defaults apply.
+    pub fn program_settings(&self, program_id: &str) -> Option<&ProgramSettings> {
+        self.program_settings.get(program_id)
+    }
+
+    pub fn all_program_settings(&self) -> &BTreeMap<String, ProgramSettings> {
+        &self.program_settings
     }
 
     pub fn version(&self) -> &str {

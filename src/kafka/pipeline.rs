@@ -181,6 +181,11 @@ impl Pipeline {
         // Recorded before anything can fail, so that a rewind also covers this record.
         batch.advance(message.topic(), message.partition(), message.offset());
         if !batch.open {
+            // Checked per batch (a batch lasts at most batch_max_ms): crediting from a table the
+            // store has not confirmed for longer than allowed could pay for an expired code.
+            self.table
+                .check_fresh()
+                .map_err(|stale| Failure::Transient(stale.to_string()))?;
             if self.exactly_once() {
                 self.producer
                     .begin_transaction()

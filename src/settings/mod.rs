@@ -3,6 +3,7 @@
 //! file (or no file) is a valid configuration for the offline mode.
 
 mod sources;
+mod store;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -11,8 +12,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use sources::{ENV_PREFIX, SettingsSources};
+pub use store::{StoreSettings, redacted_url};
+pub use crate::detectors::config::DetectorSettings;
 pub use worker::{
-    AdminSettings, CodesSettings, Delivery, KafkaSettings, LogFormat, WorkerSettings,
+    AdminSettings, CodeSource, CodesSettings, Delivery, KafkaSettings, LogFormat, WorkerSettings,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -22,6 +25,8 @@ pub struct Settings {
     pub limits: InputLimits,
     pub kafka: KafkaSettings,
     pub codes: CodesSettings,
+    pub store: StoreSettings,
+    pub detectors: DetectorSettings,
     pub admin: AdminSettings,
     pub worker: WorkerSettings,
 }
@@ -125,6 +130,8 @@ impl Settings {
         let mut problems = Vec::new();
         self.kafka.check(&mut problems);
         self.worker.check(&mut problems);
+        self.store.check(&mut problems);
+        self.detectors.check(&mut problems);
         if let Err(problem) = self.admin.listen_addr() {
             problems.push(problem);
         }

@@ -90,11 +90,22 @@ impl SettingsSources {
             limits: section(&root, "limits", &mut problems),
             kafka: section(&root, "kafka", &mut problems),
             codes: section(&root, "codes", &mut problems),
+            store: section(&root, "store", &mut problems),
+            detectors: section(&root, "detectors", &mut problems),
             admin: section(&root, "admin", &mut problems),
             worker: section(&root, "worker", &mut problems),
         };
         for key in root.keys() {
-            if !["attribution", "limits", "kafka", "codes", "admin", "worker"]
+            if ![
+                "attribution",
+                "limits",
+                "kafka",
+                "codes",
+                "store",
+                "detectors",
+                "admin",
+                "worker",
+            ]
                 .contains(&key.as_str())
             {
                 problems.push(format!("unknown section [{key}]"));

@@ -138,13 +138,36 @@ pub const RESERVED_PROPERTIES: [&str; 7] = [
     "bootstrap.servers",
 ];
 
-/// Where the worker's code table comes from until the Redis store lands: CSV files, loaded once
-/// at start.
+/// Where the worker's code table comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeSource {
+    /// The Redis code store (`[store]`), kept in sync while running.
+    #[default]
+    Redis,
+    /// CSV files, loaded once at start (tests, demos, a table that never changes).
+    Files,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CodesSettings {
+    /// Unset: `files` when `codes_file` is set, else `redis`.
+    pub source: Option<CodeSource>,
     pub codes_file: Option<PathBuf>,
     pub partners_file: Option<PathBuf>,
+    /// Per-program settings (JSON object keyed by program id) for the `files` source.
+    pub program_settings_file: Option<PathBuf>,
+}
+
+impl CodesSettings {
+    pub fn effective_source(&self) -> CodeSource {
+        self.source.unwrap_or(if self.codes_file.is_some() {
+            CodeSource::Files
+        } else {
+            CodeSource::Redis
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
