@@ -37,8 +37,22 @@ use serde_json::{Value, json};
 /// idempotent and takes a lock, so parallel test binaries may all call it; within one binary it
 /// runs once. A broker that cannot be started fails the test: it is never silently skipped.
 pub fn brokers() -> &'static str {
-    static BROKERS: OnceLock<String> = OnceLock::new();
-    BROKERS.get_or_init(|| {
+    service_address("PROMO_KAFKA_BROKERS")
+}
+
+/// The URL of the Redis that `scripts/services up` runs (never the machine's own on 6379).
+pub fn redis_url() -> &'static str {
+    service_address("PROMO_REDIS_URL")
+}
+
+/// A key prefix no other test uses, with the code store's hash-tag layout.
+pub fn unique_prefix(test: &str) -> String {
+    format!("{}:", unique(test))
+}
+
+fn service_address(name: &str) -> &'static str {
+    static ENV: OnceLock<String> = OnceLock::new();
+    let text = ENV.get_or_init(|| {
         let script = repo().join("scripts/services");
         let up = Command::new("bash")
             .arg(&script)
@@ -60,19 +74,14 @@ pub fn brokers() -> &'static str {
             .output()
             .expect("run scripts/services env");
         assert!(env.status.success(), "scripts/services env failed");
-        let text = String::from_utf8(env.stdout).expect("scripts/services env prints UTF-8");
-        text.lines()
-            .find_map(|line| line.strip_prefix("export PROMO_KAFKA_BROKERS="))
-            .map(|value| {
-                value
-                    .trim()
-                    .trim_matches('\'')
-                    .trim_matches('"')
-                    .to_string()
-            })
-            .filter(|value| !value.is_empty())
-            .unwrap_or_else(|| panic!("no PROMO_KAFKA_BROKERS in scripts/services env:\n{text}"))
-    })
+        String::from_utf8(env.stdout).expect("scripts/services env prints UTF-8")
+    });
+    let prefix = format!("export {name}=");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map(|value| value.trim().trim_matches('\'').trim_matches('"'))
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| panic!("no {name} in scripts/services env:\n{text}"))
 }
 
 pub fn repo() -> PathBuf {
