@@ -74,7 +74,9 @@ impl TableHandle {
     /// The source has just checked that the table in force is the current version.
     pub fn confirm(&self) {
         let now = self.freshness.epoch.elapsed().as_millis() as u64;
-        self.freshness.confirmed_ms.fetch_max(now, Ordering::Release);
+        self.freshness
+            .confirmed_ms
+            .fetch_max(now, Ordering::Release);
     }
 
     /// Time since the last confirmation.

@@ -80,13 +80,14 @@ pub const CODE_COLUMNS: [&str; 14] = [
 ];
 const REQUIRED_CODE_COLUMNS: [&str; 3] = ["Promo Code", "Program Id", "Type"];
 
-pub const PARTNER_COLUMNS: [&str; 6] = [
+pub const PARTNER_COLUMNS: [&str; 7] = [
     "Partner Id",
     "Status",
     "Contract Start",
     "Contract End",
     "Referral Window Days",
     "Credit Group",
+    "Identity Hashes",
 ];
 const REQUIRED_PARTNER_COLUMNS: [&str; 1] = ["Partner Id"];
 
@@ -611,6 +612,7 @@ fn partner_row(row: &Row<'_>, out: &mut Collector) -> Option<Partner> {
         .ok()
         .flatten()
         .unwrap_or_default();
+    let identity_hashes = identity_hashes(row, out);
     if out.problems.len() != before {
         return None;
     }
@@ -621,7 +623,29 @@ fn partner_row(row: &Row<'_>, out: &mut Collector) -> Option<Partner> {
         contract_end,
         referral_window_days,
         credit_group,
+        identity_hashes,
     })
+}
+
+/// The partner's own identity hashes (email, customer or device hashes, as the order system
+/// hashes them), `;`-separated; the self-referral detector compares customers against them.
+fn identity_hashes(row: &Row<'_>, out: &mut Collector) -> Vec<String> {
+    let Some(text) = row.optional("Identity Hashes") else {
+        return Vec::new();
+    };
+    let mut hashes = Vec::new();
+    for hash in text.split(';').map(str::trim).filter(|h| !h.is_empty()) {
+        if hash.len() > 128 || !hash.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            out.push(
+                row.line,
+                Some("Identity Hashes"),
+                format!("{hash:?} is not a hash (printable ASCII, at most 128 characters)"),
+            );
+        } else {
+            hashes.push(hash.to_string());
+        }
+    }
+    hashes
 }
 
 #[cfg(test)]

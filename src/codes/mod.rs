@@ -122,6 +122,9 @@ pub struct Partner {
     pub contract_end: Option<Instant>,
     pub referral_window_days: u32,
     pub credit_group: CreditGroup,
+    /// Hashes of the partner's own identities (see the partners file's `Identity Hashes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_hashes: Vec<String>,
 }
 
 pub const DEFAULT_REFERRAL_WINDOW_DAYS: u32 = 30;
@@ -136,6 +139,7 @@ impl Partner {
             contract_end: None,
             referral_window_days: DEFAULT_REFERRAL_WINDOW_DAYS,
             credit_group: CreditGroup::Preferred,
+            identity_hashes: Vec::new(),
         }
     }
 

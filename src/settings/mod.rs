@@ -11,9 +11,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::detectors::config::DetectorSettings;
 pub use sources::{ENV_PREFIX, SettingsSources};
 pub use store::{StoreSettings, redacted_url};
-pub use crate::detectors::config::DetectorSettings;
 pub use worker::{
     AdminSettings, CodeSource, CodesSettings, Delivery, KafkaSettings, LogFormat, WorkerSettings,
 };

@@ -106,7 +106,7 @@ impl SettingsSources {
                 "admin",
                 "worker",
             ]
-                .contains(&key.as_str())
+            .contains(&key.as_str())
             {
                 problems.push(format!("unknown section [{key}]"));
             }
