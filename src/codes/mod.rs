@@ -2,6 +2,8 @@
 //!
 //! Pure data and validation; no I/O beyond reading CSV from a `Read` the caller opens.
 
+pub mod edit;
+pub mod export;
 pub mod load;
 pub mod normalize;
 pub mod table;
