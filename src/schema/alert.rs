@@ -19,6 +19,16 @@ pub enum AlertKind {
     CodeUsedByUnauthorizedPartner,
     MultiplePartnerCodes,
     AmbiguousCodeMatch,
+    // Stateful detectors (`src/detectors`): they look across orders.
+    ColdCodeUseRate,
+    CodeVelocitySpike,
+    UsageLimitExceeded,
+    SingleUseCodeReused,
+    CustomerLimitExceeded,
+    CodeEnumerationSuspected,
+    UnknownCodeRate,
+    SelfReferralSuspected,
+    DuplicateOrderId,
 }
 
 impl AlertKind {
@@ -32,22 +42,41 @@ impl AlertKind {
             AlertKind::CodeUsedByUnauthorizedPartner => "CODE_USED_BY_UNAUTHORIZED_PARTNER",
             AlertKind::MultiplePartnerCodes => "MULTIPLE_PARTNER_CODES",
             AlertKind::AmbiguousCodeMatch => "AMBIGUOUS_CODE_MATCH",
+            AlertKind::ColdCodeUseRate => "COLD_CODE_USE_RATE",
+            AlertKind::CodeVelocitySpike => "CODE_VELOCITY_SPIKE",
+            AlertKind::UsageLimitExceeded => "USAGE_LIMIT_EXCEEDED",
+            AlertKind::SingleUseCodeReused => "SINGLE_USE_CODE_REUSED",
+            AlertKind::CustomerLimitExceeded => "CUSTOMER_LIMIT_EXCEEDED",
+            AlertKind::CodeEnumerationSuspected => "CODE_ENUMERATION_SUSPECTED",
+            AlertKind::UnknownCodeRate => "UNKNOWN_CODE_RATE",
+            AlertKind::SelfReferralSuspected => "SELF_REFERRAL_SUSPECTED",
+            AlertKind::DuplicateOrderId => "DUPLICATE_ORDER_ID",
         }
     }
 
     /// How urgently a monitoring team should look: a partner being paid for a code it does not
-    /// own, or through a code nobody may be credited through, is money going out now.
+    /// own, or through a code nobody may be credited through, or a code redeemed beyond its
+    /// limit, is money going out now. The detectors raise CODE_VELOCITY_SPIKE and
+    /// SELF_REFERRAL_SUSPECTED to high when the evidence is strong; this is their usual level.
     pub fn severity(self) -> Severity {
         match self {
-            AlertKind::RestrictedCodeUsed | AlertKind::CodeUsedByUnauthorizedPartner => {
-                Severity::High
-            }
+            AlertKind::RestrictedCodeUsed
+            | AlertKind::CodeUsedByUnauthorizedPartner
+            | AlertKind::UsageLimitExceeded
+            | AlertKind::SingleUseCodeReused => Severity::High,
             AlertKind::ExpiredCodeUsed
             | AlertKind::NotYetActiveCodeUsed
             | AlertKind::InactiveCodeUsed
             | AlertKind::CodeOwnerContractInactive
-            | AlertKind::AmbiguousCodeMatch => Severity::Medium,
-            AlertKind::MultiplePartnerCodes => Severity::Low,
+            | AlertKind::AmbiguousCodeMatch
+            | AlertKind::ColdCodeUseRate
+            | AlertKind::CodeVelocitySpike
+            | AlertKind::CustomerLimitExceeded
+            | AlertKind::CodeEnumerationSuspected => Severity::Medium,
+            AlertKind::MultiplePartnerCodes
+            | AlertKind::UnknownCodeRate
+            | AlertKind::SelfReferralSuspected
+            | AlertKind::DuplicateOrderId => Severity::Low,
         }
     }
 }

@@ -1,0 +1,430 @@
+//! Detector state in Redis: one Lua script call per program (hash slot) and chunk of a batch,
+//! all calls of a batch pipelined into one round trip.
+//!
+//! For each order the script first reads the order's replay record. Present with the same
+//! fingerprint (a replay after an aborted batch or a crash): it returns the recorded results and
+//! changes nothing. Present with another fingerprint: a duplicate, nothing changes. Absent: it
+//! applies the order's operations, records fingerprint and results with the replay TTL, and
+//! returns the results. A script runs atomically, so an order's changes and its replay record
+//! are written together or not at all; a batch that fails half-way is redone as a whole, and the
+//! orders already applied come back as replays with the same results.
+//!
+//! Every key a call touches carries the program's hash tag (`{<program_id>}`) and is passed in
+//! `KEYS`, so the same script runs unchanged on Redis Cluster with one call per slot. (If
+//! `store.key_prefix` itself holds a hash tag, that one wins and every detector key shares its
+//! slot: still correct, just not spread out.)
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::{Client, Connection, Script};
+use serde_json::Value;
+
+use super::state::{DetectorState, Op, OpResult, OrderStep, Range, StateError, StepOutcome};
+
+/// Orders per script call: bounds how long one call holds Redis (a script blocks the server).
+const ORDERS_PER_CALL: usize = 250;
+
+const SCRIPT: &str = r#"
+local pos = 0
+local function take() pos = pos + 1; return ARGV[pos] end
+local limit = tonumber(take())
+local out = {}
+local orders = tonumber(take())
+for o = 1, orders do
+  local memo = KEYS[tonumber(take())]
+  local fingerprint = take()
+  local memo_ttl = tonumber(take())
+  local nops = tonumber(take())
+  local ops = {}
+  for i = 1, nops do
+    local op = { kind = take(), key = KEYS[tonumber(take())], ttl = tonumber(take()), members = {} }
+    local n = tonumber(take())
+    if op.kind == 'A' then
+      for j = 1, n do op.members[j] = { take(), take() } end
+      op.trim = take()
+      op.ranges = {}
+      for j = 1, tonumber(take()) do op.ranges[j] = { take(), take() } end
+    else
+      for j = 1, n do op.members[j] = take() end
+      op.top = tonumber(take())
+    end
+    op.evidence = take()
+    op.when_op = tonumber(take())
+    op.when_range = tonumber(take())
+    op.when_min = tonumber(take())
+    ops[i] = op
+  end
+  local stored = redis.call('GET', memo)
+  if stored then
+    local nl = string.find(stored, '\n', 1, true)
+    if nl and string.sub(stored, 1, nl - 1) == fingerprint then
+      out[o] = 'R' .. string.sub(stored, nl + 1)
+    else
+      out[o] = 'D'
+    end
+  else
+    local results = {}
+    for i, op in ipairs(ops) do
+      local r = { b = {}, a = {}, e = {} }
+      if op.kind == 'A' then
+        if op.trim ~= '' then
+          redis.call('ZREMRANGEBYSCORE', op.key, '-inf', '(' .. op.trim)
+        end
+        for j, range in ipairs(op.ranges) do
+          r.b[j] = redis.call('ZCOUNT', op.key, range[1], range[2])
+        end
+        if #op.members > 0 then
+          local args = {}
+          for _, m in ipairs(op.members) do
+            args[#args + 1] = m[1]
+            args[#args + 1] = m[2]
+          end
+          redis.call('ZADD', op.key, unpack(args))
+          redis.call('EXPIRE', op.key, op.ttl)
+        end
+        for j, range in ipairs(op.ranges) do
+          r.a[j] = redis.call('ZCOUNT', op.key, range[1], range[2])
+        end
+      else
+        for _, m in ipairs(op.members) do
+          redis.call('ZINCRBY', op.key, 1, m)
+        end
+        if #op.members > 0 then
+          redis.call('EXPIRE', op.key, op.ttl)
+        end
+      end
+      results[i] = r
+      if op.evidence ~= '' then
+        local source = results[op.when_op + 1]
+        local count = (source and source.a[op.when_range + 1]) or 0
+        if count >= op.when_min then
+          if op.kind == 'A' then
+            local range = op.ranges[tonumber(op.evidence) + 1]
+            r.e = redis.call('ZRANGEBYSCORE', op.key, range[1], range[2], 'LIMIT', 0, limit)
+          else
+            r.e = redis.call('ZREVRANGE', op.key, 0, op.top - 1, 'WITHSCORES')
+          end
+        end
+      end
+    end
+    local encoded = cjson.encode(results)
+    redis.call('SET', memo, fingerprint .. '\n' .. encoded, 'EX', memo_ttl)
+    out[o] = 'N' .. encoded
+  end
+end
+return out
+"#;
+
+/// Where the worker's detector state lives; connects on first use and again after any error.
+pub struct RedisState {
+    client: Client,
+    connection: Option<Connection>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    script: Script,
+}
+
+impl RedisState {
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<RedisState, StateError> {
+        let client = Client::open(url).map_err(|e| {
+            StateError(format!(
+                "bad store.redis_url {}: {e}",
+                crate::settings::redacted_url(url)
+            ))
+        })?;
+        Ok(RedisState {
+            client,
+            connection: None,
+            connect_timeout,
+            io_timeout,
+            script: Script::new(SCRIPT),
+        })
+    }
+
+    fn connection(&mut self) -> Result<&mut Connection, StateError> {
+        if self.connection.is_none() {
+            let connection = self
+                .client
+                .get_connection_with_timeout(self.connect_timeout)
+                .map_err(|e| StateError(format!("connect: {e}")))?;
+            for set in [Connection::set_read_timeout, Connection::set_write_timeout] {
+                set(&connection, Some(self.io_timeout))
+                    .map_err(|e| StateError(format!("socket timeout: {e}")))?;
+            }
+            self.connection = Some(connection);
+        }
+        self.connection
+            .as_mut()
+            .ok_or_else(|| StateError("no connection".into()))
+    }
+
+    fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Vec<String>>, StateError> {
+        let mut pipe = redis::pipe();
+        // Loading with every batch costs a hash of a short script and survives a Redis restart
+        // (which forgets loaded scripts) without a NOSCRIPT round trip.
+        pipe.load_script(&self.script).ignore();
+        let invocations: Vec<_> = calls.iter().map(|c| c.invocation(&self.script)).collect();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let connection = self.connection()?;
+        pipe.query::<Vec<Vec<String>>>(connection)
+            .map_err(|e| StateError(e.to_string()))
+    }
+}
+
+impl DetectorState for RedisState {
+    fn apply(&mut self, steps: &[OrderStep]) -> Result<Vec<StepOutcome>, StateError> {
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            let slot = *index.entry(step.group.as_str()).or_insert_with(|| {
+                groups.push((step.group.as_str(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[slot].1.push(i);
+        }
+        let calls: Vec<Call<'_>> = groups
+            .iter()
+            .flat_map(|(_, members)| members.chunks(ORDERS_PER_CALL))
+            .map(|chunk| Call::new(steps, chunk))
+            .collect();
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let answers = self.run(&calls).inspect_err(|_| {
+            // A broken or timed-out connection may hold half a reply: start afresh next time.
+            self.connection = None;
+        })?;
+        if answers.len() != calls.len() {
+            return Err(StateError(format!(
+                "{} replies to {} script calls",
+                answers.len(),
+                calls.len()
+            )));
+        }
+        let mut outcomes: Vec<Option<StepOutcome>> = vec![None; steps.len()];
+        for (call, answer) in calls.iter().zip(answers) {
+            if answer.len() != call.steps.len() {
+                return Err(StateError("a script reply of the wrong length".into()));
+            }
+            for (&i, text) in call.steps.iter().zip(answer) {
+                outcomes[i] = Some(parse_outcome(&text)?);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| StateError("a step without an outcome".into())))
+            .collect()
+    }
+}
+
+/// One script call: the steps of one program (chunk), with their keys deduplicated.
+struct Call<'s> {
+    steps: Vec<usize>,
+    keys: Vec<&'s str>,
+    args: Vec<String>,
+}
+
+impl<'s> Call<'s> {
+    fn new(all: &'s [OrderStep], chosen: &[usize]) -> Call<'s> {
+        let mut call = Call {
+            steps: chosen.to_vec(),
+            keys: Vec::new(),
+            args: vec![
+                super::state::EVIDENCE_LIMIT.to_string(),
+                chosen.len().to_string(),
+            ],
+        };
+        let mut key_index: HashMap<&'s str, usize> = HashMap::new();
+        let mut key = |call: &mut Call<'s>, name: &'s str| -> String {
+            let n = *key_index.entry(name).or_insert_with(|| {
+                call.keys.push(name);
+                call.keys.len()
+            });
+            n.to_string()
+        };
+        for &i in chosen {
+            let step = &all[i];
+            let memo = key(&mut call, &step.memo_key);
+            call.args.extend([
+                memo,
+                step.fingerprint.clone(),
+                step.memo_ttl_secs.max(1).to_string(),
+                step.ops.len().to_string(),
+            ]);
+            for op in &step.ops {
+                match op {
+                    Op::Add {
+                        key: name,
+                        ttl_secs,
+                        members,
+                        trim_below,
+                        ranges,
+                        evidence,
+                    } => {
+                        let k = key(&mut call, name);
+                        let args = &mut call.args;
+                        args.extend(["A".into(), k, ttl_secs.max(&1).to_string()]);
+                        args.push(members.len().to_string());
+                        for (score, member) in members {
+                            args.extend([score.to_string(), member.clone()]);
+                        }
+                        args.push(trim_below.map(|t| t.to_string()).unwrap_or_default());
+                        args.push(ranges.len().to_string());
+                        for range in ranges {
+                            let (min, max) = bounds(*range);
+                            args.extend([min, max]);
+                        }
+                        match evidence {
+                            Some((range, when)) => args.extend([
+                                range.to_string(),
+                                when.op.to_string(),
+                                when.range.to_string(),
+                                when.min.to_string(),
+                            ]),
+                            None => args.extend(no_evidence()),
+                        }
+                    }
+                    Op::Tally {
+                        key: name,
+                        ttl_secs,
+                        members,
+                        top,
+                        evidence,
+                    } => {
+                        let k = key(&mut call, name);
+                        let args = &mut call.args;
+                        args.extend(["T".into(), k, ttl_secs.max(&1).to_string()]);
+                        args.push(members.len().to_string());
+                        args.extend(members.iter().cloned());
+                        args.push(top.to_string());
+                        match evidence {
+                            Some(when) => args.extend([
+                                "0".into(),
+                                when.op.to_string(),
+                                when.range.to_string(),
+                                when.min.to_string(),
+                            ]),
+                            None => args.extend(no_evidence()),
+                        }
+                    }
+                }
+            }
+        }
+        call
+    }
+
+    fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for k in &self.keys {
+            invocation.key(*k);
+        }
+        for a in &self.args {
+            invocation.arg(a.as_str());
+        }
+        invocation
+    }
+}
+
+fn no_evidence() -> [String; 4] {
+    [String::new(), "0".into(), "0".into(), "0".into()]
+}
+
+/// ZCOUNT bounds for `min <= score < max`, with the open ends Redis spells as infinities.
+fn bounds(range: Range) -> (String, String) {
+    let min = if range.min == i64::MIN {
+        "-inf".to_string()
+    } else {
+        range.min.to_string()
+    };
+    let max = if range.max == i64::MAX {
+        "+inf".to_string()
+    } else {
+        format!("({}", range.max)
+    };
+    (min, max)
+}
+
+fn parse_outcome(text: &str) -> Result<StepOutcome, StateError> {
+    match text.split_at_checked(1) {
+        Some(("D", _)) => Ok(StepOutcome::Duplicate),
+        Some(("N" | "R", json)) => parse_results(json).map(StepOutcome::Applied),
+        _ => Err(StateError(format!("unexpected script reply {text:?}"))),
+    }
+}
+
+/// cjson writes an empty Lua table as `{}`, so an empty list may arrive as an empty object.
+fn list(value: Option<&Value>) -> &[Value] {
+    match value {
+        Some(Value::Array(items)) => items,
+        _ => &[],
+    }
+}
+
+fn parse_results(json: &str) -> Result<Vec<OpResult>, StateError> {
+    let value: Value = serde_json::from_str(json)
+        .map_err(|e| StateError(format!("unreadable script result: {e}")))?;
+    let counts = |v: Option<&Value>| -> Vec<u64> {
+        list(v).iter().map(|n| n.as_u64().unwrap_or(0)).collect()
+    };
+    Ok(list(Some(&value))
+        .iter()
+        .map(|r| OpResult {
+            before: counts(r.get("b")),
+            after: counts(r.get("a")),
+            evidence: list(r.get("e"))
+                .iter()
+                .map(|m| match m {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_read_empty_objects_as_empty_lists() {
+        let parsed =
+            parse_outcome(r#"N[{"b":{},"a":[3],"e":["o1","o2"]},{"b":[1],"a":[2],"e":{}}]"#)
+                .expect("parses");
+        let StepOutcome::Applied(results) = parsed else {
+            panic!("applied")
+        };
+        assert_eq!(results[0].after, [3]);
+        assert!(results[0].before.is_empty());
+        assert_eq!(results[0].evidence, ["o1", "o2"]);
+        assert!(results[1].evidence.is_empty());
+        assert_eq!(
+            parse_outcome("R{}").expect("parses"),
+            StepOutcome::Applied(Vec::new())
+        );
+        assert_eq!(parse_outcome("D").expect("parses"), StepOutcome::Duplicate);
+        assert!(parse_outcome("x").is_err());
+    }
+
+    #[test]
+    fn bounds_exclude_the_upper_end() {
+        assert_eq!(
+            bounds(Range { min: 5, max: 9 }),
+            ("5".to_string(), "(9".to_string())
+        );
+        assert_eq!(
+            bounds(Range {
+                min: i64::MIN,
+                max: i64::MAX
+            }),
+            ("-inf".to_string(), "+inf".to_string())
+        );
+    }
+}
