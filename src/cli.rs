@@ -34,6 +34,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run the stream worker: orders from Kafka in, conversions, alerts and dead letters out.
     Run(RunArgs),
+    /// Manage the code table in the Redis store: import, expire, list, export, history, rollback.
+    Codes(crate::codes_cli::CodesArgs),
     /// Small Kafka tools for demos and checks: create topics, produce a JSON-lines file, read a topic.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -208,6 +210,7 @@ pub fn main() -> ExitCode {
         Command::Attribute(args) => run_attribute(args),
         Command::Explain(args) => run_explain(args),
         Command::Run(args) => return run_worker(args),
+        Command::Codes(args) => return crate::codes_cli::main(args),
         Command::Topics(command) => run_topics(command),
     };
     match result {
@@ -229,6 +232,11 @@ fn load(args: &TableArgs) -> Result<(CodeTable, Settings), CliError> {
         args.partners.as_deref(),
         BuildOptions::default(),
     )?;
+    let table = crate::table_source::with_program_settings_file(table, &settings.codes)
+        .map_err(|e| CliError::Io {
+            context: "codes.program_settings_file".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
     Ok((table, settings))
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use crate::attribution::clicks::{credit_group, eligibility};
 use crate::attribution::{code_validity, decide};
+use crate::matcher::ProgramMatcher;
 use crate::codes::normalize::{exact_key, trim_entered};
 use crate::codes::{CodeEntry, CodeTable, MatchType};
 use crate::schema::{Conversion, parse_order};
@@ -59,49 +60,7 @@ pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String 
         );
     }
     for (i, entered) in o.promo_codes.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "   #{} {:?}: exact key {:?}, regex input {:?}",
-            i + 1,
-            entered.as_ref(),
-            exact_key(entered),
-            trim_entered(entered)
-        );
-        let matches = program
-            .map(|p| table.all_matches(p, entered))
-            .unwrap_or_default();
-        if matches.is_empty() {
-            let _ = writeln!(out, "      matches nothing: unknown code");
-        }
-        for (rank, &id) in matches.iter().enumerate() {
-            let entry = table.entry(id);
-            let role = if rank == 0 {
-                "applies"
-            } else {
-                "also matches, loses on precedence"
-            };
-            let _ = writeln!(
-                out,
-                "      {} ({role}): {} owner {} policy {} priority {}, table line {}",
-                table.code_id(id),
-                match entry.match_type {
-                    MatchType::Exact => "exact",
-                    MatchType::Regex => "regex",
-                },
-                entry
-                    .owner_partner_id
-                    .as_deref()
-                    .unwrap_or("none (restricted)"),
-                entry
-                    .credit_policy
-                    .map_or("none".to_string(), |p| spelled(&p)),
-                entry.priority,
-                entry.source_line
-            );
-            if rank == 0 {
-                validity_steps(&mut out, entry, at, table);
-            }
-        }
+        describe_code(&mut out, table, program, entered, at, &format!("#{}", i + 1));
     }
 
     let _ = writeln!(out, "\n2. Touchpoints ({})", o.touchpoints.len());
@@ -173,6 +132,61 @@ pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String 
     }
     out
 }
+
+/// How one entered code matches a program's entries, and whether the one that applies is valid
+/// at `at`; shared by `explain` and `codes show`.
+pub fn describe_code(
+    out: &mut String,
+    table: &CodeTable,
+    program: Option<&ProgramMatcher>,
+    entered: &str,
+    at: Instant,
+    label: &str,
+) {
+    let _ = writeln!(
+        out,
+        "   {label} {:?}: exact key {:?}, regex input {:?}",
+        entered,
+        exact_key(entered),
+        trim_entered(entered)
+    );
+    let matches = program
+        .map(|p| table.all_matches(p, entered))
+        .unwrap_or_default();
+    if matches.is_empty() {
+        let _ = writeln!(out, "      matches nothing: unknown code");
+    }
+    for (rank, &id) in matches.iter().enumerate() {
+        let entry = table.entry(id);
+        let role = if rank == 0 {
+            "applies"
+        } else {
+            "also matches, loses on precedence"
+        };
+        let _ = writeln!(
+            out,
+            "      {} ({role}): {} owner {} policy {} priority {}, table line {}",
+            table.code_id(id),
+            match entry.match_type {
+                MatchType::Exact => "exact",
+                MatchType::Regex => "regex",
+            },
+            entry
+                .owner_partner_id
+                .as_deref()
+                .unwrap_or("none (restricted)"),
+            entry
+                .credit_policy
+                .map_or("none".to_string(), |p| spelled(&p)),
+            entry.priority,
+            entry.source_line
+        );
+        if rank == 0 {
+            validity_steps(out, entry, at, table);
+        }
+    }
+}
+
 
 fn validity_steps(out: &mut String, entry: &CodeEntry, at: Instant, table: &CodeTable) {
     let when = |t: &Option<Instant>| t.as_ref().map_or("none".to_string(), format_instant);

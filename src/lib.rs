@@ -20,7 +20,9 @@
 pub mod admin;
 pub mod attribution;
 pub mod cli;
+pub mod code_sync;
 pub mod codes;
+pub mod codes_cli;
 pub mod detectors;
 pub mod explain;
 pub mod hugepages;
@@ -32,5 +34,6 @@ pub mod offline;
 pub mod run;
 pub mod schema;
 pub mod settings;
+pub mod store;
 pub mod table_source;
 pub mod timefmt;

@@ -69,6 +69,7 @@ pub struct Metrics {
     code_table_version: Mutex<Option<String>>,
     code_table_entries: IntGauge,
     code_table_age: Gauge,
+    code_table_reloads: IntCounterVec,
     redis_up: IntGauge,
     assigned_partitions: IntGauge,
     worker_paused: IntGauge,
@@ -145,7 +146,14 @@ impl Metrics {
         )?;
         let code_table_age = Gauge::new(
             "promo_code_table_age_seconds",
-            "Seconds since the code table in use was loaded.",
+            "Seconds since the code table in use was last confirmed current against its source (the code store); the worker stops crediting past store.max_staleness_secs.",
+        )?;
+        let code_table_reloads = IntCounterVec::new(
+            Opts::new(
+                "promo_code_table_reloads_total",
+                "New code table versions taken from the store, by outcome (loaded or refused).",
+            ),
+            &["outcome"],
         )?;
         let redis_up = IntGauge::new(
             "promo_redis_up",
@@ -172,6 +180,7 @@ impl Metrics {
         registry.register(Box::new(code_table_info.clone()))?;
         registry.register(Box::new(code_table_entries.clone()))?;
         registry.register(Box::new(code_table_age.clone()))?;
+        registry.register(Box::new(code_table_reloads.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(assigned_partitions.clone()))?;
         registry.register(Box::new(worker_paused.clone()))?;
@@ -180,6 +189,9 @@ impl Metrics {
         // until the first abort.
         for outcome in [TxOutcome::Committed, TxOutcome::Aborted] {
             transactions.with_label_values(&[outcome.as_str()]);
+        }
+        for outcome in ["loaded", "refused"] {
+            code_table_reloads.with_label_values(&[outcome]);
         }
 
         Ok(Metrics {
@@ -197,6 +209,7 @@ impl Metrics {
             code_table_version: Mutex::new(None),
             code_table_entries,
             code_table_age,
+            code_table_reloads,
             redis_up,
             assigned_partitions,
             worker_paused,
@@ -298,6 +311,11 @@ impl Metrics {
 
     pub fn set_code_table_age(&self, seconds: f64) {
         self.code_table_age.set(seconds);
+    }
+
+    pub fn record_code_table_reload(&self, loaded: bool) {
+        let outcome = if loaded { "loaded" } else { "refused" };
+        self.code_table_reloads.with_label_values(&[outcome]).inc();
     }
 
     pub fn set_redis_up(&self, up: bool) {

@@ -10,7 +10,8 @@ use crate::admin::{Health, spawn_admin};
 use crate::kafka::worker::WorkerDeps;
 use crate::kafka::{WorkerExit, run_worker};
 use crate::metrics::Metrics;
-use crate::settings::{LogFormat, Settings};
+use crate::code_sync::{self, StartError};
+use crate::settings::{CodeSource, LogFormat, Settings, redacted_url};
 use crate::table_source::{SourceError, load_from_files};
 
 /// Exit codes of `run`: the supervisor restarts on anything but 0.
@@ -68,20 +69,6 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
         tracing::info!(addr = %admin.local_addr(), "admin endpoints: /metrics /healthz /readyz");
     }
 
-    let table = load_from_files(&settings.codes).map_err(|e| match e {
-        SourceError::NotConfigured => (exit::CONFIG, e.to_string()),
-        SourceError::Table(inner) => (exit::FATAL, inner.to_string()),
-    })?;
-    let current = table.current();
-    metrics.set_code_table(current.version(), current.entries().len());
-    health.set_table_loaded(true);
-    tracing::info!(
-        version = current.version(),
-        entries = current.entries().len(),
-        "code table loaded"
-    );
-    drop(current);
-
     let shutdown = Arc::new(AtomicBool::new(false));
     install_signal_handlers(&shutdown)
         .map_err(|e| (exit::FATAL, format!("signal handlers: {e}")))?;
@@ -89,6 +76,41 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
         shutdown.clone(),
         Duration::from_secs(settings.worker.shutdown_deadline_secs),
     );
+
+    let table = match settings.codes.effective_source() {
+        CodeSource::Files => {
+            let table = load_from_files(&settings.codes).map_err(|e| match e {
+                SourceError::Table(inner) => (exit::FATAL, inner.to_string()),
+                other => (exit::CONFIG, other.to_string()),
+            })?;
+            let current = table.current();
+            metrics.set_code_table(current.version(), current.entries().len());
+            health.set_table_loaded(true);
+            tracing::info!(
+                version = current.version(),
+                entries = current.entries().len(),
+                "code table loaded from files"
+            );
+            table
+        }
+        CodeSource::Redis => {
+            tracing::info!(
+                redis = %redacted_url(&settings.store.redis_url),
+                prefix = %settings.store.key_prefix,
+                "loading the code table from the store"
+            );
+            match code_sync::start(
+                &settings.store,
+                metrics.clone(),
+                health.clone(),
+                shutdown.clone(),
+            ) {
+                Ok((table, _follower)) => table,
+                // Asked to stop while waiting for a table: nothing was read, so nothing to drain.
+                Err(StartError::Shutdown) => return Ok(exit::DRAINED),
+            }
+        }
+    };
 
     let deps = WorkerDeps {
         settings: settings.clone(),

@@ -106,11 +106,13 @@ impl TableHandle {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error(
-        "no code table source is configured: set codes.codes_file (and optionally codes.partners_file)"
+        "codes.source = \"files\" needs codes.codes_file (and optionally codes.partners_file)"
     )]
     NotConfigured,
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error("cannot read {path}: {reason}")]
+    ProgramSettings { path: String, reason: String },
 }
 
 /// Loads the table from the CSV files named in the settings.
@@ -124,5 +126,24 @@ pub fn load_from_files(settings: &CodesSettings) -> Result<TableHandle, SourceEr
         settings.partners_file.as_deref(),
         BuildOptions::default(),
     )?;
-    Ok(TableHandle::new(table))
+    Ok(TableHandle::new(with_program_settings_file(table, settings)?))
+}
+
+/// Adds the per-program settings of `codes.program_settings_file`, if one is configured: the
+/// files' counterpart of what `codes program-settings` publishes to the store.
+pub fn with_program_settings_file(
+    table: CodeTable,
+    settings: &CodesSettings,
+) -> Result<CodeTable, SourceError> {
+    let Some(path) = settings.program_settings_file.as_deref() else {
+        return Ok(table);
+    };
+    let problem = |reason: String| SourceError::ProgramSettings {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
+    let programs = crate::store::snapshot::parse_programs(&bytes, &path.display().to_string())
+        .map_err(|p| problem(p.reason))?;
+    Ok(table.with_program_settings(programs))
 }

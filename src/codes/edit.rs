@@ -144,7 +144,7 @@ pub fn summarize(
     };
     let old_by_key: HashMap<CodeKey, &CodeEntry> = old.iter().map(|e| (key_of(e), e)).collect();
     let mut seen = HashSet::with_capacity(new.len());
-    let mut example = |summary: &mut ChangeSummary, what: &str, entry: &CodeEntry| {
+    let example = |summary: &mut ChangeSummary, what: &str, entry: &CodeEntry| {
         if summary.examples.len() < SUMMARY_EXAMPLES {
             summary
                 .examples

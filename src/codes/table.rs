@@ -154,6 +154,19 @@ impl CodeTable {
         })
     }
 
+    /// A table without codes or partners: every entered code is unknown.
+    pub fn empty(version: impl Into<String>) -> CodeTable {
+        CodeTable {
+            version: version.into(),
+            entries: Vec::new(),
+            code_ids: Vec::new(),
+            programs: HashMap::default(),
+            partners: HashMap::default(),
+            unlisted: Partner::unlisted(""),
+            program_settings: BTreeMap::new(),
+        }
+    }
+
     /// The same table with these per-program settings.
     pub fn with_program_settings(mut self, settings: BTreeMap<String, ProgramSettings>) -> Self {
         self.program_settings = settings;

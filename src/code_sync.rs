@@ -1,0 +1,265 @@
+//! Keeps the worker's code table in step with the Redis store.
+//!
+//! At start the current version is loaded before the worker consumes anything (waiting, not
+//! ready, while the store is unreachable or empty, unless `require_table_at_start` is off).
+//! Then a thread follows the store: a pub/sub subscription wakes it as soon as a version is
+//! announced, and the pointer is read every `poll_interval_ms` as well, because announcements
+//! sent while the subscriber reconnects are lost. A new version is read and indexed on this
+//! thread, off the hot path, and swapped in whole. While Redis is unreachable the last good
+//! table keeps serving; every successful check confirms it, and the pipeline stops crediting
+//! once no check has succeeded for `max_staleness_secs` (see [`TableHandle::check_fresh`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::admin::Health;
+use crate::codes::CodeTable;
+use crate::metrics::Metrics;
+use crate::settings::StoreSettings;
+use crate::store::{Store, StoreError};
+use crate::table_source::TableHandle;
+
+/// Longest wait for an announcement before looking at the clock (shutdown, poll interval, the
+/// age gauge).
+const TICK: Duration = Duration::from_millis(200);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("stopped before a code table was loaded")]
+    Shutdown,
+}
+
+/// Loads the current version (waiting for it as configured), then starts the follower thread.
+pub fn start(
+    settings: &StoreSettings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(TableHandle, JoinHandle<()>), StartError> {
+    let follower = Follower {
+        settings: settings.clone(),
+        metrics,
+        shutdown,
+        loaded: None,
+        refused: None,
+    };
+    follower.start(health)
+}
+
+struct Follower {
+    settings: StoreSettings,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+    /// Store version of the table in force.
+    loaded: Option<u64>,
+    /// A version that failed to load; not retried until the pointer moves on.
+    refused: Option<u64>,
+}
+
+impl Follower {
+    fn max_staleness(&self) -> Option<Duration> {
+        (self.settings.max_staleness_secs > 0)
+            .then(|| Duration::from_secs(self.settings.max_staleness_secs))
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    fn start(mut self, health: Arc<Health>) -> Result<(TableHandle, JoinHandle<()>), StartError> {
+        let table = self.initial_table()?;
+        let handle = TableHandle::with_max_staleness(table, self.max_staleness());
+        handle.confirm();
+        self.publish_metrics(&handle);
+        health.set_table_loaded(true);
+        let follower_handle = handle.clone();
+        let thread = std::thread::Builder::new()
+            .name("code-sync".into())
+            .spawn(move || self.follow(&follower_handle));
+        match thread {
+            Ok(thread) => Ok((handle, thread)),
+            Err(e) => {
+                // Without the follower the table would silently go stale; the pipeline's
+                // staleness check still stops crediting, but say why.
+                tracing::error!(error = %e, "cannot start the code sync thread");
+                Err(StartError::Shutdown)
+            }
+        }
+    }
+
+    fn initial_table(&mut self) -> Result<CodeTable, StartError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_report = None::<Instant>;
+        loop {
+            if self.stopping() {
+                return Err(StartError::Shutdown);
+            }
+            let attempt = Store::connect(&self.settings).and_then(|mut store| {
+                let current = store.current_version()?;
+                self.metrics.set_redis_up(true);
+                match current {
+                    Some(version) => self.load(&mut store, version).map(Some),
+                    None => Ok(None),
+                }
+            });
+            let waiting_for = match attempt {
+                Ok(Some(table)) => return Ok(table),
+                Ok(None) if !self.settings.require_table_at_start => {
+                    tracing::warn!(
+                        "the code store holds no table; starting with an empty one (store.require_table_at_start = false): every code is unknown until a table is published"
+                    );
+                    return Ok(CodeTable::empty("empty"));
+                }
+                Ok(None) => "no code table has been published yet (run `promo-attribution codes import`)".to_string(),
+                Err(e) => {
+                    self.metrics.set_redis_up(false);
+                    e.to_string()
+                }
+            };
+            if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(reason = %waiting_for, "waiting for the code table; not ready");
+                last_report = Some(Instant::now());
+            }
+            self.sleep(backoff);
+            backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+        }
+    }
+
+    fn sleep(&self, total: Duration) {
+        let until = Instant::now() + total;
+        while !self.stopping() && Instant::now() < until {
+            std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// Reads and indexes `version`.
+    fn load(&mut self, store: &mut Store, version: u64) -> Result<CodeTable, StoreError> {
+        let started = Instant::now();
+        let stored = store.load_version(version)?;
+        let origin = stored.origin();
+        let snapshot = stored.snapshot()?;
+        let table = snapshot
+            .build(&version.to_string(), &origin)
+            .map_err(|problems| StoreError::Corrupt {
+                version,
+                reason: problems.to_string(),
+            })?;
+        self.loaded = Some(version);
+        tracing::info!(
+            version,
+            entries = table.entries().len(),
+            millis = started.elapsed().as_millis() as u64,
+            summary = %stored.meta.summary,
+            "code table loaded from the store"
+        );
+        Ok(table)
+    }
+
+    fn publish_metrics(&self, handle: &TableHandle) {
+        let table = handle.current();
+        self.metrics
+            .set_code_table(table.version(), table.entries().len());
+        self.metrics.set_code_table_age(handle.age().as_secs_f64());
+    }
+
+    /// Runs until shutdown: follow the store, and reconnect with backoff whenever it fails.
+    fn follow(mut self, handle: &TableHandle) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.stopping() {
+            match self.follow_connected(handle) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.set_redis_up(false);
+                    self.metrics.set_code_table_age(handle.age().as_secs_f64());
+                    tracing::warn!(
+                        error = %e,
+                        retry_ms = backoff.as_millis() as u64,
+                        table_version = handle.current().version(),
+                        "code store unreachable; serving the last good table"
+                    );
+                    self.sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One connected session: returns `Ok` on shutdown, `Err` when Redis fails.
+    fn follow_connected(&mut self, handle: &TableHandle) -> Result<(), StoreError> {
+        let mut store = Store::connect(&self.settings)?;
+        let mut subscriber = Store::subscriber(&self.settings)?;
+        let url = crate::settings::redacted_url(&self.settings.redis_url);
+        let redis_error = |source| StoreError::Redis {
+            url: url.clone(),
+            source,
+        };
+        let mut pubsub = subscriber.as_pubsub();
+        pubsub
+            .subscribe(store.keys().channel())
+            .map_err(redis_error)?;
+        pubsub
+            .set_read_timeout(Some(TICK.min(self.poll_interval())))
+            .map_err(redis_error)?;
+        // Anything published before the subscription took effect is caught by this first check.
+        self.check(&mut store, handle)?;
+        let mut last_check = Instant::now();
+        while !self.stopping() {
+            let announced = match pubsub.get_message() {
+                Ok(_) => true,
+                Err(e) if e.is_timeout() => false,
+                Err(e) => return Err(redis_error(e)),
+            };
+            if announced || last_check.elapsed() >= self.poll_interval() {
+                self.check(&mut store, handle)?;
+                last_check = Instant::now();
+            }
+            self.metrics.set_code_table_age(handle.age().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.settings.poll_interval_ms)
+    }
+
+    /// Reads the pointer; loads a new version, or confirms the one in force.
+    fn check(&mut self, store: &mut Store, handle: &TableHandle) -> Result<(), StoreError> {
+        let current = store.current_version()?;
+        self.metrics.set_redis_up(true);
+        let Some(version) = current else {
+            // The pointer vanished (the store was flushed): keep the table rather than forget
+            // every code, but stop confirming it, so staleness eventually pauses the worker.
+            tracing::warn!("the code store has no current version; keeping the loaded table");
+            return Ok(());
+        };
+        if Some(version) == self.loaded {
+            handle.confirm();
+            return Ok(());
+        }
+        if Some(version) == self.refused {
+            return Ok(());
+        }
+        match self.load(store, version) {
+            Ok(table) => {
+                handle.replace(table);
+                self.refused = None;
+                self.metrics.record_code_table_reload(true);
+                self.publish_metrics(handle);
+                Ok(())
+            }
+            // Redis trouble is retried by the caller; a broken version is not, and the table in
+            // force is not confirmed either, so the worker pauses once it is too old.
+            Err(StoreError::Corrupt { version, reason }) => {
+                self.metrics.record_code_table_reload(false);
+                tracing::error!(version, %reason, "cannot use the current code table version; keeping the previous one");
+                self.refused = Some(version);
+                Ok(())
+            }
+            Err(StoreError::MissingVersion(_)) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+}

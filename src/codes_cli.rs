@@ -1,0 +1,207 @@
+//! `promo-attribution codes …`: the admin commands over the Redis code store.
+//!
+//! Every change is validated with the same loader the offline mode uses, reported in full
+//! before anything is written, and published as one new version (see [`crate::store`]).
+//! Exit codes: 0 done; 1 the input or the request is invalid (nothing written); 2 usage,
+//! configuration, I/O or Redis errors.
+
+mod commands;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::codes::LoadProblems;
+use crate::codes::edit::EditError;
+use crate::settings::{SettingsSources, StoreSettings};
+use crate::store::StoreError;
+
+#[derive(Debug, Args)]
+pub struct CodesArgs {
+    /// Settings TOML (its [store] section says where the store is).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Any setting as dotted.key=value; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    pub set: Vec<String>,
+    /// Redis URL (store.redis_url; also PROMO__STORE__REDIS_URL).
+    #[arg(long, global = true)]
+    pub redis_url: Option<String>,
+    /// Key prefix (store.key_prefix).
+    #[arg(long, global = true)]
+    pub prefix: Option<String>,
+    #[command(subcommand)]
+    pub command: CodesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CodesCommand {
+    /// Validate a bulk-upload CSV and publish it as one new version.
+    Import(ImportArgs),
+    /// Expire a code now (impact's Expire): orders using it are credited to nobody.
+    Expire(CodeArgs),
+    /// Reactivate an expired code.
+    Reactivate(CodeArgs),
+    /// Change a code's schedule; times are read in the code's own time zone, "" clears a bound.
+    SetDates {
+        #[command(flatten)]
+        code: CodeArgs,
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long)]
+        end: Option<String>,
+    },
+    /// Give a code to another partner.
+    Assign {
+        #[command(flatten)]
+        code: CodeArgs,
+        #[arg(long)]
+        partner: String,
+    },
+    /// List codes with their state at a moment (now by default).
+    List(ListArgs),
+    /// Write the table as CSV that `codes import` reads back unchanged.
+    Export {
+        #[arg(long)]
+        program: Option<String>,
+        /// Codes CSV destination (stdout when absent).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Also write the partners CSV here.
+        #[arg(long, value_name = "FILE")]
+        partners_output: Option<PathBuf>,
+    },
+    /// Which entry a code as a customer typed it matches, and why.
+    Show {
+        raw: String,
+        #[arg(long)]
+        program: Option<String>,
+        /// RFC 3339 instant to judge the schedule at (default: now).
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Published versions, newest first, with a one-line summary each.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Publish the content of an earlier version as a new version.
+    Rollback { version: u64 },
+    /// Per-program settings (detector thresholds) published with the table.
+    #[command(subcommand)]
+    ProgramSettings(ProgramSettingsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    pub file: PathBuf,
+    /// Partners CSV to publish with the codes.
+    #[arg(long, value_name = "FILE")]
+    pub partners: Option<PathBuf>,
+    /// Only this program's codes: rows of other programs are refused.
+    #[arg(long)]
+    pub program: Option<String>,
+    /// The file becomes the whole set of codes (and partners) of the programs it covers.
+    #[arg(long, conflicts_with = "merge")]
+    pub replace: bool,
+    /// The file's rows add or change codes; others stay (the default).
+    #[arg(long)]
+    pub merge: bool,
+    /// Validate and report what would change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CodeArgs {
+    /// The code as written in the table (any case for exact codes; the pattern for regex codes).
+    pub code: String,
+    /// Needed when the same code exists in several programs.
+    #[arg(long)]
+    pub program: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateFilter {
+    Pending,
+    Active,
+    Expired,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub program: Option<String>,
+    #[arg(long, value_enum)]
+    pub state: Option<StateFilter>,
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// RFC 3339 instant the state is judged at (default: now).
+    #[arg(long)]
+    pub at: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProgramSettingsCommand {
+    /// Publish a program's settings from a JSON file.
+    Set { program: String, file: PathBuf },
+    /// Remove a program's settings (the worker-wide defaults apply again).
+    Clear { program: String },
+    /// Print every program's settings as JSON.
+    Show,
+}
+
+/// A failure of a `codes` command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CodesError {
+    #[error("{0}")]
+    Invalid(LoadProblems),
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    #[error("{0}")]
+    Request(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl CodesError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CodesError::Invalid(_) | CodesError::Edit(_) | CodesError::Request(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+impl CodesArgs {
+    fn store_settings(&self) -> Result<StoreSettings, CodesError> {
+        let mut overrides = self.set.clone();
+        if let Some(url) = &self.redis_url {
+            overrides.push(format!("store.redis_url={url}"));
+        }
+        if let Some(prefix) = &self.prefix {
+            overrides.push(format!("store.key_prefix={prefix}"));
+        }
+        let settings = SettingsSources::with_process_env(self.config.clone(), overrides).load()?;
+        Ok(settings.store)
+    }
+}
+
+pub fn main(args: CodesArgs) -> ExitCode {
+    let outcome = args
+        .store_settings()
+        .and_then(|settings| commands::run(&settings, args.command));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

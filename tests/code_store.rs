@@ -1,0 +1,367 @@
+//! The Redis code store end to end: the `codes` admin CLI against a real Redis, and a worker
+//! following the store while orders flow through the real broker. Every test has its own key
+//! prefix (and topics), so they run in parallel with each other and with the other suites.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use promo_attribution::codes::CodeTable;
+use promo_attribution::kafka::tools;
+use promo_attribution::offline;
+use promo_attribution::settings::{Settings, StoreSettings};
+use promo_attribution::store::Store;
+use support::{
+    ChildWorker, Names, brokers, codes_csv, field, partners_csv, read, read_settled, redis_url,
+    text, unique, unique_prefix, wait_until,
+};
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_promo-attribution"))
+}
+
+/// `promo-attribution codes --redis-url … --prefix … ARGS`.
+fn codes(url: &str, prefix: &str, args: &[&str]) -> Output {
+    binary()
+        .arg("codes")
+        .args(["--redis-url", url, "--prefix", prefix])
+        .args(args)
+        .env_remove("PROMO__STORE__REDIS_URL")
+        .output()
+        .expect("run promo-attribution codes")
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "codes failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+fn store_settings(url: &str, prefix: &str) -> StoreSettings {
+    StoreSettings {
+        redis_url: url.to_string(),
+        key_prefix: prefix.to_string(),
+        ..StoreSettings::default()
+    }
+}
+
+fn current_version(url: &str, prefix: &str) -> Option<u64> {
+    Store::connect(&store_settings(url, prefix))
+        .expect("connect to the test Redis")
+        .current_version()
+        .expect("read the current version")
+}
+
+fn import_samples(url: &str, prefix: &str) {
+    let codes_path = codes_csv().display().to_string();
+    let partners_path = partners_csv().display().to_string();
+    let out = ok(&codes(
+        url,
+        prefix,
+        &["import", &codes_path, "--partners", &partners_path],
+    ));
+    assert!(out.contains("published version 1"), "{out}");
+}
+
+#[test]
+fn admin_cli_validates_everything_before_publishing_one_version() {
+    let url = redis_url();
+    let prefix = unique_prefix("cli");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+
+    let codes_path = codes_csv().display().to_string();
+    let partners_path = partners_csv().display().to_string();
+    let first = ok(&codes(
+        url,
+        &prefix,
+        &["import", &codes_path, "--partners", &partners_path],
+    ));
+    assert!(first.contains("published version 1: 11 added"), "{first}");
+
+    // An export reads back unchanged: importing it publishes nothing.
+    ok(&codes(
+        url,
+        &prefix,
+        &[
+            "export",
+            "--output",
+            &path("v1.csv"),
+            "--partners-output",
+            &path("v1-partners.csv"),
+        ],
+    ));
+    let again = ok(&codes(
+        url,
+        &prefix,
+        &["import", &path("v1.csv"), "--partners", &path("v1-partners.csv")],
+    ));
+    assert!(again.contains("no changes"), "{again}");
+
+    // Every problem of a bad file is reported, with line and column, and nothing is written.
+    let bad = "Promo Code,Program Id,Media Id,Type,Credit Rule,Active Start Date,Active End Date\n\
+               NEW1,1001,2001,TRACKING,ALWAYS,,\n\
+               BAD2,1001,2001,TRAKING,ALWAYS,,\n\
+               BAD3,1001,2001,TRACKING,ALWAYS,2026-06-01,2026-05-01\n\
+               new1,1001,2002,TRACKING,ALWAYS,,\n";
+    std::fs::write(path("bad.csv"), bad).expect("write bad file");
+    let refused = codes(url, &prefix, &["import", &path("bad.csv")]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let report = text(&refused.stderr);
+    for expected in [":3: column \"Type\"", ":4: column \"Active End Date\"", ":5: column \"Promo Code\""] {
+        assert!(report.contains(expected), "missing {expected:?} in:\n{report}");
+    }
+    assert_eq!(current_version(url, &prefix), Some(1));
+
+    // A dry run reports and writes nothing.
+    std::fs::write(
+        path("new.csv"),
+        "Promo Code,Program Id,Media Id,Type,Credit Rule\nNEW1,1001,2001,TRACKING,ALWAYS\n",
+    )
+    .expect("write new file");
+    let dry = ok(&codes(url, &prefix, &["import", &path("new.csv"), "--dry-run"]));
+    assert!(dry.contains("dry run") && dry.contains("1 added"), "{dry}");
+    assert_eq!(current_version(url, &prefix), Some(1));
+
+    // Single-code edits, each one version; unknown codes and impossible dates are refused.
+    let expired = ok(&codes(url, &prefix, &["expire", "anna10"]));
+    assert!(expired.contains("published version 2: 0 added, 1 changed"), "{expired}");
+    let unknown = codes(url, &prefix, &["expire", "NOPE"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("no code \"NOPE\""), "{}", text(&unknown.stderr));
+    let backwards = codes(url, &prefix, &["set-dates", "DEALS20", "--end", "2025-01-01"]);
+    assert_eq!(backwards.status.code(), Some(1), "{}", text(&backwards.stderr));
+    ok(&codes(url, &prefix, &["assign", "PODCAST15", "--partner", "2009"]));
+    assert_eq!(current_version(url, &prefix), Some(3));
+
+    let list = ok(&codes(
+        url,
+        &prefix,
+        &["list", "--state", "expired", "--at", "2026-05-10T12:00:00Z"],
+    ));
+    assert!(list.contains("ANNA10") && list.contains("OLDCODE"), "{list}");
+    assert!(!list.contains("PODCAST15"), "{list}");
+    let by_partner = ok(&codes(url, &prefix, &["list", "--partner", "2009"]));
+    assert!(by_partner.contains("PODCAST15") && by_partner.contains("1 of 11"), "{by_partner}");
+
+    let show = ok(&codes(
+        url,
+        &prefix,
+        &["show", " anna10 ", "--at", "2026-05-10T12:00:00Z"],
+    ));
+    assert!(show.contains("LI:ANNA10 (applies)"), "{show}");
+    assert!(show.contains("also matches"), "the ^(?i)(ANNA).* regex also matches:\n{show}");
+
+    // Rollback publishes the old content as a new version, byte for byte the same table.
+    let rolled = ok(&codes(url, &prefix, &["rollback", "1"]));
+    assert!(rolled.contains("published version 4: 0 added, 2 changed"), "{rolled}");
+    ok(&codes(url, &prefix, &["export", "--output", &path("v4.csv")]));
+    assert_eq!(
+        std::fs::read(path("v4.csv")).expect("v4 export"),
+        std::fs::read(path("v1.csv")).expect("v1 export")
+    );
+    let history = ok(&codes(url, &prefix, &["history"]));
+    assert!(history.contains("expire ANNA10"), "{history}");
+    assert!(history.contains("rollback to 1") && history.contains("[current]"), "{history}");
+    let missing = codes(url, &prefix, &["rollback", "99"]);
+    assert_eq!(missing.status.code(), Some(1));
+
+    // No Redis there: a connection error, exit 2.
+    let unreachable = codes("redis://127.0.0.1:1", &prefix, &["history"]);
+    assert_eq!(unreachable.status.code(), Some(2), "{}", text(&unreachable.stderr));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A worker following the store
+
+/// An order for program 1001 with one code, on the sample table's terms.
+fn order(order_id: &str, code: &str) -> Vec<u8> {
+    format!(
+        r#"{{"order_id":"{order_id}","program_id":"1001","event_type":"sale","event_time":"2026-05-10T12:00:00Z","promo_codes":["{code}"],"touchpoints":[{{"partner_id":"2001","click_id":"c-{order_id}","ts":"2026-05-09T08:00:00Z"}}]}}"#
+    )
+    .into_bytes()
+}
+
+fn produce(names: &Names, records: &[Vec<u8>]) {
+    tools::produce_records(brokers(), &names.input, records).expect("produce orders");
+}
+
+/// The worker settings that point it at the store under `prefix`.
+fn store_sets(url: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
+    let mut sets = vec![
+        "codes.source=redis".to_string(),
+        format!("store.redis_url={url}"),
+        format!("store.key_prefix={prefix}"),
+        "store.poll_interval_ms=200".to_string(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    sets
+}
+
+fn spawn_worker(names: &Names, sets: &[String], log: &Path) -> ChildWorker {
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    ChildWorker::spawn(names, &names.transactional_id, &sets, log)
+}
+
+/// Every conversion must be exactly what the offline engine decides for its order with the table
+/// version the conversion names: a conversion made from half of an update would match neither.
+fn assert_each_matches_its_version(
+    url: &str,
+    prefix: &str,
+    orders: &BTreeMap<String, Vec<u8>>,
+    conversions: &[Vec<u8>],
+) {
+    let mut tables: BTreeMap<String, CodeTable> = BTreeMap::new();
+    let settings = Settings::default();
+    for conversion in conversions {
+        let version = field(conversion, "code_table_version");
+        let table = tables.entry(version.clone()).or_insert_with(|| {
+            let number: u64 = version.parse().expect("store versions are numbers");
+            let mut store = Store::connect(&store_settings(url, prefix)).expect("connect");
+            let stored = store.load_version(number).expect("the version is kept");
+            stored
+                .snapshot()
+                .expect("decodes")
+                .build(&version, "test")
+                .expect("builds")
+        });
+        let order_id = field(conversion, "order_id");
+        let record = &orders[&order_id];
+        let expected = offline::attribute_captured(record, "test", table, &settings)
+            .expect("offline attribute");
+        assert_eq!(
+            text(conversion),
+            text(expected.conversions.trim_ascii_end()),
+            "order {order_id} with version {version}"
+        );
+    }
+}
+
+#[test]
+fn worker_applies_new_versions_while_orders_flow() {
+    let url = redis_url();
+    let prefix = unique_prefix("follow");
+    let names = Names::new("follow");
+    names.create_topics(2);
+    import_samples(url, &prefix);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut worker = spawn_worker(&names, &store_sets(url, &prefix, &[]), &dir.path().join("w.log"));
+
+    let mut orders: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut send = |orders: &mut BTreeMap<String, Vec<u8>>, ids: Vec<String>| {
+        let records: Vec<Vec<u8>> = ids.iter().map(|id| order(id, "anna10")).collect();
+        for (id, record) in ids.iter().zip(&records) {
+            orders.insert(id.clone(), record.clone());
+        }
+        produce(&names, &records);
+    };
+    let conversions_by_version = |expected: usize| {
+        let records = read(&names.conversions, expected, Duration::from_secs(30));
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for record in &records {
+            let payload = record.payload.as_deref().unwrap_or_default();
+            seen.insert(field(payload, "order_id"), field(payload, "code_table_version"));
+        }
+        (records, seen)
+    };
+
+    // Version 1: credited.
+    send(&mut orders, (0..20).map(|i| format!("before-{i}")).collect());
+    let (_, seen) = conversions_by_version(20);
+    assert_eq!(seen.len(), 20, "log:\n{}", worker.log_tail());
+    assert!(seen.values().all(|v| v == "1"), "{seen:?}");
+
+    // Expire the code while orders keep coming.
+    let mut sent = 20;
+    let producer = std::thread::scope(|scope| {
+        let flow = scope.spawn(|| {
+            let mut batch = Vec::new();
+            for i in 0..30 {
+                batch.push(format!("during-{i}"));
+                std::thread::sleep(Duration::from_millis(20));
+                if batch.len() == 5 {
+                    let ids = std::mem::take(&mut batch);
+                    let records: Vec<Vec<u8>> = ids.iter().map(|id| order(id, "anna10")).collect();
+                    produce(&names, &records);
+                }
+            }
+        });
+        let out = ok(&codes(url, &prefix, &["expire", "ANNA10"]));
+        flow.join().expect("producer thread");
+        out
+    });
+    assert!(producer.contains("published version 2"), "{producer}");
+    for i in 0..30 {
+        let id = format!("during-{i}");
+        orders.insert(id.clone(), order(&id, "anna10"));
+    }
+    sent += 30;
+
+    // Once one conversion shows version 2, every order produced afterwards must too.
+    assert!(
+        wait_until(Duration::from_secs(20), || conversions_by_version(sent).1.values().any(|v| v == "2")
+            || {
+                // Keep orders coming until the new version shows, in case the flow ended first.
+                let id = format!("probe-{sent}");
+                send(&mut orders, vec![id]);
+                sent += 1;
+                false
+            }),
+        "no conversion with version 2; log:\n{}",
+        worker.log_tail()
+    );
+    let after: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
+    send(&mut orders, after.clone());
+    sent += 20;
+    let (records, seen) = conversions_by_version(sent);
+    assert_eq!(seen.len(), sent, "every order converted once; log:\n{}", worker.log_tail());
+    for id in &after {
+        assert_eq!(seen[id], "2", "{id} was produced after version 2 was in force");
+    }
+
+    // A lost announcement: the pointer moves back to version 1 without a PUBLISH; the poll sees it.
+    let mut redis = redis_connection(url);
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}{{codes}}:current"))
+        .arg("1")
+        .query(&mut redis)
+        .expect("move the pointer");
+    let mut probes = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let id = format!("poll-{probes}");
+            probes += 1;
+            send(&mut orders, vec![id.clone()]);
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(100));
+            conversions_by_version(sent).1.get(&id).is_some_and(|v| v == "1")
+        }),
+        "the worker never went back to version 1; log:\n{}",
+        worker.log_tail()
+    );
+
+    let (records, _) = conversions_by_version(sent);
+    let payloads: Vec<Vec<u8>> = records.iter().filter_map(|r| r.payload.clone()).collect();
+    assert_each_matches_its_version(url, &prefix, &orders, &payloads);
+    let settled = read_settled(&names.conversions, sent);
+    assert_eq!(settled.len(), sent, "no duplicate conversions");
+    let _ = records;
+    assert!(worker.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+}
+
+fn redis_connection(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect to redis")
+}
