@@ -1,6 +1,8 @@
 //! The engine over files: a code table from CSV, orders from JSON lines, conversions and alerts
 //! to JSON lines, in input order. Used to try the rules without services, for backfills, and as
-//! the reference the streaming worker is tested against.
+//! the reference the streaming worker is tested against. With `detectors.enabled` the stateful
+//! detectors run too, their state in memory: the same orders in the same order give the same
+//! alerts as the stream.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
@@ -10,6 +12,7 @@ use crate::attribution::decide;
 use crate::codes::load::{read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeTable, LoadProblems};
+use crate::detectors::{Detectors, MemoryState};
 use crate::ids::content_version;
 use crate::schema::{Status, parse_order};
 use crate::settings::Settings;
@@ -118,6 +121,13 @@ pub fn attribute<R: BufRead>(
     let mut line = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(1024);
     let mut line_number = 0u64;
+    // The same detectors as the stream, with their state in memory for the length of the run.
+    let mut detection = settings.detectors.enabled.then(|| {
+        (
+            Detectors::new(&settings.detectors, &settings.store.key_prefix),
+            MemoryState::new(),
+        )
+    });
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
@@ -137,7 +147,12 @@ pub fn attribute<R: BufRead>(
                 continue;
             }
         };
-        let decision = decide(record, &order, table, &settings.attribution);
+        let mut decision = decide(record, &order, table, &settings.attribution);
+        if let Some((detectors, state)) = detection.as_mut() {
+            detectors
+                .run_one(state, &order, &mut decision, table)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
         summary.orders += 1;
         *summary
             .by_status

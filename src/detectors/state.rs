@@ -71,7 +71,7 @@ pub struct OpResult {
 pub const EVIDENCE_LIMIT: usize = crate::schema::alert::MAX_EVIDENCE_ORDERS;
 
 /// Everything one order does to the state, applied atomically with its replay record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderStep {
     /// Shared hash-slot group (the program): steps of one group go to one atomic call.
     pub group: String,

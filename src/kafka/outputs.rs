@@ -1,7 +1,7 @@
 //! The records the worker writes: conversions, alerts and dead letters.
 
 use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Header, Headers, OwnedHeaders};
 
 /// Header names of a dead letter, modelled on Kafka Connect's `errors.deadletterqueue.context`
 /// headers so existing DLQ tooling can read them.
@@ -25,11 +25,35 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// A consumed record's coordinates and content, borrowed from the message or, for a record held
+/// until commit, from the batch's copy of it.
+pub struct Source<'m, H: Headers> {
+    pub topic: &'m str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'m [u8]>,
+    pub payload: Option<&'m [u8]>,
+    pub headers: Option<&'m H>,
+}
+
+impl<'m> Source<'m, BorrowedHeaders> {
+    pub fn of(message: &'m BorrowedMessage<'_>) -> Self {
+        Source {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            payload: message.payload(),
+            headers: message.headers(),
+        }
+    }
+}
+
 /// The record's own headers, then the error context. The payload and key are written unchanged
 /// by the caller, so a fixed record can be replayed from the DLQ as it was.
-pub fn dlq_headers(message: &BorrowedMessage<'_>, rejection: &Rejection) -> OwnedHeaders {
+pub fn dlq_headers<H: Headers>(source: &Source<'_, H>, rejection: &Rejection) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
-    if let Some(original) = message.headers() {
+    if let Some(original) = source.headers {
         for header in original.iter() {
             headers = headers.insert(Header {
                 key: header.key,
@@ -37,11 +61,11 @@ pub fn dlq_headers(message: &BorrowedMessage<'_>, rejection: &Rejection) -> Owne
             });
         }
     }
-    let partition = message.partition().to_string();
-    let offset = message.offset().to_string();
+    let partition = source.partition.to_string();
+    let offset = source.offset.to_string();
     let class = format!("promo_attribution.{}", rejection.reason);
     let context: [(&str, &str); 7] = [
-        (dlq_header::TOPIC, message.topic()),
+        (dlq_header::TOPIC, source.topic),
         (dlq_header::PARTITION, &partition),
         (dlq_header::OFFSET, &offset),
         (dlq_header::CLASS, &class),

@@ -7,25 +7,32 @@
 //! which must finish the open batch before they do. The lock is therefore never held across
 //! `poll`.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
+
+mod held;
+mod rewind;
+
+use held::Held;
+pub use rewind::RewindPoint;
+use rewind::{offsets_list, retry_resumable};
 
 use super::Failure;
 use super::context::WorkerContext;
-use super::outputs::{Rejection, dlq_headers};
-use crate::attribution::decide;
+use super::outputs::{Rejection, Source, dlq_headers};
+use crate::attribution::{Decision, decide};
+use crate::detectors::{DetectorState, Detectors};
 use crate::metrics::{Metrics, TxOutcome};
-use crate::schema::parse_order;
+use crate::schema::{ValidOrder, parse_order};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
 
@@ -69,33 +76,52 @@ struct Batch {
     positions: Vec<Position>,
     failures_at_start: u64,
     buffer: Vec<u8>,
+    /// With the detectors on, records are decided at commit, all together, so that the batch's
+    /// state changes take one round trip: until then they wait here (valid orders only; bad
+    /// records are dead-lettered as they are read).
+    held: Vec<Held>,
+    /// The held records' keys and values, back to back.
+    arena: Vec<u8>,
 }
 
 impl Batch {
-    /// Back to "no batch open", keeping the serialization buffer's allocation.
+    /// Back to "no batch open", keeping the buffers' allocations.
     fn reset(&mut self) {
         let buffer = std::mem::take(&mut self.buffer);
+        let mut held = std::mem::take(&mut self.held);
+        let mut arena = std::mem::take(&mut self.arena);
+        held.clear();
+        arena.clear();
         *self = Batch {
             buffer,
+            held,
+            arena,
             ..Batch::default()
         };
     }
 
-    /// Notes that `offset` was read. A batch touches a handful of partitions, so a scan beats a
-    /// map and allocates the topic name only once per partition.
-    fn advance(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// Notes that `offset` was read and returns the partition's index in `positions`. A batch
+    /// touches a handful of partitions, so a scan beats a map and allocates the topic name only
+    /// once per partition.
+    fn advance(&mut self, topic: &str, partition: i32, offset: i64) -> usize {
         match self
             .positions
             .iter_mut()
-            .find(|p| p.partition == partition && p.topic == topic)
+            .position(|p| p.partition == partition && p.topic == topic)
         {
-            Some(position) => position.next = offset + 1,
-            None => self.positions.push(Position {
-                topic: topic.to_string(),
-                partition,
-                first: offset,
-                next: offset + 1,
-            }),
+            Some(index) => {
+                self.positions[index].next = offset + 1;
+                index
+            }
+            None => {
+                self.positions.push(Position {
+                    topic: topic.to_string(),
+                    partition,
+                    first: offset,
+                    next: offset + 1,
+                });
+                self.positions.len() - 1
+            }
         }
     }
 }
@@ -108,6 +134,11 @@ pub struct Pipeline {
     batch: Mutex<Batch>,
     /// A failure seen inside a rebalance callback, which cannot return it; the loop picks it up.
     deferred: Mutex<Option<Failure>>,
+    /// `None` when `detectors.enabled` is off.
+    detectors: Option<Detectors>,
+    /// Connected on first use, so a worker with the detectors on starts even while Redis is
+    /// down (its batches then fail and are retried).
+    state: Mutex<Option<Box<dyn DetectorState + Send>>>,
 }
 
 impl Pipeline {
@@ -117,6 +148,10 @@ impl Pipeline {
         table: TableHandle,
         metrics: Arc<Metrics>,
     ) -> Pipeline {
+        let detectors = settings
+            .detectors
+            .enabled
+            .then(|| Detectors::new(&settings.detectors, &settings.store.key_prefix));
         Pipeline {
             producer,
             settings,
@@ -124,6 +159,8 @@ impl Pipeline {
             metrics,
             batch: Mutex::default(),
             deferred: Mutex::default(),
+            detectors,
+            state: Mutex::default(),
         }
     }
 
@@ -179,7 +216,7 @@ impl Pipeline {
     pub fn process(&self, message: &BorrowedMessage<'_>) -> Result<(), Failure> {
         let mut batch = self.lock()?;
         // Recorded before anything can fail, so that a rewind also covers this record.
-        batch.advance(message.topic(), message.partition(), message.offset());
+        let position = batch.advance(message.topic(), message.partition(), message.offset());
         if !batch.open {
             // Checked per batch (a batch lasts at most batch_max_ms): crediting from a table the
             // store has not confirmed for longer than allowed could pay for an expired code.
@@ -197,21 +234,22 @@ impl Pipeline {
         }
         self.metrics.inc_orders_consumed(1);
         batch.records += 1;
-        let Batch { buffer, .. } = &mut *batch;
-        self.decide_and_produce(message, buffer)
+        self.decide_and_produce(message, &mut batch, position)
     }
 
     fn decide_and_produce(
         &self,
         message: &BorrowedMessage<'_>,
-        buffer: &mut Vec<u8>,
+        batch: &mut Batch,
+        position: usize,
     ) -> Result<(), Failure> {
+        let source = Source::of(message);
         let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
             let rejection = Rejection {
                 reason: "empty_record",
                 message: "record has no value".into(),
             };
-            return self.dead_letter(message, &rejection);
+            return self.dead_letter(&source, &rejection);
         };
         let order = match parse_order(payload, &self.settings.limits) {
             Ok(order) => order,
@@ -220,11 +258,26 @@ impl Pipeline {
                     reason: err.reason(),
                     message: err.to_string(),
                 };
-                return self.dead_letter(message, &rejection);
+                return self.dead_letter(&source, &rejection);
             }
         };
+        if self.detectors.is_some() {
+            batch.hold(message, position, payload);
+            return Ok(());
+        }
         let table = self.table.current();
         let decision = decide(payload, &order, &table, &self.settings.attribution);
+        self.produce_decision(&decision, &order, &mut batch.buffer, &source)
+    }
+
+    /// Serializes a decision and produces its conversion and alerts into the open batch.
+    fn produce_decision<H: Headers>(
+        &self,
+        decision: &Decision<'_>,
+        order: &ValidOrder<'_>,
+        buffer: &mut Vec<u8>,
+        source: &Source<'_, H>,
+    ) -> Result<(), Failure> {
         let conversion = &decision.conversion;
         // Everything is serialized before anything is sent, so an output the producer would
         // refuse as too large turns into one dead letter instead of half a decision.
@@ -250,7 +303,7 @@ impl Pipeline {
                     self.max_record_bytes()
                 ),
             };
-            return self.dead_letter(message, &rejection);
+            return self.dead_letter(source, &rejection);
         }
         let kafka = &self.settings.kafka;
         self.send(
@@ -290,19 +343,19 @@ impl Pipeline {
             .saturating_sub(HEADROOM)
     }
 
-    fn dead_letter(
+    fn dead_letter<H: Headers>(
         &self,
-        message: &BorrowedMessage<'_>,
+        source: &Source<'_, H>,
         rejection: &Rejection,
     ) -> Result<(), Failure> {
         // A value too large to produce again (an oversize input near the broker's limit) is
         // left out rather than retried forever; the headers say so and keep its coordinates, so
         // it can still be fetched from the input topic while retention allows.
-        let payload = message.payload();
+        let payload = source.payload;
         let too_large = payload
             .map(<[u8]>::len)
             .filter(|&len| len > self.max_record_bytes());
-        let mut headers: OwnedHeaders = dlq_headers(message, rejection);
+        let mut headers: OwnedHeaders = dlq_headers(source, rejection);
         if let Some(len) = too_large {
             headers = headers.insert(Header {
                 key: super::outputs::dlq_header::PAYLOAD_OMITTED,
@@ -311,7 +364,7 @@ impl Pipeline {
         }
         let mut record: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(&self.settings.kafka.dlq_topic).headers(headers);
-        if let Some(key) = message.key() {
+        if let Some(key) = source.key {
             record = record.key(key);
         }
         if let Some(payload) = payload.filter(|_| too_large.is_none()) {
@@ -343,6 +396,7 @@ impl Pipeline {
             return Ok(());
         }
         let started = Instant::now();
+        self.flush_held(&mut batch)?;
         let offsets = offsets_list(
             batch
                 .positions
@@ -464,107 +518,9 @@ impl Pipeline {
     }
 }
 
-fn offsets_list<'a>(
-    offsets: impl Iterator<Item = (&'a str, i32, i64)>,
-) -> Result<TopicPartitionList, Failure> {
-    let mut list = TopicPartitionList::new();
-    for (topic, partition, offset) in offsets {
-        list.add_partition_offset(topic, partition, Offset::Offset(offset))
-            .map_err(|e| Failure::Fatal(format!("offset list: {e}")))?;
-    }
-    Ok(list)
-}
-
-/// Where each partition of an abandoned batch started.
-#[derive(Debug, Clone, Default)]
-pub struct RewindPoint(BTreeMap<(String, i32), i64>);
-
-impl RewindPoint {
-    /// Adds a record read after the batch was abandoned, keeping the lowest offset per partition.
-    pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
-        let slot = self
-            .0
-            .entry((topic.to_string(), partition))
-            .or_insert(offset);
-        *slot = (*slot).min(offset);
-    }
-
-    /// Seeks the partitions still assigned back to where the batch started; partitions that
-    /// moved away are left to their new owner, who starts from the committed offsets anyway.
-    pub fn seek(&self, consumer: &BaseConsumer<WorkerContext>) -> Result<(), Failure> {
-        seek_assigned(consumer, &self.0)
-    }
-}
-
-fn seek_assigned(
-    consumer: &BaseConsumer<WorkerContext>,
-    rewind: &BTreeMap<(String, i32), i64>,
-) -> Result<(), Failure> {
-    if rewind.is_empty() {
-        return Ok(());
-    }
-    let assigned = consumer
-        .assignment()
-        .map_err(|e| Failure::from_client("assignment", &e))?;
-    let still_ours: BTreeMap<(String, i32), i64> = rewind
-        .iter()
-        .filter(|((topic, partition), _)| assigned.find_partition(topic, *partition).is_some())
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    if still_ours.is_empty() {
-        return Ok(());
-    }
-    let seeks = offsets_list(still_ours.iter().map(|((t, p), o)| (t.as_str(), *p, *o)))?;
-    let result = consumer
-        .seek_partitions(seeks, Duration::from_secs(10))
-        .map_err(|e| Failure::Transient(format!("seek: {e}")))?;
-    for element in result.elements() {
-        if let Err(e) = element.error() {
-            return Err(Failure::Transient(format!(
-                "seek {}[{}]: {e}",
-                element.topic(),
-                element.partition()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Repeats a transactional call that librdkafka calls resumable, a bounded number of times.
-fn retry_resumable(mut call: impl FnMut() -> Result<(), Failure>) -> Result<(), Failure> {
-    const ATTEMPTS: u32 = 10;
-    let mut attempt = 0;
-    loop {
-        match call() {
-            Err(Failure::Retriable(message)) if attempt + 1 < ATTEMPTS => {
-                attempt += 1;
-                tracing::warn!(attempt, %message, "retrying a resumable transactional call");
-                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
-            }
-            Err(Failure::Retriable(message)) => return Err(Failure::Transient(message)),
-            other => return other,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rewind_point_keeps_the_lowest_offset_per_partition() {
-        let mut rewind = RewindPoint::default();
-        rewind.note("orders", 0, 40);
-        rewind.note("orders", 0, 12);
-        rewind.note("orders", 0, 30);
-        rewind.note("orders", 1, 7);
-        let offsets: Vec<_> = rewind
-            .0
-            .iter()
-            .map(|((t, p), o)| (t.as_str(), *p, *o))
-            .collect();
-        assert_eq!(offsets, [("orders", 0, 12), ("orders", 1, 7)]);
-    }
 
     #[test]
     fn batch_positions_start_at_the_first_offset_and_advance() {
