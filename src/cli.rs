@@ -232,10 +232,12 @@ fn load(args: &TableArgs) -> Result<(CodeTable, Settings), CliError> {
         args.partners.as_deref(),
         BuildOptions::default(),
     )?;
-    let table = crate::table_source::with_program_settings_file(table, &settings.codes)
-        .map_err(|e| CliError::Io {
-            context: "codes.program_settings_file".into(),
-            source: io::Error::other(e.to_string()),
+    let table =
+        crate::table_source::with_program_settings_file(table, &settings.codes).map_err(|e| {
+            CliError::Io {
+                context: "codes.program_settings_file".into(),
+                source: io::Error::other(e.to_string()),
+            }
         })?;
     Ok((table, settings))
 }

@@ -113,7 +113,10 @@ impl Follower {
                     );
                     return Ok(CodeTable::empty("empty"));
                 }
-                Ok(None) => "no code table has been published yet (run `promo-attribution codes import`)".to_string(),
+                Ok(None) => {
+                    "no code table has been published yet (run `promo-attribution codes import`)"
+                        .to_string()
+                }
                 Err(e) => {
                     self.metrics.set_redis_up(false);
                     e.to_string()

@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use crate::attribution::clicks::{credit_group, eligibility};
 use crate::attribution::{code_validity, decide};
-use crate::matcher::ProgramMatcher;
 use crate::codes::normalize::{exact_key, trim_entered};
 use crate::codes::{CodeEntry, CodeTable, MatchType};
+use crate::matcher::ProgramMatcher;
 use crate::schema::{Conversion, parse_order};
 use crate::settings::Settings;
 use crate::timefmt::{Instant, format_instant};
@@ -60,7 +60,14 @@ pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String 
         );
     }
     for (i, entered) in o.promo_codes.iter().enumerate() {
-        describe_code(&mut out, table, program, entered, at, &format!("#{}", i + 1));
+        describe_code(
+            &mut out,
+            table,
+            program,
+            entered,
+            at,
+            &format!("#{}", i + 1),
+        );
     }
 
     let _ = writeln!(out, "\n2. Touchpoints ({})", o.touchpoints.len());
@@ -186,7 +193,6 @@ pub fn describe_code(
         }
     }
 }
-
 
 fn validity_steps(out: &mut String, entry: &CodeEntry, at: Instant, table: &CodeTable) {
     let when = |t: &Option<Instant>| t.as_ref().map_or("none".to_string(), format_instant);

@@ -105,9 +105,7 @@ impl TableHandle {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error(
-        "codes.source = \"files\" needs codes.codes_file (and optionally codes.partners_file)"
-    )]
+    #[error("codes.source = \"files\" needs codes.codes_file (and optionally codes.partners_file)")]
     NotConfigured,
     #[error(transparent)]
     Table(#[from] TableError),
@@ -126,7 +124,9 @@ pub fn load_from_files(settings: &CodesSettings) -> Result<TableHandle, SourceEr
         settings.partners_file.as_deref(),
         BuildOptions::default(),
     )?;
-    Ok(TableHandle::new(with_program_settings_file(table, settings)?))
+    Ok(TableHandle::new(with_program_settings_file(
+        table, settings,
+    )?))
 }
 
 /// Adds the per-program settings of `codes.program_settings_file`, if one is configured: the

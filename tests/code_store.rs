@@ -18,7 +18,7 @@ use promo_attribution::settings::{Settings, StoreSettings};
 use promo_attribution::store::Store;
 use support::{
     ChildWorker, Names, brokers, codes_csv, field, partners_csv, read, read_settled, redis_url,
-    text, unique, unique_prefix, wait_until,
+    text, unique_prefix, wait_until,
 };
 
 fn binary() -> Command {
@@ -104,7 +104,12 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
     let again = ok(&codes(
         url,
         &prefix,
-        &["import", &path("v1.csv"), "--partners", &path("v1-partners.csv")],
+        &[
+            "import",
+            &path("v1.csv"),
+            "--partners",
+            &path("v1-partners.csv"),
+        ],
     ));
     assert!(again.contains("no changes"), "{again}");
 
@@ -118,8 +123,15 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
     let refused = codes(url, &prefix, &["import", &path("bad.csv")]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     let report = text(&refused.stderr);
-    for expected in [":3: column \"Type\"", ":4: column \"Active End Date\"", ":5: column \"Promo Code\""] {
-        assert!(report.contains(expected), "missing {expected:?} in:\n{report}");
+    for expected in [
+        ":3: column \"Type\"",
+        ":4: column \"Active End Date\"",
+        ":5: column \"Promo Code\"",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing {expected:?} in:\n{report}"
+        );
     }
     assert_eq!(current_version(url, &prefix), Some(1));
 
@@ -129,19 +141,43 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
         "Promo Code,Program Id,Media Id,Type,Credit Rule\nNEW1,1001,2001,TRACKING,ALWAYS\n",
     )
     .expect("write new file");
-    let dry = ok(&codes(url, &prefix, &["import", &path("new.csv"), "--dry-run"]));
+    let dry = ok(&codes(
+        url,
+        &prefix,
+        &["import", &path("new.csv"), "--dry-run"],
+    ));
     assert!(dry.contains("dry run") && dry.contains("1 added"), "{dry}");
     assert_eq!(current_version(url, &prefix), Some(1));
 
     // Single-code edits, each one version; unknown codes and impossible dates are refused.
     let expired = ok(&codes(url, &prefix, &["expire", "anna10"]));
-    assert!(expired.contains("published version 2: 0 added, 1 changed"), "{expired}");
+    assert!(
+        expired.contains("published version 2: 0 added, 1 changed"),
+        "{expired}"
+    );
     let unknown = codes(url, &prefix, &["expire", "NOPE"]);
     assert_eq!(unknown.status.code(), Some(1));
-    assert!(text(&unknown.stderr).contains("no code \"NOPE\""), "{}", text(&unknown.stderr));
-    let backwards = codes(url, &prefix, &["set-dates", "DEALS20", "--end", "2025-01-01"]);
-    assert_eq!(backwards.status.code(), Some(1), "{}", text(&backwards.stderr));
-    ok(&codes(url, &prefix, &["assign", "PODCAST15", "--partner", "2009"]));
+    assert!(
+        text(&unknown.stderr).contains("no code \"NOPE\""),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let backwards = codes(
+        url,
+        &prefix,
+        &["set-dates", "DEALS20", "--end", "2025-01-01"],
+    );
+    assert_eq!(
+        backwards.status.code(),
+        Some(1),
+        "{}",
+        text(&backwards.stderr)
+    );
+    ok(&codes(
+        url,
+        &prefix,
+        &["assign", "PODCAST15", "--partner", "2009"],
+    ));
     assert_eq!(current_version(url, &prefix), Some(3));
 
     let list = ok(&codes(
@@ -149,10 +185,16 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
         &prefix,
         &["list", "--state", "expired", "--at", "2026-05-10T12:00:00Z"],
     ));
-    assert!(list.contains("ANNA10") && list.contains("OLDCODE"), "{list}");
+    assert!(
+        list.contains("ANNA10") && list.contains("OLDCODE"),
+        "{list}"
+    );
     assert!(!list.contains("PODCAST15"), "{list}");
     let by_partner = ok(&codes(url, &prefix, &["list", "--partner", "2009"]));
-    assert!(by_partner.contains("PODCAST15") && by_partner.contains("1 of 11"), "{by_partner}");
+    assert!(
+        by_partner.contains("PODCAST15") && by_partner.contains("1 of 11"),
+        "{by_partner}"
+    );
 
     let show = ok(&codes(
         url,
@@ -160,25 +202,43 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
         &["show", " anna10 ", "--at", "2026-05-10T12:00:00Z"],
     ));
     assert!(show.contains("LI:ANNA10 (applies)"), "{show}");
-    assert!(show.contains("also matches"), "the ^(?i)(ANNA).* regex also matches:\n{show}");
+    assert!(
+        show.contains("also matches"),
+        "the ^(?i)(ANNA).* regex also matches:\n{show}"
+    );
 
     // Rollback publishes the old content as a new version, byte for byte the same table.
     let rolled = ok(&codes(url, &prefix, &["rollback", "1"]));
-    assert!(rolled.contains("published version 4: 0 added, 2 changed"), "{rolled}");
-    ok(&codes(url, &prefix, &["export", "--output", &path("v4.csv")]));
+    assert!(
+        rolled.contains("published version 4: 0 added, 2 changed"),
+        "{rolled}"
+    );
+    ok(&codes(
+        url,
+        &prefix,
+        &["export", "--output", &path("v4.csv")],
+    ));
     assert_eq!(
         std::fs::read(path("v4.csv")).expect("v4 export"),
         std::fs::read(path("v1.csv")).expect("v1 export")
     );
     let history = ok(&codes(url, &prefix, &["history"]));
     assert!(history.contains("expire ANNA10"), "{history}");
-    assert!(history.contains("rollback to 1") && history.contains("[current]"), "{history}");
+    assert!(
+        history.contains("rollback to 1") && history.contains("[current]"),
+        "{history}"
+    );
     let missing = codes(url, &prefix, &["rollback", "99"]);
     assert_eq!(missing.status.code(), Some(1));
 
     // No Redis there: a connection error, exit 2.
     let unreachable = codes("redis://127.0.0.1:1", &prefix, &["history"]);
-    assert_eq!(unreachable.status.code(), Some(2), "{}", text(&unreachable.stderr));
+    assert_eq!(
+        unreachable.status.code(),
+        Some(2),
+        "{}",
+        text(&unreachable.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,10 +315,14 @@ fn worker_applies_new_versions_while_orders_flow() {
     names.create_topics(2);
     import_samples(url, &prefix);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut worker = spawn_worker(&names, &store_sets(url, &prefix, &[]), &dir.path().join("w.log"));
+    let mut worker = spawn_worker(
+        &names,
+        &store_sets(url, &prefix, &[]),
+        &dir.path().join("w.log"),
+    );
 
     let mut orders: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut send = |orders: &mut BTreeMap<String, Vec<u8>>, ids: Vec<String>| {
+    let send = |orders: &mut BTreeMap<String, Vec<u8>>, ids: Vec<String>| {
         let records: Vec<Vec<u8>> = ids.iter().map(|id| order(id, "anna10")).collect();
         for (id, record) in ids.iter().zip(&records) {
             orders.insert(id.clone(), record.clone());
@@ -270,13 +334,19 @@ fn worker_applies_new_versions_while_orders_flow() {
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         for record in &records {
             let payload = record.payload.as_deref().unwrap_or_default();
-            seen.insert(field(payload, "order_id"), field(payload, "code_table_version"));
+            seen.insert(
+                field(payload, "order_id"),
+                field(payload, "code_table_version"),
+            );
         }
         (records, seen)
     };
 
     // Version 1: credited.
-    send(&mut orders, (0..20).map(|i| format!("before-{i}")).collect());
+    send(
+        &mut orders,
+        (0..20).map(|i| format!("before-{i}")).collect(),
+    );
     let (_, seen) = conversions_by_version(20);
     assert_eq!(seen.len(), 20, "log:\n{}", worker.log_tail());
     assert!(seen.values().all(|v| v == "1"), "{seen:?}");
@@ -309,7 +379,10 @@ fn worker_applies_new_versions_while_orders_flow() {
 
     // Once one conversion shows version 2, every order produced afterwards must too.
     assert!(
-        wait_until(Duration::from_secs(20), || conversions_by_version(sent).1.values().any(|v| v == "2")
+        wait_until(Duration::from_secs(20), || conversions_by_version(sent)
+            .1
+            .values()
+            .any(|v| v == "2")
             || {
                 // Keep orders coming until the new version shows, in case the flow ended first.
                 let id = format!("probe-{sent}");
@@ -323,10 +396,18 @@ fn worker_applies_new_versions_while_orders_flow() {
     let after: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
     send(&mut orders, after.clone());
     sent += 20;
-    let (records, seen) = conversions_by_version(sent);
-    assert_eq!(seen.len(), sent, "every order converted once; log:\n{}", worker.log_tail());
+    let (_, seen) = conversions_by_version(sent);
+    assert_eq!(
+        seen.len(),
+        sent,
+        "every order converted once; log:\n{}",
+        worker.log_tail()
+    );
     for id in &after {
-        assert_eq!(seen[id], "2", "{id} was produced after version 2 was in force");
+        assert_eq!(
+            seen[id], "2",
+            "{id} was produced after version 2 was in force"
+        );
     }
 
     // A lost announcement: the pointer moves back to version 1 without a PUBLISH; the poll sees it.
@@ -344,7 +425,10 @@ fn worker_applies_new_versions_while_orders_flow() {
             send(&mut orders, vec![id.clone()]);
             sent += 1;
             std::thread::sleep(Duration::from_millis(100));
-            conversions_by_version(sent).1.get(&id).is_some_and(|v| v == "1")
+            conversions_by_version(sent)
+                .1
+                .get(&id)
+                .is_some_and(|v| v == "1")
         }),
         "the worker never went back to version 1; log:\n{}",
         worker.log_tail()
@@ -355,8 +439,11 @@ fn worker_applies_new_versions_while_orders_flow() {
     assert_each_matches_its_version(url, &prefix, &orders, &payloads);
     let settled = read_settled(&names.conversions, sent);
     assert_eq!(settled.len(), sent, "no duplicate conversions");
-    let _ = records;
-    assert!(worker.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    assert!(
+        worker
+            .terminate(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
 }
 
 fn redis_connection(url: &str) -> redis::Connection {
@@ -364,4 +451,235 @@ fn redis_connection(url: &str) -> redis::Connection {
         .expect("redis url")
         .get_connection_with_timeout(Duration::from_secs(2))
         .expect("connect to redis")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis outages
+
+/// A Redis of this test's own, so it can be stopped without disturbing the other suites.
+struct PrivateRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(dir: &Path) -> PrivateRedis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = PrivateRedis {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server on the same port and directory, so it reloads what `stop` saved.
+    fn restart(&mut self) {
+        // scripts/services has installed redis-server by now (redis_url() runs it).
+        let _ = redis_url();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let url = self.url();
+        assert!(
+            wait_until(Duration::from_secs(10), || redis::Client::open(
+                url.as_str()
+            )
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()),
+            "private redis did not start"
+        );
+    }
+
+    /// Saves to disk, then kills the server: the next `restart` comes back with the same data.
+    fn stop(&mut self) {
+        let mut connection = redis_connection(&self.url());
+        let _: () = redis::cmd("SAVE").query(&mut connection).expect("SAVE");
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill redis");
+            child.wait().expect("reap redis");
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The worker's admin address, from the line it logs at start.
+fn admin_address(worker: &ChildWorker) -> String {
+    let mut address = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
+            address = log
+                .lines()
+                .find(|line| line.contains("admin endpoints"))
+                .and_then(|line| line.split("addr=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string);
+            address.is_some()
+        }),
+        "the worker never logged its admin address:\n{}",
+        worker.log_tail()
+    );
+    address.unwrap_or_default()
+}
+
+/// The log without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn scrape(address: &str) -> String {
+    let mut stream = TcpStream::connect(address).expect("connect to the admin port");
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
+}
+
+fn metric_value(address: &str, name: &str) -> f64 {
+    support::metric(&scrape(address), name).unwrap_or(f64::NAN)
+}
+
+#[test]
+fn redis_outage_keeps_the_last_table_then_pauses_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut redis = PrivateRedis::start(dir.path());
+    let url = redis.url();
+    let prefix = unique_prefix("outage");
+    import_samples(&url, &prefix);
+    let names = Names::new("outage");
+    names.create_topics(2);
+    let sets = store_sets(&url, &prefix, &["store.max_staleness_secs=4"]);
+    let mut worker = spawn_worker(&names, &sets, &dir.path().join("w.log"));
+    let admin = admin_address(&worker);
+
+    let batch = |tag: &str| -> Vec<Vec<u8>> {
+        (0..10)
+            .map(|i| order(&format!("{tag}-{i}"), "ANNA10"))
+            .collect()
+    };
+    produce(&names, &batch("up"));
+    assert_eq!(
+        read(&names.conversions, 10, Duration::from_secs(30)).len(),
+        10
+    );
+
+    // Redis gone: the last good table keeps serving, and the worker says Redis is down.
+    redis.stop();
+    let stopped = Instant::now();
+    produce(&names, &batch("down"));
+    assert_eq!(
+        read(&names.conversions, 20, Duration::from_secs(3)).len(),
+        20,
+        "orders within max_staleness are attributed with the last good table; log:\n{}",
+        worker.log_tail()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || metric_value(
+            &admin,
+            "promo_redis_up"
+        ) == 0.0),
+        "promo_redis_up stayed 1"
+    );
+
+    // Past max_staleness the worker stops crediting (and keeps polling Kafka).
+    assert!(
+        wait_until(Duration::from_secs(10), || metric_value(
+            &admin,
+            "promo_code_table_age_seconds"
+        ) > 4.0),
+        "the table age did not grow"
+    );
+    produce(&names, &batch("stale"));
+    assert!(
+        wait_until(Duration::from_secs(10), || metric_value(
+            &admin,
+            "promo_worker_paused"
+        ) == 1.0),
+        "the worker did not pause on a stale table; log:\n{}",
+        worker.log_tail()
+    );
+    assert_eq!(
+        read(&names.conversions, 21, Duration::from_secs(2)).len(),
+        20,
+        "nothing is credited from a stale table"
+    );
+    assert!(stopped.elapsed() >= Duration::from_secs(4));
+
+    // Redis back: the worker confirms its table, resumes, and nothing was lost or repeated.
+    redis.restart();
+    assert_eq!(
+        read(&names.conversions, 30, Duration::from_secs(30)).len(),
+        30,
+        "log:\n{}",
+        worker.log_tail()
+    );
+    let settled = read_settled(&names.conversions, 30);
+    let ids: std::collections::BTreeSet<String> = settled
+        .iter()
+        .map(|r| field(r.payload.as_deref().unwrap_or_default(), "order_id"))
+        .collect();
+    assert_eq!(
+        (settled.len(), ids.len()),
+        (30, 30),
+        "each order exactly once"
+    );
+    assert!(wait_until(Duration::from_secs(5), || metric_value(
+        &admin,
+        "promo_redis_up"
+    ) == 1.0));
+    assert!(
+        worker
+            .terminate(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
 }

@@ -1,0 +1,428 @@
+//! The `codes` commands: read the current version, change it, publish.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::report;
+use super::{CodesCommand, CodesError, ImportArgs, ProgramSettingsCommand};
+use crate::codes::edit::{self, Edit, ImportMode};
+use crate::codes::export::{code_record, write_codes, write_partners};
+use crate::codes::load::{LoadProblem, read_codes_lenient, read_partners};
+use crate::codes::table::BuildOptions;
+use crate::codes::{CodeTable, LoadProblems, Partner};
+use crate::detectors::config::ProgramSettings;
+use crate::settings::StoreSettings;
+use crate::store::{Snapshot, Store, StoreError, VersionMeta};
+
+/// A publish that loses a race with another admin is redone from the new version this often.
+const PUBLISH_ATTEMPTS: usize = 3;
+/// Files above this size get a progress bar (on a terminal).
+const PROGRESS_MIN_BYTES: u64 = 4 * 1024 * 1024;
+
+pub fn run(settings: &StoreSettings, command: CodesCommand) -> Result<(), CodesError> {
+    let mut store = Store::connect(settings)?;
+    match command {
+        CodesCommand::Import(args) => import(&mut store, settings, &args),
+        CodesCommand::Expire(code) => edit_code(&mut store, settings, code, Edit::Expire),
+        CodesCommand::Reactivate(code) => edit_code(&mut store, settings, code, Edit::Reactivate),
+        CodesCommand::SetDates { code, start, end } => {
+            edit_code(&mut store, settings, code, Edit::SetDates { start, end })
+        }
+        CodesCommand::Assign { code, partner } => {
+            edit_code(&mut store, settings, code, Edit::Assign { partner })
+        }
+        CodesCommand::List(args) => {
+            let (_, snapshot) = current(&mut store)?;
+            report::list(&snapshot, &args)
+        }
+        CodesCommand::Export {
+            program,
+            output,
+            partners_output,
+        } => {
+            let (_, mut snapshot) = current(&mut store)?;
+            if let Some(program) = &program {
+                snapshot.entries.retain(|e| &*e.program_id == program);
+            }
+            export(&snapshot, output.as_deref(), partners_output.as_deref())
+        }
+        CodesCommand::Show { raw, program, at } => {
+            let (version, snapshot) = current(&mut store)?;
+            let table = build(snapshot, version)?;
+            report::show(&table, &raw, program.as_deref(), at.as_deref())
+        }
+        CodesCommand::History { limit } => {
+            let current = store.current_version()?;
+            let history = store.history(limit)?;
+            let mut retained = Vec::with_capacity(history.len());
+            for meta in &history {
+                retained.push(store.version_exists(meta.version)?);
+            }
+            report::history(&history, &retained, current);
+            Ok(())
+        }
+        CodesCommand::Rollback { version } => rollback(&mut store, settings, version),
+        CodesCommand::ProgramSettings(command) => program_settings(&mut store, settings, command),
+    }
+}
+
+/// The version in force and its content; an empty table before the first publish.
+fn current_or_empty(store: &mut Store) -> Result<(Option<u64>, Snapshot), CodesError> {
+    match store.load_current()? {
+        None => Ok((None, Snapshot::default())),
+        Some(stored) => Ok((Some(stored.meta.version), stored.snapshot()?)),
+    }
+}
+
+fn current(store: &mut Store) -> Result<(u64, Snapshot), CodesError> {
+    match current_or_empty(store)? {
+        (Some(version), snapshot) => Ok((version, snapshot)),
+        (None, _) => Err(CodesError::Request(
+            "the store holds no code table yet; publish one with `codes import`".into(),
+        )),
+    }
+}
+
+fn build(snapshot: Snapshot, version: u64) -> Result<CodeTable, CodesError> {
+    snapshot
+        .build(&version.to_string(), &format!("store version {version}"))
+        .map_err(CodesError::Invalid)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, CodesError> {
+    let cannot = |e: std::io::Error| CodesError::Io(format!("cannot read {}: {e}", path.display()));
+    let file = File::open(path).map_err(cannot)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = if size >= PROGRESS_MIN_BYTES {
+        let bar = ProgressBar::new(size);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {eta}")
+        {
+            bar.set_style(style);
+        }
+        bar.set_message(format!("reading {}", path.display()));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut bytes = Vec::with_capacity(size as usize);
+    progress
+        .wrap_read(BufReader::new(file))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    progress.finish_and_clear();
+    Ok(bytes)
+}
+
+/// Reads and checks the uploaded files on their own, so problems point at their lines.
+fn read_upload(args: &ImportArgs) -> Result<(Snapshot, Option<Vec<Partner>>), CodesError> {
+    let origin = args.file.display().to_string();
+    let bytes = read_file(&args.file)?;
+    let (entries, mut problems) = read_codes_lenient(bytes.as_slice(), &origin);
+    if let Some(program) = &args.program {
+        for entry in edit::outside_program(&entries, program) {
+            problems.push(LoadProblem {
+                origin: origin.clone(),
+                line: u64::from(entry.source_line),
+                column: Some("Program Id".into()),
+                reason: format!(
+                    "program {} is not {program} (--program); the row would change another program",
+                    entry.program_id
+                ),
+            });
+        }
+    }
+    let partners = match &args.partners {
+        None => None,
+        Some(path) => {
+            let bytes = read_file(path)?;
+            match read_partners(bytes.as_slice(), &path.display().to_string()) {
+                Ok(partners) => Some(partners),
+                Err(invalid) => {
+                    problems.extend(invalid.0);
+                    None
+                }
+            }
+        }
+    };
+    // Duplicates and patterns within the file, reported against the file's own lines.
+    if let Err(more) = CodeTable::build(
+        entries.clone(),
+        Vec::new(),
+        "upload",
+        &origin,
+        BuildOptions::default(),
+    ) {
+        problems.extend(more.0);
+    }
+    if !problems.is_empty() {
+        problems.sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
+        return Err(CodesError::Invalid(LoadProblems(problems)));
+    }
+    let upload = Snapshot {
+        entries,
+        ..Snapshot::default()
+    };
+    Ok((upload, partners))
+}
+
+fn import(
+    store: &mut Store,
+    settings: &StoreSettings,
+    args: &ImportArgs,
+) -> Result<(), CodesError> {
+    let (upload, partners) = read_upload(args)?;
+    let mode = if args.replace {
+        ImportMode::Replace
+    } else {
+        ImportMode::Merge
+    };
+    let command = format!(
+        "import {}{}{}",
+        args.file.display(),
+        if args.replace { " --replace" } else { "" },
+        args.program
+            .as_ref()
+            .map(|p| format!(" --program {p}"))
+            .unwrap_or_default()
+    );
+    publish_change(store, settings, &command, args.dry_run, |base| {
+        let entries = edit::combine(
+            &base.entries,
+            upload.entries.clone(),
+            mode,
+            args.program.as_deref(),
+        );
+        let partners = match (&partners, mode) {
+            (None, _) => base.partners.clone(),
+            (Some(new), ImportMode::Replace) => new.clone(),
+            (Some(new), ImportMode::Merge) => merge_partners(&base.partners, new),
+        };
+        Ok((
+            Snapshot {
+                entries,
+                partners,
+                programs: base.programs.clone(),
+            },
+            Vec::new(),
+        ))
+    })
+}
+
+fn merge_partners(base: &[Partner], new: &[Partner]) -> Vec<Partner> {
+    let mut by_id: BTreeMap<&str, &Partner> =
+        base.iter().map(|p| (p.partner_id.as_str(), p)).collect();
+    for partner in new {
+        by_id.insert(&partner.partner_id, partner);
+    }
+    by_id.into_values().cloned().collect()
+}
+
+fn edit_code(
+    store: &mut Store,
+    settings: &StoreSettings,
+    code: super::CodeArgs,
+    change: Edit,
+) -> Result<(), CodesError> {
+    // Named as stored, so the history reads the same whichever spelling was typed.
+    let (_, base) = current(store)?;
+    let entry = &base.entries[edit::find(&base.entries, &code.code, code.program.as_deref())?];
+    let command = format!(
+        "{} {} (program {})",
+        change.describe(),
+        entry.code,
+        entry.program_id
+    );
+    drop(base);
+    publish_change(store, settings, &command, false, |base| {
+        let index = edit::find(&base.entries, &code.code, code.program.as_deref())?;
+        let mut changed = base.clone();
+        edit::apply(&mut changed.entries[index], &change)?;
+        let delta = vec![code_record(&changed.entries[index]).to_vec()];
+        Ok((changed, delta))
+    })
+}
+
+fn rollback(store: &mut Store, settings: &StoreSettings, version: u64) -> Result<(), CodesError> {
+    let target = match store.load_version(version) {
+        Err(StoreError::MissingVersion(v)) => {
+            return Err(CodesError::Request(format!(
+                "version {v} is not in the store (never published, or its content was removed; see `codes history`)"
+            )));
+        }
+        other => other?.snapshot()?,
+    };
+    let command = format!("rollback to {version}");
+    publish_change(store, settings, &command, false, |_| {
+        Ok((target.clone(), Vec::new()))
+    })
+}
+
+fn program_settings(
+    store: &mut Store,
+    settings: &StoreSettings,
+    command: ProgramSettingsCommand,
+) -> Result<(), CodesError> {
+    match command {
+        ProgramSettingsCommand::Show => {
+            let (_, snapshot) = current_or_empty(store)?;
+            let json = serde_json::to_string_pretty(&snapshot.programs)
+                .map_err(|e| CodesError::Io(e.to_string()))?;
+            println!("{json}");
+            Ok(())
+        }
+        ProgramSettingsCommand::Set { program, file } => {
+            let bytes = read_file(&file)?;
+            let parsed: ProgramSettings = serde_json::from_slice(&bytes).map_err(|e| {
+                CodesError::Invalid(LoadProblems(vec![LoadProblem {
+                    origin: file.display().to_string(),
+                    line: e.line() as u64,
+                    column: None,
+                    reason: e.to_string(),
+                }]))
+            })?;
+            let command = format!("program-settings set {program}");
+            publish_change(store, settings, &command, false, |base| {
+                let mut changed = base.clone();
+                changed.programs.insert(program.clone(), parsed.clone());
+                Ok((changed, Vec::new()))
+            })
+        }
+        ProgramSettingsCommand::Clear { program } => {
+            let command = format!("program-settings clear {program}");
+            publish_change(store, settings, &command, false, |base| {
+                let mut changed = base.clone();
+                if changed.programs.remove(&program).is_none() {
+                    return Err(CodesError::Request(format!(
+                        "program {program} has no settings"
+                    )));
+                }
+                Ok((changed, Vec::new()))
+            })
+        }
+    }
+}
+
+/// Reads the current version, applies `change`, validates the result and publishes it; redone
+/// from the newer version if another admin published in between.
+fn publish_change(
+    store: &mut Store,
+    settings: &StoreSettings,
+    command: &str,
+    dry_run: bool,
+    change: impl Fn(&Snapshot) -> Result<(Snapshot, Vec<Vec<String>>), CodesError>,
+) -> Result<(), CodesError> {
+    for attempt in 1..=PUBLISH_ATTEMPTS {
+        let (base_version, base) = current_or_empty(store)?;
+        let (next, delta) = change(&base)?;
+        next.validate("the resulting table")
+            .map_err(CodesError::Invalid)?;
+        let programs_changed = next
+            .programs
+            .iter()
+            .filter(|(id, s)| base.programs.get(*id) != Some(s))
+            .count()
+            + base
+                .programs
+                .keys()
+                .filter(|id| !next.programs.contains_key(*id))
+                .count();
+        let summary = edit::summarize(
+            &base.entries,
+            &next.entries,
+            &base.partners,
+            &next.partners,
+            programs_changed,
+        );
+        if dry_run {
+            println!("dry run, nothing written: would publish {summary}");
+            return Ok(());
+        }
+        if summary.is_empty() && base_version.is_some() {
+            println!("no changes ({summary}); nothing published");
+            return Ok(());
+        }
+        let meta = VersionMeta {
+            published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            author: author(),
+            command: command.to_string(),
+            summary: summary.to_string(),
+            delta,
+            ..VersionMeta::default()
+        };
+        match store.publish(&next, base_version, meta) {
+            Ok(published) => {
+                println!("published version {}: {summary}", published.version);
+                prune(store, settings);
+                return Ok(());
+            }
+            Err(StoreError::Conflict { current, .. }) if attempt < PUBLISH_ATTEMPTS => {
+                eprintln!("version {current} was published meanwhile; redoing the change on it");
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(CodesError::Request(
+        "the table kept changing under this command; try again".into(),
+    ))
+}
+
+fn prune(store: &mut Store, settings: &StoreSettings) {
+    let removed = store.prune(
+        settings.keep_versions as usize,
+        Duration::from_secs(settings.grace_secs),
+        chrono::Utc::now(),
+    );
+    match removed {
+        Ok(removed) if !removed.is_empty() => {
+            eprintln!("removed the content of old versions {removed:?}");
+        }
+        Ok(_) => {}
+        // The publish has happened; old content only costs memory until the next one.
+        Err(e) => eprintln!("warning: could not remove old versions: {e}"),
+    }
+}
+
+fn author() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}
+
+fn export(
+    snapshot: &Snapshot,
+    output: Option<&Path>,
+    partners_output: Option<&Path>,
+) -> Result<(), CodesError> {
+    let create = |path: &Path| {
+        File::create(path)
+            .map(BufWriter::new)
+            .map_err(|e| CodesError::Io(format!("cannot create {}: {e}", path.display())))
+    };
+    let failed = |e: csv::Error| CodesError::Io(format!("cannot write the export: {e}"));
+    match output {
+        Some(path) => write_codes(create(path)?, &snapshot.entries).map_err(failed)?,
+        None => {
+            let stdout = std::io::stdout().lock();
+            let mut out = BufWriter::new(stdout);
+            write_codes(&mut out, &snapshot.entries).map_err(failed)?;
+            out.flush()
+                .map_err(|e| CodesError::Io(format!("cannot write the export: {e}")))?;
+        }
+    }
+    if let Some(path) = partners_output {
+        write_partners(create(path)?, &snapshot.partners).map_err(failed)?;
+    }
+    Ok(())
+}

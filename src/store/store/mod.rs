@@ -1,0 +1,410 @@
+//! The code table in Redis: immutable, numbered versions and a pointer to the current one.
+//!
+//! Layout, for key prefix `P` (default `promo:`); every key carries the hash tag `{codes}` after
+//! the prefix (or the prefix's own tag, if it has one), so on Redis Cluster they share one slot
+//! and the publish script may touch them together:
+//!
+//! | key                  | type   | content                                                      |
+//! |----------------------|--------|--------------------------------------------------------------|
+//! | `P{codes}:seq`       | string | last version number handed out (`INCR`)                      |
+//! | `P{codes}:current`   | string | the version in force                                         |
+//! | `P{codes}:history`   | list   | one JSON [`VersionMeta`] per published version, newest first |
+//! | `P{codes}:v:<N>`     | hash   | `meta`, `partners` (CSV), `programs` (JSON), `codes:<i>` (CSV chunks) |
+//!
+//! and the pub/sub channel `P{codes}:announce`, which carries each new version number.
+//!
+//! A version is written under its own key first (with an expiry, so an interrupted upload
+//! leaves nothing behind), then one script checks that the pointer still holds the version the
+//! change was made from, clears the expiry, moves the pointer, appends the history entry and
+//! announces the version. A reader therefore sees the old version or the new one, never a mix.
+//! Old versions are removed with `UNLINK` once they are neither among the last `keep_versions`
+//! nor within `grace_secs` of being replaced; a version is a hash of a few dozen large values,
+//! so even `DEL` would free it at once.
+
+pub mod snapshot;
+
+use std::time::Duration;
+
+use redis::{Client, Commands, Connection, Script};
+
+use crate::settings::{StoreSettings, redacted_url};
+pub use snapshot::{Encoded, Snapshot, VersionMeta};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error(
+        "the code table changed while this change was prepared (now version {current}, expected {expected}); nothing was written"
+    )]
+    Conflict { current: String, expected: String },
+    #[error("version {0} is not in the store (never published, or removed after keep_versions)")]
+    MissingVersion(u64),
+    #[error("stored version {version} is unreadable: {reason}")]
+    Corrupt { version: u64, reason: String },
+}
+
+/// How long a staged, unpublished version survives an interrupted upload.
+const STAGING_TTL_SECS: u64 = 3600;
+/// History entries kept for `codes history`.
+const HISTORY_LENGTH: isize = 1000;
+
+const PUBLISH: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then
+    return redis.error_reply('CONFLICT ' .. (current or 'none'))
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+    return redis.error_reply('NOSTAGED version ' .. ARGV[2] .. ' expired before it was published')
+end
+redis.call('PERSIST', KEYS[3])
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('LPUSH', KEYS[2], ARGV[3])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+redis.call('PUBLISH', ARGV[4], ARGV[2])
+return ARGV[2]
+"#;
+
+/// Key names of one store.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        // A prefix with its own hash tag already pins the slot; a second tag would be ignored.
+        let base = if prefix.contains('{') && prefix.contains('}') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}{{codes}}:")
+        };
+        Keys { base }
+    }
+    pub fn seq(&self) -> String {
+        format!("{}seq", self.base)
+    }
+    pub fn current(&self) -> String {
+        format!("{}current", self.base)
+    }
+    pub fn history(&self) -> String {
+        format!("{}history", self.base)
+    }
+    pub fn version(&self, version: u64) -> String {
+        format!("{}v:{version}", self.base)
+    }
+    pub fn channel(&self) -> String {
+        format!("{}announce", self.base)
+    }
+}
+
+/// A stored version, read back.
+pub struct StoredVersion {
+    pub meta: VersionMeta,
+    pub codes_csv: Vec<u8>,
+    pub partners_csv: Vec<u8>,
+    pub programs_json: Vec<u8>,
+}
+
+impl StoredVersion {
+    pub fn origin(&self) -> String {
+        format!("store version {}", self.meta.version)
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Snapshot::decode(
+            &self.codes_csv,
+            &self.partners_csv,
+            &self.programs_json,
+            &self.origin(),
+        )
+        .map_err(|problems| StoreError::Corrupt {
+            version: self.meta.version,
+            reason: problems.to_string(),
+        })
+    }
+}
+
+/// One connection to the store.
+pub struct Store {
+    url: String,
+    keys: Keys,
+    connection: Connection,
+}
+
+impl Store {
+    pub fn connect(settings: &StoreSettings) -> Result<Store, StoreError> {
+        let url = redacted_url(&settings.redis_url);
+        let wrap = |source| StoreError::Redis {
+            url: url.clone(),
+            source,
+        };
+        let client = Client::open(settings.redis_url.as_str()).map_err(wrap)?;
+        let connection = client
+            .get_connection_with_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .map_err(wrap)?;
+        let io_timeout = Some(Duration::from_millis(settings.io_timeout_ms));
+        connection.set_read_timeout(io_timeout).map_err(wrap)?;
+        connection.set_write_timeout(io_timeout).map_err(wrap)?;
+        Ok(Store {
+            url,
+            keys: Keys::new(&settings.key_prefix),
+            connection,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn redis(&self, source: redis::RedisError) -> StoreError {
+        StoreError::Redis {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// The version in force, `None` before the first publish.
+    pub fn current_version(&mut self) -> Result<Option<u64>, StoreError> {
+        let key = self.keys.current();
+        let value: Option<String> = self.connection.get(&key).map_err(|e| self.redis(e))?;
+        match value {
+            None => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| StoreError::Corrupt {
+                version: 0,
+                reason: format!("{key} holds {text:?}, not a version number"),
+            }),
+        }
+    }
+
+    pub fn load_version(&mut self, version: u64) -> Result<StoredVersion, StoreError> {
+        let key = self.keys.version(version);
+        let meta: Option<String> = self
+            .connection
+            .hget(&key, "meta")
+            .map_err(|e| self.redis(e))?;
+        let meta: VersionMeta = match meta {
+            None => return Err(StoreError::MissingVersion(version)),
+            Some(json) => serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                version,
+                reason: format!("meta: {e}"),
+            })?,
+        };
+        let mut fields: Vec<String> = vec!["partners".into(), "programs".into()];
+        fields.extend((0..meta.chunks).map(|i| format!("codes:{i}")));
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&fields)
+            .query(&mut self.connection)
+            .map_err(|e| self.redis(e))?;
+        let mut values = values.into_iter();
+        let mut next = |field: &str| {
+            values.next().flatten().ok_or_else(|| StoreError::Corrupt {
+                version,
+                reason: format!("field {field} is missing (removed while being read?)"),
+            })
+        };
+        let partners_csv = next("partners")?;
+        let programs_json = next("programs")?;
+        let mut codes_csv = Vec::new();
+        for i in 0..meta.chunks {
+            codes_csv.extend_from_slice(&next(&format!("codes:{i}"))?);
+        }
+        Ok(StoredVersion {
+            meta,
+            codes_csv,
+            partners_csv,
+            programs_json,
+        })
+    }
+
+    /// The version in force with its content; `None` before the first publish. A pointer that
+    /// moves while reading is followed.
+    pub fn load_current(&mut self) -> Result<Option<StoredVersion>, StoreError> {
+        for _ in 0..3 {
+            let Some(version) = self.current_version()? else {
+                return Ok(None);
+            };
+            match self.load_version(version) {
+                Err(StoreError::MissingVersion(_)) => continue,
+                other => return other.map(Some),
+            }
+        }
+        Err(StoreError::Corrupt {
+            version: 0,
+            reason: "the current version kept disappearing while being read".into(),
+        })
+    }
+
+    /// Writes `snapshot` as a new version made from `base`, and makes it current, unless the
+    /// pointer moved away from `base` meanwhile ([`StoreError::Conflict`]).
+    pub fn publish(
+        &mut self,
+        snapshot: &Snapshot,
+        base: Option<u64>,
+        mut meta: VersionMeta,
+    ) -> Result<VersionMeta, StoreError> {
+        let encoded = snapshot.encode().map_err(|e| StoreError::Corrupt {
+            version: 0,
+            reason: format!("cannot encode: {e}"),
+        })?;
+        let version: u64 = self
+            .connection
+            .incr(self.keys.seq(), 1)
+            .map_err(|e| self.redis(e))?;
+        meta.version = version;
+        meta.base = base;
+        meta.codes = snapshot.entries.len();
+        meta.partners = snapshot.partners.len();
+        meta.programs = snapshot.programs.len();
+        meta.chunks = encoded.code_chunks.len();
+        let meta_json = serde_json::to_string(&meta).map_err(|e| StoreError::Corrupt {
+            version,
+            reason: e.to_string(),
+        })?;
+        let key = self.keys.version(version);
+        self.stage(&key, &encoded, &meta_json)?;
+        let history_entry = serde_json::to_string(&VersionMeta {
+            delta: Vec::new(),
+            ..meta.clone()
+        })
+        .map_err(|e| StoreError::Corrupt {
+            version,
+            reason: e.to_string(),
+        })?;
+        let expected = base.map(|v| v.to_string()).unwrap_or_default();
+        let published: Result<String, redis::RedisError> = Script::new(PUBLISH)
+            .key(self.keys.current())
+            .key(self.keys.history())
+            .key(&key)
+            .arg(&expected)
+            .arg(version)
+            .arg(history_entry)
+            .arg(self.keys.channel())
+            .arg(HISTORY_LENGTH)
+            .invoke(&mut self.connection);
+        match published {
+            Ok(_) => Ok(meta),
+            Err(e) if e.to_string().contains("CONFLICT") => {
+                let _: Result<(), _> = self.connection.unlink(&key);
+                let current = self
+                    .current_version()?
+                    .map_or("none".into(), |v| v.to_string());
+                Err(StoreError::Conflict {
+                    current,
+                    expected: base.map_or("none".into(), |v| v.to_string()),
+                })
+            }
+            Err(e) => Err(self.redis(e)),
+        }
+    }
+
+    fn stage(&mut self, key: &str, encoded: &Encoded, meta_json: &str) -> Result<(), StoreError> {
+        // Field by field: one command per ~5 MB chunk keeps every request well under Redis's
+        // 512 MB protocol limit and the client's write timeout.
+        let mut pipe = redis::pipe();
+        pipe.hset(key, "meta", meta_json)
+            .ignore()
+            .hset(key, "partners", &encoded.partners)
+            .ignore()
+            .hset(key, "programs", &encoded.programs)
+            .ignore()
+            .expire(key, STAGING_TTL_SECS as i64)
+            .ignore();
+        pipe.query::<()>(&mut self.connection)
+            .map_err(|e| self.redis(e))?;
+        for (i, chunk) in encoded.code_chunks.iter().enumerate() {
+            let _: () = self
+                .connection
+                .hset(key, format!("codes:{i}"), chunk)
+                .map_err(|e| self.redis(e))?;
+        }
+        Ok(())
+    }
+
+    /// Published versions, newest first.
+    pub fn history(&mut self, limit: usize) -> Result<Vec<VersionMeta>, StoreError> {
+        let entries: Vec<String> = self
+            .connection
+            .lrange(self.keys.history(), 0, limit.saturating_sub(1) as isize)
+            .map_err(|e| self.redis(e))?;
+        entries
+            .iter()
+            .map(|json| {
+                serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+                    version: 0,
+                    reason: format!("history entry: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    pub fn version_exists(&mut self, version: u64) -> Result<bool, StoreError> {
+        self.connection
+            .exists(self.keys.version(version))
+            .map_err(|e| self.redis(e))
+    }
+
+    /// Removes the content of versions beyond the newest `keep` that were replaced more than
+    /// `grace` ago. Returns the versions removed.
+    pub fn prune(
+        &mut self,
+        keep: usize,
+        grace: Duration,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let history = self.history(HISTORY_LENGTH as usize)?;
+        let current = self.current_version()?;
+        let mut removed = Vec::new();
+        // history[i - 1] replaced history[i].
+        for i in keep.max(1)..history.len() {
+            let version = history[i].version;
+            let replaced_at = chrono::DateTime::parse_from_rfc3339(&history[i - 1].published_at)
+                .map(|t| t.with_timezone(&chrono::Utc));
+            let old_enough = replaced_at
+                .is_ok_and(|t| now.signed_duration_since(t).to_std().unwrap_or_default() >= grace);
+            if Some(version) == current || !old_enough {
+                continue;
+            }
+            let unlinked: i64 = self
+                .connection
+                .unlink(self.keys.version(version))
+                .map_err(|e| self.redis(e))?;
+            if unlinked > 0 {
+                removed.push(version);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// A second connection to the same server for the pub/sub subscription.
+    pub fn subscriber(settings: &StoreSettings) -> Result<Connection, StoreError> {
+        let url = redacted_url(&settings.redis_url);
+        let wrap = |source| StoreError::Redis {
+            url: url.clone(),
+            source,
+        };
+        let client = Client::open(settings.redis_url.as_str()).map_err(wrap)?;
+        client
+            .get_connection_with_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .map_err(wrap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = Keys::new("promo:");
+        assert_eq!(keys.current(), "promo:{codes}:current");
+        assert_eq!(keys.version(7), "promo:{codes}:v:7");
+        let tagged = Keys::new("{tenant-a}:promo:");
+        assert_eq!(tagged.history(), "{tenant-a}:promo:history");
+    }
+}

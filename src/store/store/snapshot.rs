@@ -1,0 +1,181 @@
+//! A version of the code table as the store keeps it: the codes and partners in the same CSV
+//! format `codes export` writes (so the worker reads them with the same validating loader the
+//! offline mode uses) and the per-program settings as JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codes::export::{write_codes, write_partners};
+use crate::codes::load::{LoadProblem, read_codes_lenient, read_partners};
+use crate::codes::table::BuildOptions;
+use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
+use crate::detectors::config::ProgramSettings;
+
+/// Rows per stored chunk: about 5 MB of CSV, so a version of a million codes is a hash of a few
+/// dozen fields, which Redis frees at once, and no single value nears Redis's 512 MB limit.
+pub const ROWS_PER_CHUNK: usize = 50_000;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub entries: Vec<CodeEntry>,
+    pub partners: Vec<Partner>,
+    pub programs: BTreeMap<String, ProgramSettings>,
+}
+
+/// The stored form of a [`Snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    /// CSV; the first chunk carries the header, so the chunks concatenated are one file.
+    pub code_chunks: Vec<Vec<u8>>,
+    pub partners: Vec<u8>,
+    pub programs: Vec<u8>,
+}
+
+/// What a version record says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    pub version: u64,
+    /// The version this one was made from (`None` for the first).
+    pub base: Option<u64>,
+    pub published_at: String,
+    pub author: String,
+    pub command: String,
+    pub summary: String,
+    pub codes: usize,
+    pub partners: usize,
+    pub programs: usize,
+    pub chunks: usize,
+    /// The rows a single-code edit changed (in export column order), so a worker holding `base`
+    /// can apply them without reloading the whole table. Empty for bulk changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta: Vec<Vec<String>>,
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> Result<Encoded, csv::Error> {
+        let mut code_chunks = Vec::new();
+        if self.entries.is_empty() {
+            let mut header_only = Vec::new();
+            write_codes(&mut header_only, &[])?;
+            code_chunks.push(header_only);
+        }
+        for (index, rows) in self.entries.chunks(ROWS_PER_CHUNK).enumerate() {
+            let mut chunk = Vec::with_capacity(rows.len() * 96);
+            write_codes(&mut chunk, rows)?;
+            if index > 0 {
+                // Only the first chunk keeps the header line.
+                let body = chunk
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(chunk.len(), |end| end + 1);
+                chunk.drain(..body);
+            }
+            code_chunks.push(chunk);
+        }
+        let mut partners = Vec::new();
+        write_partners(&mut partners, &self.partners)?;
+        let programs = serde_json::to_vec(&self.programs).map_err(std::io::Error::other)?;
+        Ok(Encoded {
+            code_chunks,
+            partners,
+            programs,
+        })
+    }
+
+    /// Reads a stored version back, with the loader's full validation; `origin` names it in
+    /// problems.
+    pub fn decode(
+        codes_csv: &[u8],
+        partners_csv: &[u8],
+        programs_json: &[u8],
+        origin: &str,
+    ) -> Result<Snapshot, LoadProblems> {
+        let (entries, mut problems) = read_codes_lenient(codes_csv, &format!("{origin}/codes"));
+        let partners =
+            read_partners(partners_csv, &format!("{origin}/partners")).unwrap_or_else(|invalid| {
+                problems.extend(invalid.0);
+                Vec::new()
+            });
+        let programs = parse_programs(programs_json, origin).unwrap_or_else(|problem| {
+            problems.push(problem);
+            BTreeMap::new()
+        });
+        if problems.is_empty() {
+            Ok(Snapshot {
+                entries,
+                partners,
+                programs,
+            })
+        } else {
+            Err(LoadProblems(problems))
+        }
+    }
+
+    /// Indexes the snapshot as table `version`, reporting duplicate codes and bad patterns.
+    pub fn build(self, version: &str, origin: &str) -> Result<CodeTable, LoadProblems> {
+        let table = CodeTable::build(
+            self.entries,
+            self.partners,
+            version,
+            origin,
+            BuildOptions::default(),
+        )?;
+        Ok(table.with_program_settings(self.programs))
+    }
+
+    /// Checks that the snapshot would build, without keeping the table.
+    pub fn validate(&self, origin: &str) -> Result<(), LoadProblems> {
+        self.clone().build("validation", origin).map(drop)
+    }
+}
+
+pub fn parse_programs(
+    json: &[u8],
+    origin: &str,
+) -> Result<BTreeMap<String, ProgramSettings>, LoadProblem> {
+    if json.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    serde_json::from_slice(json).map_err(|e| LoadProblem {
+        origin: origin.to_string(),
+        line: e.line() as u64,
+        column: None,
+        reason: format!("program settings: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::load::read_codes;
+
+    #[test]
+    fn chunks_concatenate_to_one_file() {
+        let mut body = String::from("Promo Code,Program Id,Media Id,Type,Credit Rule\n");
+        for i in 0..(ROWS_PER_CHUNK + 10) {
+            body.push_str(&format!("C{i},1,p1,TRACKING,ALWAYS\n"));
+        }
+        let entries = read_codes(body.as_bytes(), "t.csv").expect("valid");
+        let snapshot = Snapshot {
+            entries,
+            ..Snapshot::default()
+        };
+        let encoded = snapshot.encode().expect("encode");
+        assert_eq!(encoded.code_chunks.len(), 2);
+        let joined: Vec<u8> = encoded.code_chunks.concat();
+        let decoded =
+            Snapshot::decode(&joined, &encoded.partners, &encoded.programs, "test").expect("ok");
+        assert_eq!(decoded.entries.len(), ROWS_PER_CHUNK + 10);
+        assert_eq!(decoded.entries[ROWS_PER_CHUNK + 9].code.as_ref(), "C50009");
+    }
+
+    #[test]
+    fn an_empty_table_round_trips() {
+        let encoded = Snapshot::default().encode().expect("encode");
+        let joined = encoded.code_chunks.concat();
+        let decoded =
+            Snapshot::decode(&joined, &encoded.partners, &encoded.programs, "test").expect("ok");
+        assert_eq!(decoded, Snapshot::default());
+    }
+}
