@@ -435,7 +435,7 @@ fn matcher(c: &mut Criterion) {
     }
 
     // --- Whole-table build. The first table is dropped so only one extra copy is alive. ---
-    let entries = table.entries().to_vec();
+    let entries = table.built_entries().to_vec();
     let partners: Vec<_> = table.partners().cloned().collect();
     drop(probes);
     drop(table);

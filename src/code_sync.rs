@@ -18,6 +18,7 @@ use crate::admin::Health;
 use crate::codes::CodeTable;
 use crate::metrics::Metrics;
 use crate::settings::StoreSettings;
+use crate::store::snapshot::decode_delta;
 use crate::store::{Store, StoreError};
 use crate::table_source::TableHandle;
 
@@ -25,6 +26,9 @@ use crate::table_source::TableHandle;
 /// age gauge).
 const TICK: Duration = Duration::from_millis(200);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+/// Single-code edits applied over one full build before the next version is loaded whole
+/// (each patched row costs a hash lookup on every read of that table).
+const MAX_PATCHED_ROWS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,6 +49,7 @@ pub fn start(
         shutdown,
         loaded: None,
         refused: None,
+        last_published_at: None,
     };
     follower.start(health)
 }
@@ -57,6 +62,8 @@ struct Follower {
     loaded: Option<u64>,
     /// A version that failed to load; not retried until the pointer moves on.
     refused: Option<u64>,
+    /// When the version in force was published, by the publisher's clock.
+    last_published_at: Option<String>,
 }
 
 impl Follower {
@@ -151,9 +158,10 @@ impl Follower {
                 reason: problems.to_string(),
             })?;
         self.loaded = Some(version);
+        self.last_published_at = Some(stored.meta.published_at.clone());
         tracing::info!(
             version,
-            entries = table.entries().len(),
+            entries = table.len(),
             millis = started.elapsed().as_millis() as u64,
             summary = %stored.meta.summary,
             "code table loaded from the store"
@@ -163,8 +171,7 @@ impl Follower {
 
     fn publish_metrics(&self, handle: &TableHandle) {
         let table = handle.current();
-        self.metrics
-            .set_code_table(table.version(), table.entries().len());
+        self.metrics.set_code_table(table.version(), table.len());
         self.metrics.set_code_table_age(handle.age().as_secs_f64());
     }
 
@@ -224,6 +231,50 @@ impl Follower {
         Ok(())
     }
 
+    /// Applies a single-code edit made on the version in force without reloading the table; `None`
+    /// when the version is not such an edit (or cannot be applied that way), so it is loaded whole.
+    fn try_patch(
+        &mut self,
+        store: &mut Store,
+        handle: &TableHandle,
+        version: u64,
+    ) -> Result<Option<CodeTable>, StoreError> {
+        let meta = store.load_meta(version)?;
+        if meta.delta.is_empty() || meta.base.is_none() || meta.base != self.loaded {
+            return Ok(None);
+        }
+        let current = handle.current();
+        if current.patched_rows() + meta.delta.len() > MAX_PATCHED_ROWS {
+            return Ok(None);
+        }
+        let Ok(rows) = decode_delta(&meta.delta, &format!("store version {version} delta")) else {
+            return Ok(None);
+        };
+        let mut patches = Vec::with_capacity(rows.len());
+        for row in rows {
+            match current.find(&row.program_id, &row.code_id()) {
+                Some(id) => patches.push((id, row)),
+                None => return Ok(None),
+            }
+        }
+        self.loaded = Some(version);
+        self.last_published_at = Some(meta.published_at);
+        Ok(Some(
+            current.with_patched_rows(version.to_string(), patches),
+        ))
+    }
+
+    /// Seconds from the publish of the version in force to now: the change-to-effect latency
+    /// when called right after the swap. Meaningful only while the clocks of the publisher and
+    /// this host agree (NTP); a negative difference is not reported.
+    fn since_publish(&self) -> Option<f64> {
+        let published = chrono::DateTime::parse_from_rfc3339(self.last_published_at.as_deref()?)
+            .ok()?
+            .with_timezone(&chrono::Utc);
+        let elapsed = chrono::Utc::now().signed_duration_since(published);
+        elapsed.to_std().ok().map(|d| d.as_secs_f64())
+    }
+
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.settings.poll_interval_ms)
     }
@@ -245,8 +296,25 @@ impl Follower {
         if Some(version) == self.refused {
             return Ok(());
         }
-        match self.load(store, version) {
+        let started = Instant::now();
+        let next = match self.try_patch(store, handle, version) {
+            Ok(Some(patched)) => Ok(patched),
+            Ok(None) => self.load(store, version),
+            Err(e) => Err(e),
+        };
+        match next {
             Ok(table) => {
+                let lag = self.since_publish();
+                if let Some(seconds) = lag {
+                    self.metrics.observe_code_table_propagation(seconds);
+                }
+                tracing::info!(
+                    version,
+                    patched_rows = table.patched_rows(),
+                    apply_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    since_publish_ms = lag.map(|s| s * 1000.0),
+                    "code table version in force"
+                );
                 handle.replace(table);
                 self.refused = None;
                 self.metrics.record_code_table_reload(true);

@@ -70,6 +70,7 @@ pub struct Metrics {
     code_table_entries: IntGauge,
     code_table_age: Gauge,
     code_table_reloads: IntCounterVec,
+    code_table_propagation: Histogram,
     redis_up: IntGauge,
     assigned_partitions: IntGauge,
     worker_paused: IntGauge,
@@ -155,6 +156,13 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let code_table_propagation = Histogram::with_opts(
+            HistogramOpts::new(
+                "promo_code_table_propagation_seconds",
+                "Time from a code table version's publish to its use by this worker.",
+            )
+            .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
+        )?;
         let redis_up = IntGauge::new(
             "promo_redis_up",
             "1 when the last Redis operation succeeded, 0 otherwise.",
@@ -181,6 +189,7 @@ impl Metrics {
         registry.register(Box::new(code_table_entries.clone()))?;
         registry.register(Box::new(code_table_age.clone()))?;
         registry.register(Box::new(code_table_reloads.clone()))?;
+        registry.register(Box::new(code_table_propagation.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(assigned_partitions.clone()))?;
         registry.register(Box::new(worker_paused.clone()))?;
@@ -210,6 +219,7 @@ impl Metrics {
             code_table_entries,
             code_table_age,
             code_table_reloads,
+            code_table_propagation,
             redis_up,
             assigned_partitions,
             worker_paused,
@@ -316,6 +326,10 @@ impl Metrics {
     pub fn record_code_table_reload(&self, loaded: bool) {
         let outcome = if loaded { "loaded" } else { "refused" };
         self.code_table_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn observe_code_table_propagation(&self, seconds: f64) {
+        self.code_table_propagation.observe(seconds);
     }
 
     pub fn set_redis_up(&self, up: bool) {

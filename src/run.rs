@@ -84,11 +84,11 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
                 other => (exit::CONFIG, other.to_string()),
             })?;
             let current = table.current();
-            metrics.set_code_table(current.version(), current.entries().len());
+            metrics.set_code_table(current.version(), current.len());
             health.set_table_loaded(true);
             tracing::info!(
                 version = current.version(),
-                entries = current.entries().len(),
+                entries = current.len(),
                 "code table loaded from files"
             );
             table

@@ -393,6 +393,11 @@ fn worker_applies_new_versions_while_orders_flow() {
         "no conversion with version 2; log:\n{}",
         worker.log_tail()
     );
+    let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
+    assert!(
+        log.contains("version=2 patched_rows=1"),
+        "a single-code edit is applied without a reload:\n{log}"
+    );
     let after: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
     send(&mut orders, after.clone());
     sent += 20;

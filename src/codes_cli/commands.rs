@@ -171,7 +171,11 @@ fn read_upload(args: &ImportArgs) -> Result<(Snapshot, Option<Vec<Partner>>), Co
     Ok((upload, partners))
 }
 
-fn import(store: &mut Store, settings: &StoreSettings, args: &ImportArgs) -> Result<(), CodesError> {
+fn import(
+    store: &mut Store,
+    settings: &StoreSettings,
+    args: &ImportArgs,
+) -> Result<(), CodesError> {
     let (upload, partners) = read_upload(args)?;
     let mode = if args.replace {
         ImportMode::Replace

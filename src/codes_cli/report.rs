@@ -43,7 +43,10 @@ pub fn list(snapshot: &Snapshot, args: &ListArgs) -> Result<(), CodesError> {
     let mut shown = 0usize;
     for entry in &snapshot.entries {
         let state = state_at(entry, at);
-        let keep = args.program.as_deref().is_none_or(|p| &*entry.program_id == p)
+        let keep = args
+            .program
+            .as_deref()
+            .is_none_or(|p| &*entry.program_id == p)
             && args.state.is_none_or(|s| s == state)
             && args
                 .partner
@@ -72,7 +75,12 @@ pub fn list(snapshot: &Snapshot, args: &ListArgs) -> Result<(), CodesError> {
             }
         );
     }
-    let _ = writeln!(out, "{shown} of {} codes at {}", snapshot.entries.len(), format_instant(&at));
+    let _ = writeln!(
+        out,
+        "{shown} of {} codes at {}",
+        snapshot.entries.len(),
+        format_instant(&at)
+    );
     print_out(&out)
 }
 
@@ -84,8 +92,7 @@ pub fn show(
 ) -> Result<(), CodesError> {
     let at = moment(at)?;
     let mut programs: Vec<&str> = table
-        .entries()
-        .iter()
+        .rows()
         .map(|e| &*e.program_id)
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
@@ -106,7 +113,14 @@ pub fn show(
     );
     for program_id in programs {
         let _ = writeln!(out, "program {program_id}:");
-        describe_code(&mut out, table, table.program(program_id), raw, at, "entered");
+        describe_code(
+            &mut out,
+            table,
+            table.program(program_id),
+            raw,
+            at,
+            "entered",
+        );
     }
     print_out(&out)
 }

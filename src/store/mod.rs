@@ -181,19 +181,24 @@ impl Store {
         }
     }
 
-    pub fn load_version(&mut self, version: u64) -> Result<StoredVersion, StoreError> {
-        let key = self.keys.version(version);
+    /// What a version says about itself, without its content.
+    pub fn load_meta(&mut self, version: u64) -> Result<VersionMeta, StoreError> {
         let meta: Option<String> = self
             .connection
-            .hget(&key, "meta")
+            .hget(self.keys.version(version), "meta")
             .map_err(|e| self.redis(e))?;
-        let meta: VersionMeta = match meta {
-            None => return Err(StoreError::MissingVersion(version)),
+        match meta {
+            None => Err(StoreError::MissingVersion(version)),
             Some(json) => serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
                 version,
                 reason: format!("meta: {e}"),
-            })?,
-        };
+            }),
+        }
+    }
+
+    pub fn load_version(&mut self, version: u64) -> Result<StoredVersion, StoreError> {
+        let key = self.keys.version(version);
+        let meta = self.load_meta(version)?;
         let mut fields: Vec<String> = vec!["partners".into(), "programs".into()];
         fields.extend((0..meta.chunks).map(|i| format!("codes:{i}")));
         let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
@@ -203,13 +208,10 @@ impl Store {
             .map_err(|e| self.redis(e))?;
         let mut values = values.into_iter();
         let mut next = |field: &str| {
-            values
-                .next()
-                .flatten()
-                .ok_or_else(|| StoreError::Corrupt {
-                    version,
-                    reason: format!("field {field} is missing (removed while being read?)"),
-                })
+            values.next().flatten().ok_or_else(|| StoreError::Corrupt {
+                version,
+                reason: format!("field {field} is missing (removed while being read?)"),
+            })
         };
         let partners_csv = next("partners")?;
         let programs_json = next("programs")?;
@@ -368,9 +370,8 @@ impl Store {
             let version = history[i].version;
             let replaced_at = chrono::DateTime::parse_from_rfc3339(&history[i - 1].published_at)
                 .map(|t| t.with_timezone(&chrono::Utc));
-            let old_enough = replaced_at.is_ok_and(|t| {
-                now.signed_duration_since(t).to_std().unwrap_or_default() >= grace
-            });
+            let old_enough = replaced_at
+                .is_ok_and(|t| now.signed_duration_since(t).to_std().unwrap_or_default() >= grace);
             if Some(version) == current || !old_enough {
                 continue;
             }

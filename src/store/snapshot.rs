@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::codes::export::{write_codes, write_partners};
-use crate::codes::load::{LoadProblem, read_codes_lenient, read_partners};
+use crate::codes::load::{CODE_COLUMNS, LoadProblem, read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
 use crate::detectors::config::ProgramSettings;
@@ -92,8 +92,8 @@ impl Snapshot {
         origin: &str,
     ) -> Result<Snapshot, LoadProblems> {
         let (entries, mut problems) = read_codes_lenient(codes_csv, &format!("{origin}/codes"));
-        let partners = read_partners(partners_csv, &format!("{origin}/partners"))
-            .unwrap_or_else(|invalid| {
+        let partners =
+            read_partners(partners_csv, &format!("{origin}/partners")).unwrap_or_else(|invalid| {
                 problems.extend(invalid.0);
                 Vec::new()
             });
@@ -128,6 +128,26 @@ impl Snapshot {
     pub fn validate(&self, origin: &str) -> Result<(), LoadProblems> {
         self.clone().build("validation", origin).map(drop)
     }
+}
+
+/// The rows of a [`VersionMeta::delta`], read with the loader's checks.
+pub fn decode_delta(rows: &[Vec<String>], origin: &str) -> Result<Vec<CodeEntry>, LoadProblems> {
+    let mut csv_text = Vec::new();
+    {
+        let mut writer = csv::Writer::from_writer(&mut csv_text);
+        let written = std::iter::once(CODE_COLUMNS.iter().map(|c| c.to_string()).collect())
+            .chain(rows.iter().cloned())
+            .try_for_each(|row: Vec<String>| writer.write_record(&row));
+        if let Err(e) = written.and_then(|()| writer.flush().map_err(csv::Error::from)) {
+            return Err(LoadProblems(vec![LoadProblem {
+                origin: origin.to_string(),
+                line: 0,
+                column: None,
+                reason: format!("delta rows: {e}"),
+            }]));
+        }
+    }
+    crate::codes::load::read_codes(csv_text.as_slice(), origin)
 }
 
 pub fn parse_programs(
