@@ -1,0 +1,518 @@
+//! The stateful detectors through the real pipeline: the local broker, the worker, and Redis.
+//!
+//! - every detector fires on its scenario and stays quiet on a near miss, and the stream's
+//!   conversions and alerts equal the offline mode's, byte for byte;
+//! - a worker killed mid-batch and restarted duplicates no alert state and loses no alert;
+//! - with Redis down or hung nothing is decided (nothing skipped), and everything is once Redis
+//!   is back.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use promo_attribution::codes::table::BuildOptions;
+use promo_attribution::kafka::tools;
+use promo_attribution::offline;
+use promo_attribution::settings::Settings;
+use serde_json::{Value, json};
+use support::redis::{PrivateRedis, detector_sets, shared, zcard};
+use support::{
+    ChildWorker, InProcessWorker, Names, assert_same_records, brokers, field, order_ids, orders,
+    payloads, read, read_settled, wait_for_keys, wait_for_orders,
+};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+const STOP: Duration = Duration::from_secs(30);
+
+fn produce(topic: &str, records: &[Vec<u8>]) {
+    let produced = tools::produce_records(brokers(), topic, records).expect("produce");
+    assert_eq!(produced, records.len(), "every record produced");
+}
+
+const CODES: &str = "\
+Promo Code,Program Id,Media Id,Type,Credit Rule,Usage Limit,Customer Limit
+LIMIT3,pU,100,TRACKING,ALWAYS,3,
+LIMIT3B,pU,100,TRACKING,ALWAYS,3,
+ONCE,pU,100,TRACKING,ALWAYS,1,
+ONCEB,pU,100,TRACKING,ALWAYS,1,
+PERCUST,pC,100,TRACKING,ALWAYS,,1
+PERCUST2,pC,100,TRACKING,ALWAYS,,2
+LEAK,pK,300,TRACKING,INVOLVED,,
+LEAK2,pK,300,TRACKING,INVOLVED,,
+HOT,pV,500,TRACKING,ALWAYS,,
+WARM,pV,500,TRACKING,ALWAYS,,
+E1,pE,100,TRACKING,ALWAYS,,
+E2,pE,100,TRACKING,ALWAYS,,
+E3,pE,100,TRACKING,ALWAYS,,
+N1,pN,100,TRACKING,ALWAYS,,
+M1,pM,100,TRACKING,ALWAYS,,
+SELF,pS,900,TRACKING,ALWAYS,,
+DUP1,pD,100,TRACKING,ALWAYS,,
+";
+const PARTNERS: &str = "\
+Partner Id,Status,Identity Hashes
+900,ACTIVE,e-hash;d-hash
+";
+
+/// Thresholds small enough for a handful of orders per scenario.
+const THRESHOLDS: [&str; 13] = [
+    "detectors.defaults.cold_window_secs=3600",
+    "detectors.defaults.cold_min_uses=4",
+    "detectors.defaults.cold_share_percent=50",
+    "detectors.defaults.velocity_bucket_secs=3600",
+    "detectors.defaults.velocity_baseline_buckets=2",
+    "detectors.defaults.velocity_factor=2",
+    "detectors.defaults.velocity_floor=5",
+    "detectors.defaults.enumeration_window_secs=3600",
+    "detectors.defaults.enumeration_distinct_codes=3",
+    "detectors.defaults.enumeration_unknown_codes=2",
+    "detectors.defaults.unknown_window_secs=3600",
+    "detectors.defaults.unknown_min_orders=4",
+    "detectors.defaults.unknown_share_percent=50",
+];
+
+/// Builds the scenario orders; minutes count from an hour boundary.
+struct Scenario {
+    records: Vec<Vec<u8>>,
+}
+
+impl Scenario {
+    fn add(&mut self, id: &str, program: &str, minute: i64, codes: &[&str], extra: Value) -> Value {
+        let at = chrono::DateTime::from_timestamp(1_780_272_000 + minute * 60, 0).expect("time");
+        let mut order = json!({
+            "order_id": id,
+            "program_id": program,
+            "event_type": "sale",
+            "event_time": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "promo_codes": codes,
+        });
+        if let (Some(order), Some(extra)) = (order.as_object_mut(), extra.as_object()) {
+            order.extend(extra.clone());
+        }
+        self.records.push(serde_json::to_vec(&order).expect("json"));
+        order
+    }
+}
+
+fn owner_click(partner: &str, minute: i64) -> Value {
+    let at = chrono::DateTime::from_timestamp(1_780_272_000 + minute * 60, 0).expect("time");
+    json!({"touchpoints": [{"partner_id": partner, "click_id": "c", "ts": at.to_rfc3339()}]})
+}
+
+fn scenario_orders() -> Vec<Vec<u8>> {
+    let mut s = Scenario {
+        records: Vec::new(),
+    };
+    let none = json!({});
+    // Usage limits, one use an hour so no window-based detector joins in.
+    for n in 0..4 {
+        s.add(&format!("u{n}"), "pU", n * 60, &["LIMIT3"], none.clone());
+    }
+    for n in 0..3 {
+        s.add(&format!("ub{n}"), "pU", n * 60, &["LIMIT3B"], none.clone());
+    }
+    s.add("once-a", "pU", 0, &["ONCE"], none.clone());
+    s.add("once-b", "pU", 60, &["ONCE"], none.clone());
+    s.add("onceb-a", "pU", 0, &["ONCEB"], none.clone());
+    // Customer limits.
+    let customer = |id: &str| json!({"customer": {"id": id}});
+    s.add("c-a1", "pC", 0, &["PERCUST"], customer("alice"));
+    s.add("c-b", "pC", 60, &["PERCUST"], customer("bob"));
+    s.add("c-a2", "pC", 120, &["PERCUST"], customer("alice"));
+    s.add("c-d1", "pC", 0, &["PERCUST2"], customer("dan"));
+    s.add("c-d2", "pC", 60, &["PERCUST2"], customer("dan"));
+    // Cold share: LEAK 3 of 4 cold, LEAK2 2 of 4 cold.
+    for (n, warm) in [false, true, false, false].iter().enumerate() {
+        let extra = if *warm {
+            owner_click("300", n as i64)
+        } else {
+            none.clone()
+        };
+        s.add(&format!("k{n}"), "pK", n as i64, &["LEAK"], extra);
+    }
+    for (n, warm) in [true, true, false, false].iter().enumerate() {
+        let extra = if *warm {
+            owner_click("300", n as i64)
+        } else {
+            none.clone()
+        };
+        s.add(&format!("kb{n}"), "pK", n as i64, &["LEAK2"], extra);
+    }
+    // Velocity: HOT goes from 1 use an hour to 5; WARM from 3 to 5 (not above twice the mean).
+    for (code, per_hour) in [("HOT", [1, 1, 5]), ("WARM", [3, 3, 5])] {
+        for (hour, uses) in per_hour.iter().enumerate() {
+            for n in 0..*uses {
+                let minute = hour as i64 * 60 + n;
+                let id = format!("v-{code}-{hour}-{n}");
+                s.add(&id, "pV", minute, &[code], owner_click("500", minute));
+            }
+        }
+    }
+    // Enumeration: dev-1 tries three codes within the hour, dev-2 two.
+    let device = |d: &str| json!({"risk": {"device_hash": d}});
+    for (n, code) in ["E1", "E2", "E3"].iter().enumerate() {
+        s.add(&format!("e1-{n}"), "pE", n as i64, &[code], device("dev-1"));
+    }
+    for (n, code) in ["E1", "E2"].iter().enumerate() {
+        s.add(&format!("e2-{n}"), "pE", n as i64, &[code], device("dev-2"));
+    }
+    // Unknown-code rate: 3 of 4 unknown in pN, 2 of 4 in pM.
+    for (n, code) in ["NOPE1", "N1", "NOPE2", "NOPE3"].iter().enumerate() {
+        s.add(&format!("n{n}"), "pN", n as i64, &[code], none.clone());
+    }
+    for (n, code) in ["NOPE1", "M1", "NOPE2", "M1"].iter().enumerate() {
+        s.add(&format!("m{n}"), "pM", n as i64, &[code], none.clone());
+    }
+    // Self-referral: partner 900's own email hash; then a stranger.
+    s.add(
+        "s-self",
+        "pS",
+        0,
+        &["SELF"],
+        json!({"customer": {"email_sha256": "E-HASH"}}),
+    );
+    s.add(
+        "s-other",
+        "pS",
+        60,
+        &["SELF"],
+        json!({"customer": {"email_sha256": "x-hash"}}),
+    );
+    // Duplicates: X again with other content; Y again unchanged (a plain repeat).
+    s.add("dup-x", "pD", 0, &["DUP1"], none.clone());
+    s.add("dup-y", "pD", 60, &["DUP1"], none.clone());
+    s.add("dup-x", "pD", 0, &["DUP1"], json!({"amount": 10.0}));
+    s.add("dup-y", "pD", 60, &["DUP1"], none);
+    s.records
+}
+
+fn write_tables(dir: &Path) -> (String, String) {
+    let codes = dir.join("codes.csv");
+    let partners = dir.join("partners.csv");
+    std::fs::write(&codes, CODES).expect("write codes");
+    std::fs::write(&partners, PARTNERS).expect("write partners");
+    (codes.display().to_string(), partners.display().to_string())
+}
+
+fn offline_run(records: &[Vec<u8>], settings: &Settings) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let table = offline::load_table(
+        settings.codes.codes_file.as_deref().expect("a codes file"),
+        settings.codes.partners_file.as_deref(),
+        BuildOptions::default(),
+    )
+    .expect("test table loads");
+    let run = offline::attribute_captured(&records.join(&b'\n'), "test", &table, settings)
+        .expect("offline run");
+    let lines = |b: &[u8]| -> Vec<Vec<u8>> {
+        b.split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    (lines(&run.conversions), lines(&run.alerts))
+}
+
+fn kinds_by_program(alerts: &[Vec<u8>]) -> BTreeSet<(String, String, String)> {
+    alerts
+        .iter()
+        .map(|a| {
+            let v: Value = serde_json::from_slice(a).expect("alert json");
+            let code = v["code"].as_str().unwrap_or("-").to_string();
+            (field(a, "kind"), field(a, "program_id"), code)
+        })
+        .collect()
+}
+
+fn alert_validator() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(support::repo().join("schema/alert.schema.json"))
+        .expect("alert schema");
+    let schema: Value = serde_json::from_str(&text).expect("schema json");
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("alert schema compiles")
+}
+
+#[test]
+fn every_detector_fires_on_its_scenario_and_not_on_its_near_miss() {
+    let names = Names::new("detectors");
+    names.create_topics(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (codes, partners) = write_tables(dir.path());
+    let (url, prefix) = shared("detectors");
+    let mut extra = detector_sets(&url, &prefix);
+    extra.extend(THRESHOLDS.iter().map(|s| s.to_string()));
+    extra.extend([
+        format!("codes.codes_file={codes}"),
+        format!("codes.partners_file={partners}"),
+        "kafka.batch_max_records=7".into(),
+    ]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let settings = names.settings(&names.transactional_id, &extra);
+    let records = scenario_orders();
+    let (expected_conversions, expected_alerts) = offline_run(&records, &settings);
+
+    let worker = InProcessWorker::start(settings.clone());
+    produce(&names.input, &records);
+    let ids = order_ids(&records);
+    wait_for_orders(&names.conversions, &ids, DEADLINE);
+    let alert_ids: BTreeSet<String> = expected_alerts
+        .iter()
+        .map(|a| field(a, "alert_id"))
+        .collect();
+    wait_for_keys(&names.alerts, "alert_id", &alert_ids, DEADLINE);
+    assert!(worker.stop(STOP).is_ok(), "worker drains");
+    let conversions = payloads(&read_settled(&names.conversions, records.len()));
+    let alerts = payloads(&read_settled(&names.alerts, expected_alerts.len()));
+    assert_same_records(
+        &conversions,
+        &expected_conversions,
+        "conversions vs offline",
+    );
+    assert_same_records(&alerts, &expected_alerts, "alerts vs offline");
+
+    let validator = alert_validator();
+    for alert in &alerts {
+        let value: Value = serde_json::from_slice(alert).expect("json");
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?} in {value}");
+    }
+
+    let seen = kinds_by_program(&alerts);
+    let has = |kind: &str, program: &str, code: &str| {
+        seen.contains(&(kind.to_string(), program.to_string(), code.to_string()))
+    };
+    let fired = [
+        ("USAGE_LIMIT_EXCEEDED", "pU", "LIMIT3"),
+        ("SINGLE_USE_CODE_REUSED", "pU", "ONCE"),
+        ("CUSTOMER_LIMIT_EXCEEDED", "pC", "PERCUST"),
+        ("COLD_CODE_USE_RATE", "pK", "LEAK"),
+        ("CODE_VELOCITY_SPIKE", "pV", "HOT"),
+        ("CODE_ENUMERATION_SUSPECTED", "pE", "-"),
+        ("UNKNOWN_CODE_RATE", "pN", "-"),
+        ("SELF_REFERRAL_SUSPECTED", "pS", "SELF"),
+        ("DUPLICATE_ORDER_ID", "pD", "-"),
+    ];
+    for (kind, program, code) in fired {
+        assert!(
+            has(kind, program, code),
+            "{kind} did not fire in {program}: {seen:?}"
+        );
+    }
+    let quiet = [
+        ("USAGE_LIMIT_EXCEEDED", "pU", "LIMIT3B"),
+        ("SINGLE_USE_CODE_REUSED", "pU", "ONCEB"),
+        ("CUSTOMER_LIMIT_EXCEEDED", "pC", "PERCUST2"),
+        ("COLD_CODE_USE_RATE", "pK", "LEAK2"),
+        ("CODE_VELOCITY_SPIKE", "pV", "WARM"),
+        ("UNKNOWN_CODE_RATE", "pM", "-"),
+    ];
+    for (kind, program, code) in quiet {
+        assert!(
+            !has(kind, program, code),
+            "{kind} fired on the near miss {code} in {program}"
+        );
+    }
+    let enumeration: Vec<Value> = alerts
+        .iter()
+        .map(|a| serde_json::from_slice::<Value>(a).expect("json"))
+        .filter(|a| a["kind"] == "CODE_ENUMERATION_SUSPECTED")
+        .collect();
+    assert_eq!(enumeration.len(), 1, "dev-2 (two codes) is the near miss");
+    assert_eq!(enumeration[0]["order_ids"], json!(["e1-0", "e1-1", "e1-2"]));
+    let self_referrals = seen
+        .iter()
+        .filter(|(k, _, _)| k == "SELF_REFERRAL_SUSPECTED")
+        .count();
+    assert_eq!(self_referrals, 1, "the stranger is the near miss");
+    let duplicates: Vec<String> = conversions
+        .iter()
+        .filter(|c| field(c, "status") == "INVALID")
+        .filter(|c| {
+            serde_json::from_slice::<Value>(c).expect("json")["invalid_reason"]
+                == "DUPLICATE_ORDER_ID"
+        })
+        .map(|c| field(c, "order_id"))
+        .collect();
+    assert_eq!(
+        duplicates,
+        ["dup-x"],
+        "an unchanged repeat is not a duplicate"
+    );
+    let text = alerts
+        .iter()
+        .map(|a| String::from_utf8_lossy(a))
+        .collect::<String>();
+    for raw in ["alice", "dev-1", "E-HASH"] {
+        assert!(
+            !text.contains(raw),
+            "a raw customer identifier in an alert: {raw}"
+        );
+    }
+}
+
+#[test]
+fn killed_worker_repeats_no_state_change_and_loses_no_alert() {
+    let t0 = Instant::now();
+    let names = Names::new("detectors-killed");
+    names.create_topics(1);
+    let records = orders("DK", 1500, 11);
+    let ids = order_ids(&records);
+    let (url, prefix) = shared("detectors-killed");
+    let mut sets = detector_sets(&url, &prefix);
+    sets.push("kafka.batch_max_records=50".into());
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let settings = names.settings(&names.transactional_id, &sets);
+    let (expected_conversions, expected_alerts) = offline_run_samples(&records, &settings);
+    assert!(
+        expected_alerts
+            .iter()
+            .any(|a| field(a, "kind") == "SINGLE_USE_CODE_REUSED"),
+        "the corpus exercises the detectors"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("worker.log");
+    produce(&names.input, &records);
+
+    let mut first = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
+    let early = read(&names.conversions, 1, DEADLINE);
+    assert!(
+        !early.is_empty(),
+        "first conversions; log:\n{}",
+        first.log_tail()
+    );
+    first.kill();
+    let at_kill = read(&names.conversions, records.len(), Duration::from_secs(2)).len();
+    assert!(
+        at_kill < records.len(),
+        "the kill landed mid-run ({at_kill} converted)"
+    );
+
+    let mut second = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
+    let all = wait_for_orders(&names.conversions, &ids, DEADLINE);
+    let alert_ids: BTreeSet<String> = expected_alerts
+        .iter()
+        .map(|a| field(a, "alert_id"))
+        .collect();
+    let alerts = wait_for_keys(&names.alerts, "alert_id", &alert_ids, DEADLINE);
+    let status = second.terminate(STOP);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "drains; log:\n{}",
+        second.log_tail()
+    );
+    let all = payloads(&read_settled(&names.conversions, all.len()));
+    let alerts = payloads(&read_settled(&names.alerts, alerts.len()));
+
+    // tansu shows the killed batch's records too, so repeats are allowed, but only as exact
+    // copies of what the offline run writes: the replay records gave the redo the same counts.
+    let distinct = |records: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        let set: BTreeSet<Vec<u8>> = records.iter().cloned().collect();
+        set.into_iter().collect()
+    };
+    assert_same_records(
+        &distinct(&all),
+        &distinct(&expected_conversions),
+        "distinct conversions",
+    );
+    assert_same_records(
+        &distinct(&alerts),
+        &distinct(&expected_alerts),
+        "distinct alerts",
+    );
+    // Counters: each order counted once in the shared state, however often it was replayed.
+    let vip_orders = records
+        .iter()
+        .filter(|r| {
+            let v: Value = serde_json::from_slice(r).expect("json");
+            v["program_id"] == "1001"
+                && v["promo_codes"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "VIPONCE"))
+        })
+        .count() as u64;
+    let key = format!("{prefix}d:{{1001}}:u:LI:VIPONCE");
+    assert_eq!(
+        zcard(&url, &key),
+        vip_orders,
+        "VIPONCE uses counted once each"
+    );
+    eprintln!(
+        "killed: {} orders, {at_kill} converted at the kill, {} conversion and {} alert records, {:?}",
+        records.len(),
+        all.len(),
+        alerts.len(),
+        t0.elapsed()
+    );
+}
+
+fn offline_run_samples(records: &[Vec<u8>], settings: &Settings) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut settings = settings.clone();
+    settings.codes.codes_file = Some(support::codes_csv());
+    settings.codes.partners_file = Some(support::partners_csv());
+    offline_run(records, &settings)
+}
+
+#[test]
+fn redis_down_or_hung_decides_nothing_until_it_is_back() {
+    let names = Names::new("detectors-outage");
+    names.create_topics(1);
+    let mut redis = PrivateRedis::reserve();
+    let prefix = support::unique_prefix("outage");
+    let mut extra = detector_sets(&redis.url(), &prefix);
+    extra.push("worker.max_backoff_ms=500".into());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let settings = names.settings(&names.transactional_id, &extra);
+    let first = orders("OA", 200, 21);
+    let second = orders("OB", 200, 22);
+    let all: Vec<Vec<u8>> = first.iter().chain(&second).cloned().collect();
+    let (expected_conversions, expected_alerts) = offline_run_samples(&all, &settings);
+
+    // Down from the start: the worker runs, reads, and decides nothing.
+    let worker = InProcessWorker::start(settings);
+    produce(&names.input, &first);
+    let none = read(&names.conversions, 1, Duration::from_secs(6));
+    assert!(none.is_empty(), "a conversion without the detectors");
+    assert!(worker.metric("promo_transactions_total{outcome=\"aborted\"}") >= 1.0);
+    redis.start();
+    wait_for_orders(&names.conversions, &order_ids(&first), DEADLINE);
+
+    // Hung (SIGSTOP): requests time out; nothing new is decided until it answers again.
+    redis.pause(true);
+    produce(&names.input, &second);
+    let before = read(&names.conversions, first.len() + 1, Duration::from_secs(6));
+    let decided: BTreeSet<String> = before
+        .iter()
+        .map(|r| field(r.payload.as_deref().unwrap_or_default(), "order_id"))
+        .collect();
+    assert!(
+        order_ids(&second).is_disjoint(&decided),
+        "an order decided while Redis was hung"
+    );
+    redis.pause(false);
+    wait_for_orders(&names.conversions, &order_ids(&all), DEADLINE);
+    let alert_ids: BTreeSet<String> = expected_alerts
+        .iter()
+        .map(|a| field(a, "alert_id"))
+        .collect();
+    wait_for_keys(&names.alerts, "alert_id", &alert_ids, DEADLINE);
+    assert!(worker.stop(STOP).is_ok(), "worker drains");
+    let conversions = payloads(&read_settled(&names.conversions, all.len()));
+    let alerts = payloads(&read_settled(&names.alerts, expected_alerts.len()));
+    let distinct = |records: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        let set: BTreeSet<Vec<u8>> = records.iter().cloned().collect();
+        set.into_iter().collect()
+    };
+    assert_same_records(
+        &distinct(&conversions),
+        &distinct(&expected_conversions),
+        "conversions",
+    );
+    assert_same_records(&distinct(&alerts), &distinct(&expected_alerts), "alerts");
+}
