@@ -49,7 +49,7 @@ pub fn start(
         shutdown,
         loaded: None,
         refused: None,
-        last_published_at: None,
+        published_ms: None,
     };
     follower.start(health)
 }
@@ -62,8 +62,8 @@ struct Follower {
     loaded: Option<u64>,
     /// A version that failed to load; not retried until the pointer moves on.
     refused: Option<u64>,
-    /// When the version in force was published, by the publisher's clock.
-    last_published_at: Option<String>,
+    /// When the version in force was published (Unix ms, Redis's clock).
+    published_ms: Option<i64>,
 }
 
 impl Follower {
@@ -158,7 +158,7 @@ impl Follower {
                 reason: problems.to_string(),
             })?;
         self.loaded = Some(version);
-        self.last_published_at = Some(stored.meta.published_at.clone());
+        self.published_ms = stored.meta.published_ms;
         tracing::info!(
             version,
             entries = table.len(),
@@ -258,21 +258,20 @@ impl Follower {
             }
         }
         self.loaded = Some(version);
-        self.last_published_at = Some(meta.published_at);
+        self.published_ms = meta.published_ms;
         Ok(Some(
             current.with_patched_rows(version.to_string(), patches),
         ))
     }
 
     /// Seconds from the publish of the version in force to now: the change-to-effect latency
-    /// when called right after the swap. Meaningful only while the clocks of the publisher and
-    /// this host agree (NTP); a negative difference is not reported.
+    /// when called right after the swap. The publish time is Redis's clock, so this is exact
+    /// only while Redis's host and this one agree on the time (NTP); a negative difference is
+    /// not reported.
     fn since_publish(&self) -> Option<f64> {
-        let published = chrono::DateTime::parse_from_rfc3339(self.last_published_at.as_deref()?)
-            .ok()?
-            .with_timezone(&chrono::Utc);
-        let elapsed = chrono::Utc::now().signed_duration_since(published);
-        elapsed.to_std().ok().map(|d| d.as_secs_f64())
+        let published = self.published_ms?;
+        let now = chrono::Utc::now().timestamp_millis();
+        (now >= published).then(|| (now - published) as f64 / 1000.0)
     }
 
     fn poll_interval(&self) -> Duration {

@@ -9,7 +9,7 @@
 //! | `P{codes}:seq`       | string | last version number handed out (`INCR`)                      |
 //! | `P{codes}:current`   | string | the version in force                                         |
 //! | `P{codes}:history`   | list   | one JSON [`VersionMeta`] per published version, newest first |
-//! | `P{codes}:v:<N>`     | hash   | `meta`, `partners` (CSV), `programs` (JSON), `codes:<i>` (CSV chunks) |
+//! | `P{codes}:v:<N>`     | hash   | `meta`, `published_ms` (Redis clock), `partners` (CSV), `programs` (JSON), `codes:<i>` (CSV chunks) |
 //!
 //! and the pub/sub channel `P{codes}:announce`, which carries each new version number.
 //!
@@ -62,6 +62,8 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
     return redis.error_reply('NOSTAGED version ' .. ARGV[2] .. ' expired before it was published')
 end
 redis.call('PERSIST', KEYS[3])
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[3], 'published_ms', tostring(now[1] * 1000 + math.floor(now[2] / 1000)))
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('LPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
@@ -183,17 +185,22 @@ impl Store {
 
     /// What a version says about itself, without its content.
     pub fn load_meta(&mut self, version: u64) -> Result<VersionMeta, StoreError> {
-        let meta: Option<String> = self
-            .connection
-            .hget(self.keys.version(version), "meta")
+        let (meta, published_ms): (Option<String>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.keys.version(version))
+            .arg("meta")
+            .arg("published_ms")
+            .query(&mut self.connection)
             .map_err(|e| self.redis(e))?;
-        match meta {
-            None => Err(StoreError::MissingVersion(version)),
-            Some(json) => serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+        let Some(json) = meta else {
+            return Err(StoreError::MissingVersion(version));
+        };
+        let mut meta: VersionMeta =
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
                 version,
                 reason: format!("meta: {e}"),
-            }),
-        }
+            })?;
+        meta.published_ms = published_ms;
+        Ok(meta)
     }
 
     pub fn load_version(&mut self, version: u64) -> Result<StoredVersion, StoreError> {

@@ -46,6 +46,10 @@ pub struct VersionMeta {
     pub partners: usize,
     pub programs: usize,
     pub chunks: usize,
+    /// When the publish script ran, in Unix milliseconds by Redis's clock; set by the store, not
+    /// part of the stored meta.
+    #[serde(skip)]
+    pub published_ms: Option<i64>,
     /// The rows a single-code edit changed (in export column order), so a worker holding `base`
     /// can apply them without reloading the whole table. Empty for bulk changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
