@@ -183,17 +183,35 @@ fn dummy_secret(name: &str) -> String {
     }
 }
 
+/// `out`'s stdout, after asserting that the command succeeded (else its output is the message).
+fn succeeded(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{what} printed non-UTF-8: {e}"))
+}
+
+/// `scripts/prometheus` with its subcommand and arguments.
+fn scripts_prometheus(command: &str) -> Command {
+    let mut script = Command::new("bash");
+    script
+        .arg(path("scripts/prometheus"))
+        .arg(command)
+        .current_dir(repo());
+    script
+}
+
 /// The effective settings (`--check-config` output) of `config` with the environment `env`, as
 /// TOML; fails with the worker's own list of problems.
 fn effective_settings(what: &str, config: &Path, env: &[(String, String)]) -> toml::Table {
-    let out = run_check_config(config, env);
-    assert!(
-        out.status.success(),
-        "{what}: the worker rejects its settings ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let text = succeeded(
+        &format!("{what}: the worker's --check-config"),
+        run_check_config(config, env),
     );
-    let text = String::from_utf8(out.stdout).expect("--check-config prints UTF-8");
     text.parse()
         .unwrap_or_else(|e| panic!("{what}: --check-config output is not TOML ({e}):\n{text}"))
 }
@@ -469,14 +487,7 @@ fn compose_code_loader_command_validates_the_samples_against_redis() {
         .stdin(Stdio::null())
         .output()
         .expect("run the loader's command");
-    assert!(
-        out.status.success(),
-        "promo-attribution {} failed ({}):\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&format!("promo-attribution {}", args.join(" ")), out);
 }
 
 /// The compose worker's effective settings: its config file (through its bind mount) and its
@@ -1109,11 +1120,8 @@ fn input_partitions(manifests: &Manifests, topic: &str) -> u64 {
 // Alert rules and the dashboard
 
 fn promtool(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new("bash")
-        .arg(path("scripts/prometheus"))
-        .arg("promtool")
+    let mut child = scripts_prometheus("promtool")
         .args(args)
-        .current_dir(repo())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -1135,14 +1143,9 @@ fn promtool(args: &[&str], stdin: Option<&[u8]>) -> Output {
 }
 
 fn assert_promtool(args: &[&str], stdin: Option<&[u8]>) {
-    let out = promtool(args, stdin);
-    assert!(
-        out.status.success(),
-        "promtool {} failed ({}):\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        &format!("promtool {}", args.join(" ")),
+        promtool(args, stdin),
     );
 }
 
@@ -1439,22 +1442,15 @@ impl Prometheus {
             ),
         )
         .expect("write prometheus.yml");
-        let out = Command::new("bash")
-            .arg(path("scripts/prometheus"))
-            .arg("start")
-            .arg(&config)
-            .arg(data.path().join("server"))
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run scripts/prometheus start");
-        assert!(
-            out.status.success(),
-            "scripts/prometheus start failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+        let url = succeeded(
+            "scripts/prometheus start",
+            scripts_prometheus("start")
+                .arg(&config)
+                .arg(data.path().join("server"))
+                .stdin(Stdio::null())
+                .output()
+                .expect("run scripts/prometheus start"),
         );
-        let url = String::from_utf8(out.stdout).expect("URL");
         let url_host = url
             .trim()
             .strip_prefix("http://")
@@ -1492,9 +1488,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let stopped = Command::new("bash")
-            .arg(path("scripts/prometheus"))
-            .arg("stop")
+        let stopped = scripts_prometheus("stop")
             .arg(self.data.path().join("server"))
             .stdin(Stdio::null())
             .output();
