@@ -8,12 +8,14 @@
 //! - the worker settings in compose and in the ConfigMap, with the environment each sets, are
 //!   accepted by the worker binary itself (`run --check-config`);
 //! - the alert rules pass `promtool check rules` and their unit tests (`promtool test rules`);
-//! - a real worker's `/metrics` passes `promtool check metrics`, and a real Prometheus (Debian's
+//! - live, the compose pipeline minus Docker: the code loader's command publishes the samples to
+//!   Redis, a worker with the compose worker's settings (addresses replaced) decides the sample
+//!   orders, its `/metrics` passes `promtool check metrics`, and a real Prometheus (Debian's
 //!   package, through `scripts/prometheus`) scraping it answers every dashboard query and every
 //!   metric of the alert rules with data, and evaluates the rules without errors.
 //!
-//! promtool and Prometheus are installed by `scripts/prometheus` when missing; like the broker,
-//! they are never a reason to skip.
+//! promtool and Prometheus are installed by `scripts/prometheus` when missing; like the broker
+//! and Redis, they are never a reason to skip.
 
 mod support;
 
@@ -471,28 +473,18 @@ fn compose_loader_command() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn compose_code_loader_command_validates_the_samples_against_redis() {
-    // The loader's own command, as a dry run under a key prefix of its own, against the test
-    // Redis: the subcommand, its flags and the sample files are all accepted.
-    let mut args = compose_loader_command();
-    args.extend([
-        "--dry-run".to_owned(),
-        "--prefix".to_owned(),
-        support::unique_prefix("deploy-loader"),
-    ]);
-    let out = worker_binary()
-        .args(&args)
-        .env("PROMO__STORE__REDIS_URL", support::redis_url())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the loader's command");
-    succeeded(&format!("promo-attribution {}", args.join(" ")), out);
-}
-
 /// The compose worker's effective settings: its config file (through its bind mount) and its
 /// environment, as the worker itself reads them.
 fn compose_worker_settings(compose: &Yaml) -> toml::Table {
+    effective_settings(
+        "compose worker",
+        &compose_worker_config(compose),
+        &compose_env(service(compose, "worker")),
+    )
+}
+
+/// The repository file the compose worker reads as `--config` (through its bind mount).
+fn compose_worker_config(compose: &Yaml) -> PathBuf {
     let worker = service(compose, "worker");
     let words = command_words(worker);
     let config_at = words
@@ -506,11 +498,59 @@ fn compose_worker_settings(compose: &Yaml) -> toml::Table {
         .unwrap_or_else(|| {
             panic!("the compose worker's {config_at} is not mounted from the repository")
         });
-    effective_settings(
-        "compose worker",
-        &path(host.trim_start_matches("./")),
-        &compose_env(worker),
-    )
+    path(host.trim_start_matches("./"))
+}
+
+/// Settings that name hosts, ports, topics or groups of the compose network; a test replaces
+/// them with its own.
+const COMPOSE_NETWORK_SETTINGS: [&str; 9] = [
+    "kafka.brokers",
+    "kafka.group_id",
+    "kafka.input_topic",
+    "kafka.conversions_topic",
+    "kafka.alerts_topic",
+    "kafka.dlq_topic",
+    "kafka.transactional_id",
+    "store.redis_url",
+    "admin.listen",
+];
+
+/// The compose worker's settings as `--set key=value` pairs: its config file, then its
+/// environment (later wins, as in the worker), without [`COMPOSE_NETWORK_SETTINGS`].
+fn compose_worker_sets() -> Vec<String> {
+    fn flatten(table: &toml::Table, prefix: &str, out: &mut BTreeMap<String, String>) {
+        for (key, value) in table {
+            let key = format!("{prefix}{key}");
+            let text = match value {
+                toml::Value::Table(inner) => {
+                    flatten(inner, &format!("{key}."), out);
+                    continue;
+                }
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_) => {
+                    value.to_string()
+                }
+                other => panic!("{key} = {other}: not expressible as --set"),
+            };
+            out.insert(key, text);
+        }
+    }
+    let compose = compose();
+    let config = compose_worker_config(&compose);
+    let table: toml::Table = std::fs::read_to_string(&config)
+        .expect("read the compose worker's config")
+        .parse()
+        .expect("the compose worker's config is TOML");
+    let mut pairs = BTreeMap::new();
+    flatten(&table, "", &mut pairs);
+    for (name, value) in compose_env(service(&compose, "worker")) {
+        if let Some(rest) = name.strip_prefix("PROMO__") {
+            let key: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            pairs.insert(key.join("."), value);
+        }
+    }
+    pairs.retain(|key, _| !COMPOSE_NETWORK_SETTINGS.contains(&key.as_str()));
+    pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
 #[test]
@@ -1505,19 +1545,35 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
     names.create_topics(2);
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("worker.log");
-    // At-least-once: in exactly-once mode the input offsets are committed by the transactional
-    // producer, so librdkafka's consumer statistics never learn them and report no lag; the lag
-    // panels and the lag alert would have nothing to show.
-    let mut worker = ChildWorker::spawn(
-        &names,
-        &names.transactional_id,
-        &[
-            "worker.log_format=json",
-            "codes.source=files",
-            "kafka.delivery=at-least-once",
-        ],
-        &log,
+
+    // The compose pipeline without Docker: the code loader's own command publishes the sample
+    // table to the test Redis (under a key prefix of its own), and the worker runs the compose
+    // worker's settings with only its addresses, topics and group replaced.
+    let prefix = support::unique_prefix("deploy-live");
+    let mut loader = compose_loader_command();
+    loader.extend(["--prefix".to_owned(), prefix.clone()]);
+    succeeded(
+        "the compose code loader",
+        worker_binary()
+            .args(&loader)
+            .env("PROMO__STORE__REDIS_URL", support::redis_url())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the loader's command"),
     );
+    let mut sets = compose_worker_sets();
+    sets.extend([
+        format!("store.redis_url={}", support::redis_url()),
+        format!("store.key_prefix={prefix}"),
+        // The admin address is read back from the JSON log.
+        "worker.log_format=json".to_owned(),
+        // At-least-once: in exactly-once mode the input offsets are committed by the
+        // transactional producer, so librdkafka's consumer statistics never learn them and
+        // report no lag; the lag panels and the lag alert would have nothing to show.
+        "kafka.delivery=at-least-once".to_owned(),
+    ]);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let mut worker = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
 
     let mut admin = None;
     assert!(
@@ -1557,6 +1613,16 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
 
     let metrics = metrics_text(&admin);
     assert_promtool(&["check", "metrics"], Some(metrics.as_bytes()));
+    assert_eq!(
+        support::metric(&metrics, "promo_redis_up"),
+        Some(1.0),
+        "the worker reads its table from Redis, as in compose"
+    );
+    // What the compose health check and the Kubernetes probes ask.
+    for endpoint in ["/healthz", "/readyz"] {
+        let (status, body) = http_get(&admin, endpoint).expect("GET a health endpoint");
+        assert_eq!(status, 200, "{endpoint}: {body}");
+    }
 
     let prometheus = Prometheus::start(&admin);
     assert!(
