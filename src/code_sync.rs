@@ -283,9 +283,15 @@ impl Follower {
         let current = store.current_version()?;
         self.metrics.set_redis_up(true);
         let Some(version) = current else {
-            // The pointer vanished (the store was flushed): keep the table rather than forget
-            // every code, but stop confirming it, so staleness eventually pauses the worker.
-            tracing::warn!("the code store has no current version; keeping the loaded table");
+            if self.loaded.is_none() {
+                // Started empty on purpose (require_table_at_start = false) and still nothing
+                // published: the empty table is the current one.
+                handle.confirm();
+            } else {
+                // The pointer vanished (the store was flushed): keep the table rather than
+                // forget every code, but stop confirming it, so staleness pauses the worker.
+                tracing::warn!("the code store has no current version; keeping the loaded table");
+            }
             return Ok(());
         };
         if Some(version) == self.loaded {

@@ -415,27 +415,42 @@ fn worker_applies_new_versions_while_orders_flow() {
         );
     }
 
-    // A lost announcement: the pointer moves back to version 1 without a PUBLISH; the poll sees it.
+    // Until `version` is in force, keep sending single orders; true once one was decided with it.
+    let mut probes = 0;
+    let mut wait_for_version =
+        |orders: &mut BTreeMap<String, Vec<u8>>, sent: &mut usize, version: &str| {
+            wait_until(Duration::from_secs(10), || {
+                let id = format!("probe-{version}-{probes}");
+                probes += 1;
+                send(orders, vec![id.clone()]);
+                *sent += 1;
+                std::thread::sleep(Duration::from_millis(100));
+                conversions_by_version(*sent)
+                    .1
+                    .get(&id)
+                    .is_some_and(|v| v == version)
+            })
+        };
+
+    // Rollback: version 3 carries version 1's content, and orders are credited as before.
+    let rolled = ok(&codes(url, &prefix, &["rollback", "1"]));
+    assert!(rolled.contains("published version 3"), "{rolled}");
+    assert!(
+        wait_for_version(&mut orders, &mut sent, "3"),
+        "the rollback never took effect; log:\n{}",
+        worker.log_tail()
+    );
+
+    // A lost announcement: the pointer moves to version 2 without a PUBLISH; the poll finds it.
     let mut redis = redis_connection(url);
     let _: () = redis::cmd("SET")
         .arg(format!("{prefix}{{codes}}:current"))
-        .arg("1")
+        .arg("2")
         .query(&mut redis)
         .expect("move the pointer");
-    let mut probes = 0;
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            let id = format!("poll-{probes}");
-            probes += 1;
-            send(&mut orders, vec![id.clone()]);
-            sent += 1;
-            std::thread::sleep(Duration::from_millis(100));
-            conversions_by_version(sent)
-                .1
-                .get(&id)
-                .is_some_and(|v| v == "1")
-        }),
-        "the worker never went back to version 1; log:\n{}",
+        wait_for_version(&mut orders, &mut sent, "2"),
+        "the worker never noticed the unannounced version; log:\n{}",
         worker.log_tail()
     );
 
