@@ -1,43 +1,57 @@
-//! The real pipeline on the local broker, measured against the physical limit in the same run:
-//! the broker's produce-only and consume-only rates, a raw rdkafka consume→produce passthrough
-//! with the worker's own client settings and transactions, and the worker itself (exactly-once
-//! and at-least-once), each draining the same backlog; then end-to-end latency with an open-loop
-//! generator at half the worker's drain rate.
+//! The Kafka half of the benchmark suite (issue 6; `scripts/bench` runs it): the real worker
+//! binary and its Python peers, measured against the physical limit in one run on one broker.
 //!
-//! `cargo bench --bench throughput` (BENCH_ORDERS, default 300000; BENCH_LATENCY_SECS, default 10;
-//! BENCH_BATCH_RECORDS and BENCH_BATCH_MS override the batch settings of every run).
-//! Starts the local services through `scripts/services` when they are not up.
+//! 1. Limit: the broker's produce-only and consume-only rates, and a raw rdkafka
+//!    consume→produce passthrough with the worker's own client settings, batching and
+//!    transactions (in process).
+//! 2. Backlog drain of the same topic by every contender, each with its own group and output
+//!    topics: passthrough, the worker binary (exactly-once and at-least-once), the hand-tuned
+//!    confluent-kafka loop and the Quix Streams application (`bench/peers/`).
+//! 3. Live: for the worker in each mode, the sustainable rate (the highest open-loop input rate
+//!    whose lag stays under one second of input), then end-to-end latency at 10%, 50% and 80%
+//!    of it.
+//!
+//! A drain is timed between the group's first and last committed-offset advance as seen by a
+//! probe, the same way for every contender, so group joins, table loads and interpreter start-up
+//! are not counted as throughput. CPU is utime+stime from `/proc/<pid>/stat` over the same
+//! window, separately for the contender and the broker; memory is the contender's VmHWM.
+//!
+//! Environment (all optional): BENCH_DIR (results, logs, generated table; default
+//! target/bench), BENCH_ORDERS (backlog, default 200000), BENCH_PEER_SECS (how long the Python
+//! peers drain it at most, default 60), BENCH_STEP_SECS (sustainable-rate steps, default 10),
+//! BENCH_LATENCY_SECS (per load level, default 15), BENCH_REPEAT (second passthrough/worker
+//! pair, default 1), BENCH_PYTHON (the venv's python; peers are skipped when unset),
+//! BENCH_WORKER_BIN (default target/release/promo-attribution), BENCH_BROKERS and
+//! BENCH_BROKER_PID (default: the services of `scripts/services`), BENCH_PERF (1 = one extra
+//! worker drain under `perf record`, not counted), BENCH_BATCH_RECORDS / BENCH_BATCH_MS.
 
 #[path = "support/mod.rs"]
 mod support;
 
-// The allocator the worker binary uses, so the table is laid out the same way.
-#[global_allocator]
-static ALLOCATOR: promo_attribution::hugepages::HugePageAlloc =
-    promo_attribution::hugepages::HugePageAlloc;
-
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use promo_attribution::admin::Health;
-use promo_attribution::codes::CodeTable;
 use promo_attribution::codes::table::BuildOptions;
-use promo_attribution::kafka::tools::{create_topics, produce_records};
-use promo_attribution::kafka::worker::{WorkerDeps, run_worker};
+use promo_attribution::codes::{CodeTable, MatchType};
+use promo_attribution::kafka::tools::{create_topics, produce_records, read_topic};
 use promo_attribution::kafka::{consumer_config, producer_config};
-use promo_attribution::metrics::Metrics;
-use promo_attribution::settings::{Delivery, Settings};
-use promo_attribution::table_source::TableHandle;
+use promo_attribution::settings::{Delivery, KafkaSettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::{Value, json};
 use support::corpus::{Corpus, orders as corpus_orders};
 use support::{Synthetic, W3};
 
 const SEED: u64 = 0x7e57_0001;
 const PARTITIONS: i32 = 3;
+/// Records and milliseconds of the throughput-leaning batch variant.
+const BIG_BATCH: (usize, u64) = (10_000, 500);
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -46,28 +60,53 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn brokers() -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let up = std::process::Command::new("bash")
-        .arg(format!("{root}/scripts/services"))
+fn services_env(key: &str) -> Option<String> {
+    let up = Command::new("bash")
+        .arg(format!("{ROOT}/scripts/services"))
         .arg("up")
         .status()
         .expect("scripts/services runs");
     assert!(up.success(), "scripts/services up failed");
-    let env = std::process::Command::new("bash")
-        .arg(format!("{root}/scripts/services"))
+    let env = Command::new("bash")
+        .arg(format!("{ROOT}/scripts/services"))
         .arg("env")
         .output()
         .expect("scripts/services env runs");
     String::from_utf8_lossy(&env.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("export PROMO_KAFKA_BROKERS="))
+        .find_map(|l| l.strip_prefix(&format!("export {key}=")))
         .map(|v| v.trim_matches('"').to_string())
-        .expect("services env names the broker")
 }
 
-/// CPU seconds (user + system) of a process, from /proc.
-fn cpu_seconds(pid: &str) -> f64 {
+fn brokers() -> String {
+    std::env::var("BENCH_BROKERS")
+        .ok()
+        .or_else(|| services_env("PROMO_KAFKA_BROKERS"))
+        .expect("a broker: BENCH_BROKERS or scripts/services")
+}
+
+fn broker_pid() -> u32 {
+    if let Some(pid) = std::env::var("BENCH_BROKER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+    {
+        return pid;
+    }
+    std::fs::read_dir(format!("{ROOT}/target/services"))
+        .ok()
+        .and_then(|dir| {
+            dir.filter_map(Result::ok).find(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.starts_with("kafka-") && name.ends_with(".pid")
+            })
+        })
+        .and_then(|e| std::fs::read_to_string(e.path()).ok())
+        .and_then(|p| p.trim().parse().ok())
+        .expect("broker pid: BENCH_BROKER_PID or target/services/kafka-*.pid")
+}
+
+/// CPU seconds (user + system, all threads) of a process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -75,137 +114,306 @@ fn cpu_seconds(pid: &str) -> f64 {
         .unwrap_or("")
         .split_whitespace()
         .collect();
+    // After the command name: field 14 (utime) and 15 (stime) of proc(5) are 11 and 12 here.
     let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
         f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
     });
     ticks / 100.0
 }
 
-fn broker_pid() -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    std::fs::read_dir(format!("{root}/target/services"))
-        .ok()
-        .and_then(|dir| {
-            dir.filter_map(Result::ok).find(|e| {
-                e.file_name().to_string_lossy().starts_with("kafka-")
-                    && e.file_name().to_string_lossy().ends_with(".pid")
-            })
-        })
-        .and_then(|e| std::fs::read_to_string(e.path()).ok())
-        .map(|p| p.trim().to_string())
+/// Peak resident memory (VmHWM) of a process in MiB.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-struct Measured {
-    name: String,
-    records: usize,
-    seconds: f64,
-    own_cpu: f64,
-    broker_cpu: f64,
-}
-
-impl Measured {
-    fn rate(&self) -> f64 {
-        self.records as f64 / self.seconds
-    }
-}
-
-/// Runs `work` and measures wall time, from the instant `work` reports it got its partitions
-/// (a group join takes seconds on the local broker and is not throughput), and the CPU of this
-/// process and of the broker.
-fn measure(name: &str, records: usize, work: impl FnOnce() -> Instant) -> Measured {
-    let broker = broker_pid();
-    let (own_before, broker_before) = (cpu_seconds("self"), cpu_seconds(&broker));
-    let started = work();
-    let seconds = started.elapsed().as_secs_f64();
-    let measured = Measured {
-        name: name.to_string(),
-        records,
-        seconds,
-        own_cpu: cpu_seconds("self") - own_before,
-        broker_cpu: cpu_seconds(&broker) - broker_before,
-    };
-    eprintln!(
-        "{name}: {records} records in {seconds:.2} s = {:.0}/s",
-        measured.rate()
-    );
-    measured
-}
-
-/// Waits until `group` has committed offsets covering `records` records of `topic`.
-fn wait_committed(brokers: &str, group: &str, topic: &str, records: usize) {
-    let checker: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("checker consumer");
-    let mut partitions = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        partitions.add_partition(topic, p);
-    }
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let committed = checker
-            .committed_offsets(partitions.clone(), Duration::from_secs(5))
-            .ok();
-        let total: i64 = committed.map_or(0, |c| {
-            c.elements()
-                .iter()
-                .map(|e| {
-                    if let Offset::Offset(o) = e.offset() {
-                        o
-                    } else {
-                        0
-                    }
-                })
-                .sum()
-        });
-        if total as usize >= records {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{group} did not finish");
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
+/// Committed offsets of one group on the input topic, summed over partitions.
+struct Probe {
     // librdkafka can hang destroying a consumer that queried committed offsets; a benchmark
     // process can afford to leak it.
-    std::mem::forget(checker);
+    consumer: std::mem::ManuallyDrop<BaseConsumer>,
+    partitions: TopicPartitionList,
 }
 
-fn settings_for(
+impl Probe {
+    fn new(brokers: &str, group: &str, topic: &str) -> Probe {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("probe consumer");
+        let mut partitions = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            partitions.add_partition(topic, p);
+        }
+        Probe {
+            consumer: std::mem::ManuallyDrop::new(consumer),
+            partitions,
+        }
+    }
+
+    fn committed(&self) -> i64 {
+        self.consumer
+            .committed_offsets(self.partitions.clone(), Duration::from_secs(5))
+            .map_or(0, |c| {
+                c.elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    })
+                    .sum()
+            })
+    }
+}
+
+/// What is being measured: a child process, or the passthrough on a thread of this process.
+enum Contender {
+    Child(Child),
+    Thread(std::thread::JoinHandle<()>, Arc<AtomicBool>),
+}
+
+impl Contender {
+    fn pid(&self) -> u32 {
+        match self {
+            Contender::Child(child) => child.id(),
+            Contender::Thread(..) => std::process::id(),
+        }
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self {
+            Contender::Child(child) => child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|status| format!("exited early: {status}")),
+            Contender::Thread(handle, _) => handle
+                .is_finished()
+                .then(|| "passthrough thread ended early".to_string()),
+        }
+    }
+
+    /// SIGTERM (the worker drains and exits 0), then SIGKILL after a grace period.
+    fn stop(self) {
+        match self {
+            Contender::Child(mut child) => {
+                // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGTERM);
+                }
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while child.try_wait().ok().flatten().is_none() {
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Contender::Thread(handle, stop) => {
+                stop.store(true, Ordering::SeqCst);
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Drained {
+    name: String,
+    records: i64,
+    seconds: f64,
+    cpu: f64,
+    broker_cpu: f64,
+    peak_rss_mb: Option<f64>,
+    /// Mean batch size and commit time (ms), from the worker's own metrics.
+    batches: Option<(f64, f64)>,
+    error: Option<String>,
+}
+
+impl Drained {
+    fn rate(&self) -> f64 {
+        if self.error.is_some() || self.seconds <= 0.0 {
+            0.0
+        } else {
+            self.records as f64 / self.seconds
+        }
+    }
+
+    fn json(&self) -> Value {
+        let per_m = 1e6 / self.records.max(1) as f64;
+        json!({
+            "name": self.name,
+            "records": self.records,
+            "seconds": self.seconds,
+            "rate": self.rate(),
+            "cpu_s_per_m": self.cpu * per_m,
+            "broker_cpu_s_per_m": self.broker_cpu * per_m,
+            "peak_rss_mb": self.peak_rss_mb,
+            "mean_batch": self.batches.map(|b| b.0),
+            "mean_commit_ms": self.batches.map(|b| b.1),
+            "error": self.error,
+        })
+    }
+}
+
+/// Times one contender from the group's first committed-offset advance until `target` records
+/// are committed, or until `cap` after that advance (a slow contender is timed on the part of
+/// the backlog it got through), then stops it.
+fn drain(
+    name: &str,
+    probe: &Probe,
+    target: i64,
+    cap: Duration,
+    mut contender: Contender,
+    perf_out: Option<&Path>,
+    admin_port: Option<u16>,
+) -> Drained {
+    let broker = broker_pid();
+    let pid = contender.pid();
+    // Joining, loading the table and starting an interpreter are not throughput, but a
+    // contender that never commits must still end.
+    let start_deadline = Instant::now() + Duration::from_secs(180);
+    let mut first: Option<(Instant, i64, f64, f64)> = None;
+    let mut last = (Instant::now(), 0i64, 0.0f64, 0.0f64);
+    let mut result = Drained {
+        name: name.to_string(),
+        ..Drained::default()
+    };
+    let mut perf: Option<Child> = None;
+    loop {
+        if let Some(why) = contender.exited() {
+            result.error = Some(why);
+            break;
+        }
+        let committed = probe.committed();
+        let now = Instant::now();
+        if committed > last.1 {
+            last = (now, committed, cpu_seconds(pid), cpu_seconds(broker));
+            result.peak_rss_mb = match contender {
+                Contender::Child(_) => peak_rss_mb(pid),
+                Contender::Thread(..) => None,
+            };
+        }
+        match first {
+            None if committed > 0 => {
+                first = Some(last);
+                perf = perf_out.map(|out| {
+                    Command::new("perf")
+                        .args(["record", "-F", "499", "-g", "-o"])
+                        .arg(out)
+                        .args(["-p", &pid.to_string()])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("perf record starts")
+                });
+            }
+            None if now > start_deadline => {
+                result.error = Some("no offset committed within 180 s".into());
+                break;
+            }
+            Some((t0, c0, _, _)) if committed >= target || now - t0 > cap => {
+                if last.1 <= c0 {
+                    result.error = Some(format!(
+                        "nothing committed after the first batch in {cap:?}"
+                    ));
+                } else if committed < target {
+                    eprintln!(
+                        "{name}: stopped after {cap:?}, {} of {target} committed",
+                        committed
+                    );
+                }
+                break;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let (Some((t0, c0, cpu0, broker0)), None) = (first, &result.error) {
+        result.records = last.1 - c0;
+        result.seconds = (last.0 - t0).as_secs_f64();
+        result.cpu = last.2 - cpu0;
+        result.broker_cpu = last.3 - broker0;
+    }
+    if let Some(perf) = perf {
+        // SAFETY: SIGINT to the perf child we spawned, so it writes its data file.
+        unsafe {
+            libc::kill(perf.id() as i32, libc::SIGINT);
+        }
+        let _ = perf.wait_with_output();
+    }
+    result.batches = admin_port.and_then(worker_batches);
+    contender.stop();
+    match &result.error {
+        None => eprintln!(
+            "{name}: {} records in {:.2} s = {:.0}/s, cpu {:.1} s/M, broker {:.1} s/M, hwm {:?} MB, batch/commit ms {:?}",
+            result.records,
+            result.seconds,
+            result.rate(),
+            result.cpu * 1e6 / result.records as f64,
+            result.broker_cpu * 1e6 / result.records as f64,
+            result.peak_rss_mb.map(|m| m.round()),
+            result.batches
+        ),
+        Some(e) => eprintln!("{name}: FAILED: {e}"),
+    }
+    result
+}
+
+fn kafka_settings(
     brokers: &str,
     input: &str,
     out: &str,
     group: &str,
     delivery: Delivery,
-) -> Settings {
-    let mut settings = Settings::default();
-    let kafka = &mut settings.kafka;
-    kafka.brokers = brokers.to_string();
-    kafka.input_topic = input.to_string();
-    kafka.conversions_topic = format!("{out}.conversions");
-    kafka.alerts_topic = format!("{out}.alerts");
-    kafka.dlq_topic = format!("{out}.dlq");
-    kafka.group_id = group.to_string();
-    kafka.transactional_id = format!("{group}-tx");
-    kafka.delivery = delivery;
+) -> KafkaSettings {
+    let mut kafka = KafkaSettings {
+        brokers: brokers.to_string(),
+        input_topic: input.to_string(),
+        conversions_topic: format!("{out}.conversions"),
+        alerts_topic: format!("{out}.alerts"),
+        dlq_topic: format!("{out}.dlq"),
+        group_id: group.to_string(),
+        transactional_id: format!("{group}-tx"),
+        delivery,
+        ..KafkaSettings::default()
+    };
     kafka.batch_max_records =
         env_number("BENCH_BATCH_RECORDS", kafka.batch_max_records as u64) as usize;
     kafka.batch_max_ms = env_number("BENCH_BATCH_MS", kafka.batch_max_ms);
+    if out.ends_with("-big") {
+        // Throughput-leaning batches: the transaction commit is amortised over 5x the records.
+        kafka.batch_max_records = BIG_BATCH.0;
+        kafka.batch_max_ms = BIG_BATCH.1;
+    }
+    // The local broker's first group join waits half the session timeout.
     kafka
         .consumer
         .insert("session.timeout.ms".into(), "6000".into());
     kafka
         .consumer
         .insert("heartbeat.interval.ms".into(), "500".into());
-    settings.admin.listen = String::new();
-    settings
+    kafka
 }
 
-/// The limit: the same clients, configuration, batching and transactions as the worker, but the
-/// record is copied instead of decided.
-fn passthrough(settings: &Settings, records: usize, stop_after_commit: bool) -> Instant {
-    let kafka = &settings.kafka;
+/// The limit: the worker's clients, configuration, batching and transactions, copying each
+/// record instead of deciding it. Runs until `stop`.
+fn passthrough(kafka: &KafkaSettings, stop: &AtomicBool) {
     let consumer: BaseConsumer = consumer_config(kafka).create().expect("consumer");
     let producer: BaseProducer = producer_config(kafka, &kafka.transactional_id)
         .create()
@@ -219,19 +427,15 @@ fn passthrough(settings: &Settings, records: usize, stop_after_commit: bool) -> 
     consumer
         .subscribe(&[&kafka.input_topic])
         .expect("subscribe");
-    let mut done = 0;
-    let mut first_record: Option<Instant> = None;
     let mut next: std::collections::BTreeMap<i32, i64> = Default::default();
-    let mut open = false;
+    let mut in_batch = 0usize;
     let mut batch_started = Instant::now();
-    while done < records {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            first_record.get_or_insert_with(Instant::now);
-            if !open {
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(20)) {
+            if in_batch == 0 {
                 if transactional {
                     producer.begin_transaction().expect("begin");
                 }
-                open = true;
                 batch_started = Instant::now();
             }
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&kafka.conversions_topic);
@@ -246,12 +450,10 @@ fn passthrough(settings: &Settings, records: usize, stop_after_commit: bool) -> 
                 producer.poll(Duration::from_millis(5));
             }
             next.insert(message.partition(), message.offset() + 1);
-            done += 1;
+            in_batch += 1;
         }
-        let due = open
-            && (next.values().count() > 0)
-            && (done % kafka.batch_max_records == 0
-                || done == records
+        let due = in_batch > 0
+            && (in_batch >= kafka.batch_max_records
                 || batch_started.elapsed() >= Duration::from_millis(kafka.batch_max_ms));
         if due {
             let mut offsets = TopicPartitionList::new();
@@ -272,182 +474,189 @@ fn passthrough(settings: &Settings, records: usize, stop_after_commit: bool) -> 
                     .commit(&offsets, rdkafka::consumer::CommitMode::Async)
                     .expect("commit");
             }
-            open = false;
+            in_batch = 0;
         }
     }
-    if stop_after_commit {
-        consumer.unsubscribe();
-    }
-    first_record.unwrap_or_else(Instant::now)
+    consumer.unsubscribe();
 }
 
-fn worker(settings: Settings, table: &TableHandle, records: usize) -> Instant {
-    let brokers = settings.kafka.brokers.clone();
-    let group = settings.kafka.group_id.clone();
-    let topic = settings.kafka.input_topic.clone();
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let health = Arc::new(Health::new());
-    let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let deps = WorkerDeps {
-        settings: Arc::new(settings),
-        table: table.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let handle = std::thread::Builder::new()
-        .name("worker".into())
-        .spawn(move || run_worker(deps))
-        .expect("worker thread starts");
-    let join_deadline = Instant::now() + Duration::from_secs(60);
-    while health.assigned_partitions() == 0 {
-        assert!(
-            Instant::now() < join_deadline,
-            "the worker got no partitions"
-        );
-        std::thread::park_timeout(Duration::from_millis(1));
-    }
-    let started = Instant::now();
-    wait_committed(&brokers, &group, &topic, records);
-    shutdown.store(true, Ordering::SeqCst);
-    handle
-        .join()
-        .expect("worker thread")
-        .expect("worker drained");
-    report_batches(&metrics);
-    started
+/// Paths of the generated table files and the binaries the contenders run from.
+struct Files {
+    dir: PathBuf,
+    codes: PathBuf,
+    worker_bin: PathBuf,
+    python: Option<PathBuf>,
 }
 
-/// Mean batch size and commit time of a worker run, from its own metrics.
-fn report_batches(metrics: &Metrics) {
-    let text = metrics.render().unwrap_or_default();
+fn spawn_logged(mut command: Command, log: &Path) -> Contender {
+    let file = std::fs::File::create(log).expect("log file");
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file);
+    Contender::Child(command.spawn().expect("contender starts"))
+}
+
+/// A free loopback port for the worker's admin endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Mean batch size and commit time from the worker's /metrics, to show what bounds a drain.
+fn worker_batches(admin_port: u16) -> Option<(f64, f64)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
     let value = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
     };
-    let batches = value("promo_batch_size_count");
-    eprintln!(
-        "  batches {batches:.0}, mean size {:.0}, mean commit {:.1} ms",
-        value("promo_batch_size_sum") / batches,
-        value("promo_commit_latency_seconds_sum") / value("promo_commit_latency_seconds_count")
-            * 1e3
-    );
+    let batches = value("promo_batch_size_count")?;
+    let commits = value("promo_commit_latency_seconds_count")?;
+    Some((
+        value("promo_batch_size_sum")? / batches,
+        value("promo_commit_latency_seconds_sum")? / commits * 1e3,
+    ))
 }
 
-/// Open-loop latency: orders stamped with the time they are produced, at a fixed rate; the
-/// latency of each is the time its conversion becomes readable minus that stamp.
-fn latency(
-    brokers: &str,
-    run: &str,
-    table: &TableHandle,
-    orders: &[Vec<u8>],
-    rate: f64,
-    seconds: u64,
-) -> Vec<f64> {
-    let input = format!("{run}.lat.orders");
-    let out = format!("{run}.lat");
-    create_topics(
-        brokers,
-        &[
-            &input,
-            &format!("{out}.conversions"),
-            &format!("{out}.alerts"),
-            &format!("{out}.dlq"),
-        ],
-        PARTITIONS,
-    )
-    .expect("topics");
-    let settings = settings_for(
-        brokers,
-        &input,
-        &out,
-        &format!("{run}-lat"),
-        Delivery::ExactlyOnce,
-    );
-    let conversions_topic = settings.kafka.conversions_topic.clone();
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let health = Arc::new(Health::new());
-    let deps = WorkerDeps {
-        settings: Arc::new(settings),
-        table: table.clone(),
-        metrics,
-        health: health.clone(),
-        shutdown: shutdown.clone(),
+fn worker_command(files: &Files, kafka: &KafkaSettings, admin_port: u16) -> Command {
+    let mut command = Command::new(&files.worker_bin);
+    command.arg("run");
+    let delivery = match kafka.delivery {
+        Delivery::ExactlyOnce => "exactly-once",
+        Delivery::AtLeastOnce => "at-least-once",
     };
-    let worker = std::thread::spawn(move || run_worker(deps));
-    let ready_deadline = Instant::now() + Duration::from_secs(60);
-    while health.assigned_partitions() < PARTITIONS as usize {
-        assert!(Instant::now() < ready_deadline, "worker got no partitions");
-        std::thread::park_timeout(Duration::from_millis(20));
+    let sets = [
+        format!("kafka.brokers={}", kafka.brokers),
+        format!("kafka.group_id={}", kafka.group_id),
+        format!("kafka.input_topic={}", kafka.input_topic),
+        format!("kafka.conversions_topic={}", kafka.conversions_topic),
+        format!("kafka.alerts_topic={}", kafka.alerts_topic),
+        format!("kafka.dlq_topic={}", kafka.dlq_topic),
+        format!("kafka.transactional_id={}", kafka.transactional_id),
+        format!("kafka.delivery={delivery}"),
+        format!("kafka.batch_max_records={}", kafka.batch_max_records),
+        format!("kafka.batch_max_ms={}", kafka.batch_max_ms),
+        "kafka.consumer.session.timeout.ms=6000".into(),
+        "kafka.consumer.heartbeat.interval.ms=500".into(),
+        "codes.source=files".into(),
+        format!("codes.codes_file={}", files.codes.display()),
+        format!("admin.listen=127.0.0.1:{admin_port}"),
+    ];
+    for set in sets {
+        command.arg("--set").arg(set);
     }
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{run}-lat-reader"))
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .expect("reader");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(&conversions_topic, p, Offset::Beginning)
-            .expect("assign");
+    // Extra worker settings for experiments, e.g. "kafka.consumer.fetch.wait.max.ms=10".
+    for set in std::env::var("BENCH_WORKER_SETS")
+        .unwrap_or_default()
+        .split(';')
+        .filter(|s| !s.is_empty())
+    {
+        command.arg("--set").arg(set);
     }
-    reader.assign(&assignment).expect("assign");
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        // A real order source batches a little too; one produce request per order would measure
-        // the broker's per-request overhead, not the pipeline.
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let total = (rate * seconds as f64) as usize;
-    let started = Instant::now();
-    let mut sent = 0usize;
-    let mut latencies = Vec::with_capacity(total);
-    while latencies.len() < total && started.elapsed() < Duration::from_secs(seconds * 3 + 30) {
-        // Open loop: send whatever the schedule says is due, regardless of how the worker keeps up.
-        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
-        while sent < due {
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            let key = format!("lat-{sent}");
-            let order = restamp(&orders[sent % orders.len()], &key, &now);
-            let _ = producer.send(
-                BaseRecord::to(&input)
-                    .key(key.as_str())
-                    .payload(order.as_str()),
-            );
-            sent += 1;
-        }
-        producer.poll(Duration::ZERO);
-        if let Some(Ok(message)) = reader.poll(Duration::from_millis(1)) {
-            let received = chrono::Utc::now();
-            if let Some(value) = message.payload()
-                && let Ok(conversion) = serde_json::from_slice::<serde_json::Value>(value)
-                && let Some(stamp) = conversion["event_time"].as_str()
-                && let Ok(sent_at) = chrono::DateTime::parse_from_rfc3339(stamp)
-            {
-                latencies.push((received - sent_at.with_timezone(&chrono::Utc)).as_seconds_f64());
-            }
-        }
-    }
-    shutdown.store(true, Ordering::SeqCst);
-    let _ = worker.join();
-    std::mem::forget(reader);
-    latencies
+    command
 }
 
-/// A corpus order with a new id and the current time as its event time. Clicks keep their
-/// original times, so some fall outside the referral window; that does not matter for latency.
-fn restamp(order: &[u8], order_id: &str, now: &str) -> String {
-    let mut value: serde_json::Value = serde_json::from_slice(order).expect("generated order");
-    value["order_id"] = serde_json::Value::String(order_id.to_string());
-    value["event_time"] = serde_json::Value::String(now.to_string());
-    value.to_string()
+fn peer_command(files: &Files, script: &str, kafka: &KafkaSettings, out: &str) -> Option<Command> {
+    let python = files.python.as_ref()?;
+    let mut command = Command::new(python);
+    let delivery = match kafka.delivery {
+        Delivery::ExactlyOnce => "exactly-once",
+        Delivery::AtLeastOnce => "at-least-once",
+    };
+    command
+        .current_dir(format!("{ROOT}/bench/peers"))
+        .arg(script)
+        .args(["--brokers", &kafka.brokers])
+        .args(["--input", &kafka.input_topic])
+        .args(["--out", out])
+        .args(["--group", &kafka.group_id])
+        .arg("--codes")
+        .arg(&files.codes)
+        .args(["--delivery", delivery]);
+    if script.starts_with("confluent") {
+        command
+            .args(["--batch", &kafka.batch_max_records.to_string()])
+            .args(["--batch-ms", &kafka.batch_max_ms.to_string()]);
+    } else {
+        command
+            .arg("--state-dir")
+            .arg(files.dir.join(format!("quix-state-{out}")))
+            .args([
+                "--loglevel",
+                &std::env::var("BENCH_QUIX_LOGLEVEL").unwrap_or_else(|_| "WARNING".into()),
+            ]);
+    }
+    Some(command)
+}
+
+/// Writes the synthetic table as the CSV the worker and the peers load.
+fn write_codes_csv(synthetic: &Synthetic, path: &Path) {
+    let mut out = csv::Writer::from_path(path).expect("codes file");
+    out.write_record([
+        "Promo Code",
+        "Program Id",
+        "Media Id",
+        "Type",
+        "Credit Rule",
+        "Match Mode",
+        "Priority",
+    ])
+    .expect("write");
+    for e in &synthetic.entries {
+        let policy = match e.credit_policy {
+            Some(promo_attribution::codes::CreditPolicy::Always) => "ALWAYS",
+            Some(promo_attribution::codes::CreditPolicy::Involved) => "INVOLVED",
+            _ => "WINNER",
+        };
+        let mode = if e.match_type == MatchType::Regex {
+            "RE"
+        } else {
+            "LI"
+        };
+        out.write_record([
+            &*e.code,
+            &*e.program_id,
+            e.owner_partner_id.as_deref().unwrap_or(""),
+            "TRACKING",
+            policy,
+            mode,
+            &e.priority.to_string(),
+        ])
+        .expect("write");
+    }
+    out.flush().expect("flush codes file");
+}
+
+/// The order with `order_id` replaced; the id carries the send time for the latency reader, so
+/// the order's event and click times, and therefore its decision, stay those of the corpus.
+fn with_order_id(order: &str, id: &str) -> String {
+    const FIELD: &str = "\"order_id\":\"";
+    let start = order.find(FIELD).expect("order has an order_id") + FIELD.len();
+    let end = start + order[start..].find('"').expect("closed string");
+    format!("{}{id}{}", &order[..start], &order[end..])
+}
+
+/// The `order_id` of a conversion, without parsing the rest of it.
+fn order_id_of(conversion: &[u8]) -> Option<&str> {
+    const FIELD: &[u8] = b"\"order_id\":\"";
+    let start = conversion.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let len = conversion[start..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&conversion[start..start + len]).ok()
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -458,17 +667,259 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// An open-loop order source: sends whatever the schedule says is due, whether or not the
+/// contender keeps up, and optionally reads conversions back for their latency.
+struct Generator<'a> {
+    producer: BaseProducer,
+    reader: BaseConsumer,
+    conversions: String,
+    topic: String,
+    orders: &'a [String],
+    sent: usize,
+}
+
+impl<'a> Generator<'a> {
+    fn new(brokers: &str, topic: &str, conversions: &str, orders: &'a [String]) -> Generator<'a> {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            // A real order source batches a little too; one produce request per order would
+            // measure the broker's per-request overhead, not the pipeline.
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("{topic}-latency-reader"))
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("reader");
+        Generator {
+            producer,
+            reader,
+            conversions: conversions.to_string(),
+            topic: topic.to_string(),
+            orders,
+            sent: 0,
+        }
+    }
+
+    /// Sends at `rate` for `seconds`; with `tag`, returns the latencies (seconds) of the
+    /// conversions of this step, read until all arrived or 5 s after the last send.
+    fn run(&mut self, rate: f64, seconds: f64, tag: Option<&str>) -> Vec<f64> {
+        let total = (rate * seconds) as usize;
+        let mut latencies = Vec::with_capacity(total);
+        if tag.is_some() {
+            // Skip the conversions of earlier steps instead of parsing them now, which would
+            // delay this step's.
+            let mut assignment = TopicPartitionList::new();
+            for p in 0..PARTITIONS {
+                assignment
+                    .add_partition_offset(&self.conversions, p, Offset::End)
+                    .expect("assign");
+            }
+            self.reader.assign(&assignment).expect("assign");
+        }
+        let started = Instant::now();
+        let mut step_sent = 0usize;
+        let grace = Duration::from_secs_f64(seconds + 5.0);
+        while started.elapsed() < grace && (step_sent < total || latencies.len() < total) {
+            let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
+            while step_sent < due {
+                let id = match tag {
+                    Some(tag) => format!("{tag}-{}-{}", self.sent, now_micros()),
+                    None => format!("s-{}", self.sent),
+                };
+                let order = with_order_id(&self.orders[self.sent % self.orders.len()], &id);
+                let mut record = BaseRecord::to(&self.topic).key(&id).payload(&order);
+                while let Err((_, back)) = self.producer.send(record) {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(1));
+                }
+                self.sent += 1;
+                step_sent += 1;
+            }
+            self.producer.poll(Duration::ZERO);
+            if tag.is_none() {
+                if step_sent >= total {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+                continue;
+            }
+            while let Some(Ok(message)) = self.reader.poll(Duration::from_millis(1)) {
+                let received = now_micros();
+                let Some(value) = message.payload() else {
+                    continue;
+                };
+                let Some(id) = order_id_of(value) else {
+                    continue;
+                };
+                let mut parts = id.split('-');
+                if parts.next() != tag {
+                    continue;
+                }
+                if let Some(sent_at) = parts.nth(1).and_then(|s| s.parse::<i64>().ok()) {
+                    latencies.push((received - sent_at) as f64 / 1e6);
+                }
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(10));
+        latencies
+    }
+}
+
+/// Sustainable rate and latency of the worker binary in one delivery mode, on a fresh topic.
+fn live(
+    brokers: &str,
+    run: &str,
+    files: &Files,
+    orders: &[String],
+    delivery: Delivery,
+    drain_rate: f64,
+) -> Value {
+    let mode = if delivery == Delivery::ExactlyOnce {
+        "eos"
+    } else {
+        "alo"
+    };
+    let input = format!("{run}.live-{mode}.orders");
+    let out = format!("{run}.live-{mode}");
+    let group = format!("{run}-live-{mode}");
+    let kafka = kafka_settings(brokers, &input, &out, &group, delivery);
+    create_topics(
+        brokers,
+        &[
+            &input,
+            &kafka.conversions_topic,
+            &kafka.alerts_topic,
+            &kafka.dlq_topic,
+        ],
+        PARTITIONS,
+    )
+    .expect("topics");
+    let contender = spawn_logged(
+        worker_command(files, &kafka, free_port()),
+        &files.dir.join(format!("worker-live-{mode}.log")),
+    );
+    let probe = Probe::new(brokers, &group, &input);
+    let mut generator = Generator::new(brokers, &input, &kafka.conversions_topic, orders);
+    let step_secs = env_number("BENCH_STEP_SECS", 10) as f64;
+    let latency_secs = env_number("BENCH_LATENCY_SECS", 15) as f64;
+
+    // Warm up until the worker has joined, loaded its table and committed something.
+    generator.run(500.0, 1.0, None);
+    let warm_deadline = Instant::now() + Duration::from_secs(90);
+    while probe.committed() < generator.sent as i64 && Instant::now() < warm_deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let catch_up = |generator: &Generator<'_>, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while probe.committed() < generator.sent as i64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Bounded lag: one second of input at most once the step ends. Start just under the drain
+    // rate, go up while it holds and down when it does not.
+    let mut steps = Vec::new();
+    let mut rate = (drain_rate * 0.9).max(200.0);
+    let mut best: f64 = 0.0;
+    let mut lowest_failed = f64::INFINITY;
+    for _ in 0..4 {
+        generator.run(rate, step_secs, None);
+        let lag = generator.sent as i64 - probe.committed();
+        let held = (lag as f64) <= rate;
+        eprintln!(
+            "live {mode}: {rate:.0}/s for {step_secs} s: lag at end {lag} records ({})",
+            if held { "held" } else { "not held" }
+        );
+        steps.push(json!({"rate": rate, "lag_at_end": lag, "held": held}));
+        catch_up(&generator, Duration::from_secs(60));
+        if held {
+            best = best.max(rate);
+            rate = (rate * 1.15).min((rate + lowest_failed) / 2.0);
+        } else {
+            lowest_failed = lowest_failed.min(rate);
+            rate = if best > 0.0 {
+                (best + rate) / 2.0
+            } else {
+                rate * 0.75
+            };
+        }
+    }
+    let sustainable = best;
+    let mut latency = Vec::new();
+    for (tag, fraction) in [("l10", 0.1), ("l50", 0.5), ("l80", 0.8)] {
+        if sustainable <= 0.0 {
+            break;
+        }
+        let rate = sustainable * fraction;
+        let mut samples = generator.run(rate, latency_secs, Some(tag));
+        samples.sort_by(f64::total_cmp);
+        let expected = (rate * latency_secs) as usize;
+        eprintln!(
+            "latency {mode} at {:.0}% ({rate:.0}/s): {} of {expected} samples, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+            fraction * 100.0,
+            samples.len(),
+            percentile(&samples, 0.5) * 1e3,
+            percentile(&samples, 0.99) * 1e3,
+            percentile(&samples, 0.999) * 1e3
+        );
+        latency.push(json!({
+            "load": fraction,
+            "rate": rate,
+            "expected": expected,
+            "samples": samples.len(),
+            "p50_ms": percentile(&samples, 0.5) * 1e3,
+            "p99_ms": percentile(&samples, 0.99) * 1e3,
+            "p999_ms": percentile(&samples, 0.999) * 1e3,
+        }));
+        catch_up(&generator, Duration::from_secs(30));
+    }
+    contender.stop();
+    std::mem::forget(generator.reader);
+    json!({
+        "mode": mode,
+        "steps": steps,
+        "sustainable_rate": sustainable,
+        "latency": latency,
+        "topics": [input, kafka.conversions_topic, kafka.alerts_topic, kafka.dlq_topic],
+    })
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
     let brokers = brokers();
-    let records = env_number("BENCH_ORDERS", 300_000) as usize;
-    let latency_secs = env_number("BENCH_LATENCY_SECS", 10);
-    let run = format!("bench-{}", std::process::id());
+    let dir = PathBuf::from(
+        std::env::var("BENCH_DIR").unwrap_or_else(|_| format!("{ROOT}/target/bench")),
+    );
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let records = env_number("BENCH_ORDERS", 200_000) as usize;
+    let peer_secs = Duration::from_secs(env_number("BENCH_PEER_SECS", 60));
+    let run = format!("bench-{}-{}", std::process::id(), now_micros() / 1_000_000);
+    let load_before = load_average();
+    let started_at = chrono::Utc::now();
 
     let synthetic = Synthetic::generate(&W3, SEED);
     let corpus = Corpus::from(&synthetic);
+    let files = Files {
+        codes: dir.join("codes.csv"),
+        worker_bin: std::env::var("BENCH_WORKER_BIN").map_or_else(
+            |_| PathBuf::from(format!("{ROOT}/target/release/promo-attribution")),
+            PathBuf::from,
+        ),
+        python: std::env::var("BENCH_PYTHON").ok().map(PathBuf::from),
+        dir: dir.clone(),
+    };
+    assert!(
+        files.worker_bin.exists(),
+        "{} is missing: cargo build --release --locked",
+        files.worker_bin.display()
+    );
+    write_codes_csv(&synthetic, &files.codes);
     let table = CodeTable::build(
         synthetic.entries,
         synthetic.partners,
@@ -478,124 +929,262 @@ fn main() {
     )
     .expect("table builds");
     let orders = corpus_orders(&table, &corpus, records, SEED);
+    // Only the contenders hold the table from here on.
+    drop(table);
     let mean_bytes = orders.iter().map(String::len).sum::<usize>() as f64 / orders.len() as f64;
-    let table = TableHandle::new(table);
-    let records_bytes: Vec<Vec<u8>> = orders.into_iter().map(String::into_bytes).collect();
+    let records_bytes: Vec<Vec<u8>> = orders.iter().map(|o| o.clone().into_bytes()).collect();
 
     let input = format!("{run}.orders");
-    let outputs: Vec<String> = ["pass", "eos", "alo", "pass2", "eos2"]
-        .iter()
-        .flat_map(|o| ["conversions", "alerts", "dlq"].map(|t| format!("{run}.{o}.{t}")))
-        .collect();
-    let mut topics: Vec<&str> = outputs.iter().map(String::as_str).collect();
-    topics.push(&input);
-    create_topics(&brokers, &topics, PARTITIONS).expect("topics");
-
-    let mut results = Vec::new();
-    results.push(measure("broker produce-only", records, || {
-        let started = Instant::now();
-        produce_records(&brokers, &input, &records_bytes).expect("produce");
-        started
-    }));
-    results.push(measure("broker consume-only", records, || {
-        let started = Instant::now();
-        let read = promo_attribution::kafka::tools::read_topic(
-            &brokers,
-            &input,
-            records,
-            Duration::from_secs(300),
-        )
-        .expect("read");
-        assert_eq!(read.len(), records);
-        started
-    }));
-    let plan = [
+    let repeat = env_number("BENCH_REPEAT", 1) > 0;
+    let mut plan: Vec<(&str, &str, Delivery)> = vec![
         (
             "passthrough exactly-once",
-            "pass",
+            "pass-eos",
             Delivery::ExactlyOnce,
-            false,
         ),
-        ("worker exactly-once", "eos", Delivery::ExactlyOnce, true),
-        ("worker at-least-once", "alo", Delivery::AtLeastOnce, true),
+        ("worker exactly-once", "worker-eos", Delivery::ExactlyOnce),
         (
-            "passthrough exactly-once (2nd)",
-            "pass2",
-            Delivery::ExactlyOnce,
-            false,
+            "passthrough at-least-once",
+            "pass-alo",
+            Delivery::AtLeastOnce,
         ),
-        (
-            "worker exactly-once (2nd)",
-            "eos2",
-            Delivery::ExactlyOnce,
-            true,
-        ),
+        ("worker at-least-once", "worker-alo", Delivery::AtLeastOnce),
     ];
-    for (name, out, delivery, is_worker) in plan {
-        let settings = settings_for(
-            &brokers,
-            &input,
-            &format!("{run}.{out}"),
-            &format!("{run}-{out}"),
-            delivery,
-        );
-        let measured = if is_worker {
-            measure(name, records, || worker(settings, &table, records))
+    if repeat {
+        plan.push((
+            "passthrough exactly-once (2nd)",
+            "pass-eos2",
+            Delivery::ExactlyOnce,
+        ));
+        plan.push((
+            "worker exactly-once (2nd)",
+            "worker-eos2",
+            Delivery::ExactlyOnce,
+        ));
+    }
+    if env_number("BENCH_BIG_BATCH", 1) > 0 {
+        plan.extend([
+            (
+                "passthrough exactly-once, batch 10000 / 500 ms",
+                "pass-eos-big",
+                Delivery::ExactlyOnce,
+            ),
+            (
+                "worker exactly-once, batch 10000 / 500 ms",
+                "worker-eos-big",
+                Delivery::ExactlyOnce,
+            ),
+        ]);
+    }
+    if files.python.is_some() {
+        plan.extend([
+            (
+                "confluent-kafka loop exactly-once",
+                "confluent-eos",
+                Delivery::ExactlyOnce,
+            ),
+            (
+                "confluent-kafka loop at-least-once",
+                "confluent-alo",
+                Delivery::AtLeastOnce,
+            ),
+            (
+                "Quix Streams exactly-once",
+                "quix-eos",
+                Delivery::ExactlyOnce,
+            ),
+            (
+                "Quix Streams at-least-once",
+                "quix-alo",
+                Delivery::AtLeastOnce,
+            ),
+        ]);
+    }
+    // For iterating on one contender: BENCH_ONLY=quix,confluent keeps the drains whose output
+    // name starts with one of these.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let keep: Vec<&str> = only.split(',').collect();
+        plan.retain(|(_, out, _)| keep.iter().any(|k| out.starts_with(k)));
+    }
+    let perf = std::env::var("BENCH_PERF").is_ok_and(|v| v == "1");
+    if perf {
+        plan.push((
+            "worker exactly-once (perf)",
+            "worker-perf",
+            Delivery::ExactlyOnce,
+        ));
+    }
+    let mut topics: Vec<String> = plan
+        .iter()
+        .flat_map(|(_, out, _)| {
+            ["conversions", "alerts", "dlq"].map(|t| format!("{run}.{out}.{t}"))
+        })
+        .collect();
+    topics.push(input.clone());
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    create_topics(&brokers, &topic_refs, PARTITIONS).expect("topics");
+
+    // The limit, first: the broker alone.
+    let broker = broker_pid();
+    let mut drains = Vec::new();
+    for (name, work) in [
+        ("broker produce-only", true),
+        ("broker consume-only", false),
+    ] {
+        let (cpu0, broker0) = (cpu_seconds(std::process::id()), cpu_seconds(broker));
+        let t0 = Instant::now();
+        if work {
+            produce_records(&brokers, &input, &records_bytes).expect("produce");
         } else {
-            measure(name, records, || {
-                let group = settings.kafka.group_id.clone();
-                let started = passthrough(&settings, records, true);
-                wait_committed(&brokers, &group, &input, records);
-                started
-            })
+            let read =
+                read_topic(&brokers, &input, records, Duration::from_secs(300)).expect("read");
+            assert_eq!(read.len(), records);
+        }
+        let measured = Drained {
+            name: name.into(),
+            records: records as i64,
+            seconds: t0.elapsed().as_secs_f64(),
+            cpu: cpu_seconds(std::process::id()) - cpu0,
+            broker_cpu: cpu_seconds(broker) - broker0,
+            peak_rss_mb: None,
+            batches: None,
+            error: None,
         };
-        results.push(measured);
+        eprintln!("{name}: {:.0}/s", measured.rate());
+        drains.push(measured);
+    }
+    drop(records_bytes);
+
+    for (name, out, delivery) in &plan {
+        let group = format!("{run}-{out}");
+        let out = format!("{run}.{out}");
+        let kafka = kafka_settings(&brokers, &input, &out, &group, *delivery);
+        let probe = Probe::new(&brokers, &group, &input);
+        let log = dir.join(format!("{}.log", out.rsplit('.').next().unwrap_or("x")));
+        let admin_port = name.starts_with("worker").then(free_port);
+        let (contender, target, cap) = if name.starts_with("passthrough") {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let handle = std::thread::spawn(move || passthrough(&kafka, &flag));
+            (
+                Contender::Thread(handle, stop),
+                records as i64,
+                Duration::from_secs(300),
+            )
+        } else if name.starts_with("worker") {
+            (
+                spawn_logged(
+                    worker_command(&files, &kafka, admin_port.unwrap_or_default()),
+                    &log,
+                ),
+                records as i64,
+                Duration::from_secs(300),
+            )
+        } else {
+            let script = if name.starts_with("Quix") {
+                "quix_worker.py"
+            } else {
+                "confluent_worker.py"
+            };
+            let command = peer_command(&files, script, &kafka, &out).expect("python is set");
+            (spawn_logged(command, &log), records as i64, peer_secs)
+        };
+        let perf_out = name
+            .ends_with("(perf)")
+            .then(|| dir.join("worker.perf.data"));
+        drains.push(drain(
+            name,
+            &probe,
+            target,
+            cap,
+            contender,
+            perf_out.as_deref(),
+            admin_port,
+        ));
     }
 
-    let worker_best = results
-        .iter()
-        .filter(|m| m.name.starts_with("worker exactly-once"))
-        .map(Measured::rate)
-        .fold(0.0, f64::max);
-    let pass_best = results
-        .iter()
-        .filter(|m| m.name.starts_with("passthrough"))
-        .map(Measured::rate)
-        .fold(0.0, f64::max);
-    let rate = (worker_best * 0.5).max(100.0);
-    let mut latencies = latency(&brokers, &run, &table, &records_bytes, rate, latency_secs);
-    latencies.sort_by(f64::total_cmp);
-
-    println!(
-        "\n| Run | Records | Seconds | Records/s | Bench process CPU-s per M | Broker CPU-s per M |"
-    );
-    println!("|---|---|---|---|---|---|");
-    for m in &results {
-        let per_m = 1e6 / m.records as f64;
-        println!(
-            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.2} |",
-            m.name,
-            m.records,
-            m.seconds,
-            m.rate(),
-            m.own_cpu * per_m,
-            m.broker_cpu * per_m
-        );
+    let best = |prefix: &str| {
+        drains
+            .iter()
+            .filter(|d| {
+                d.name.starts_with(prefix)
+                    && !d.name.ends_with("(perf)")
+                    && !d.name.contains("batch")
+            })
+            .map(Drained::rate)
+            .fold(0.0, f64::max)
+    };
+    let big = |prefix: &str| {
+        drains
+            .iter()
+            .filter(|d| d.name.starts_with(prefix) && d.name.contains("batch 10000"))
+            .map(Drained::rate)
+            .fold(0.0, f64::max)
+    };
+    let mut lives = Vec::new();
+    let live_modes = if env_number("BENCH_LIVE", 1) > 0 {
+        &[
+            (Delivery::ExactlyOnce, "worker exactly-once"),
+            (Delivery::AtLeastOnce, "worker at-least-once"),
+        ][..]
+    } else {
+        &[]
+    };
+    for &(delivery, prefix) in live_modes {
+        lives.push(live(
+            &brokers,
+            &run,
+            &files,
+            &orders,
+            delivery,
+            best(prefix),
+        ));
     }
+    for live in &lives {
+        if let Some(names) = live["topics"].as_array() {
+            topics.extend(names.iter().filter_map(|t| t.as_str().map(str::to_string)));
+        }
+    }
+    let results = json!({
+        "started_at": started_at.to_rfc3339(),
+        "finished_at": chrono::Utc::now().to_rfc3339(),
+        "run": run,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "orders": records,
+        "peer_secs": peer_secs.as_secs(),
+        "mean_order_bytes": mean_bytes,
+        "table": {"exact": W3.exact_total(), "regex": W3.regex_total()},
+        "batch": {"max_records": kafka_settings(&brokers, "", "", "", Delivery::ExactlyOnce).batch_max_records,
+                  "max_ms": kafka_settings(&brokers, "", "", "", Delivery::ExactlyOnce).batch_max_ms},
+        "librdkafka": rdkafka::util::get_rdkafka_version().1,
+        "drains": drains.iter().map(Drained::json).collect::<Vec<_>>(),
+        "live": lives,
+        "ratios": {
+            "worker_over_passthrough_eos": best("worker exactly-once") / best("passthrough exactly-once"),
+            "worker_over_passthrough_eos_big_batch": big("worker") / big("passthrough"),
+            "worker_over_passthrough_alo": best("worker at-least-once") / best("passthrough at-least-once"),
+            "worker_over_confluent_eos": best("worker exactly-once") / best("confluent-kafka loop exactly-once"),
+            "worker_over_quix_eos": best("worker exactly-once") / best("Quix Streams exactly-once"),
+            "worker_over_confluent_alo": best("worker at-least-once") / best("confluent-kafka loop at-least-once"),
+            "worker_over_quix_alo": best("worker at-least-once") / best("Quix Streams at-least-once"),
+        },
+        // Deleted by scripts/bench once this process is gone: librdkafka 2.12 crashed here
+        // (strcmp on a null topic name in a metadata update) when tansu deleted topics that
+        // clients of this process still had in their metadata cache.
+        "topics": topics,
+    });
+    let path = dir.join("results.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&results).expect("serializes"),
+    )
+    .expect("results written");
     println!(
-        "\nmean order size {mean_bytes:.0} bytes; table {} exact + {} regex codes",
-        W3.exact_total(),
-        W3.regex_total()
+        "{}",
+        serde_json::to_string_pretty(&results["ratios"]).unwrap_or_default()
     );
-    println!(
-        "worker / passthrough (exactly-once, best of two each): {:.2}",
-        worker_best / pass_best
-    );
-    println!(
-        "end-to-end latency at {rate:.0} orders/s (half the worker's drain rate), {} samples: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
-        latencies.len(),
-        percentile(&latencies, 0.50) * 1e3,
-        percentile(&latencies, 0.99) * 1e3,
-        percentile(&latencies, 0.999) * 1e3
-    );
+    eprintln!("results: {}", path.display());
+    // Leaked clients (see Probe) keep librdkafka threads alive; exit without waiting on them.
+    std::process::exit(0);
 }
