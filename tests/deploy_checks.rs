@@ -734,6 +734,17 @@ fn dockerfile_caches_dependencies_and_runs_as_non_root() {
             "the dependency stage stubs no benches/{name}.rs; the manifest would not load"
         );
     }
+    // The toolchain is the one Cargo.toml promises to build with, which the lockfile's
+    // dependency versions were resolved for.
+    let rust_version = cargo["package"]["rust-version"]
+        .as_str()
+        .expect("package.rust-version");
+    assert!(
+        instructions
+            .iter()
+            .any(|i| *i == format!("ARG RUST_VERSION={rust_version}")),
+        "the build stage's RUST_VERSION must be Cargo.toml's rust-version {rust_version}"
+    );
 
     // Everything copied from the context exists and is not excluded by .dockerignore.
     let ignore = read_text(".dockerignore");
