@@ -308,6 +308,15 @@ fn command_words(service: &Yaml) -> Vec<String> {
 
 #[test]
 fn compose_file_parses_and_references_files_that_exist() {
+    // Against the Compose specification's types: unknown keys, malformed ports, durations,
+    // depends_on conditions and undeclared named volumes or networks are errors.
+    let spec = compose_spec::Compose::options()
+        .apply_merge(true)
+        .from_yaml_str(&read_text("docker-compose.yml"))
+        .unwrap_or_else(|e| panic!("docker-compose.yml is not a valid Compose file: {e}"));
+    spec.validate_all()
+        .unwrap_or_else(|e| panic!("docker-compose.yml: {e}"));
+
     let compose = compose();
     let services = map_keys(&compose, &["services"]);
     for wanted in [
@@ -322,8 +331,20 @@ fn compose_file_parses_and_references_files_that_exist() {
         assert!(services.contains(wanted), "compose lacks service {wanted}");
     }
 
+    let named_volumes = map_keys(&compose, &["volumes"]);
     for name in &services {
         let svc = service(&compose, name);
+        // Named volumes are declared (an undeclared one is a typo that would lose data).
+        for volume in svc["volumes"].as_sequence().into_iter().flatten() {
+            if bind_source(volume).is_none() {
+                let text = volume.as_str().expect("short volume syntax");
+                let source = text.split(':').next().unwrap_or_default();
+                assert!(
+                    named_volumes.contains(source),
+                    "service {name} uses volume {source}, which is not declared"
+                );
+            }
+        }
         // Every file the compose file points at exists.
         for (target, source) in binds(svc) {
             let source = source.trim_start_matches("./");
