@@ -356,6 +356,70 @@ fn every_detector_fires_on_its_scenario_and_not_on_its_near_miss() {
     }
 }
 
+/// `schema/examples/alerts/<KIND>.json` (shown in docs/alerts.md) are the last update of each
+/// detector kind in the offline run of the scenarios; `UPDATE_EXAMPLES=1` rewrites them.
+#[test]
+fn detector_alert_examples_are_real_engine_output() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (codes, partners) = write_tables(dir.path());
+    let mut settings = Settings::default();
+    settings.detectors.enabled = true;
+    settings.detectors.customer_hmac_key = support::redis::TEST_HMAC_KEY.into();
+    settings.codes.codes_file = Some(codes.into());
+    settings.codes.partners_file = Some(partners.into());
+    let mut text = String::new();
+    for set in THRESHOLDS {
+        let (key, value) = set.split_once('=').expect("key=value");
+        let key = key.trim_start_matches("detectors.defaults.");
+        text.push_str(&format!("{key} = {value}\n"));
+    }
+    settings.detectors.defaults = toml::from_str(&text).expect("thresholds");
+    let (_, alerts) = offline_run(&scenario_orders(), &settings);
+    let validator = alert_validator();
+    let examples = support::repo().join("schema/examples/alerts");
+    let update = std::env::var_os("UPDATE_EXAMPLES").is_some();
+    let kinds = [
+        "COLD_CODE_USE_RATE",
+        "CODE_VELOCITY_SPIKE",
+        "USAGE_LIMIT_EXCEEDED",
+        "SINGLE_USE_CODE_REUSED",
+        "CUSTOMER_LIMIT_EXCEEDED",
+        "CODE_ENUMERATION_SUSPECTED",
+        "UNKNOWN_CODE_RATE",
+        "SELF_REFERRAL_SUSPECTED",
+        "DUPLICATE_ORDER_ID",
+    ];
+    for kind in kinds {
+        let last: Value = alerts
+            .iter()
+            .map(|a| serde_json::from_slice::<Value>(a).expect("json"))
+            .filter(|a| a["kind"] == kind)
+            .max_by_key(|a| a["count"].as_u64())
+            .unwrap_or_else(|| panic!("no {kind} in the scenarios"));
+        let errors: Vec<String> = validator
+            .iter_errors(&last)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{kind}: {errors:?}");
+        let path = examples.join(format!("{kind}.json"));
+        if update {
+            std::fs::create_dir_all(&examples).expect("examples dir");
+            let pretty = serde_json::to_string_pretty(&last).expect("json");
+            std::fs::write(&path, pretty + "\n").expect("write example");
+        }
+        let stored: Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| panic!("{} missing; run with UPDATE_EXAMPLES=1", path.display()));
+        assert_eq!(
+            stored,
+            last,
+            "{} is stale; run with UPDATE_EXAMPLES=1",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn killed_worker_repeats_no_state_change_and_loses_no_alert() {
     let t0 = Instant::now();

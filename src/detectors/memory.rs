@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::state::{DetectorState, EvidenceWhen, Op, OpResult, OrderStep, StateError, StepOutcome};
+use super::state::{
+    DetectorState, EVIDENCE_LIMIT, Op, OpResult, OrderStep, StateError, StepOutcome,
+};
 
 #[derive(Debug, Default)]
 struct SortedSet {
@@ -14,10 +16,22 @@ struct SortedSet {
 }
 
 impl SortedSet {
-    fn set(&mut self, score: i64, member: &str) {
-        if let Some(old) = self.scores.insert(member.to_string(), score) {
+    /// `ZADD NX`: a member already present keeps its score.
+    fn add(&mut self, score: i64, member: &str) {
+        if !self.scores.contains_key(member) {
+            self.scores.insert(member.to_string(), score);
+            self.order.insert((score, member.to_string()));
+        }
+    }
+
+    /// `ZINCRBY 1`.
+    fn increment(&mut self, member: &str) {
+        let old = self.scores.get(member).copied();
+        if let Some(old) = old {
             self.order.remove(&(old, member.to_string()));
         }
+        let score = old.unwrap_or(0) + 1;
+        self.scores.insert(member.to_string(), score);
         self.order.insert((score, member.to_string()));
     }
 
@@ -49,7 +63,7 @@ impl MemoryState {
     fn run(&mut self, ops: &[Op]) -> Vec<OpResult> {
         let mut results: Vec<OpResult> = Vec::with_capacity(ops.len());
         for op in ops {
-            let result = match op {
+            match op {
                 Op::Add {
                     key,
                     members,
@@ -64,26 +78,31 @@ impl MemoryState {
                     }
                     let before = ranges.iter().map(|r| set.count(r.min, r.max)).collect();
                     for (score, member) in members {
-                        set.set(*score, member);
+                        set.add(*score, member);
                     }
-                    let after: Vec<u64> = ranges.iter().map(|r| set.count(r.min, r.max)).collect();
-                    let mut result = OpResult {
+                    let after = ranges.iter().map(|r| set.count(r.min, r.max)).collect();
+                    results.push(OpResult {
                         before,
                         after,
                         evidence: Vec::new(),
-                    };
-                    if let Some((range, when)) = evidence
-                        && evidence_due(&results, &result, *when)
-                        && let Some(r) = ranges.get(*range)
+                    });
+                    if let Some(evidence) = evidence
+                        && evidence.gate.fires(&results)
+                        && let Some(result) = results.last_mut()
                     {
-                        result.evidence = set
-                            .order
-                            .range((r.min, String::new())..(r.max, String::new()))
-                            .take(super::state::EVIDENCE_LIMIT)
-                            .map(|(_, m)| m.clone())
+                        result.evidence = evidence
+                            .ranges
+                            .iter()
+                            .filter_map(|&i| ranges.get(i))
+                            .map(|r| {
+                                set.order
+                                    .range((r.min, String::new())..(r.max, String::new()))
+                                    .take(EVIDENCE_LIMIT)
+                                    .map(|(_, m)| m.clone())
+                                    .collect()
+                            })
                             .collect();
                     }
-                    result
                 }
                 Op::Tally {
                     key,
@@ -94,35 +113,26 @@ impl MemoryState {
                 } => {
                     let set = self.sets.entry(key.clone()).or_default();
                     for member in members {
-                        let score = set.scores.get(member).copied().unwrap_or(0) + 1;
-                        set.set(score, member);
+                        set.increment(member);
                     }
                     let mut result = OpResult::default();
-                    if let Some(when) = evidence
-                        && evidence_due(&results, &result, *when)
-                    {
+                    if evidence.is_some_and(|gate| gate.fires(&results)) {
                         // Redis ZREVRANGE: descending score, ties by descending member.
-                        result.evidence = set
-                            .order
-                            .iter()
-                            .rev()
-                            .take(*top)
-                            .flat_map(|(s, m)| [m.clone(), s.to_string()])
-                            .collect();
+                        result.evidence = vec![
+                            set.order
+                                .iter()
+                                .rev()
+                                .take(*top)
+                                .flat_map(|(s, m)| [m.clone(), s.to_string()])
+                                .collect(),
+                        ];
                     }
-                    result
+                    results.push(result);
                 }
-            };
-            results.push(result);
+            }
         }
         results
     }
-}
-
-/// Whether the count named by `when` (in an earlier result, or in `current`) reached its minimum.
-pub(super) fn evidence_due(earlier: &[OpResult], current: &OpResult, when: EvidenceWhen) -> bool {
-    let source = earlier.get(when.op).unwrap_or(current);
-    source.after.get(when.range).is_some_and(|&n| n >= when.min)
 }
 
 impl DetectorState for MemoryState {
@@ -150,9 +160,10 @@ impl DetectorState for MemoryState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::state::Range;
+    use super::super::state::{CountRef, Evidence, Gate, Range};
     use super::*;
 
+    /// Evidence of range 0 once range 0 exceeds 1 (an excess over a limit of 1).
     fn add(key: &str, members: &[(i64, &str)], ranges: &[(i64, i64)]) -> Op {
         Op::Add {
             key: key.into(),
@@ -163,14 +174,13 @@ mod tests {
                 .iter()
                 .map(|&(min, max)| Range { min, max })
                 .collect(),
-            evidence: Some((
-                0,
-                EvidenceWhen {
-                    op: 0,
-                    range: 0,
-                    min: 2,
+            evidence: Some(Evidence {
+                ranges: vec![0],
+                gate: Gate::Excess {
+                    count: CountRef { op: 0, range: 0 },
+                    limit: 1,
                 },
-            )),
+            }),
         }
     }
 
@@ -199,7 +209,7 @@ mod tests {
         assert_eq!(applied(&out[0]).after, [1]);
         assert!(applied(&out[0]).evidence.is_empty());
         assert_eq!(applied(&out[1]).before, [1]);
-        assert_eq!(applied(&out[1]).evidence, ["o1", "o2"]);
+        assert_eq!(applied(&out[1]).evidence, [["o1", "o2"]]);
         assert_eq!(
             out[2], out[0],
             "a replay sees what the first application saw"
@@ -212,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn ranges_exclude_their_upper_bound_and_trimming_drops_old_members() {
+    fn ranges_exclude_their_upper_bound_members_keep_their_score_and_trimming_drops_old_ones() {
         let mut state = MemoryState::new();
         let mut op = add("k", &[(5, "a"), (10, "b"), (15, "c")], &[(5, 15), (0, 100)]);
         let out = state.run(std::slice::from_ref(&op));
@@ -223,35 +233,29 @@ mod tests {
             ..
         } = &mut op
         {
-            *members = vec![(20, "d".into())];
+            *members = vec![(20, "d".into()), (1, "c".into())];
             *trim_below = Some(10);
         }
         let out = state.run(&[op]);
         assert_eq!(out[0].before, [1, 2], "a was trimmed first");
-        assert_eq!(out[0].after, [1, 3]);
+        assert_eq!(out[0].after, [1, 3], "c kept its score 15");
     }
 
     #[test]
     fn tallies_rank_like_zrevrange() {
         let mut state = MemoryState::new();
-        let tally = |members: &[&str], min: u64| Op::Tally {
+        let tally = |members: &[&str]| Op::Tally {
             key: "t".into(),
             ttl_secs: 60,
             members: members.iter().map(|m| m.to_string()).collect(),
             top: 2,
-            evidence: Some(EvidenceWhen {
-                op: 0,
-                range: 0,
-                min,
+            evidence: Some(Gate::Excess {
+                count: CountRef { op: 0, range: 0 },
+                limit: 0,
             }),
         };
-        let out = state.run(&[tally(&["A", "B", "C"], 0)]);
-        assert!(
-            out[0].evidence.is_empty(),
-            "a tally has no count of its own"
-        );
-        let always = add("x", &[(1, "x")], &[(0, 10)]);
-        let out = state.run(&[always, tally(&["B"], 1)]);
-        assert_eq!(out[1].evidence, ["B", "2", "C", "1"]);
+        state.run(&[add("x", &[], &[(0, 10)]), tally(&["A", "B", "C"])]);
+        let out = state.run(&[add("x", &[(1, "x")], &[(0, 10)]), tally(&["B"])]);
+        assert_eq!(out[1].evidence, [["B", "2", "C", "1"]]);
     }
 }

@@ -32,7 +32,7 @@ use crate::schema::ValidOrder;
 pub use config::{DetectorSettings, ProgramSettings, Thresholds};
 pub use memory::MemoryState;
 pub use plan::Plan;
-pub use state::{DetectorState, OrderStep, StateError, StepOutcome};
+pub use state::{DetectorState, OrderStep, StateError, StepOutcome, crossed_power_of_two};
 
 /// The detectors of one worker or offline run: settings, key layout and the customer key.
 #[derive(Clone)]
@@ -127,12 +127,6 @@ impl Detectors {
 fn unreachable_key() -> Hmac<Sha256> {
     // Hmac<Sha256> accepts every key length; this path exists only to avoid a panic site.
     <Hmac<Sha256> as KeyInit>::new(&Default::default())
-}
-
-/// Whether a count that went from `before` to `after` reached a new power of two: the points at
-/// which an incident's alert is written again.
-pub fn crossed_power_of_two(before: u64, after: u64) -> bool {
-    after > before && (before == 0 || after.ilog2() > before.ilog2())
 }
 
 /// Seconds to milliseconds; settings are bounded by `check`, so saturation is only a guard.

@@ -12,15 +12,15 @@
 //! | `c:<code_id>:<customer ref>` | orders of one customer with the code | event time |
 //! | `w:<code_id>` | recent uses of the code (velocity, cold share) | event time |
 //! | `k:<code_id>` | recent cold uses of the code | event time |
-//! | `a:<actor ref>:<window>` | codes one actor used in a window | 0 known, 1 unknown |
-//! | `ao:<actor ref>:<window>` | that actor's orders in the window | event time |
+//! | `a:<actor ref>:<window>` | codes one actor used in a window, and its orders | codes: 0 known, 1 unknown; orders: event time (at least 2) |
 //! | `n:<window>` | the program's orders with codes | 0 some code matched, 1 none |
 //! | `nt:<window>` | unknown codes entered (a tally) | orders |
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use super::Detectors;
-use super::state::{EvidenceWhen, Op, OrderStep, Range};
+use super::state::{CountRef, Evidence, Gate, Op, OrderStep, Range};
 use super::{Thresholds, secs_ms, window_start};
 use crate::attribution::{Decision, match_codes};
 use crate::codes::normalize::exact_key;
@@ -50,19 +50,20 @@ pub struct CodePart {
     pub entry: EntryId,
     /// Index into the order's `promo_codes` (the code as entered).
     pub position: usize,
-    /// `(op, usage limit)`.
-    pub usage: Option<(usize, u64)>,
-    /// `(op, customer limit, ref kind, ref)` per customer identifier of the order.
-    pub customers: Vec<(usize, u64, &'static str, String)>,
+    /// `(op, usage limit, gate)`.
+    pub usage: Option<(usize, u64, Gate)>,
+    /// `(op, customer limit, gate, ref kind, ref)` per customer identifier of the order.
+    pub customers: Vec<(usize, u64, Gate, &'static str, String)>,
     /// The `w:` operation and the indices of its ranges.
     pub recent: Option<RecentPart>,
-    /// `(op, this use is cold)`.
-    pub cold: Option<(usize, bool)>,
+    /// `(op, gate)` of the cold uses.
+    pub cold: Option<(usize, Gate)>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct RecentPart {
     pub op: usize,
+    pub spike: Option<Gate>,
     /// (range index, bucket start ms)
     pub bucket: Option<(usize, i64)>,
     pub baseline: Option<usize>,
@@ -75,20 +76,18 @@ pub struct ActorPart {
     pub kind: &'static str,
     pub reference: String,
     pub window_ms: i64,
-    pub codes_op: usize,
-    pub orders_op: usize,
+    /// Ranges: 0 distinct codes, 1 unknown codes, 2 orders.
+    pub op: usize,
+    pub gate: Gate,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct UnknownPart {
     pub window_ms: i64,
+    /// Ranges: 0 orders with codes, 1 of which unknown.
     pub orders_op: usize,
     pub tally_op: usize,
-}
-
-/// The smallest count at which `count * 100 > percent * total` can hold with `total >= min`.
-fn least_share_count(min_total: u64, percent: u64) -> u64 {
-    (min_total * percent / 100 + 1).max(1)
+    pub gate: Gate,
 }
 
 pub(super) fn plan(
@@ -100,7 +99,14 @@ pub(super) fn plan(
     let o = &order.order;
     let settings = detectors.settings();
     let thresholds = detectors.thresholds(table, &o.program_id);
-    let base = format!("{}{{{}}}:", detectors.prefix, o.program_id);
+    // A program id with braces would end the hash tag early (and "{}" tags nothing), so such
+    // ids are tagged by a hash instead: every key of a program must share one slot.
+    let tag: Cow<'_, str> = if o.program_id.contains(['{', '}']) {
+        Cow::Owned(alert_id(&["program", &o.program_id]))
+    } else {
+        Cow::Borrowed(&o.program_id)
+    };
+    let base = format!("{}{{{tag}}}:", detectors.prefix);
     let event_ms = order.event_time.timestamp_millis();
     let fingerprint = decision.conversion.event_id.to_string();
     let memo_key = if thresholds.duplicate_order_id {
@@ -140,28 +146,25 @@ pub(super) fn plan(
             && let Some(limit) = entry.usage_limit
         {
             let limit = u64::from(limit);
-            let op = builder.add_order(
+            let (op, gate) = builder.add_over_limit(
                 format!("{base}u:{code_id}"),
                 settings.limit_ttl_secs,
-                None,
-                vec![ALL],
-                Some(limit + 1),
+                limit,
             );
-            part.usage = Some((op, limit));
+            part.usage = Some((op, limit, gate));
         }
         if thresholds.customer_limit
             && let Some(limit) = entry.customer_limit
         {
             let limit = u64::from(limit);
             for (kind, reference) in &customers {
-                let op = builder.add_order(
+                let (op, gate) = builder.add_over_limit(
                     format!("{base}c:{code_id}:{reference}"),
                     settings.limit_ttl_secs,
-                    None,
-                    vec![ALL],
-                    Some(limit + 1),
+                    limit,
                 );
-                part.customers.push((op, limit, kind, reference.clone()));
+                part.customers
+                    .push((op, limit, gate, kind, reference.clone()));
             }
         }
         let cold_applies = thresholds.cold_code_use
@@ -169,14 +172,15 @@ pub(super) fn plan(
             && !thresholds.cold_exempt_codes.iter().any(|c| c == code_id);
         if thresholds.velocity || cold_applies {
             let mut ranges = Vec::new();
+            let op = builder.ops.len();
             let mut recent = RecentPart {
-                op: 0,
+                op,
+                spike: None,
                 bucket: None,
                 baseline: None,
                 cold_window: None,
             };
             let mut oldest = event_ms;
-            let mut evidence_floor = None;
             if thresholds.velocity {
                 let width = secs_ms(thresholds.velocity_bucket_secs);
                 let start = window_start(event_ms, width);
@@ -192,7 +196,13 @@ pub(super) fn plan(
                     max: start,
                 });
                 oldest = oldest.min(baseline_start);
-                evidence_floor = Some(thresholds.velocity_floor);
+                recent.spike = Some(Gate::Spike {
+                    uses: CountRef { op, range: 0 },
+                    base: CountRef { op, range: 1 },
+                    buckets: thresholds.velocity_baseline_buckets,
+                    factor: thresholds.velocity_factor,
+                    floor: thresholds.velocity_floor,
+                });
             }
             if cold_applies {
                 let width = secs_ms(thresholds.cold_window_secs);
@@ -206,15 +216,19 @@ pub(super) fn plan(
             }
             let horizon = (event_ms - oldest).max(0) as u64 / 1000 + 1;
             let trim = oldest - secs_ms(settings.grace_secs);
-            recent.op = builder.add_order(
-                format!("{base}w:{code_id}"),
-                window_ttl(horizon),
-                Some(trim),
+            builder.push(Op::Add {
+                key: format!("{base}w:{code_id}"),
+                ttl_secs: window_ttl(horizon),
+                members: vec![(event_ms, o.order_id.to_string())],
+                trim_below: Some(trim),
                 ranges,
-                evidence_floor,
-            );
+                evidence: recent.spike.map(|gate| Evidence {
+                    ranges: vec![0],
+                    gate,
+                }),
+            });
             part.recent = Some(recent);
-            if let Some((_, start)) = recent.cold_window {
+            if let Some((cold_range, start)) = recent.cold_window {
                 let is_cold = entry.owner_partner_id.as_deref().is_some_and(|owner| {
                     !decision
                         .conversion
@@ -228,7 +242,17 @@ pub(super) fn plan(
                 } else {
                     Vec::new()
                 };
-                let op = builder.push(Op::Add {
+                let op = builder.ops.len();
+                let gate = Gate::Share {
+                    part: CountRef { op, range: 0 },
+                    total: CountRef {
+                        op: recent.op,
+                        range: cold_range,
+                    },
+                    min_total: thresholds.cold_min_uses,
+                    percent: thresholds.cold_share_percent,
+                };
+                builder.push(Op::Add {
                     key: format!("{base}k:{code_id}"),
                     ttl_secs: window_ttl(thresholds.cold_window_secs),
                     members,
@@ -237,14 +261,12 @@ pub(super) fn plan(
                         min: start,
                         max: start + width,
                     }],
-                    evidence: None,
+                    evidence: Some(Evidence {
+                        ranges: vec![0],
+                        gate,
+                    }),
                 });
-                set_self_evidence(
-                    &mut builder.ops[op],
-                    op,
-                    least_share_count(thresholds.cold_min_uses, thresholds.cold_share_percent),
-                );
-                part.cold = Some((op, is_cold));
+                part.cold = Some((op, gate));
             }
         }
         codes.push(part);
@@ -262,41 +284,42 @@ pub(super) fn plan(
     if thresholds.enumeration && !tokens.is_empty() {
         let width = secs_ms(thresholds.enumeration_window_secs);
         let start = window_start(event_ms, width);
-        let least = thresholds
-            .enumeration_distinct_codes
-            .min(thresholds.enumeration_unknown_codes);
         for (kind, reference) in actor_refs(detectors, order, &customers) {
-            let ttl = window_ttl(thresholds.enumeration_window_secs);
-            let codes_op = builder.push(Op::Add {
+            let op = builder.ops.len();
+            let gate = Gate::Either {
+                distinct: CountRef { op, range: 0 },
+                unknown: CountRef { op, range: 1 },
+                min_distinct: thresholds.enumeration_distinct_codes,
+                min_unknown: thresholds.enumeration_unknown_codes,
+            };
+            // Codes (scores 0 and 1) and the actor's orders (scored by event time, kept clear of
+            // the codes' scores) share one set: one operation per actor and order.
+            let mut members = tokens.clone();
+            members.push((event_ms.max(2), o.order_id.to_string()));
+            builder.push(Op::Add {
                 key: format!("{base}a:{reference}:{start}"),
-                ttl_secs: ttl,
-                members: tokens.clone(),
+                ttl_secs: window_ttl(thresholds.enumeration_window_secs),
+                members,
                 trim_below: None,
-                ranges: vec![Range { min: 0, max: 2 }, Range { min: 1, max: 2 }],
-                evidence: None,
-            });
-            set_self_evidence(&mut builder.ops[codes_op], codes_op, least);
-            let orders_op = builder.push(Op::Add {
-                key: format!("{base}ao:{reference}:{start}"),
-                ttl_secs: ttl,
-                members: vec![(event_ms, o.order_id.to_string())],
-                trim_below: None,
-                ranges: vec![ALL],
-                evidence: Some((
-                    0,
-                    EvidenceWhen {
-                        op: codes_op,
-                        range: 0,
-                        min: least,
+                ranges: vec![
+                    Range { min: 0, max: 2 },
+                    Range { min: 1, max: 2 },
+                    Range {
+                        min: 2,
+                        max: i64::MAX,
                     },
-                )),
+                ],
+                evidence: Some(Evidence {
+                    ranges: vec![0, 2],
+                    gate,
+                }),
             });
             actors.push(ActorPart {
                 kind,
                 reference,
                 window_ms: start,
-                codes_op,
-                orders_op,
+                op,
+                gate,
             });
         }
     }
@@ -307,41 +330,42 @@ pub(super) fn plan(
         let start = window_start(event_ms, width);
         let ttl = window_ttl(thresholds.unknown_window_secs);
         let all_unknown = matched.is_empty();
-        let least = least_share_count(
-            thresholds.unknown_min_orders,
-            thresholds.unknown_share_percent,
-        );
         let orders_op = builder.ops.len();
+        let gate = Gate::Share {
+            part: CountRef {
+                op: orders_op,
+                range: 1,
+            },
+            total: CountRef {
+                op: orders_op,
+                range: 0,
+            },
+            min_total: thresholds.unknown_min_orders,
+            percent: thresholds.unknown_share_percent,
+        };
         builder.push(Op::Add {
             key: format!("{base}n:{start}"),
             ttl_secs: ttl,
             members: vec![(i64::from(all_unknown), o.order_id.to_string())],
             trim_below: None,
             ranges: vec![Range { min: 0, max: 2 }, Range { min: 1, max: 2 }],
-            evidence: Some((
-                1,
-                EvidenceWhen {
-                    op: orders_op,
-                    range: 1,
-                    min: least,
-                },
-            )),
+            evidence: Some(Evidence {
+                ranges: vec![1],
+                gate,
+            }),
         });
         let tally_op = builder.push(Op::Tally {
             key: format!("{base}nt:{start}"),
             ttl_secs: ttl,
             members: unknown_keys.iter().cloned().collect(),
             top: 5,
-            evidence: Some(EvidenceWhen {
-                op: orders_op,
-                range: 1,
-                min: least,
-            }),
+            evidence: Some(gate),
         });
         unknown = Some(UnknownPart {
             window_ms: start,
             orders_op,
             tally_op,
+            gate,
         });
     }
 
@@ -373,41 +397,26 @@ impl Builder {
         self.ops.len() - 1
     }
 
-    /// Adds this order to a set scored by event time; evidence (the first members of the
-    /// first range) is read once that range holds `evidence_from` members.
-    fn add_order(
-        &mut self,
-        key: String,
-        ttl_secs: u64,
-        trim_below: Option<i64>,
-        ranges: Vec<Range>,
-        evidence_from: Option<u64>,
-    ) -> usize {
-        let op = self.push(Op::Add {
+    /// Adds this order to a lifetime set of uses, with the gate of an excess over `limit`
+    /// (evidence: the first uses by event time).
+    fn add_over_limit(&mut self, key: String, ttl_secs: u64, limit: u64) -> (usize, Gate) {
+        let op = self.ops.len();
+        let gate = Gate::Excess {
+            count: CountRef { op, range: 0 },
+            limit,
+        };
+        self.push(Op::Add {
             key,
             ttl_secs,
             members: vec![(self.event_ms, self.member.clone())],
-            trim_below,
-            ranges,
-            evidence: None,
+            trim_below: None,
+            ranges: vec![ALL],
+            evidence: Some(Evidence {
+                ranges: vec![0],
+                gate,
+            }),
         });
-        if let Some(min) = evidence_from {
-            set_self_evidence(&mut self.ops[op], op, min);
-        }
-        op
-    }
-}
-
-fn set_self_evidence(op: &mut Op, index: usize, min: u64) {
-    if let Op::Add { evidence, .. } = op {
-        *evidence = Some((
-            0,
-            EvidenceWhen {
-                op: index,
-                range: 0,
-                min,
-            },
-        ));
+        (op, gate)
     }
 }
 

@@ -20,7 +20,9 @@ use std::time::Duration;
 use redis::{Client, Connection, Script};
 use serde_json::Value;
 
-use super::state::{DetectorState, Op, OpResult, OrderStep, Range, StateError, StepOutcome};
+use super::state::{
+    CountRef, DetectorState, Gate, Op, OpResult, OrderStep, Range, StateError, StepOutcome,
+};
 
 /// Orders per script call: bounds how long one call holds Redis (a script blocks the server).
 const ORDERS_PER_CALL: usize = 250;
@@ -28,6 +30,48 @@ const ORDERS_PER_CALL: usize = 250;
 const SCRIPT: &str = r#"
 local pos = 0
 local function take() pos = pos + 1; return ARGV[pos] end
+local arity = { X = 3, S = 6, P = 7, E = 6 }
+local function take_gate()
+  local t = take()
+  if t == '-' then return nil end
+  local g = { t = t }
+  for i = 1, arity[t] do g[i] = tonumber(take()) end
+  return g
+end
+local function count(results, op, range)
+  local r = results[op + 1]
+  if not r then return 0, 0 end
+  return (r.b[range + 1] or 0), (r.a[range + 1] or 0)
+end
+-- Whether a power of two lies in (b, a].
+local function crossed(b, a)
+  local p = 1
+  while p <= b do p = p * 2 end
+  return a > b and p <= a
+end
+-- Mirrors Gate::fires in state.rs.
+local function fires(g, results)
+  if g.t == 'X' then
+    local b, a = count(results, g[1], g[2])
+    return crossed(math.max(b - g[3], 0), math.max(a - g[3], 0))
+  elseif g.t == 'S' then
+    local pb, pa = count(results, g[1], g[2])
+    local tb, ta = count(results, g[3], g[4])
+    local function holds(p, t) return t >= g[5] and p * 100 > g[6] * t end
+    return holds(pa, ta) and ((not holds(pb, tb)) or crossed(pb, pa))
+  elseif g.t == 'P' then
+    local ub, ua = count(results, g[1], g[2])
+    local _, base = count(results, g[3], g[4])
+    local function holds(u) return u * g[5] > g[6] * base and u >= g[7] end
+    return holds(ua) and ((not holds(ub)) or crossed(ub, ua))
+  elseif g.t == 'E' then
+    local db, da = count(results, g[1], g[2])
+    local ub, ua = count(results, g[3], g[4])
+    local function holds(d, u) return d >= g[5] or u >= g[6] end
+    return holds(da, ua) and ((not holds(db, ub)) or crossed(db, da))
+  end
+  return false
+end
 local limit = tonumber(take())
 local out = {}
 local orders = tonumber(take())
@@ -44,15 +88,21 @@ for o = 1, orders do
       for j = 1, n do op.members[j] = { take(), take() } end
       op.trim = take()
       op.ranges = {}
-      for j = 1, tonumber(take()) do op.ranges[j] = { take(), take() } end
+      for j = 1, tonumber(take()) do
+        local min, max = take(), take()
+        op.ranges[j] = {
+          min, (max == '+inf') and max or ('(' .. max),
+          (min == '-inf') and -math.huge or tonumber(min),
+          (max == '+inf') and math.huge or tonumber(max),
+        }
+      end
+      op.evidence = {}
+      for j = 1, tonumber(take()) do op.evidence[j] = tonumber(take()) end
     else
       for j = 1, n do op.members[j] = take() end
       op.top = tonumber(take())
     end
-    op.evidence = take()
-    op.when_op = tonumber(take())
-    op.when_range = tonumber(take())
-    op.when_min = tonumber(take())
+    op.gate = take_gate()
     ops[i] = op
   end
   local stored = redis.call('GET', memo)
@@ -67,44 +117,44 @@ for o = 1, orders do
     local results = {}
     for i, op in ipairs(ops) do
       local r = { b = {}, a = {}, e = {} }
+      local added = false
       if op.kind == 'A' then
         if op.trim ~= '' then
           redis.call('ZREMRANGEBYSCORE', op.key, '-inf', '(' .. op.trim)
         end
-        for j, range in ipairs(op.ranges) do
-          r.b[j] = redis.call('ZCOUNT', op.key, range[1], range[2])
-        end
-        if #op.members > 0 then
-          local args = {}
-          for _, m in ipairs(op.members) do
-            args[#args + 1] = m[1]
-            args[#args + 1] = m[2]
+        local delta = {}
+        for j = 1, #op.ranges do delta[j] = 0 end
+        for _, m in ipairs(op.members) do
+          if redis.call('ZADD', op.key, 'NX', m[1], m[2]) == 1 then
+            added = true
+            local score = tonumber(m[1])
+            for j, range in ipairs(op.ranges) do
+              if score >= range[3] and score < range[4] then delta[j] = delta[j] + 1 end
+            end
           end
-          redis.call('ZADD', op.key, unpack(args))
-          redis.call('EXPIRE', op.key, op.ttl)
         end
         for j, range in ipairs(op.ranges) do
           r.a[j] = redis.call('ZCOUNT', op.key, range[1], range[2])
+          r.b[j] = r.a[j] - delta[j]
         end
       else
         for _, m in ipairs(op.members) do
           redis.call('ZINCRBY', op.key, 1, m)
-        end
-        if #op.members > 0 then
-          redis.call('EXPIRE', op.key, op.ttl)
+          added = true
         end
       end
+      if added then
+        redis.call('EXPIRE', op.key, op.ttl)
+      end
       results[i] = r
-      if op.evidence ~= '' then
-        local source = results[op.when_op + 1]
-        local count = (source and source.a[op.when_range + 1]) or 0
-        if count >= op.when_min then
-          if op.kind == 'A' then
-            local range = op.ranges[tonumber(op.evidence) + 1]
-            r.e = redis.call('ZRANGEBYSCORE', op.key, range[1], range[2], 'LIMIT', 0, limit)
-          else
-            r.e = redis.call('ZREVRANGE', op.key, 0, op.top - 1, 'WITHSCORES')
+      if op.gate and fires(op.gate, results) then
+        if op.kind == 'A' then
+          for j, index in ipairs(op.evidence) do
+            local range = op.ranges[index + 1]
+            r.e[j] = redis.call('ZRANGEBYSCORE', op.key, range[1], range[2], 'LIMIT', 0, limit)
           end
+        else
+          r.e[1] = redis.call('ZREVRANGE', op.key, 0, op.top - 1, 'WITHSCORES')
         end
       end
     end
@@ -282,13 +332,15 @@ impl<'s> Call<'s> {
                             args.extend([min, max]);
                         }
                         match evidence {
-                            Some((range, when)) => args.extend([
-                                range.to_string(),
-                                when.op.to_string(),
-                                when.range.to_string(),
-                                when.min.to_string(),
-                            ]),
-                            None => args.extend(no_evidence()),
+                            Some(evidence) => {
+                                args.push(evidence.ranges.len().to_string());
+                                args.extend(evidence.ranges.iter().map(usize::to_string));
+                                push_gate(args, Some(&evidence.gate));
+                            }
+                            None => {
+                                args.push("0".into());
+                                push_gate(args, None);
+                            }
                         }
                     }
                     Op::Tally {
@@ -304,15 +356,7 @@ impl<'s> Call<'s> {
                         args.push(members.len().to_string());
                         args.extend(members.iter().cloned());
                         args.push(top.to_string());
-                        match evidence {
-                            Some(when) => args.extend([
-                                "0".into(),
-                                when.op.to_string(),
-                                when.range.to_string(),
-                                when.min.to_string(),
-                            ]),
-                            None => args.extend(no_evidence()),
-                        }
+                        push_gate(args, evidence.as_ref());
                     }
                 }
             }
@@ -332,11 +376,52 @@ impl<'s> Call<'s> {
     }
 }
 
-fn no_evidence() -> [String; 4] {
-    [String::new(), "0".into(), "0".into(), "0".into()]
+/// A gate as the script reads it: a letter, then its numbers; `-` for none.
+fn push_gate(args: &mut Vec<String>, gate: Option<&Gate>) {
+    let at = |c: CountRef| [c.op as u64, c.range as u64];
+    let (letter, numbers): (&str, Vec<u64>) = match gate {
+        None => ("-", Vec::new()),
+        Some(Gate::Excess { count, limit }) => ("X", [&at(*count)[..], &[*limit]].concat()),
+        Some(Gate::Share {
+            part,
+            total,
+            min_total,
+            percent,
+        }) => (
+            "S",
+            [&at(*part)[..], &at(*total), &[*min_total, *percent]].concat(),
+        ),
+        Some(Gate::Spike {
+            uses,
+            base,
+            buckets,
+            factor,
+            floor,
+        }) => (
+            "P",
+            [&at(*uses)[..], &at(*base), &[*buckets, *factor, *floor]].concat(),
+        ),
+        Some(Gate::Either {
+            distinct,
+            unknown,
+            min_distinct,
+            min_unknown,
+        }) => (
+            "E",
+            [
+                &at(*distinct)[..],
+                &at(*unknown),
+                &[*min_distinct, *min_unknown],
+            ]
+            .concat(),
+        ),
+    };
+    args.push(letter.into());
+    args.extend(numbers.iter().map(u64::to_string));
 }
 
-/// ZCOUNT bounds for `min <= score < max`, with the open ends Redis spells as infinities.
+/// The bounds of `min <= score < max`, with the open ends as the infinities Redis reads (the
+/// script makes the upper bound exclusive).
 fn bounds(range: Range) -> (String, String) {
     let min = if range.min == i64::MIN {
         "-inf".to_string()
@@ -346,7 +431,7 @@ fn bounds(range: Range) -> (String, String) {
     let max = if range.max == i64::MAX {
         "+inf".to_string()
     } else {
-        format!("({}", range.max)
+        range.max.to_string()
     };
     (min, max)
 }
@@ -380,9 +465,14 @@ fn parse_results(json: &str) -> Result<Vec<OpResult>, StateError> {
             after: counts(r.get("a")),
             evidence: list(r.get("e"))
                 .iter()
-                .map(|m| match m {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                .map(|members| {
+                    list(Some(members))
+                        .iter()
+                        .map(|m| match m {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect()
                 })
                 .collect(),
         })
@@ -396,14 +486,14 @@ mod tests {
     #[test]
     fn results_read_empty_objects_as_empty_lists() {
         let parsed =
-            parse_outcome(r#"N[{"b":{},"a":[3],"e":["o1","o2"]},{"b":[1],"a":[2],"e":{}}]"#)
+            parse_outcome(r#"N[{"b":{},"a":[3],"e":[["o1","o2"],{}]},{"b":[1],"a":[2],"e":{}}]"#)
                 .expect("parses");
         let StepOutcome::Applied(results) = parsed else {
             panic!("applied")
         };
         assert_eq!(results[0].after, [3]);
         assert!(results[0].before.is_empty());
-        assert_eq!(results[0].evidence, ["o1", "o2"]);
+        assert_eq!(results[0].evidence, [vec!["o1", "o2"], vec![]]);
         assert!(results[1].evidence.is_empty());
         assert_eq!(
             parse_outcome("R{}").expect("parses"),
@@ -417,7 +507,7 @@ mod tests {
     fn bounds_exclude_the_upper_end() {
         assert_eq!(
             bounds(Range { min: 5, max: 9 }),
-            ("5".to_string(), "(9".to_string())
+            ("5".to_string(), "9".to_string())
         );
         assert_eq!(
             bounds(Range {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::Detectors;
 use super::plan::{CodePart, Plan};
 use super::state::{OpResult, StepOutcome};
-use super::{Thresholds, crossed_power_of_two, secs_ms};
+use super::{Thresholds, secs_ms};
 use crate::attribution::Decision;
 use crate::codes::{CodeTable, EntryId};
 use crate::ids::alert_id;
@@ -44,7 +44,7 @@ pub(super) fn finish<'a>(
             duplicate(order, decision, table);
             return;
         }
-        StepOutcome::Applied(results) => results,
+        StepOutcome::Applied(results) => results.as_slice(),
     };
     let empty = OpResult::default();
     let result = |op: usize| results.get(op).unwrap_or(&empty);
@@ -61,54 +61,52 @@ pub(super) fn finish<'a>(
         let code = Some((part.entry, entered));
         let code_id = table.code_id(part.entry);
         let mut breached = None;
-        if let Some((op, limit)) = part.usage {
+        if let Some((op, limit, gate)) = part.usage {
             let r = result(op);
-            let (before, after) = (first(&r.before), first(&r.after));
+            let (before, after) = (count(&r.before, 0), count(&r.after, 0));
             if after > limit && after > before {
                 breached = Some(InvalidReason::UsageLimitExceeded);
             }
-            let (excess_before, excess_after) =
-                (before.saturating_sub(limit), after.saturating_sub(limit));
-            if crossed_power_of_two(excess_before, excess_after) {
+            if gate.fires(results) {
                 let kind = if limit == 1 {
                     AlertKind::SingleUseCodeReused
                 } else {
                     AlertKind::UsageLimitExceeded
                 };
+                let evidence = evidence(r, 0);
+                let first_redeemer = evidence.first().cloned();
                 findings.push(Finding {
                     kind,
                     severity: kind.severity(),
                     subject: vec![code_id.to_string()],
-                    evidence: r.evidence.clone(),
+                    evidence,
                     code,
                     other_partner: None,
-                    count: excess_after,
+                    count: after - limit,
                     detail: json!({
                         "usage_limit": limit,
                         "uses": after,
-                        "first_redeemer_order_id": r.evidence.first(),
+                        "first_redeemer_order_id": first_redeemer,
                         "invalidates": t.invalidate_on_limit_breach,
                     }),
                 });
             }
         }
-        for (op, limit, ref_kind, reference) in &part.customers {
+        for (op, limit, gate, ref_kind, reference) in &part.customers {
             let r = result(*op);
-            let (before, after) = (first(&r.before), first(&r.after));
+            let (before, after) = (count(&r.before, 0), count(&r.after, 0));
             if after > *limit && after > before && breached.is_none() {
                 breached = Some(InvalidReason::CustomerLimitExceeded);
             }
-            let (excess_before, excess_after) =
-                (before.saturating_sub(*limit), after.saturating_sub(*limit));
-            if crossed_power_of_two(excess_before, excess_after) {
+            if gate.fires(results) {
                 findings.push(Finding {
                     kind: AlertKind::CustomerLimitExceeded,
                     severity: AlertKind::CustomerLimitExceeded.severity(),
                     subject: vec![code_id.to_string(), reference.clone()],
-                    evidence: r.evidence.clone(),
+                    evidence: evidence(r, 0),
                     code,
                     other_partner: None,
-                    count: excess_after,
+                    count: after - limit,
                     detail: json!({
                         "customer_limit": limit,
                         "uses": after,
@@ -123,80 +121,72 @@ pub(super) fn finish<'a>(
         if let Some(reason) = breached.filter(|_| t.invalidate_on_limit_breach) {
             invalidate_if_decided_by(&mut decision.conversion, code_id, reason);
         }
-        recent_findings(part, t, code, code_id, &result, &mut findings);
+        recent_findings(part, t, code, code_id, results, &mut findings);
     }
     for actor in &plan.actors {
-        let codes = result(actor.codes_op);
-        let cond = |distinct: u64, unknown: u64| {
-            distinct >= t.enumeration_distinct_codes || unknown >= t.enumeration_unknown_codes
-        };
-        let (d0, d1) = (first(&codes.before), first(&codes.after));
-        let (u0, u1) = (second(&codes.before), second(&codes.after));
-        if cond(d1, u1) && (!cond(d0, u0) || crossed_power_of_two(d0, d1)) {
-            let width = t.enumeration_window_secs;
-            findings.push(Finding {
-                kind: AlertKind::CodeEnumerationSuspected,
-                severity: AlertKind::CodeEnumerationSuspected.severity(),
-                subject: vec![
-                    actor.kind.to_string(),
-                    actor.reference.clone(),
-                    actor.window_ms.to_string(),
-                ],
-                evidence: result(actor.orders_op).evidence.clone(),
-                code: None,
-                other_partner: None,
-                count: d1,
-                detail: json!({
-                    "actor_kind": actor.kind,
-                    "actor_ref": actor.reference,
-                    "key_id": key_id,
-                    "window_start": instant(actor.window_ms),
-                    "window_end": instant(actor.window_ms + secs_ms(width)),
-                    "distinct_codes": d1,
-                    "unknown_codes": u1,
-                    "codes": codes.evidence,
-                    "min_distinct_codes": t.enumeration_distinct_codes,
-                    "min_unknown_codes": t.enumeration_unknown_codes,
-                }),
-            });
+        if !actor.gate.fires(results) {
+            continue;
         }
+        let r = result(actor.op);
+        let (distinct, unknown) = (count(&r.after, 0), count(&r.after, 1));
+        let width = t.enumeration_window_secs;
+        findings.push(Finding {
+            kind: AlertKind::CodeEnumerationSuspected,
+            severity: AlertKind::CodeEnumerationSuspected.severity(),
+            subject: vec![
+                actor.kind.to_string(),
+                actor.reference.clone(),
+                actor.window_ms.to_string(),
+            ],
+            evidence: evidence(r, 1),
+            code: None,
+            other_partner: None,
+            count: distinct,
+            detail: json!({
+                "actor_kind": actor.kind,
+                "actor_ref": actor.reference,
+                "key_id": key_id,
+                "window_start": instant(actor.window_ms),
+                "window_end": instant(actor.window_ms + secs_ms(width)),
+                "distinct_codes": distinct,
+                "unknown_codes": unknown,
+                "codes": evidence(r, 0),
+                "min_distinct_codes": t.enumeration_distinct_codes,
+                "min_unknown_codes": t.enumeration_unknown_codes,
+            }),
+        });
     }
-    if let Some(part) = plan.unknown {
-        let orders = result(part.orders_op);
-        let cond = |total: u64, unknown: u64| {
-            total >= t.unknown_min_orders && unknown * 100 > t.unknown_share_percent * total
-        };
-        let (n0, n1) = (first(&orders.before), first(&orders.after));
-        let (u0, u1) = (second(&orders.before), second(&orders.after));
-        if cond(n1, u1) && (!cond(n0, u0) || crossed_power_of_two(u0, u1)) {
-            let top: Vec<Value> = result(part.tally_op)
-                .evidence
-                .chunks(2)
-                .map(|pair| {
-                    let orders = pair.get(1).and_then(|n| n.parse::<u64>().ok());
-                    json!({"code": pair[0].strip_prefix('?').unwrap_or(&pair[0]), "orders": orders})
-                })
-                .collect();
-            findings.push(Finding {
-                kind: AlertKind::UnknownCodeRate,
-                severity: AlertKind::UnknownCodeRate.severity(),
-                subject: vec![part.window_ms.to_string()],
-                evidence: orders.evidence.clone(),
-                code: None,
-                other_partner: None,
-                count: u1,
-                detail: json!({
-                    "window_start": instant(part.window_ms),
-                    "window_end": instant(part.window_ms + secs_ms(t.unknown_window_secs)),
-                    "orders_with_codes": n1,
-                    "unknown_orders": u1,
-                    "unknown_share_percent": u1 * 100 / n1.max(1),
-                    "threshold_percent": t.unknown_share_percent,
-                    "min_orders": t.unknown_min_orders,
-                    "top_unknown_codes": top,
-                }),
-            });
-        }
+    if let Some(part) = plan.unknown
+        && part.gate.fires(results)
+    {
+        let r = result(part.orders_op);
+        let (total, unknown) = (count(&r.after, 0), count(&r.after, 1));
+        let top: Vec<Value> = evidence(result(part.tally_op), 0)
+            .chunks(2)
+            .map(|pair| {
+                let orders = pair.get(1).and_then(|n| n.parse::<u64>().ok());
+                json!({"code": pair[0].strip_prefix('?').unwrap_or(&pair[0]), "orders": orders})
+            })
+            .collect();
+        findings.push(Finding {
+            kind: AlertKind::UnknownCodeRate,
+            severity: AlertKind::UnknownCodeRate.severity(),
+            subject: vec![part.window_ms.to_string()],
+            evidence: evidence(r, 0),
+            code: None,
+            other_partner: None,
+            count: unknown,
+            detail: json!({
+                "window_start": instant(part.window_ms),
+                "window_end": instant(part.window_ms + secs_ms(t.unknown_window_secs)),
+                "orders_with_codes": total,
+                "unknown_orders": unknown,
+                "unknown_share_percent": unknown * 100 / total.max(1),
+                "threshold_percent": t.unknown_share_percent,
+                "min_orders": t.unknown_min_orders,
+                "top_unknown_codes": top,
+            }),
+        });
     }
     for finding in findings {
         let alert = dress(order, table, finding);
@@ -207,77 +197,71 @@ pub(super) fn finish<'a>(
 }
 
 /// Velocity and cold share, which read the same recent-uses set.
-fn recent_findings<'a, 'r>(
+fn recent_findings<'a>(
     part: &CodePart,
     t: &Thresholds,
     code: Option<(EntryId, &'a str)>,
     code_id: &str,
-    result: &dyn Fn(usize) -> &'r OpResult,
+    results: &[OpResult],
     findings: &mut Vec<Finding<'a>>,
 ) {
     let Some(recent) = part.recent else { return };
-    let r = result(recent.op);
-    let at = |counts: &[u64], i: usize| counts.get(i).copied().unwrap_or(0);
-    if let (Some((bucket, start)), Some(baseline)) = (recent.bucket, recent.baseline) {
+    let empty = OpResult::default();
+    let r = results.get(recent.op).unwrap_or(&empty);
+    if let (Some(gate), Some((bucket, start)), Some(baseline)) =
+        (recent.spike, recent.bucket, recent.baseline)
+        && gate.fires(results)
+    {
+        let (uses, base) = (count(&r.after, bucket), count(&r.after, baseline));
         let b = t.velocity_baseline_buckets;
-        let base = at(&r.after, baseline);
-        let cond = |uses: u64, k: u64| {
-            uses * b > k * t.velocity_factor * base && uses >= k * t.velocity_floor
-        };
-        let (before, after) = (at(&r.before, bucket), at(&r.after, bucket));
-        if cond(after, 1) && (!cond(before, 1) || crossed_power_of_two(before, after)) {
-            let kind = AlertKind::CodeVelocitySpike;
-            findings.push(Finding {
-                kind,
-                severity: if cond(after, 2) {
-                    Severity::High
-                } else {
-                    kind.severity()
-                },
-                subject: vec![code_id.to_string(), start.to_string()],
-                evidence: r.evidence.clone(),
-                code,
-                other_partner: None,
-                count: after,
-                detail: json!({
-                    "window_start": instant(start),
-                    "window_end": instant(start + secs_ms(t.velocity_bucket_secs)),
-                    "uses": after,
-                    "baseline_uses": base,
-                    "baseline_windows": b,
-                    "factor": t.velocity_factor,
-                    "floor": t.velocity_floor,
-                }),
-            });
-        }
+        let twice_over = uses * b > 2 * t.velocity_factor * base && uses >= 2 * t.velocity_floor;
+        let kind = AlertKind::CodeVelocitySpike;
+        findings.push(Finding {
+            kind,
+            severity: if twice_over {
+                Severity::High
+            } else {
+                kind.severity()
+            },
+            subject: vec![code_id.to_string(), start.to_string()],
+            evidence: evidence(r, 0),
+            code,
+            other_partner: None,
+            count: uses,
+            detail: json!({
+                "window_start": instant(start),
+                "window_end": instant(start + secs_ms(t.velocity_bucket_secs)),
+                "uses": uses,
+                "baseline_uses": base,
+                "baseline_windows": b,
+                "factor": t.velocity_factor,
+                "floor": t.velocity_floor,
+            }),
+        });
     }
-    if let (Some((window, start)), Some((cold_op, _))) = (recent.cold_window, part.cold) {
-        let cold = result(cold_op);
-        let cond = |uses: u64, cold: u64| {
-            uses >= t.cold_min_uses && cold * 100 > t.cold_share_percent * uses
-        };
-        let (n0, n1) = (at(&r.before, window), at(&r.after, window));
-        let (c0, c1) = (first(&cold.before), first(&cold.after));
-        if cond(n1, c1) && (!cond(n0, c0) || crossed_power_of_two(c0, c1)) {
-            findings.push(Finding {
-                kind: AlertKind::ColdCodeUseRate,
-                severity: AlertKind::ColdCodeUseRate.severity(),
-                subject: vec![code_id.to_string(), start.to_string()],
-                evidence: cold.evidence.clone(),
-                code,
-                other_partner: None,
-                count: c1,
-                detail: json!({
-                    "window_start": instant(start),
-                    "window_end": instant(start + secs_ms(t.cold_window_secs)),
-                    "uses": n1,
-                    "cold_uses": c1,
-                    "cold_share_percent": c1 * 100 / n1.max(1),
-                    "threshold_percent": t.cold_share_percent,
-                    "min_uses": t.cold_min_uses,
-                }),
-            });
-        }
+    if let (Some((window, start)), Some((cold_op, gate))) = (recent.cold_window, part.cold)
+        && gate.fires(results)
+    {
+        let cold = results.get(cold_op).unwrap_or(&empty);
+        let (uses, cold_uses) = (count(&r.after, window), count(&cold.after, 0));
+        findings.push(Finding {
+            kind: AlertKind::ColdCodeUseRate,
+            severity: AlertKind::ColdCodeUseRate.severity(),
+            subject: vec![code_id.to_string(), start.to_string()],
+            evidence: evidence(cold, 0),
+            code,
+            other_partner: None,
+            count: cold_uses,
+            detail: json!({
+                "window_start": instant(start),
+                "window_end": instant(start + secs_ms(t.cold_window_secs)),
+                "uses": uses,
+                "cold_uses": cold_uses,
+                "cold_share_percent": cold_uses * 100 / uses.max(1),
+                "threshold_percent": t.cold_share_percent,
+                "min_uses": t.cold_min_uses,
+            }),
+        });
     }
 }
 
@@ -439,12 +423,13 @@ fn dress<'a>(order: &'a ValidOrder<'a>, table: &'a CodeTable, finding: Finding<'
     }
 }
 
-fn first(counts: &[u64]) -> u64 {
-    counts.first().copied().unwrap_or(0)
+fn count(counts: &[u64], range: usize) -> u64 {
+    counts.get(range).copied().unwrap_or(0)
 }
 
-fn second(counts: &[u64]) -> u64 {
-    counts.get(1).copied().unwrap_or(0)
+/// The members the state returned for the operation's `list`-th evidence range.
+fn evidence(result: &OpResult, list: usize) -> Vec<String> {
+    result.evidence.get(list).cloned().unwrap_or_default()
 }
 
 fn instant(ms: i64) -> Option<String> {

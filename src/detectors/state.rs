@@ -23,22 +23,117 @@ impl Range {
     }
 }
 
-/// Evidence is read only when a count shows an alert is possible: reading it for every order
-/// would cost more than the counting.
+/// One count of a step: range `range` of operation `op` (an earlier one of the same step, or
+/// the operation being applied).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EvidenceWhen {
-    /// Index, within the same step, of the operation whose count decides (this one or earlier).
+pub struct CountRef {
     pub op: usize,
     pub range: usize,
-    /// Read the evidence when that count, after the operation, is at least this.
-    pub min: u64,
+}
+
+/// When an incident's alert is written: the detectors' thresholds as a condition on counts
+/// before and after the order. The state evaluates it too, to read evidence only for the
+/// orders that write an alert (reading it for every order of a burst would cost more than the
+/// counting); `redis_state.rs` mirrors [`Gate::fires`] in Lua.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Uses beyond `limit`: fires when the excess reaches a new power of two.
+    Excess { count: CountRef, limit: u64 },
+    /// `part` over `total` above `percent` % with at least `min_total`: fires when the
+    /// condition starts to hold, and when `part` reaches a new power of two while it holds.
+    Share {
+        part: CountRef,
+        total: CountRef,
+        min_total: u64,
+        percent: u64,
+    },
+    /// `uses` above `factor` x the mean of `buckets` baseline buckets (`base`) and at least
+    /// `floor`: fires when that starts to hold, and at each new power of two of `uses`.
+    Spike {
+        uses: CountRef,
+        base: CountRef,
+        buckets: u64,
+        factor: u64,
+        floor: u64,
+    },
+    /// `distinct >= min_distinct` or `unknown >= min_unknown`: fires when that starts to hold,
+    /// and at each new power of two of `distinct`.
+    Either {
+        distinct: CountRef,
+        unknown: CountRef,
+        min_distinct: u64,
+        min_unknown: u64,
+    },
+}
+
+impl Gate {
+    /// Whether the order whose step produced `results` writes an alert.
+    pub fn fires(&self, results: &[OpResult]) -> bool {
+        let count = |r: CountRef| -> (u64, u64) {
+            results.get(r.op).map_or((0, 0), |o| {
+                let at = |v: &[u64]| v.get(r.range).copied().unwrap_or(0);
+                (at(&o.before), at(&o.after))
+            })
+        };
+        match *self {
+            Gate::Excess { count: c, limit } => {
+                let (b, a) = count(c);
+                crossed_power_of_two(b.saturating_sub(limit), a.saturating_sub(limit))
+            }
+            Gate::Share {
+                part,
+                total,
+                min_total,
+                percent,
+            } => {
+                let ((pb, pa), (tb, ta)) = (count(part), count(total));
+                let holds = |p: u64, t: u64| t >= min_total && p * 100 > percent * t;
+                holds(pa, ta) && (!holds(pb, tb) || crossed_power_of_two(pb, pa))
+            }
+            Gate::Spike {
+                uses,
+                base,
+                buckets,
+                factor,
+                floor,
+            } => {
+                let ((ub, ua), (_, base)) = (count(uses), count(base));
+                let holds = |u: u64| u * buckets > factor * base && u >= floor;
+                holds(ua) && (!holds(ub) || crossed_power_of_two(ub, ua))
+            }
+            Gate::Either {
+                distinct,
+                unknown,
+                min_distinct,
+                min_unknown,
+            } => {
+                let ((db, da), (ub, ua)) = (count(distinct), count(unknown));
+                let holds = |d: u64, u: u64| d >= min_distinct || u >= min_unknown;
+                holds(da, ua) && (!holds(db, ub) || crossed_power_of_two(db, da))
+            }
+        }
+    }
+}
+
+/// Whether a count that went from `before` to `after` reached a new power of two: the points at
+/// which an incident's alert is written again.
+pub fn crossed_power_of_two(before: u64, after: u64) -> bool {
+    after > before && (before == 0 || after.ilog2() > before.ilog2())
+}
+
+/// What to read when a gate fires: the members of some of the operation's ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    pub ranges: Vec<usize>,
+    pub gate: Gate,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// Adds `(score, member)` pairs to a sorted set (an existing member takes the new score),
-    /// then counts the members within each range, before and after. With `evidence`, returns
-    /// up to `limit` members of `ranges[range]` in (score, member) order.
+    /// Adds `(score, member)` pairs to a sorted set (a member already there keeps its score:
+    /// `ZADD NX`), then counts the members within each range, before and after. With
+    /// `evidence` and its gate firing, returns up to [`EVIDENCE_LIMIT`] members of each
+    /// listed range in (score, member) order.
     Add {
         key: String,
         ttl_secs: u64,
@@ -46,25 +141,26 @@ pub enum Op {
         /// Members scored below this are dropped first (keeps a window's set bounded).
         trim_below: Option<i64>,
         ranges: Vec<Range>,
-        evidence: Option<(usize, EvidenceWhen)>,
+        evidence: Option<Evidence>,
     },
-    /// Adds 1 to each member's score (a tally); with `evidence`, returns the `top` members by
-    /// descending score, then member, as `member, score` pairs.
+    /// Adds 1 to each member's score (a tally); with `evidence` firing, returns the `top`
+    /// members by descending score, then member, as `member, score` pairs.
     Tally {
         key: String,
         ttl_secs: u64,
         members: Vec<String>,
         top: usize,
-        evidence: Option<EvidenceWhen>,
+        evidence: Option<Gate>,
     },
 }
 
-/// What one operation saw. For a tally `before`/`after` are empty.
+/// What one operation saw. For a tally `before`/`after` are empty. `evidence` has one list
+/// per evidence range (one for a tally), or is empty when the gate did not fire.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpResult {
     pub before: Vec<u64>,
     pub after: Vec<u64>,
-    pub evidence: Vec<String>,
+    pub evidence: Vec<Vec<String>>,
 }
 
 /// Evidence is capped so that a burst cannot produce an unbounded record.
