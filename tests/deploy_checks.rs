@@ -1,7 +1,8 @@
 //! Checks of the deployment files that run without a container engine or a cluster:
 //!
-//! - `docker-compose.yml` and `deploy/Dockerfile`: parse, reference files that exist, the Kafka
-//!   settings exactly-once needs on one node, health checks that make `up --wait` meaningful;
+//! - `docker-compose.yml` (against the Compose specification's types) and `deploy/Dockerfile`:
+//!   they reference files that exist, the Kafka settings exactly-once needs on one node, health
+//!   checks that make `up --wait` meaningful;
 //! - `deploy/k8s/`: probes on the admin port, a grace period above the drain deadline, a
 //!   transactional id per pod, ConfigMap and Secret references that resolve, scraping, and a KEDA
 //!   ScaledObject capped at the partition count;
