@@ -26,6 +26,8 @@ use crate::table_source::TableHandle;
 /// age gauge).
 const TICK: Duration = Duration::from_millis(200);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after a full reload the replaced table's memory is handed back.
+const TRIM_DELAY: Duration = Duration::from_secs(2);
 /// Single-code edits applied over one full build before the next version is loaded whole
 /// (each patched row costs a hash lookup on every read of that table).
 const MAX_PATCHED_ROWS: usize = 10_000;
@@ -50,6 +52,7 @@ pub fn start(
         loaded: None,
         refused: None,
         published_ms: None,
+        trim_at: None,
     };
     follower.start(health)
 }
@@ -64,6 +67,8 @@ struct Follower {
     refused: Option<u64>,
     /// When the version in force was published (Unix ms, Redis's clock).
     published_ms: Option<i64>,
+    /// When to hand the memory of a replaced table back to the system (see [`release_memory`]).
+    trim_at: Option<Instant>,
 }
 
 impl Follower {
@@ -226,6 +231,10 @@ impl Follower {
                 self.check(&mut store, handle)?;
                 last_check = Instant::now();
             }
+            if self.trim_at.is_some_and(|at| Instant::now() >= at) {
+                self.trim_at = None;
+                release_memory();
+            }
             self.metrics.set_code_table_age(handle.age().as_secs_f64());
         }
         Ok(())
@@ -309,6 +318,11 @@ impl Follower {
         };
         match next {
             Ok(table) => {
+                if table.patched_rows() == 0 {
+                    // Decisions in flight hold the old table for at most a batch; after that
+                    // its memory is free.
+                    self.trim_at = Some(Instant::now() + TRIM_DELAY);
+                }
                 let lag = self.since_publish();
                 if let Some(seconds) = lag {
                     self.metrics.observe_code_table_propagation(seconds);
@@ -337,5 +351,17 @@ impl Follower {
             Err(StoreError::MissingVersion(_)) => Ok(()),
             Err(other) => Err(other),
         }
+    }
+}
+
+/// Returns freed heap memory to the system. A replaced table is millions of small blocks freed
+/// at once; glibc keeps such memory in its arenas, so without this the resident size of a worker
+/// grows by a table's size with every bulk change, up to the peak of two tables plus buffers.
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own arenas to the kernel;
+    // it takes the arena locks itself and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

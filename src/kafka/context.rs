@@ -46,11 +46,22 @@ impl ClientContext for WorkerContext {
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.input_topic) {
             for (partition, stats) in &topic.partitions {
-                // librdkafka lists an internal partition -1 and reports -1 lag until it knows it.
-                if *partition >= 0 && stats.consumer_lag >= 0 {
-                    self.metrics
-                        .set_lag(&self.input_topic, *partition, stats.consumer_lag);
+                // librdkafka lists an internal partition -1 and reports -1 until it knows.
+                if *partition < 0 {
+                    continue;
                 }
+                let lag = if stats.consumer_lag >= 0 {
+                    stats.consumer_lag
+                } else if stats.ls_offset >= 0 && stats.app_offset >= 0 {
+                    // In exactly-once mode offsets are committed through the producer's
+                    // transaction, which the consumer's statistics never see (their lag stays
+                    // -1): measure from the read position instead, at most one batch ahead of
+                    // the committed offset.
+                    (stats.ls_offset - stats.app_offset).max(0)
+                } else {
+                    continue;
+                };
+                self.metrics.set_lag(&self.input_topic, *partition, lag);
             }
         }
     }
