@@ -1600,10 +1600,6 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
         format!("store.key_prefix={prefix}"),
         // The admin address is read back from the JSON log.
         "worker.log_format=json".to_owned(),
-        // At-least-once: in exactly-once mode the input offsets are committed by the
-        // transactional producer, so librdkafka's consumer statistics never learn them and
-        // report no lag; the lag panels and the lag alert would have nothing to show.
-        "kafka.delivery=at-least-once".to_owned(),
     ]);
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let mut worker = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
