@@ -145,10 +145,7 @@ impl Store {
             url: url.clone(),
             source,
         };
-        let client = Client::open(settings.redis_url.as_str()).map_err(wrap)?;
-        let connection = client
-            .get_connection_with_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .map_err(wrap)?;
+        let connection = Store::subscriber(settings)?;
         let io_timeout = Some(Duration::from_millis(settings.io_timeout_ms));
         connection.set_read_timeout(io_timeout).map_err(wrap)?;
         connection.set_write_timeout(io_timeout).map_err(wrap)?;
@@ -393,7 +390,8 @@ impl Store {
         Ok(removed)
     }
 
-    /// A second connection to the same server for the pub/sub subscription.
+    /// A plain connection to the store's server, e.g. for the pub/sub subscription (which must
+    /// not have the command connection's read timeout).
     pub fn subscriber(settings: &StoreSettings) -> Result<Connection, StoreError> {
         let url = redacted_url(&settings.redis_url);
         let wrap = |source| StoreError::Redis {
