@@ -93,7 +93,6 @@ impl MemoryState {
                         result.evidence = evidence
                             .ranges
                             .iter()
-                            .filter_map(|&i| ranges.get(i))
                             .map(|r| {
                                 set.order
                                     .range((r.min, String::new())..(r.max, String::new()))
@@ -175,7 +174,10 @@ mod tests {
                 .map(|&(min, max)| Range { min, max })
                 .collect(),
             evidence: Some(Evidence {
-                ranges: vec![0],
+                ranges: vec![Range {
+                    min: i64::MIN,
+                    max: i64::MAX,
+                }],
                 gate: Gate::Excess {
                     count: CountRef { op: 0, range: 0 },
                     limit: 1,

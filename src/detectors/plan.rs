@@ -76,7 +76,7 @@ pub struct ActorPart {
     pub kind: &'static str,
     pub reference: String,
     pub window_ms: i64,
-    /// Ranges: 0 distinct codes, 1 unknown codes, 2 orders.
+    /// Ranges: 0 distinct codes, 1 unknown codes; evidence: the codes, then the orders.
     pub op: usize,
     pub gate: Gate,
 }
@@ -127,6 +127,10 @@ pub(super) fn plan(
         event_ms,
     };
     let customers = customer_refs(detectors, order);
+    // Old uses are dropped from the rolling sets by one order in eight (chosen by its id, so the
+    // stream and the offline mode drop at the same points): each drop removes everything old at
+    // once, and the sets stay bounded at a fraction of the cost of dropping on every order.
+    let trims = xxhash_rust::xxh3::xxh3_64(o.order_id.as_bytes()) % 8 == 0;
     let (matched, unknown_codes) = match_codes(order, table);
     let mut seen: BTreeSet<EntryId> = BTreeSet::new();
     let mut codes = Vec::new();
@@ -216,16 +220,20 @@ pub(super) fn plan(
             }
             let horizon = (event_ms - oldest).max(0) as u64 / 1000 + 1;
             let trim = oldest - secs_ms(settings.grace_secs);
+            let evidence = recent
+                .spike
+                .zip(ranges.first().copied())
+                .map(|(gate, bucket)| Evidence {
+                    ranges: vec![bucket],
+                    gate,
+                });
             builder.push(Op::Add {
                 key: format!("{base}w:{code_id}"),
                 ttl_secs: window_ttl(horizon),
                 members: vec![(event_ms, o.order_id.to_string())],
-                trim_below: Some(trim),
+                trim_below: trims.then_some(trim),
                 ranges,
-                evidence: recent.spike.map(|gate| Evidence {
-                    ranges: vec![0],
-                    gate,
-                }),
+                evidence,
             });
             part.recent = Some(recent);
             if let Some((cold_range, start)) = recent.cold_window {
@@ -256,13 +264,16 @@ pub(super) fn plan(
                     key: format!("{base}k:{code_id}"),
                     ttl_secs: window_ttl(thresholds.cold_window_secs),
                     members,
-                    trim_below: Some(start - secs_ms(settings.grace_secs)),
+                    trim_below: trims.then_some(start - secs_ms(settings.grace_secs)),
                     ranges: vec![Range {
                         min: start,
                         max: start + width,
                     }],
                     evidence: Some(Evidence {
-                        ranges: vec![0],
+                        ranges: vec![Range {
+                            min: start,
+                            max: start + width,
+                        }],
                         gate,
                     }),
                 });
@@ -301,16 +312,15 @@ pub(super) fn plan(
                 ttl_secs: window_ttl(thresholds.enumeration_window_secs),
                 members,
                 trim_below: None,
-                ranges: vec![
-                    Range { min: 0, max: 2 },
-                    Range { min: 1, max: 2 },
-                    Range {
-                        min: 2,
-                        max: i64::MAX,
-                    },
-                ],
+                ranges: vec![Range { min: 0, max: 2 }, Range { min: 1, max: 2 }],
                 evidence: Some(Evidence {
-                    ranges: vec![0, 2],
+                    ranges: vec![
+                        Range { min: 0, max: 2 },
+                        Range {
+                            min: 2,
+                            max: i64::MAX,
+                        },
+                    ],
                     gate,
                 }),
             });
@@ -350,7 +360,7 @@ pub(super) fn plan(
             trim_below: None,
             ranges: vec![Range { min: 0, max: 2 }, Range { min: 1, max: 2 }],
             evidence: Some(Evidence {
-                ranges: vec![1],
+                ranges: vec![Range { min: 1, max: 2 }],
                 gate,
             }),
         });
@@ -412,7 +422,7 @@ impl Builder {
             trim_below: None,
             ranges: vec![ALL],
             evidence: Some(Evidence {
-                ranges: vec![0],
+                ranges: vec![ALL],
                 gate,
             }),
         });
@@ -439,13 +449,14 @@ fn customer_refs(detectors: &Detectors, order: &ValidOrder<'_>) -> Vec<(&'static
     refs
 }
 
-/// Everyone who could be enumerating codes: the customer identifiers, the device and the IP.
+/// Everyone who could be enumerating codes: the customer (by id, else by email hash), the
+/// device and the IP.
 fn actor_refs(
     detectors: &Detectors,
     order: &ValidOrder<'_>,
     customers: &[(&'static str, String)],
 ) -> Vec<(&'static str, String)> {
-    let mut refs = customers.to_vec();
+    let mut refs: Vec<(&'static str, String)> = customers.iter().take(1).cloned().collect();
     if let Some(risk) = &order.order.risk {
         for (kind, value) in [
             ("device", risk.device_hash.as_deref()),

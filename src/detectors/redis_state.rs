@@ -74,6 +74,7 @@ local function fires(g, results)
 end
 local limit = tonumber(take())
 local out = {}
+local refreshed = {}
 local orders = tonumber(take())
 for o = 1, orders do
   local memo = KEYS[tonumber(take())]
@@ -97,7 +98,10 @@ for o = 1, orders do
         }
       end
       op.evidence = {}
-      for j = 1, tonumber(take()) do op.evidence[j] = tonumber(take()) end
+      for j = 1, tonumber(take()) do
+        local min, max = take(), take()
+        op.evidence[j] = { min, (max == '+inf') and max or ('(' .. max) }
+      end
     else
       for j = 1, n do op.members[j] = take() end
       op.top = tonumber(take())
@@ -143,14 +147,16 @@ for o = 1, orders do
           added = true
         end
       end
-      if added then
+      -- A key's time to live is refreshed once per call: it only collects garbage, and the
+      -- orders of one call are milliseconds apart.
+      if added and not refreshed[op.key] then
         redis.call('EXPIRE', op.key, op.ttl)
+        refreshed[op.key] = true
       end
       results[i] = r
       if op.gate and fires(op.gate, results) then
         if op.kind == 'A' then
-          for j, index in ipairs(op.evidence) do
-            local range = op.ranges[index + 1]
+          for j, range in ipairs(op.evidence) do
             r.e[j] = redis.call('ZRANGEBYSCORE', op.key, range[1], range[2], 'LIMIT', 0, limit)
           end
         else
@@ -334,7 +340,10 @@ impl<'s> Call<'s> {
                         match evidence {
                             Some(evidence) => {
                                 args.push(evidence.ranges.len().to_string());
-                                args.extend(evidence.ranges.iter().map(usize::to_string));
+                                for range in &evidence.ranges {
+                                    let (min, max) = bounds(*range);
+                                    args.extend([min, max]);
+                                }
                                 push_gate(args, Some(&evidence.gate));
                             }
                             None => {

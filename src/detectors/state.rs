@@ -121,10 +121,11 @@ pub fn crossed_power_of_two(before: u64, after: u64) -> bool {
     after > before && (before == 0 || after.ilog2() > before.ilog2())
 }
 
-/// What to read when a gate fires: the members of some of the operation's ranges.
+/// What to read when a gate fires: the first members of some score ranges of the set (which
+/// need not be among the counted ones).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evidence {
-    pub ranges: Vec<usize>,
+    pub ranges: Vec<Range>,
     pub gate: Gate,
 }
 
@@ -133,7 +134,7 @@ pub enum Op {
     /// Adds `(score, member)` pairs to a sorted set (a member already there keeps its score:
     /// `ZADD NX`), then counts the members within each range, before and after. With
     /// `evidence` and its gate firing, returns up to [`EVIDENCE_LIMIT`] members of each
-    /// listed range in (score, member) order.
+    /// evidence range in (score, member) order.
     Add {
         key: String,
         ttl_secs: u64,
