@@ -130,7 +130,7 @@ pub(super) fn plan(
     // Old uses are dropped from the rolling sets by one order in eight (chosen by its id, so the
     // stream and the offline mode drop at the same points): each drop removes everything old at
     // once, and the sets stay bounded at a fraction of the cost of dropping on every order.
-    let trims = xxhash_rust::xxh3::xxh3_64(o.order_id.as_bytes()) % 8 == 0;
+    let trims = xxhash_rust::xxh3::xxh3_64(o.order_id.as_bytes()).is_multiple_of(8);
     let (matched, unknown_codes) = match_codes(order, table);
     let mut seen: BTreeSet<EntryId> = BTreeSet::new();
     let mut codes = Vec::new();

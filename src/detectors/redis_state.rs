@@ -332,25 +332,9 @@ impl<'s> Call<'s> {
                             args.extend([score.to_string(), member.clone()]);
                         }
                         args.push(trim_below.map(|t| t.to_string()).unwrap_or_default());
-                        args.push(ranges.len().to_string());
-                        for range in ranges {
-                            let (min, max) = bounds(*range);
-                            args.extend([min, max]);
-                        }
-                        match evidence {
-                            Some(evidence) => {
-                                args.push(evidence.ranges.len().to_string());
-                                for range in &evidence.ranges {
-                                    let (min, max) = bounds(*range);
-                                    args.extend([min, max]);
-                                }
-                                push_gate(args, Some(&evidence.gate));
-                            }
-                            None => {
-                                args.push("0".into());
-                                push_gate(args, None);
-                            }
-                        }
+                        push_ranges(args, ranges);
+                        push_ranges(args, evidence.as_ref().map_or(&[], |e| &e.ranges));
+                        push_gate(args, evidence.as_ref().map(|e| &e.gate));
                     }
                     Op::Tally {
                         key: name,
@@ -382,6 +366,15 @@ impl<'s> Call<'s> {
             invocation.arg(a.as_str());
         }
         invocation
+    }
+}
+
+/// Ranges as the script reads them: their number, then each one's bounds.
+fn push_ranges(args: &mut Vec<String>, ranges: &[Range]) {
+    args.push(ranges.len().to_string());
+    for range in ranges {
+        let (min, max) = bounds(*range);
+        args.extend([min, max]);
     }
 }
 
