@@ -36,6 +36,8 @@ const MAX_PATCHED_ROWS: usize = 10_000;
 pub enum StartError {
     #[error("stopped before a code table was loaded")]
     Shutdown,
+    #[error("cannot start the code sync thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Loads the current version (waiting for it as configured), then starts the follower thread.
@@ -85,21 +87,18 @@ impl Follower {
         let table = self.initial_table()?;
         let handle = TableHandle::with_max_staleness(table, self.max_staleness());
         handle.confirm();
+        let aged = handle.clone();
+        self.metrics
+            .set_code_table_age_source(Box::new(move || aged.age().as_secs_f64()));
         self.publish_metrics(&handle);
         health.set_table_loaded(true);
         let follower_handle = handle.clone();
         let thread = std::thread::Builder::new()
             .name("code-sync".into())
             .spawn(move || self.follow(&follower_handle));
-        match thread {
-            Ok(thread) => Ok((handle, thread)),
-            Err(e) => {
-                // Without the follower the table would silently go stale; the pipeline's
-                // staleness check still stops crediting, but say why.
-                tracing::error!(error = %e, "cannot start the code sync thread");
-                Err(StartError::Shutdown)
-            }
-        }
+        thread
+            .map(|thread| (handle, thread))
+            .map_err(StartError::Thread)
     }
 
     fn initial_table(&mut self) -> Result<CodeTable, StartError> {
@@ -130,7 +129,9 @@ impl Follower {
                         .to_string()
                 }
                 Err(e) => {
-                    self.metrics.set_redis_up(false);
+                    if matches!(e, StoreError::Redis { .. }) {
+                        self.metrics.set_redis_up(false);
+                    }
                     e.to_string()
                 }
             };
@@ -177,23 +178,28 @@ impl Follower {
     fn publish_metrics(&self, handle: &TableHandle) {
         let table = handle.current();
         self.metrics.set_code_table(table.version(), table.len());
-        self.metrics.set_code_table_age(handle.age().as_secs_f64());
     }
 
     /// Runs until shutdown: follow the store, and reconnect with backoff whenever it fails.
     fn follow(mut self, handle: &TableHandle) {
         let mut backoff = Duration::from_millis(100);
         while !self.stopping() {
-            match self.follow_connected(handle) {
+            let mut connected = false;
+            match self.follow_connected(handle, &mut connected) {
                 Ok(()) => return,
                 Err(e) => {
-                    self.metrics.set_redis_up(false);
-                    self.metrics.set_code_table_age(handle.age().as_secs_f64());
+                    // A session that got going proves the trouble was over; start small again.
+                    if connected {
+                        backoff = Duration::from_millis(100);
+                    }
+                    if matches!(e, StoreError::Redis { .. }) {
+                        self.metrics.set_redis_up(false);
+                    }
                     tracing::warn!(
                         error = %e,
                         retry_ms = backoff.as_millis() as u64,
                         table_version = handle.current().version(),
-                        "code store unreachable; serving the last good table"
+                        "code store check failed; serving the last good table"
                     );
                     self.sleep(backoff);
                     backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
@@ -203,7 +209,11 @@ impl Follower {
     }
 
     /// One connected session: returns `Ok` on shutdown, `Err` when Redis fails.
-    fn follow_connected(&mut self, handle: &TableHandle) -> Result<(), StoreError> {
+    fn follow_connected(
+        &mut self,
+        handle: &TableHandle,
+        connected: &mut bool,
+    ) -> Result<(), StoreError> {
         let mut store = Store::connect(&self.settings)?;
         let mut subscriber = Store::subscriber(&self.settings)?;
         let url = crate::settings::redacted_url(&self.settings.redis_url);
@@ -220,6 +230,7 @@ impl Follower {
             .map_err(redis_error)?;
         // Anything published before the subscription took effect is caught by this first check.
         self.check(&mut store, handle)?;
+        *connected = true;
         let mut last_check = Instant::now();
         while !self.stopping() {
             let announced = match pubsub.get_message() {
@@ -235,7 +246,6 @@ impl Follower {
                 self.trim_at = None;
                 release_memory();
             }
-            self.metrics.set_code_table_age(handle.age().as_secs_f64());
         }
         Ok(())
     }
@@ -260,9 +270,13 @@ impl Follower {
             return Ok(None);
         };
         let mut patches = Vec::with_capacity(rows.len());
-        for row in rows {
+        for mut row in rows {
             match current.find(&row.program_id, &row.code_id()) {
-                Some(id) => patches.push((id, row)),
+                Some(id) => {
+                    // Keep the row's place in the stored table, as a full load would.
+                    row.source_line = current.entry(id).source_line;
+                    patches.push((id, row));
+                }
                 None => return Ok(None),
             }
         }

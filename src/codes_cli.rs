@@ -103,7 +103,8 @@ pub struct ImportArgs {
     /// Only this program's codes: rows of other programs are refused.
     #[arg(long)]
     pub program: Option<String>,
-    /// The file becomes the whole set of codes (and partners) of the programs it covers.
+    /// The file becomes the whole set of codes of the programs it covers (partners are only ever
+    /// added or updated: they may own codes of other programs).
     #[arg(long, conflicts_with = "merge")]
     pub replace: bool,
     /// The file's rows add or change codes; others stay (the default).
@@ -121,6 +122,26 @@ pub struct CodeArgs {
     /// Needed when the same code exists in several programs.
     #[arg(long)]
     pub program: Option<String>,
+    /// Needed when a program has an exact and a regex code with the same text.
+    #[arg(long, value_enum)]
+    pub match_mode: Option<MatchMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatchMode {
+    /// `LI`: an exact code.
+    Exact,
+    /// `RE`: a regex code.
+    Regex,
+}
+
+impl MatchMode {
+    pub fn match_type(self) -> crate::codes::MatchType {
+        match self {
+            MatchMode::Exact => crate::codes::MatchType::Exact,
+            MatchMode::Regex => crate::codes::MatchType::Regex,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -168,6 +189,8 @@ pub enum CodesError {
     Settings(#[from] crate::settings::SettingsError),
     #[error("{0}")]
     Io(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CodesError {

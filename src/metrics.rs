@@ -52,6 +52,9 @@ const END_TO_END_BUCKETS: &[f64] = &[
     300.0, 600.0, 1800.0, 3600.0,
 ];
 
+/// Seconds since the code table in force was last confirmed current.
+pub type AgeSource = Box<dyn Fn() -> f64 + Send + Sync>;
+
 pub struct Metrics {
     registry: Registry,
     orders_consumed: IntCounter,
@@ -69,6 +72,9 @@ pub struct Metrics {
     code_table_version: Mutex<Option<String>>,
     code_table_entries: IntGauge,
     code_table_age: Gauge,
+    /// Reads the age at scrape time, so the gauge keeps growing even if the thread that keeps
+    /// the table fresh is stuck.
+    code_table_age_source: Mutex<Option<AgeSource>>,
     code_table_reloads: IntCounterVec,
     code_table_propagation: Histogram,
     redis_up: IntGauge,
@@ -218,6 +224,7 @@ impl Metrics {
             code_table_version: Mutex::new(None),
             code_table_entries,
             code_table_age,
+            code_table_age_source: Mutex::new(None),
             code_table_reloads,
             code_table_propagation,
             redis_up,
@@ -323,6 +330,15 @@ impl Metrics {
         self.code_table_age.set(seconds);
     }
 
+    /// From now on `promo_code_table_age_seconds` is read from `source` at every scrape.
+    pub fn set_code_table_age_source(&self, source: AgeSource) {
+        let mut slot = self
+            .code_table_age_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *slot = Some(source);
+    }
+
     pub fn record_code_table_reload(&self, loaded: bool) {
         let outcome = if loaded { "loaded" } else { "refused" };
         self.code_table_reloads.with_label_values(&[outcome]).inc();
@@ -347,6 +363,14 @@ impl Metrics {
 
     /// The Prometheus text exposition format (`text/plain; version=0.0.4`).
     pub fn render(&self) -> Result<String, prometheus::Error> {
+        if let Some(source) = self
+            .code_table_age_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            self.code_table_age.set(source());
+        }
         let mut out = String::new();
         TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)?;
         Ok(out)

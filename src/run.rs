@@ -85,6 +85,8 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
             })?;
             let current = table.current();
             metrics.set_code_table(current.version(), current.len());
+            let aged = table.clone();
+            metrics.set_code_table_age_source(Box::new(move || aged.age().as_secs_f64()));
             health.set_table_loaded(true);
             tracing::info!(
                 version = current.version(),
@@ -108,6 +110,7 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
                 Ok((table, _follower)) => table,
                 // Asked to stop while waiting for a table: nothing was read, so nothing to drain.
                 Err(StartError::Shutdown) => return Ok(exit::DRAINED),
+                Err(other) => return Err((exit::FATAL, other.to_string())),
             }
         }
     };

@@ -162,6 +162,19 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
         "{}",
         text(&unknown.stderr)
     );
+    let far = codes(
+        url,
+        &prefix,
+        &["set-dates", "DEALS20", "--end", "9999-12-31T23:00:00-12:00"],
+    );
+    assert_eq!(far.status.code(), Some(1), "{}", text(&far.stderr));
+    assert!(
+        text(&far.stderr).contains("1-9999"),
+        "{}",
+        text(&far.stderr)
+    );
+    let usage = codes(url, &prefix, &["list", "--at", "yesterday"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", text(&usage.stderr));
     let backwards = codes(
         url,
         &prefix,

@@ -28,13 +28,18 @@ pub enum ImportMode {
 }
 
 /// Combines `incoming` with `base`. Kept rows keep their position, so regex ties (broken by row
-/// order) do not change behind an operator's back; new rows go at the end in file order.
+/// order) do not change behind an operator's back; new rows go at the end in file order. When
+/// merging, a column the uploaded file does not have (`columns` lists those it has) keeps the
+/// code's current value instead of falling back to the default: a file without a `State` column
+/// must not reactivate expired codes.
 pub fn combine(
     base: &[CodeEntry],
     incoming: Vec<CodeEntry>,
     mode: ImportMode,
     program: Option<&str>,
+    columns: &[String],
 ) -> Vec<CodeEntry> {
+    let has = |name: &str| columns.iter().any(|c| c == name);
     let replaced_programs: HashSet<Arc<str>> = match (mode, program) {
         (ImportMode::Merge, _) => HashSet::new(),
         (ImportMode::Replace, Some(program)) => HashSet::from([Arc::from(program)]),
@@ -51,7 +56,12 @@ pub fn combine(
     for entry in base {
         let key = key_of(entry);
         match incoming_by_key.remove(&key) {
-            Some(updated) => result.push(updated),
+            Some(mut updated) => {
+                if mode == ImportMode::Merge {
+                    keep_absent_columns(&mut updated, entry, &has);
+                }
+                result.push(updated)
+            }
             None if replaced_programs.contains(&entry.program_id) => {}
             None => result.push(entry.clone()),
         }
@@ -62,6 +72,74 @@ pub fn combine(
         }
     }
     result
+}
+
+fn keep_absent_columns(updated: &mut CodeEntry, current: &CodeEntry, has: &dyn Fn(&str) -> bool) {
+    if !has("Media Id") {
+        updated.owner_partner_id = current.owner_partner_id.clone();
+    }
+    if !has("Credit Rule") {
+        updated.credit_policy = current.credit_policy;
+    }
+    if !has("Deal Id") {
+        updated.deal_id = current.deal_id.clone();
+    }
+    if !has("Timezone") {
+        updated.timezone = current.timezone;
+    }
+    if !has("Active Start Date") {
+        updated.start = current.start;
+    }
+    if !has("Active End Date") {
+        updated.end = current.end;
+    }
+    if !has("State") {
+        updated.state = current.state;
+    }
+    if !has("Usage Limit") {
+        updated.usage_limit = current.usage_limit;
+    }
+    if !has("Customer Limit") {
+        updated.customer_limit = current.customer_limit;
+    }
+    if !has("Priority") {
+        updated.priority = current.priority;
+    }
+}
+
+/// Adds or updates partners; a partner is never removed by an upload, because codes of programs
+/// the upload does not cover may belong to it. Columns the file does not have keep their values.
+pub fn merge_partners(base: &[Partner], incoming: &[Partner], columns: &[String]) -> Vec<Partner> {
+    let has = |name: &str| columns.iter().any(|c| c == name);
+    let mut by_id: BTreeMap<&str, Partner> = base
+        .iter()
+        .map(|p| (p.partner_id.as_str(), p.clone()))
+        .collect();
+    for partner in incoming {
+        let mut updated = partner.clone();
+        if let Some(current) = by_id.get(partner.partner_id.as_str()) {
+            if !has("Status") {
+                updated.status = current.status;
+            }
+            if !has("Contract Start") {
+                updated.contract_start = current.contract_start;
+            }
+            if !has("Contract End") {
+                updated.contract_end = current.contract_end;
+            }
+            if !has("Referral Window Days") {
+                updated.referral_window_days = current.referral_window_days;
+            }
+            if !has("Credit Group") {
+                updated.credit_group = current.credit_group;
+            }
+            if !has("Identity Hashes") {
+                updated.identity_hashes = current.identity_hashes.clone();
+            }
+        }
+        by_id.insert(&partner.partner_id, updated);
+    }
+    by_id.into_values().collect()
 }
 
 /// Rows of `incoming` that name a program other than `program`: an upload for one program must
@@ -210,13 +288,19 @@ fn program_note(program: &Option<String>) -> String {
 }
 
 /// The row a code names: an exact code in any spelling that normalises the same, or a regex
-/// code by its exact pattern.
-pub fn find(entries: &[CodeEntry], code: &str, program: Option<&str>) -> Result<usize, EditError> {
+/// code by its exact pattern; `mode` chooses when a program has both with the same text.
+pub fn find(
+    entries: &[CodeEntry],
+    code: &str,
+    program: Option<&str>,
+    mode: Option<MatchType>,
+) -> Result<usize, EditError> {
     let key = exact_key(code);
     let found: Vec<usize> = entries
         .iter()
         .enumerate()
         .filter(|(_, e)| program.is_none_or(|p| &*e.program_id == p))
+        .filter(|(_, e)| mode.is_none_or(|m| e.match_type == m))
         .filter(|(_, e)| match e.match_type {
             MatchType::Exact => exact_key(&e.code) == key,
             MatchType::Regex => &*e.code == code,
@@ -229,6 +313,12 @@ pub fn find(entries: &[CodeEntry], code: &str, program: Option<&str>) -> Result<
             program: program.map(str::to_string),
         }),
         [one] => Ok(*one),
+        [first, second] if entries[*first].program_id == entries[*second].program_id => {
+            Err(EditError::Invalid(format!(
+                "program {} has an exact code and a regex code {code:?}; choose one with --match-mode",
+                entries[*first].program_id
+            )))
+        }
         many => Err(EditError::Ambiguous {
             code: code.to_string(),
             programs: many
@@ -279,14 +369,16 @@ pub fn apply(entry: &mut CodeEntry, edit: &Edit) -> Result<(), EditError> {
                 if text.trim().is_empty() {
                     return Ok(None);
                 }
-                parse_table_datetime(text, entry.timezone)
-                    .map(Some)
-                    .map_err(|e| {
-                        EditError::Invalid(format!(
-                            "{what} {text:?} ({}): {e}",
-                            entry.timezone.name()
-                        ))
-                    })
+                let instant = parse_table_datetime(text, entry.timezone).map_err(|e| {
+                    EditError::Invalid(format!("{what} {text:?} ({}): {e}", entry.timezone.name()))
+                })?;
+                // The table's CSV form has four-digit years (see the loader).
+                if !(1..=9999).contains(&chrono::Datelike::year(&instant)) {
+                    return Err(EditError::Invalid(format!(
+                        "{what} {text:?} falls outside the years 1-9999 in UTC"
+                    )));
+                }
+                Ok(Some(instant))
             };
             let new_start = match start {
                 Some(text) => read(text, "--start")?,
@@ -331,6 +423,53 @@ mod tests {
         read_codes(format!("{header}\n{body}").as_bytes(), "t.csv").expect("valid rows")
     }
 
+    fn all_columns() -> Vec<String> {
+        crate::codes::load::CODE_COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn merge_keeps_the_values_of_columns_the_file_lacks() {
+        let mut base = rows("A1,1,p1,TRACKING,ALWAYS,LI\n");
+        base[0].state = CodeState::Expired;
+        base[0].priority = 7;
+        let incoming = rows("a1,1,p2,TRACKING,WINNER,LI\n");
+        let columns: Vec<String> = [
+            "Promo Code",
+            "Program Id",
+            "Media Id",
+            "Type",
+            "Credit Rule",
+            "Match Mode",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+        let merged = combine(&base, incoming, ImportMode::Merge, None, &columns);
+        assert_eq!(
+            merged[0].state,
+            CodeState::Expired,
+            "no State column: still expired"
+        );
+        assert_eq!(merged[0].priority, 7);
+        assert_eq!(merged[0].owner_partner_id.as_deref(), Some("p2"));
+    }
+
+    #[test]
+    fn same_text_as_exact_and_regex_needs_a_match_mode() {
+        let entries = rows("SUMMER,1,p1,TRACKING,ALWAYS,LI\nSUMMER,1,p2,TRACKING,ALWAYS,RE\n");
+        assert!(matches!(
+            find(&entries, "SUMMER", None, None),
+            Err(EditError::Invalid(_))
+        ));
+        assert_eq!(
+            find(&entries, "SUMMER", None, Some(MatchType::Regex)),
+            Ok(1)
+        );
+    }
+
     fn codes(entries: &[CodeEntry]) -> Vec<String> {
         entries
             .iter()
@@ -351,7 +490,7 @@ mod tests {
             "A1,1,p1,TRACKING,ALWAYS,LI\nB1,1,p1,TRACKING,ALWAYS,LI\nC1,2,p2,TRACKING,ALWAYS,LI\n",
         );
         let incoming = rows("b1,1,p9,TRACKING,ALWAYS,LI\nD1,1,p1,TRACKING,ALWAYS,LI\n");
-        let merged = combine(&base, incoming, ImportMode::Merge, None);
+        let merged = combine(&base, incoming, ImportMode::Merge, None, &all_columns());
         assert_eq!(codes(&merged), ["1/A1/p1", "1/b1/p9", "2/C1/p2", "1/D1/p1"]);
         let summary = summarize(&base, &merged, &[], &[], 0);
         assert_eq!(
@@ -371,7 +510,13 @@ mod tests {
             "A1,1,p1,TRACKING,ALWAYS,LI\nB1,1,p1,TRACKING,ALWAYS,LI\nC1,2,p2,TRACKING,ALWAYS,LI\n",
         );
         let incoming = rows("B1,1,p1,TRACKING,ALWAYS,LI\n");
-        let replaced = combine(&base, incoming.clone(), ImportMode::Replace, None);
+        let replaced = combine(
+            &base,
+            incoming.clone(),
+            ImportMode::Replace,
+            None,
+            &all_columns(),
+        );
         assert_eq!(codes(&replaced), ["1/B1/p1", "2/C1/p2"]);
         let summary = summarize(&base, &replaced, &[], &[], 0);
         assert_eq!(
@@ -393,14 +538,14 @@ mod tests {
         let entries = rows(
             "Anna10,1,p1,TRACKING,ALWAYS,LI\nANNA10,2,p1,TRACKING,ALWAYS,LI\n^X.*,1,p1,TRACKING,ALWAYS,RE\n",
         );
-        assert_eq!(find(&entries, " anna10 ", Some("2")), Ok(1));
+        assert_eq!(find(&entries, " anna10 ", Some("2"), None), Ok(1));
         assert!(matches!(
-            find(&entries, "ANNA10", None),
+            find(&entries, "ANNA10", None, None),
             Err(EditError::Ambiguous { .. })
         ));
-        assert_eq!(find(&entries, "^X.*", None), Ok(2));
+        assert_eq!(find(&entries, "^X.*", None, None), Ok(2));
         assert!(matches!(
-            find(&entries, "^x.*", None),
+            find(&entries, "^x.*", None, None),
             Err(EditError::UnknownCode { .. })
         ));
     }

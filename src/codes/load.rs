@@ -187,9 +187,19 @@ impl Row<'_> {
         let Some(value) = self.optional(column) else {
             return Ok(None);
         };
-        parse_table_datetime(value, zone).map(Some).map_err(|e| {
+        let instant = parse_table_datetime(value, zone).map_err(|e| {
             out.push(self.line, Some(column), format!("{value:?}: {e}"));
-        })
+        })?;
+        // Exports write UTC instants in RFC 3339, which has four-digit years only.
+        if !(1..=9999).contains(&chrono::Datelike::year(&instant)) {
+            out.push(
+                self.line,
+                Some(column),
+                format!("{value:?} falls outside the years 1-9999 in UTC"),
+            );
+            return Err(());
+        }
+        Ok(Some(instant))
     }
 }
 

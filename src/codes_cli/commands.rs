@@ -1,6 +1,5 @@
 //! The `codes` commands: read the current version, change it, publish.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
@@ -9,14 +8,15 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::report;
-use super::{CodesCommand, CodesError, ImportArgs, ProgramSettingsCommand};
+use super::{CodesCommand, CodesError, ImportArgs, MatchMode, ProgramSettingsCommand};
 use crate::codes::edit::{self, Edit, ImportMode};
 use crate::codes::export::{code_record, write_codes, write_partners};
 use crate::codes::load::{LoadProblem, read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
-use crate::codes::{CodeTable, LoadProblems, Partner};
+use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
 use crate::detectors::config::ProgramSettings;
 use crate::settings::StoreSettings;
+use crate::store::snapshot::decode_delta;
 use crate::store::{Snapshot, Store, StoreError, VersionMeta};
 
 /// A publish that loses a race with another admin is redone from the new version this often.
@@ -119,10 +119,26 @@ fn read_file(path: &Path) -> Result<Vec<u8>, CodesError> {
     Ok(bytes)
 }
 
+/// An uploaded file, checked on its own.
+struct Upload {
+    entries: Vec<CodeEntry>,
+    columns: Vec<String>,
+    partners: Option<(Vec<Partner>, Vec<String>)>,
+}
+
+/// The header names of a CSV file (empty when it has none; the loader reports that).
+fn header(bytes: &[u8]) -> Vec<String> {
+    csv::Reader::from_reader(bytes)
+        .headers()
+        .map(|h| h.iter().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// Reads and checks the uploaded files on their own, so problems point at their lines.
-fn read_upload(args: &ImportArgs) -> Result<(Snapshot, Option<Vec<Partner>>), CodesError> {
+fn read_upload(args: &ImportArgs) -> Result<Upload, CodesError> {
     let origin = args.file.display().to_string();
     let bytes = read_file(&args.file)?;
+    let columns = header(&bytes);
     let (entries, mut problems) = read_codes_lenient(bytes.as_slice(), &origin);
     if let Some(program) = &args.program {
         for entry in edit::outside_program(&entries, program) {
@@ -142,7 +158,7 @@ fn read_upload(args: &ImportArgs) -> Result<(Snapshot, Option<Vec<Partner>>), Co
         Some(path) => {
             let bytes = read_file(path)?;
             match read_partners(bytes.as_slice(), &path.display().to_string()) {
-                Ok(partners) => Some(partners),
+                Ok(partners) => Some((partners, header(&bytes))),
                 Err(invalid) => {
                     problems.extend(invalid.0);
                     None
@@ -164,11 +180,11 @@ fn read_upload(args: &ImportArgs) -> Result<(Snapshot, Option<Vec<Partner>>), Co
         problems.sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
         return Err(CodesError::Invalid(LoadProblems(problems)));
     }
-    let upload = Snapshot {
+    Ok(Upload {
         entries,
-        ..Snapshot::default()
-    };
-    Ok((upload, partners))
+        columns,
+        partners,
+    })
 }
 
 fn import(
@@ -176,7 +192,7 @@ fn import(
     settings: &StoreSettings,
     args: &ImportArgs,
 ) -> Result<(), CodesError> {
-    let (upload, partners) = read_upload(args)?;
+    let upload = read_upload(args)?;
     let mode = if args.replace {
         ImportMode::Replace
     } else {
@@ -191,17 +207,21 @@ fn import(
             .map(|p| format!(" --program {p}"))
             .unwrap_or_default()
     );
-    publish_change(store, settings, &command, args.dry_run, |base| {
+    let how = Publish {
+        dry_run: args.dry_run,
+        ..Publish::new(&command)
+    };
+    publish_change(store, settings, how, |base| {
         let entries = edit::combine(
             &base.entries,
             upload.entries.clone(),
             mode,
             args.program.as_deref(),
+            &upload.columns,
         );
-        let partners = match (&partners, mode) {
-            (None, _) => base.partners.clone(),
-            (Some(new), ImportMode::Replace) => new.clone(),
-            (Some(new), ImportMode::Merge) => merge_partners(&base.partners, new),
+        let partners = match &upload.partners {
+            None => base.partners.clone(),
+            Some((new, columns)) => edit::merge_partners(&base.partners, new, columns),
         };
         Ok((
             Snapshot {
@@ -214,24 +234,24 @@ fn import(
     })
 }
 
-fn merge_partners(base: &[Partner], new: &[Partner]) -> Vec<Partner> {
-    let mut by_id: BTreeMap<&str, &Partner> =
-        base.iter().map(|p| (p.partner_id.as_str(), p)).collect();
-    for partner in new {
-        by_id.insert(&partner.partner_id, partner);
-    }
-    by_id.into_values().cloned().collect()
-}
-
 fn edit_code(
     store: &mut Store,
     settings: &StoreSettings,
     code: super::CodeArgs,
     change: Edit,
 ) -> Result<(), CodesError> {
+    let mode = code.match_mode.map(MatchMode::match_type);
     // Named as stored, so the history reads the same whichever spelling was typed.
     let (_, base) = current(store)?;
-    let entry = &base.entries[edit::find(&base.entries, &code.code, code.program.as_deref())?];
+    let entry =
+        &base.entries[edit::find(&base.entries, &code.code, code.program.as_deref(), mode)?];
+    if let Edit::Assign { partner } = &change
+        && !base.partners.iter().any(|p| p.partner_id == partner.trim())
+    {
+        eprintln!(
+            "warning: partner {partner} is not in the partners table; it is credited on the defaults for unlisted partners (active, 30-day window, PREFERRED)"
+        );
+    }
     let command = format!(
         "{} {} (program {})",
         change.describe(),
@@ -239,8 +259,8 @@ fn edit_code(
         entry.program_id
     );
     drop(base);
-    publish_change(store, settings, &command, false, |base| {
-        let index = edit::find(&base.entries, &code.code, code.program.as_deref())?;
+    publish_change(store, settings, Publish::new(&command), |base| {
+        let index = edit::find(&base.entries, &code.code, code.program.as_deref(), mode)?;
         let mut changed = base.clone();
         edit::apply(&mut changed.entries[index], &change)?;
         let delta = vec![code_record(&changed.entries[index]).to_vec()];
@@ -258,9 +278,12 @@ fn rollback(store: &mut Store, settings: &StoreSettings, version: u64) -> Result
         other => other?.snapshot()?,
     };
     let command = format!("rollback to {version}");
-    publish_change(store, settings, &command, false, |_| {
-        Ok((target.clone(), Vec::new()))
-    })
+    let how = Publish {
+        always: true,
+        over_broken: true,
+        ..Publish::new(&command)
+    };
+    publish_change(store, settings, how, |_| Ok((target.clone(), Vec::new())))
 }
 
 fn program_settings(
@@ -287,7 +310,7 @@ fn program_settings(
                 }]))
             })?;
             let command = format!("program-settings set {program}");
-            publish_change(store, settings, &command, false, |base| {
+            publish_change(store, settings, Publish::new(&command), |base| {
                 let mut changed = base.clone();
                 changed.programs.insert(program.clone(), parsed.clone());
                 Ok((changed, Vec::new()))
@@ -295,7 +318,7 @@ fn program_settings(
         }
         ProgramSettingsCommand::Clear { program } => {
             let command = format!("program-settings clear {program}");
-            publish_change(store, settings, &command, false, |base| {
+            publish_change(store, settings, Publish::new(&command), |base| {
                 let mut changed = base.clone();
                 if changed.programs.remove(&program).is_none() {
                     return Err(CodesError::Request(format!(
@@ -308,24 +331,52 @@ fn program_settings(
     }
 }
 
-/// Reads the current version, applies `change`, validates the result and publishes it; redone
-/// from the newer version if another admin published in between.
+/// How a change is published.
+struct Publish<'c> {
+    command: &'c str,
+    /// Validate and report only.
+    dry_run: bool,
+    /// Publish even when the summary shows no difference (a rollback restores row order too,
+    /// which decides ties between regexes, and which the summary does not compare).
+    always: bool,
+    /// Go ahead when the version in force cannot be read (a rollback must be able to replace a
+    /// broken version).
+    over_broken: bool,
+}
+
+impl<'c> Publish<'c> {
+    fn new(command: &'c str) -> Publish<'c> {
+        Publish {
+            command,
+            dry_run: false,
+            always: false,
+            over_broken: false,
+        }
+    }
+}
+
+/// Reads the current version, applies `change`, validates the result exactly as the workers
+/// will read it, and publishes it; redone on the newer version if another admin published in
+/// between.
 fn publish_change(
     store: &mut Store,
     settings: &StoreSettings,
-    command: &str,
-    dry_run: bool,
+    how: Publish<'_>,
     change: impl Fn(&Snapshot) -> Result<(Snapshot, Vec<Vec<String>>), CodesError>,
 ) -> Result<(), CodesError> {
-    for attempt in 1..=PUBLISH_ATTEMPTS {
-        let (base_version, base) = current_or_empty(store)?;
+    let mut attempt = 1;
+    loop {
+        let (base_version, base) = match current_or_empty(store) {
+            Err(CodesError::Store(StoreError::Corrupt { version, reason })) if how.over_broken => {
+                eprintln!(
+                    "warning: version {version} in force is unreadable ({reason}); replacing it"
+                );
+                (store.current_version()?, Snapshot::default())
+            }
+            other => other?,
+        };
         let (next, delta) = change(&base)?;
-        // A single-row edit (it comes with a delta) cannot add a duplicate or a pattern, and
-        // `edit::apply` checked the row; only bulk changes need the whole table rebuilt.
-        if delta.is_empty() {
-            next.validate("the resulting table")
-                .map_err(CodesError::Invalid)?;
-        }
+        verify_readable(&next, &delta)?;
         let programs_changed = next
             .programs
             .iter()
@@ -343,18 +394,18 @@ fn publish_change(
             &next.partners,
             programs_changed,
         );
-        if dry_run {
+        if how.dry_run {
             println!("dry run, nothing written: would publish {summary}");
             return Ok(());
         }
-        if summary.is_empty() && base_version.is_some() {
+        if summary.is_empty() && base_version.is_some() && !how.always {
             println!("no changes ({summary}); nothing published");
             return Ok(());
         }
         let meta = VersionMeta {
             published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             author: author(),
-            command: command.to_string(),
+            command: how.command.to_string(),
             summary: summary.to_string(),
             delta,
             ..VersionMeta::default()
@@ -367,13 +418,36 @@ fn publish_change(
             }
             Err(StoreError::Conflict { current, .. }) if attempt < PUBLISH_ATTEMPTS => {
                 eprintln!("version {current} was published meanwhile; redoing the change on it");
+                attempt += 1;
             }
             Err(other) => return Err(other.into()),
         }
     }
-    Err(CodesError::Request(
-        "the table kept changing under this command; try again".into(),
-    ))
+}
+
+/// Checks the new table the way a worker will read it, so that no version a worker would refuse
+/// is ever published: the changed rows of a single-row edit through the loader; a bulk change
+/// encoded, read back and indexed whole.
+fn verify_readable(next: &Snapshot, delta: &[Vec<String>]) -> Result<(), CodesError> {
+    let origin = "the resulting table";
+    if !delta.is_empty() {
+        // The other rows were read from the store and are unchanged; an edit cannot add a
+        // duplicate or a pattern.
+        return decode_delta(delta, origin)
+            .map(drop)
+            .map_err(CodesError::Invalid);
+    }
+    let encoded = next
+        .encode()
+        .map_err(|e| CodesError::Io(format!("cannot encode the table: {e}")))?;
+    Snapshot::decode(
+        &encoded.code_chunks.concat(),
+        &encoded.partners,
+        &encoded.programs,
+        origin,
+    )
+    .and_then(|decoded| decoded.build("validation", origin).map(drop))
+    .map_err(CodesError::Invalid)
 }
 
 fn prune(store: &mut Store, settings: &StoreSettings) {

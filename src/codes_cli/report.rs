@@ -14,7 +14,7 @@ fn moment(at: Option<&str>) -> Result<Instant, CodesError> {
     match at {
         None => Ok(chrono::Utc::now()),
         Some(text) => parse_rfc3339(text).ok_or_else(|| {
-            CodesError::Request(format!(
+            CodesError::Usage(format!(
                 "--at {text:?} is not an RFC 3339 instant like 2026-11-27T10:00:00Z"
             ))
         }),

@@ -68,7 +68,9 @@ impl StoreSettings {
         if self.connect_timeout_ms == 0 || self.io_timeout_ms == 0 {
             problems.push("store.connect_timeout_ms and store.io_timeout_ms must be > 0".into());
         }
-        if self.max_staleness_secs != 0 && self.max_staleness_secs * 1000 <= self.poll_interval_ms {
+        if self.max_staleness_secs != 0
+            && self.max_staleness_secs.saturating_mul(1000) <= self.poll_interval_ms
+        {
             problems.push(
                 "store.max_staleness_secs must be longer than store.poll_interval_ms (or 0)".into(),
             );

@@ -80,7 +80,7 @@ pub struct Keys {
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
         // A prefix with its own hash tag already pins the slot; a second tag would be ignored.
-        let base = if prefix.contains('{') && prefix.contains('}') {
+        let base = if has_hash_tag(prefix) {
             prefix.to_string()
         } else {
             format!("{prefix}{{codes}}:")
@@ -140,17 +140,9 @@ pub struct Store {
 
 impl Store {
     pub fn connect(settings: &StoreSettings) -> Result<Store, StoreError> {
-        let url = redacted_url(&settings.redis_url);
-        let wrap = |source| StoreError::Redis {
-            url: url.clone(),
-            source,
-        };
         let connection = Store::subscriber(settings)?;
-        let io_timeout = Some(Duration::from_millis(settings.io_timeout_ms));
-        connection.set_read_timeout(io_timeout).map_err(wrap)?;
-        connection.set_write_timeout(io_timeout).map_err(wrap)?;
         Ok(Store {
-            url,
+            url: redacted_url(&settings.redis_url),
             keys: Keys::new(&settings.key_prefix),
             connection,
         })
@@ -219,10 +211,11 @@ impl Store {
         };
         let partners_csv = next("partners")?;
         let programs_json = next("programs")?;
-        let mut codes_csv = Vec::new();
+        let mut chunks = Vec::with_capacity(meta.chunks);
         for i in 0..meta.chunks {
-            codes_csv.extend_from_slice(&next(&format!("codes:{i}"))?);
+            chunks.push(next(&format!("codes:{i}"))?);
         }
+        let codes_csv = chunks.concat();
         Ok(StoredVersion {
             meta,
             codes_csv,
@@ -337,6 +330,9 @@ impl Store {
 
     /// Published versions, newest first.
     pub fn history(&mut self, limit: usize) -> Result<Vec<VersionMeta>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let entries: Vec<String> = self
             .connection
             .lrange(self.keys.history(), 0, limit.saturating_sub(1) as isize)
@@ -390,8 +386,8 @@ impl Store {
         Ok(removed)
     }
 
-    /// A plain connection to the store's server, e.g. for the pub/sub subscription (which must
-    /// not have the command connection's read timeout).
+    /// A connection to the store's server with the configured I/O timeouts, for the commands
+    /// and for the pub/sub subscription (whose reads the subscriber shortens once subscribed).
     pub fn subscriber(settings: &StoreSettings) -> Result<Connection, StoreError> {
         let url = redacted_url(&settings.redis_url);
         let wrap = |source| StoreError::Redis {
@@ -399,10 +395,23 @@ impl Store {
             source,
         };
         let client = Client::open(settings.redis_url.as_str()).map_err(wrap)?;
-        client
+        let connection = client
             .get_connection_with_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .map_err(wrap)
+            .map_err(wrap)?;
+        // Without a timeout a server that stops answering (a stalled node, a half-open TCP
+        // connection) would block the caller forever.
+        let io_timeout = Some(Duration::from_millis(settings.io_timeout_ms));
+        connection.set_read_timeout(io_timeout).map_err(wrap)?;
+        connection.set_write_timeout(io_timeout).map_err(wrap)?;
+        Ok(connection)
     }
+}
+
+/// Redis Cluster's rule: the key's slot comes from the part between the first `{` and the next
+/// `}`, if that part is not empty.
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .is_some_and(|open| key[open + 1..].find('}').is_some_and(|length| length > 0))
 }
 
 #[cfg(test)]
@@ -416,5 +425,8 @@ mod tests {
         assert_eq!(keys.version(7), "promo:{codes}:v:7");
         let tagged = Keys::new("{tenant-a}:promo:");
         assert_eq!(tagged.history(), "{tenant-a}:promo:history");
+        // Not tags by Redis's rule, so the store adds its own.
+        assert_eq!(Keys::new("{}a:").current(), "{}a:{codes}:current");
+        assert_eq!(Keys::new("}a{:").current(), "}a{:{codes}:current");
     }
 }
