@@ -8,6 +8,11 @@
 
 mod support;
 
+// The allocator the worker binary uses.
+#[global_allocator]
+static ALLOCATOR: promo_attribution::hugepages::HugePageAlloc =
+    promo_attribution::hugepages::HugePageAlloc;
+
 use std::time::{Duration, Instant};
 
 use promo_attribution::kafka::tools;

@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::{Client, Connection, Script};
-use serde_json::Value;
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::state::{
     CountRef, DetectorState, Gate, Op, OpResult, OrderStep, Range, StateError, StepOutcome,
@@ -224,9 +225,8 @@ impl RedisState {
         // Loading with every batch costs a hash of a short script and survives a Redis restart
         // (which forgets loaded scripts) without a NOSCRIPT round trip.
         pipe.load_script(&self.script).ignore();
-        let invocations: Vec<_> = calls.iter().map(|c| c.invocation(&self.script)).collect();
-        for invocation in &invocations {
-            pipe.invoke_script(invocation);
+        for call in calls {
+            pipe.add_command(call.command(self.script.get_hash()));
         }
         let connection = self.connection()?;
         pipe.query::<Vec<Vec<String>>>(connection)
@@ -280,40 +280,60 @@ impl DetectorState for RedisState {
     }
 }
 
+/// The script's arguments, back to back in one buffer: a batch has a few hundred thousand of
+/// them, and one allocation each would cost more than the script.
+#[derive(Default)]
+struct Args {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Args {
+    fn text(&mut self, text: &str) {
+        self.bytes.extend_from_slice(text.as_bytes());
+        self.ends.push(self.bytes.len());
+    }
+
+    fn number(&mut self, n: impl std::fmt::Display) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.bytes, "{n}");
+        self.ends.push(self.bytes.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(a, &b)| &self.bytes[a..b])
+    }
+}
+
 /// One script call: the steps of one program (chunk), with their keys deduplicated.
 struct Call<'s> {
     steps: Vec<usize>,
     keys: Vec<&'s str>,
-    args: Vec<String>,
+    args: Args,
 }
 
 impl<'s> Call<'s> {
     fn new(all: &'s [OrderStep], chosen: &[usize]) -> Call<'s> {
-        let mut call = Call {
-            steps: chosen.to_vec(),
-            keys: Vec::new(),
-            args: vec![
-                super::state::EVIDENCE_LIMIT.to_string(),
-                chosen.len().to_string(),
-            ],
+        let mut keys: Vec<&'s str> = Vec::new();
+        let mut key_index: HashMap<&'s str, usize, foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut key = |name: &'s str| -> usize {
+            *key_index.entry(name).or_insert_with(|| {
+                keys.push(name);
+                keys.len()
+            })
         };
-        let mut key_index: HashMap<&'s str, usize> = HashMap::new();
-        let mut key = |call: &mut Call<'s>, name: &'s str| -> String {
-            let n = *key_index.entry(name).or_insert_with(|| {
-                call.keys.push(name);
-                call.keys.len()
-            });
-            n.to_string()
-        };
+        let mut args = Args::default();
+        args.number(super::state::EVIDENCE_LIMIT);
+        args.number(chosen.len());
         for &i in chosen {
             let step = &all[i];
-            let memo = key(&mut call, &step.memo_key);
-            call.args.extend([
-                memo,
-                step.fingerprint.clone(),
-                step.memo_ttl_secs.max(1).to_string(),
-                step.ops.len().to_string(),
-            ]);
+            args.number(key(&step.memo_key));
+            args.text(&step.fingerprint);
+            args.number(step.memo_ttl_secs.max(1));
+            args.number(step.ops.len());
             for op in &step.ops {
                 match op {
                     Op::Add {
@@ -324,17 +344,21 @@ impl<'s> Call<'s> {
                         ranges,
                         evidence,
                     } => {
-                        let k = key(&mut call, name);
-                        let args = &mut call.args;
-                        args.extend(["A".into(), k, ttl_secs.max(&1).to_string()]);
-                        args.push(members.len().to_string());
+                        args.text("A");
+                        args.number(key(name));
+                        args.number(ttl_secs.max(&1));
+                        args.number(members.len());
                         for (score, member) in members {
-                            args.extend([score.to_string(), member.clone()]);
+                            args.number(score);
+                            args.text(member);
                         }
-                        args.push(trim_below.map(|t| t.to_string()).unwrap_or_default());
-                        push_ranges(args, ranges);
-                        push_ranges(args, evidence.as_ref().map_or(&[], |e| &e.ranges));
-                        push_gate(args, evidence.as_ref().map(|e| &e.gate));
+                        match trim_below {
+                            Some(bound) => args.number(bound),
+                            None => args.text(""),
+                        }
+                        push_ranges(&mut args, ranges);
+                        push_ranges(&mut args, evidence.as_ref().map_or(&[], |e| &e.ranges));
+                        push_gate(&mut args, evidence.as_ref().map(|e| &e.gate));
                     }
                     Op::Tally {
                         key: name,
@@ -343,43 +367,52 @@ impl<'s> Call<'s> {
                         top,
                         evidence,
                     } => {
-                        let k = key(&mut call, name);
-                        let args = &mut call.args;
-                        args.extend(["T".into(), k, ttl_secs.max(&1).to_string()]);
-                        args.push(members.len().to_string());
-                        args.extend(members.iter().cloned());
-                        args.push(top.to_string());
-                        push_gate(args, evidence.as_ref());
+                        args.text("T");
+                        args.number(key(name));
+                        args.number(ttl_secs.max(&1));
+                        args.number(members.len());
+                        for member in members {
+                            args.text(member);
+                        }
+                        args.number(top);
+                        push_gate(&mut args, evidence.as_ref());
                     }
                 }
             }
         }
-        call
+        Call {
+            steps: chosen.to_vec(),
+            keys,
+            args,
+        }
     }
 
-    fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
+    /// `EVALSHA` of the loaded script with this call's keys and arguments.
+    fn command(&self, sha: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha).arg(self.keys.len());
         for k in &self.keys {
-            invocation.key(*k);
+            cmd.arg(*k);
         }
-        for a in &self.args {
-            invocation.arg(a.as_str());
+        for a in self.args.iter() {
+            cmd.arg(a);
         }
-        invocation
+        cmd
     }
 }
 
 /// Ranges as the script reads them: their number, then each one's bounds.
-fn push_ranges(args: &mut Vec<String>, ranges: &[Range]) {
-    args.push(ranges.len().to_string());
+fn push_ranges(args: &mut Args, ranges: &[Range]) {
+    args.number(ranges.len());
     for range in ranges {
         let (min, max) = bounds(*range);
-        args.extend([min, max]);
+        args.text(&min);
+        args.text(&max);
     }
 }
 
 /// A gate as the script reads it: a letter, then its numbers; `-` for none.
-fn push_gate(args: &mut Vec<String>, gate: Option<&Gate>) {
+fn push_gate(args: &mut Args, gate: Option<&Gate>) {
     let at = |c: CountRef| [c.op as u64, c.range as u64];
     let (letter, numbers): (&str, Vec<u64>) = match gate {
         None => ("-", Vec::new()),
@@ -418,8 +451,10 @@ fn push_gate(args: &mut Vec<String>, gate: Option<&Gate>) {
             .concat(),
         ),
     };
-    args.push(letter.into());
-    args.extend(numbers.iter().map(u64::to_string));
+    args.text(letter);
+    for n in numbers {
+        args.number(n);
+    }
 }
 
 /// The bounds of `min <= score < max`, with the open ends as the infinities Redis reads (the
@@ -446,37 +481,51 @@ fn parse_outcome(text: &str) -> Result<StepOutcome, StateError> {
     }
 }
 
-/// cjson writes an empty Lua table as `{}`, so an empty list may arrive as an empty object.
-fn list(value: Option<&Value>) -> &[Value] {
-    match value {
-        Some(Value::Array(items)) => items,
-        _ => &[],
+/// A list as cjson writes it: an empty Lua table comes out as `{}`, so an empty list may
+/// arrive as an empty object.
+struct Lenient<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Visit<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list, or an empty object for an empty list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Lenient(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Lenient(Vec::new()))
+            }
+        }
+        deserializer.deserialize_any(Visit(std::marker::PhantomData))
     }
 }
 
+#[derive(Deserialize)]
+struct RawResult {
+    b: Lenient<u64>,
+    a: Lenient<u64>,
+    e: Lenient<Lenient<String>>,
+}
+
 fn parse_results(json: &str) -> Result<Vec<OpResult>, StateError> {
-    let value: Value = serde_json::from_str(json)
+    let raw: Lenient<RawResult> = serde_json::from_str(json)
         .map_err(|e| StateError(format!("unreadable script result: {e}")))?;
-    let counts = |v: Option<&Value>| -> Vec<u64> {
-        list(v).iter().map(|n| n.as_u64().unwrap_or(0)).collect()
-    };
-    Ok(list(Some(&value))
-        .iter()
+    Ok(raw
+        .0
+        .into_iter()
         .map(|r| OpResult {
-            before: counts(r.get("b")),
-            after: counts(r.get("a")),
-            evidence: list(r.get("e"))
-                .iter()
-                .map(|members| {
-                    list(Some(members))
-                        .iter()
-                        .map(|m| match m {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        })
-                        .collect()
-                })
-                .collect(),
+            before: r.b.0,
+            after: r.a.0,
+            evidence: r.e.0.into_iter().map(|l| l.0).collect(),
         })
         .collect())
 }
