@@ -95,7 +95,24 @@ def verdict(value, target, higher_is_better=True):
     return "**yes**" if ok else "**no**"
 
 
-def render(results, micro_source, criterion_root, tansu, commit, chart_link):
+def store_table(log_path):
+    """The results table scripts/bench-store printed, or None when it did not run."""
+    try:
+        lines = Path(log_path).read_text().splitlines()
+    except (OSError, TypeError):
+        return None
+    start = next((i for i, l in enumerate(lines) if l.startswith("| measurement |")), None)
+    if start is None:
+        return None
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    return table
+
+
+def render(results, micro_source, criterion_root, tansu, commit, chart_link, store=None):
     drains = {d["name"]: d for d in results["drains"]}
     live = {l["mode"]: l for l in results["live"]}
     ratios = results["ratios"]
@@ -144,6 +161,15 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link):
                  f"{fmt(ratios['worker_over_quix_alo'], 1)} | — |")
     lines.append(f"| worker / confluent-kafka loop, at-least-once | — | "
                  f"{fmt(ratios['worker_over_confluent_alo'], 1)} | — |")
+    def cpu(name):
+        d = drains.get(name)
+        return d["cpu_s_per_m"] if d and not d["error"] else None
+
+    for peer in ("Quix Streams", "confluent-kafka loop"):
+        for mode in ("exactly-once", "at-least-once"):
+            mine, theirs = cpu(f"worker {mode}"), cpu(f"{peer} {mode}")
+            ratio = theirs / mine if mine and theirs else None
+            lines.append(f"| CPU per order, {peer} / worker, {mode} | — | {fmt(ratio, 1)}× | — |")
     micro_rows = []
     for bench_id, label, target in MICRO:
         measured = criterion_ns(criterion_root, bench_id) if micro_source == "criterion" else None
@@ -214,8 +240,14 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link):
               "| Benchmark | ns per lookup / order | Source |", "|---|---|---|"]
     for label, _, measured, source in micro_rows:
         lines.append(f"| {label} | {fmt(measured)} | {source} |")
-    lines += ["", "Change-to-effect latency of the Redis code store is not measured yet: that "
-              "store has not landed in the committed code.",
+    if store:
+        lines += ["", "**Code store** (`scripts/bench-store`, run by the suite on the same private "
+                  "Redis and broker, with fewer edits and reloads than its own default; method in "
+                  "the \"Code store\" section).", ""] + store
+    else:
+        lines += ["", "Code store (import, cold start, change-to-effect): not run in this suite "
+                  "run; see the \"Code store\" section."]
+    lines += [
               "", f"Topics: created per run with unique names on a private tansu started for the "
               f"run and stopped after it; deleted at the end: "
               f"{'yes' if results.get('topics_deleted') else 'no (' + str(results.get('topics_delete_error', 'not attempted')) + ')'}."]
@@ -307,6 +339,7 @@ def main():
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--chart", required=True)
     parser.add_argument("--json")
+    parser.add_argument("--store-log")
     parser.add_argument("--write")
     args = parser.parse_args()
     results = json.loads(Path(args.results).read_text())
@@ -314,7 +347,8 @@ def main():
     chart_path.parent.mkdir(parents=True, exist_ok=True)
     chart(results, chart_path)
     link = os.path.relpath(chart_path, Path(args.write).parent) if args.write else str(chart_path)
-    body = render(results, args.micro, args.criterion, args.tansu_version, args.commit, link)
+    body = render(results, args.micro, args.criterion, args.tansu_version, args.commit, link,
+                  store_table(args.store_log))
     if args.json:
         shutil.copyfile(args.results, args.json)
     if args.write:
