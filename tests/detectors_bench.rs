@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use promo_attribution::kafka::tools;
 use serde_json::{Value, json};
-use support::redis::{detector_sets, shared};
+use support::redis::{delete_prefix, detector_sets, shared};
 use support::{InProcessWorker, Names, Rng, brokers, orders};
 
 /// Orders of the test generator with the customer, device and IP fields the detectors read:
@@ -43,8 +43,8 @@ fn drain_rate(records: &[Vec<u8>], detectors: bool) -> f64 {
     let produced = tools::produce_records(brokers(), &names.input, records).expect("produce");
     assert_eq!(produced, records.len());
     let mut extra: Vec<String> = vec!["admin.listen=".into()];
+    let (url, prefix) = shared("bench");
     if detectors {
-        let (url, prefix) = shared("bench");
         extra.extend(detector_sets(&url, &prefix));
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -65,6 +65,7 @@ fn drain_rate(records: &[Vec<u8>], detectors: bool) -> f64 {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = worker.stop(Duration::from_secs(30));
+    delete_prefix(&url, &prefix);
     let (t0, n0) = first.expect("something committed");
     assert!(
         last.1 >= records.len(),

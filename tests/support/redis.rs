@@ -6,17 +6,23 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use ::redis::TypedCommands;
+
 use super::{redis_url, unique_prefix, wait_until};
 
 /// A key long enough for `detectors.customer_hmac_key`.
 pub const TEST_HMAC_KEY: &str = "detector-test-key-0123456789";
 
 /// `--set` overrides that turn the detectors on against `url` under `prefix`, with short Redis
-/// timeouts so an outage is noticed quickly.
+/// timeouts so an outage is noticed quickly, and state that expires within hours rather than
+/// the production months (the shared Redis outlives every test run).
 pub fn detector_sets(url: &str, prefix: &str) -> Vec<String> {
     vec![
         "detectors.enabled=true".into(),
         format!("detectors.customer_hmac_key={TEST_HMAC_KEY}"),
+        "detectors.replay_ttl_secs=3600".into(),
+        "detectors.limit_ttl_secs=3600".into(),
+        "detectors.grace_secs=3600".into(),
         format!("store.redis_url={url}"),
         format!("store.key_prefix={prefix}"),
         "store.connect_timeout_ms=500".into(),
@@ -34,6 +40,21 @@ pub fn connect(url: &str) -> ::redis::Connection {
     ::redis::Client::open(url)
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// Removes every key below `prefix` (a test's own, from [`shared`]).
+pub fn delete_prefix(url: &str, prefix: &str) {
+    let mut connection = connect(url);
+    let keys: Vec<String> = connection
+        .scan_match::<_, String>(format!("{prefix}*"))
+        .map(|keys| keys.filter_map(Result::ok).collect())
+        .unwrap_or_else(|e| panic!("SCAN {prefix}*: {e}"));
+    for chunk in keys.chunks(1000) {
+        ::redis::cmd("UNLINK")
+            .arg(chunk)
+            .query::<u64>(&mut connection)
+            .unwrap_or_else(|e| panic!("UNLINK: {e}"));
+    }
 }
 
 /// Members of a sorted set the detectors keep.
