@@ -78,6 +78,9 @@ pub struct Metrics {
     code_table_reloads: IntCounterVec,
     code_table_propagation: Histogram,
     redis_up: IntGauge,
+    /// The stateful detectors' Redis step per batch, and its failures (each aborts the batch).
+    detector_step: Histogram,
+    detector_step_failures: IntCounter,
     assigned_partitions: IntGauge,
     worker_paused: IntGauge,
 }
@@ -118,6 +121,17 @@ impl Metrics {
                 "Time to commit a Kafka transaction (offsets and output).",
             )
             .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
+        )?;
+        let detector_step = Histogram::with_opts(
+            HistogramOpts::new(
+                "promo_detector_step_seconds",
+                "Time of a batch's detector step in Redis (one pipelined round trip).",
+            )
+            .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
+        )?;
+        let detector_step_failures = IntCounter::new(
+            "promo_detector_step_failures_total",
+            "Detector steps that failed (Redis down or slow); each batch is aborted and redone.",
         )?;
         let end_to_end_latency = Histogram::with_opts(
             HistogramOpts::new(
@@ -197,6 +211,8 @@ impl Metrics {
         registry.register(Box::new(code_table_reloads.clone()))?;
         registry.register(Box::new(code_table_propagation.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(detector_step.clone()))?;
+        registry.register(Box::new(detector_step_failures.clone()))?;
         registry.register(Box::new(assigned_partitions.clone()))?;
         registry.register(Box::new(worker_paused.clone()))?;
 
@@ -228,6 +244,8 @@ impl Metrics {
             code_table_reloads,
             code_table_propagation,
             redis_up,
+            detector_step,
+            detector_step_failures,
             assigned_partitions,
             worker_paused,
         })
@@ -273,6 +291,14 @@ impl Metrics {
 
     pub fn observe_commit_latency(&self, elapsed: Duration) {
         self.commit_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// One detector step: how long it took, and whether it failed.
+    pub fn observe_detector_step(&self, elapsed: Duration, failed: bool) {
+        self.detector_step.observe(elapsed.as_secs_f64());
+        if failed {
+            self.detector_step_failures.inc();
+        }
     }
 
     /// Negative values come from clock skew between the order system and this host; they carry
@@ -424,6 +450,15 @@ mod tests {
         a.inc_orders_consumed(3);
         assert!(has_sample(&a, "promo_orders_consumed_total 3"));
         assert!(has_sample(&b, "promo_orders_consumed_total 0"));
+    }
+
+    #[test]
+    fn detector_steps_are_timed_and_failures_counted() {
+        let m = metrics();
+        m.observe_detector_step(Duration::from_millis(3), false);
+        m.observe_detector_step(Duration::from_millis(20), true);
+        assert!(has_sample(&m, "promo_detector_step_seconds_count 2"));
+        assert!(has_sample(&m, "promo_detector_step_failures_total 1"));
     }
 
     #[test]

@@ -546,6 +546,7 @@ fn redis_down_or_hung_decides_nothing_until_it_is_back() {
     let none = read(&names.conversions, 1, Duration::from_secs(6));
     assert!(none.is_empty(), "a conversion without the detectors");
     assert!(worker.metric("promo_transactions_total{outcome=\"aborted\"}") >= 1.0);
+    assert!(worker.metric("promo_detector_step_failures_total") >= 1.0);
     redis.start();
     wait_for_orders(&names.conversions, &order_ids(&first), DEADLINE);
 

@@ -9,8 +9,10 @@ use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use super::{Batch, Pipeline};
 use crate::detectors::batch::{BatchError, Decided, decide_batch};
 use crate::detectors::redis_state::RedisState;
+use crate::detectors::{DetectorState, OrderStep, StateError, StepOutcome};
 use crate::kafka::Failure;
 use crate::kafka::outputs::{Rejection, Source};
+use crate::metrics::Metrics;
 
 /// A record waiting for the batch's detector step.
 pub(super) struct Held {
@@ -80,9 +82,13 @@ impl Pipeline {
             ..
         } = batch;
         let records: Vec<&[u8]> = held.iter().map(|h| &arena[h.payload.clone()]).collect();
+        let mut timed = Timed {
+            inner: state.as_mut(),
+            metrics: &self.metrics,
+        };
         let result = decide_batch(
             detectors,
-            state.as_mut(),
+            &mut timed,
             &table,
             &self.settings,
             &records,
@@ -119,5 +125,21 @@ impl Pipeline {
             Err(BatchError::State(err)) => Err(Failure::Transient(err.to_string())),
             Err(BatchError::Sink(failure)) => Err(failure),
         }
+    }
+}
+
+/// The state step, timed for `promo_detector_step_seconds`.
+struct Timed<'s> {
+    inner: &'s mut (dyn DetectorState + Send),
+    metrics: &'s Metrics,
+}
+
+impl DetectorState for Timed<'_> {
+    fn apply(&mut self, steps: &[OrderStep]) -> Result<Vec<StepOutcome>, StateError> {
+        let started = std::time::Instant::now();
+        let result = self.inner.apply(steps);
+        self.metrics
+            .observe_detector_step(started.elapsed(), result.is_err());
+        result
     }
 }
