@@ -413,3 +413,67 @@ fn duplicates_are_invalid_and_replays_are_identical() {
     off.order(&order("dup", 0, &["LIMIT3"]));
     assert_eq!(off.order(&changed).0["status"], "CREDITED");
 }
+
+/// The Redis Cluster hash tag of a key: the text between its first `{` and the next `}`.
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')? + open + 1;
+    (close > open + 1).then(|| &key[open + 1..close])
+}
+
+#[test]
+fn every_key_of_a_step_shares_the_programs_hash_slot() {
+    let mut run = Run::new(Thresholds::default());
+    let record = with(
+        with(
+            order("k", 0, &["LIMIT3", "PERCUST", "LEAK", "NOPE"]),
+            "customer",
+            json!({"id": "c", "email_sha256": "e"}),
+        ),
+        "risk",
+        json!({"device_hash": "d", "ip_hash": "i"}),
+    );
+    let bytes = serde_json::to_vec(&record).expect("json");
+    let order = parse_order(&bytes, &run.settings.limits).expect("valid");
+    let decision = decide(&bytes, &order, &run.table, &run.settings.attribution);
+    for (prefix, program, tag) in [("t:", "1", "1"), ("{promo}:", "1", "promo")] {
+        run.detectors = Detectors::new(run.detectors.settings(), prefix);
+        let plan = run.detectors.plan(&order, &decision, &run.table);
+        assert_eq!(plan.step.group, program);
+        let keys: Vec<&str> = std::iter::once(plan.step.memo_key.as_str())
+            .chain(plan.step.ops.iter().map(|op| match op {
+                super::state::Op::Add { key, .. } | super::state::Op::Tally { key, .. } => {
+                    key.as_str()
+                }
+            }))
+            .collect();
+        assert!(keys.len() > 8, "{keys:?}");
+        for key in keys {
+            assert_eq!(hash_tag(key), Some(tag), "{key}");
+        }
+    }
+}
+
+#[test]
+fn program_settings_published_with_the_table_override_the_defaults() {
+    let mut run = Run::new(only(|t| t.usage_limit = true));
+    let quiet = super::ProgramSettings {
+        usage_limit: Some(false),
+        ..super::ProgramSettings::default()
+    };
+    run.table = std::mem::replace(
+        &mut run.table,
+        CodeTable::build(
+            Vec::new(),
+            Vec::new(),
+            "empty",
+            "none",
+            BuildOptions::default(),
+        )
+        .expect("empty table"),
+    )
+    .with_program_settings([("1".to_string(), quiet)].into_iter().collect());
+    for n in 0..3 {
+        assert!(run.kinds(&order(&format!("p{n}"), n, &["ONCE"])).is_empty());
+    }
+}
