@@ -64,6 +64,14 @@ fn drain_rate(records: &[Vec<u8>], detectors: bool) -> f64 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let sum = |name: &str| worker.metric(name);
+    eprintln!(
+        "  detectors {}: {} batches, commit (with the detector step) {:.1} ms/batch, detector step {:.1} ms/batch",
+        if detectors { "on" } else { "off" },
+        sum("promo_batch_size_count"),
+        1000.0 * sum("promo_commit_latency_seconds_sum") / sum("promo_batch_size_count").max(1.0),
+        1000.0 * sum("promo_detector_step_seconds_sum") / sum("promo_batch_size_count").max(1.0),
+    );
     let _ = worker.stop(Duration::from_secs(30));
     delete_prefix(&url, &prefix);
     let (t0, n0) = first.expect("something committed");
