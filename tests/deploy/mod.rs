@@ -1,0 +1,9 @@
+//! The deployment checks, by subject; shared helpers in [`helpers`].
+
+mod compose;
+mod dashboard;
+mod dockerfile;
+mod helpers;
+mod kubernetes;
+mod live;
+mod prometheus_rules;
