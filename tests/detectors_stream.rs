@@ -1,35 +1,21 @@
-//! The stateful detectors through the real pipeline: the local broker, the worker, and Redis.
-//!
-//! - every detector fires on its scenario and stays quiet on a near miss, and the stream's
-//!   conversions and alerts equal the offline mode's, byte for byte;
-//! - a worker killed mid-batch and restarted duplicates no alert state and loses no alert;
-//! - with Redis down or hung nothing is decided (nothing skipped), and everything is once Redis
-//!   is back.
+//! The stateful detectors through the real pipeline (the local broker, the worker, Redis):
+//! every detector fires on its scenario and stays quiet on a near miss, and the stream's
+//! conversions and alerts equal the offline mode's, byte for byte. Replays and outages are in
+//! `detectors_replay.rs`.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use promo_attribution::codes::table::BuildOptions;
-use promo_attribution::kafka::tools;
-use promo_attribution::offline;
 use promo_attribution::settings::Settings;
 use serde_json::{Value, json};
-use support::redis::{PrivateRedis, detector_sets, shared, zcard};
-use support::{
-    ChildWorker, InProcessWorker, Names, assert_same_records, brokers, field, order_ids, orders,
-    payloads, read, read_settled, wait_for_keys, wait_for_orders,
-};
+use support::redis::{detector_sets, offline_run, outputs_after, produce, shared};
+use support::{InProcessWorker, Names, assert_same_records, field, order_ids};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const STOP: Duration = Duration::from_secs(30);
-
-fn produce(topic: &str, records: &[Vec<u8>]) {
-    let produced = tools::produce_records(brokers(), topic, records).expect("produce");
-    assert_eq!(produced, records.len(), "every record produced");
-}
 
 const CODES: &str = "\
 Promo Code,Program Id,Media Id,Type,Credit Rule,Usage Limit,Customer Limit
@@ -196,38 +182,6 @@ fn write_tables(dir: &Path) -> (String, String) {
     (codes.display().to_string(), partners.display().to_string())
 }
 
-fn offline_run(records: &[Vec<u8>], settings: &Settings) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let table = offline::load_table(
-        settings.codes.codes_file.as_deref().expect("a codes file"),
-        settings.codes.partners_file.as_deref(),
-        BuildOptions::default(),
-    )
-    .expect("test table loads");
-    let run = offline::attribute_captured(&records.join(&b'\n'), "test", &table, settings)
-        .expect("offline run");
-    let lines = |b: &[u8]| -> Vec<Vec<u8>> {
-        b.split(|c| *c == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect()
-    };
-    (lines(&run.conversions), lines(&run.alerts))
-}
-
-/// The same records, each counted once: tansu shows an aborted batch's records to readers, so
-/// a redone batch may leave exact copies, which are allowed; anything else is not.
-fn assert_same_distinct(actual: &[Vec<u8>], expected: &[Vec<u8>], what: &str) {
-    let distinct = |records: &[Vec<u8>]| -> Vec<Vec<u8>> {
-        let set: BTreeSet<Vec<u8>> = records.iter().cloned().collect();
-        set.into_iter().collect()
-    };
-    assert_same_records(&distinct(actual), &distinct(expected), what);
-}
-
-fn alert_ids(alerts: &[Vec<u8>]) -> BTreeSet<String> {
-    alerts.iter().map(|a| field(a, "alert_id")).collect()
-}
-
 fn kinds_by_program(alerts: &[Vec<u8>]) -> BTreeSet<(String, String, String)> {
     alerts
         .iter()
@@ -270,17 +224,15 @@ fn every_detector_fires_on_its_scenario_and_not_on_its_near_miss() {
 
     let worker = InProcessWorker::start(settings.clone());
     produce(&names.input, &records);
-    let ids = order_ids(&records);
-    wait_for_orders(&names.conversions, &ids, DEADLINE);
-    wait_for_keys(
-        &names.alerts,
-        "alert_id",
-        &alert_ids(&expected_alerts),
+    let (conversions, alerts) = outputs_after(
+        &names,
+        &order_ids(&records),
+        &expected_alerts,
         DEADLINE,
+        || {
+            assert!(worker.stop(STOP).is_ok(), "worker drains");
+        },
     );
-    assert!(worker.stop(STOP).is_ok(), "worker drains");
-    let conversions = payloads(&read_settled(&names.conversions, records.len()));
-    let alerts = payloads(&read_settled(&names.alerts, expected_alerts.len()));
     assert_same_records(
         &conversions,
         &expected_conversions,
@@ -432,147 +384,4 @@ fn detector_alert_examples_are_real_engine_output() {
             path.display()
         );
     }
-}
-
-#[test]
-fn killed_worker_repeats_no_state_change_and_loses_no_alert() {
-    let t0 = Instant::now();
-    let names = Names::new("detectors-killed");
-    names.create_topics(1);
-    let records = orders("DK", 1500, 11);
-    let ids = order_ids(&records);
-    let (url, prefix) = shared("detectors-killed");
-    let mut sets = detector_sets(&url, &prefix);
-    sets.push("kafka.batch_max_records=50".into());
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let settings = names.settings(&names.transactional_id, &sets);
-    let (expected_conversions, expected_alerts) = offline_run_samples(&records, &settings);
-    assert!(
-        expected_alerts
-            .iter()
-            .any(|a| field(a, "kind") == "SINGLE_USE_CODE_REUSED"),
-        "the corpus exercises the detectors"
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("worker.log");
-    produce(&names.input, &records);
-
-    let mut first = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
-    let early = read(&names.conversions, 1, DEADLINE);
-    assert!(
-        !early.is_empty(),
-        "first conversions; log:\n{}",
-        first.log_tail()
-    );
-    first.kill();
-    let at_kill = read(&names.conversions, records.len(), Duration::from_secs(2)).len();
-    assert!(
-        at_kill < records.len(),
-        "the kill landed mid-run ({at_kill} converted)"
-    );
-
-    let mut second = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
-    let all = wait_for_orders(&names.conversions, &ids, DEADLINE);
-    let alerts = wait_for_keys(
-        &names.alerts,
-        "alert_id",
-        &alert_ids(&expected_alerts),
-        DEADLINE,
-    );
-    let status = second.terminate(STOP);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "drains; log:\n{}",
-        second.log_tail()
-    );
-    let all = payloads(&read_settled(&names.conversions, all.len()));
-    let alerts = payloads(&read_settled(&names.alerts, alerts.len()));
-
-    // The replay records gave the redone batch the same counts, hence the same bytes.
-    assert_same_distinct(&all, &expected_conversions, "distinct conversions");
-    assert_same_distinct(&alerts, &expected_alerts, "distinct alerts");
-    // Counters: each order counted once in the shared state, however often it was replayed.
-    let vip_orders = records
-        .iter()
-        .filter(|r| {
-            let v: Value = serde_json::from_slice(r).expect("json");
-            v["program_id"] == "1001"
-                && v["promo_codes"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c == "VIPONCE"))
-        })
-        .count() as u64;
-    let key = format!("{prefix}d:{{1001}}:u:LI:VIPONCE");
-    assert_eq!(
-        zcard(&url, &key),
-        vip_orders,
-        "VIPONCE uses counted once each"
-    );
-    eprintln!(
-        "killed: {} orders, {at_kill} converted at the kill, {} conversion and {} alert records, {:?}",
-        records.len(),
-        all.len(),
-        alerts.len(),
-        t0.elapsed()
-    );
-}
-
-fn offline_run_samples(records: &[Vec<u8>], settings: &Settings) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let mut settings = settings.clone();
-    settings.codes.codes_file = Some(support::codes_csv());
-    settings.codes.partners_file = Some(support::partners_csv());
-    offline_run(records, &settings)
-}
-
-#[test]
-fn redis_down_or_hung_decides_nothing_until_it_is_back() {
-    let names = Names::new("detectors-outage");
-    names.create_topics(1);
-    let mut redis = PrivateRedis::reserve();
-    let prefix = support::unique_prefix("outage");
-    let mut extra = detector_sets(&redis.url(), &prefix);
-    extra.push("worker.max_backoff_ms=500".into());
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let settings = names.settings(&names.transactional_id, &extra);
-    let first = orders("OA", 200, 21);
-    let second = orders("OB", 200, 22);
-    let all: Vec<Vec<u8>> = first.iter().chain(&second).cloned().collect();
-    let (expected_conversions, expected_alerts) = offline_run_samples(&all, &settings);
-
-    // Down from the start: the worker runs, reads, and decides nothing.
-    let worker = InProcessWorker::start(settings);
-    produce(&names.input, &first);
-    let none = read(&names.conversions, 1, Duration::from_secs(6));
-    assert!(none.is_empty(), "a conversion without the detectors");
-    assert!(worker.metric("promo_transactions_total{outcome=\"aborted\"}") >= 1.0);
-    assert!(worker.metric("promo_detector_step_failures_total") >= 1.0);
-    redis.start();
-    wait_for_orders(&names.conversions, &order_ids(&first), DEADLINE);
-
-    // Hung (SIGSTOP): requests time out; nothing new is decided until it answers again.
-    redis.pause(true);
-    produce(&names.input, &second);
-    let before = read(&names.conversions, first.len() + 1, Duration::from_secs(6));
-    let decided: BTreeSet<String> = before
-        .iter()
-        .map(|r| field(r.payload.as_deref().unwrap_or_default(), "order_id"))
-        .collect();
-    assert!(
-        order_ids(&second).is_disjoint(&decided),
-        "an order decided while Redis was hung"
-    );
-    redis.pause(false);
-    wait_for_orders(&names.conversions, &order_ids(&all), DEADLINE);
-    wait_for_keys(
-        &names.alerts,
-        "alert_id",
-        &alert_ids(&expected_alerts),
-        DEADLINE,
-    );
-    assert!(worker.stop(STOP).is_ok(), "worker drains");
-    let conversions = payloads(&read_settled(&names.conversions, all.len()));
-    let alerts = payloads(&read_settled(&names.alerts, expected_alerts.len()));
-    assert_same_distinct(&conversions, &expected_conversions, "conversions");
-    assert_same_distinct(&alerts, &expected_alerts, "alerts");
 }

@@ -1,14 +1,24 @@
 //! Redis for the detector tests: the settings that turn the detectors on against the shared
 //! Redis (each test with its own key prefix), a private `redis-server` a test may stop, pause
-//! and restart without disturbing the others, and reading the state the detectors left.
+//! and restart without disturbing the others, reading the state the detectors left, and
+//! comparing what the worker wrote with the offline run.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ::redis::TypedCommands;
+use promo_attribution::codes::table::BuildOptions;
+use promo_attribution::kafka::tools;
+use promo_attribution::offline;
+use promo_attribution::settings::Settings;
+use serde_json::Value;
 
-use super::{redis_url, unique_prefix, wait_until};
+use super::{
+    Names, assert_same_records, brokers, field, payloads, read_settled, redis_url, unique_prefix,
+    wait_for_keys, wait_for_orders, wait_until,
+};
 
 /// A key long enough for `detectors.customer_hmac_key`.
 pub const TEST_HMAC_KEY: &str = "detector-test-key-0123456789";
@@ -137,4 +147,89 @@ impl Drop for PrivateRedis {
         }
         self.stop();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs
+
+/// Produces `records` to `topic`, every one of them.
+pub fn produce(topic: &str, records: &[Vec<u8>]) {
+    let produced = tools::produce_records(brokers(), topic, records).expect("produce");
+    assert_eq!(produced, records.len(), "every record produced");
+}
+
+/// The offline engine over `records` with `settings` (its code files): conversions, alerts.
+pub fn offline_run(records: &[Vec<u8>], settings: &Settings) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let table = offline::load_table(
+        settings.codes.codes_file.as_deref().expect("a codes file"),
+        settings.codes.partners_file.as_deref(),
+        BuildOptions::default(),
+    )
+    .expect("test table loads");
+    let run = offline::attribute_captured(&records.join(&b'\n'), "test", &table, settings)
+        .expect("offline run");
+    let lines = |b: &[u8]| -> Vec<Vec<u8>> {
+        b.split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    (lines(&run.conversions), lines(&run.alerts))
+}
+
+/// The same records, each counted once: tansu shows an aborted batch's records to readers, so
+/// a redone batch may leave exact copies, which are allowed; anything else is not.
+pub fn assert_same_distinct(actual: &[Vec<u8>], expected: &[Vec<u8>], what: &str) {
+    let distinct = |records: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        let set: BTreeSet<Vec<u8>> = records.iter().cloned().collect();
+        set.into_iter().collect()
+    };
+    assert_same_records(&distinct(actual), &distinct(expected), what);
+}
+
+/// The distinct alert ids of some alerts.
+pub fn alert_ids(alerts: &[Vec<u8>]) -> BTreeSet<String> {
+    alerts.iter().map(|a| field(a, "alert_id")).collect()
+}
+
+/// The usage set of the sample table's single-use code VIPONCE, and how many of `records` use
+/// it (each must be counted exactly once, however often it was replayed).
+pub fn vip_uses(prefix: &str, records: &[Vec<u8>]) -> (String, u64) {
+    let uses = records
+        .iter()
+        .filter(|r| {
+            let v: Value = serde_json::from_slice(r).expect("json");
+            v["program_id"] == "1001"
+                && v["promo_codes"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "VIPONCE"))
+        })
+        .count() as u64;
+    (format!("{prefix}d:{{1001}}:u:LI:VIPONCE"), uses)
+}
+
+/// Waits for a conversion of every order in `orders` and for every alert id of
+/// `expected_alerts`, stops the worker(s) with `stop`, then reads both topics to the end.
+pub fn outputs_after(
+    names: &Names,
+    orders: &BTreeSet<String>,
+    expected_alerts: &[Vec<u8>],
+    deadline: Duration,
+    stop: impl FnOnce(),
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let conversions = wait_for_orders(&names.conversions, orders, deadline);
+    let alerts = wait_for_keys(
+        &names.alerts,
+        "alert_id",
+        &alert_ids(expected_alerts),
+        deadline,
+    );
+    stop();
+    (
+        payloads(&read_settled(&names.conversions, conversions.len())),
+        payloads(&read_settled(
+            &names.alerts,
+            alerts.len().max(expected_alerts.len()),
+        )),
+    )
 }
