@@ -209,21 +209,24 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
     lines += [
         "",
         "**Live (worker binary).** An open-loop generator (linger 5 ms) sends at a fixed rate on a "
-        "fresh topic; a step *holds* when the lag (sent − committed) at its end is at most one "
-        "second of input. The sustainable rate is the highest rate that held (start at 0.9× the "
-        "drain rate, ×1.15 up after a hold, halfway down after a miss, 4 steps). Latency = the "
+        "fresh topic; a step *holds* when the lag (sent − committed offsets) at its end is at most "
+        "half a second of input and grew by at most a tenth of a second of input over the step's "
+        "second half. The sustainable rate is the highest rate that held (start at 0.8× the drain "
+        "rate, ×1.15 up after a hold, halfway back after a miss, 5 steps). Latency = the "
         "time a `read_committed` reader receives the conversion − the send time carried in the "
         "order id, at 10%, 50% and 80% of the sustainable rate.",
         "",
-        "| Mode | Sustainable orders/s | Steps (rate: lag at end) | Load | Rate | Samples | p50 ms | p99 ms | p99.9 ms |",
+        "| Mode | Sustainable orders/s | Steps (rate: lag at half time → end; ✗ = not held) | Load | Rate | Samples | p50 ms | p99 ms | p99.9 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, name in (("eos", "exactly-once"), ("alo", "at-least-once")):
         l = live.get(mode)
         if not l:
             continue
-        steps = "; ".join(f"{s['rate']:,.0f}: {s['lag_at_end']:,}{'' if s['held'] else ' ✗'}"
-                          for s in l["steps"])
+        steps = "; ".join(
+            f"{s['rate']:,.0f}: "
+            + (f"{s['lag_at_half']:,} → " if s.get("lag_at_half") is not None else "")
+            + f"{s['lag_at_end']:,}{'' if s['held'] else ' ✗'}" for s in l["steps"])
         first = True
         for lat in l["latency"] or [None]:
             head = (f"| {name} | {fmt(l['sustainable_rate'])} | {steps} " if first
