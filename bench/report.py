@@ -190,21 +190,23 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
         "CPU = utime+stime from `/proc/<pid>/stat` over the same window, for the contender's "
         "process and the broker's; peak RSS = the contender's VmHWM (table load included). The "
         "passthrough runs in the bench process, so its CPU includes the offset probe and its "
-        "memory is not shown.",
+        "memory is not shown. Conversions written = records in the contender's conversions topic "
+        "afterwards (high watermarks): one per order it got through before it was stopped, timed "
+        "or not, plus, in exactly-once mode, one commit marker per partition per transaction.",
         "",
-        "| Contender | Records/s | Records timed | s | Contender CPU-s / M | Broker CPU-s / M | Peak RSS MB | Worker's mean batch / commit ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Contender | Records/s | Records timed | s | Contender CPU-s / M | Broker CPU-s / M | Peak RSS MB | Worker's mean batch / commit ms | Conversions written |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in results["drains"]:
         if d["error"]:
-            lines.append(f"| {d['name']} | failed: {d['error']} | | | | | | |")
+            lines.append(f"| {d['name']} | failed: {d['error']} | | | | | | | |")
             continue
         batch = (f"{d['mean_batch']:,.0f} / {d['mean_commit_ms']:.0f}"
                  if d.get("mean_batch") is not None else "")
         lines.append(
             f"| {d['name']} | {fmt(d['rate'])} | {d['records']:,} | {fmt(d['seconds'], 2)} | "
             f"{fmt(d['cpu_s_per_m'], 1)} | {fmt(d['broker_cpu_s_per_m'], 1)} | "
-            f"{fmt(d['peak_rss_mb'])} | {batch} |")
+            f"{fmt(d['peak_rss_mb'])} | {batch} | {fmt(d.get('conversions_written'))} |")
 
     lines += [
         "",

@@ -155,6 +155,17 @@ struct Probe {
 }
 
 impl Probe {
+    fn written(&self, topic: &str) -> Option<i64> {
+        (0..PARTITIONS)
+            .map(|p| {
+                self.consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(5))
+                    .ok()
+                    .map(|(_, high)| high)
+            })
+            .sum()
+    }
+
     fn new(brokers: &str, group: &str, topic: &str) -> Probe {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -250,6 +261,9 @@ struct Drained {
     peak_rss_mb: Option<f64>,
     /// Mean batch size and commit time (ms), from the worker's own metrics.
     batches: Option<(f64, f64)>,
+    /// Records in the contender's conversions topic afterwards (sum of high watermarks): a
+    /// check that it wrote one output per order, whatever its speed.
+    conversions_written: Option<i64>,
     error: Option<String>,
 }
 
@@ -274,6 +288,7 @@ impl Drained {
             "peak_rss_mb": self.peak_rss_mb,
             "mean_batch": self.batches.map(|b| b.0),
             "mean_commit_ms": self.batches.map(|b| b.1),
+            "conversions_written": self.conversions_written,
             "error": self.error,
         })
     }
@@ -1115,6 +1130,7 @@ fn main() {
             broker_cpu: cpu_seconds(broker) - broker0,
             peak_rss_mb: None,
             batches: None,
+            conversions_written: None,
             error: None,
         };
         eprintln!("{name}: {:.0}/s", measured.rate());
@@ -1166,7 +1182,7 @@ fn main() {
         let perf_out = name
             .ends_with("(perf)")
             .then(|| dir.join("worker.perf.data"));
-        drains.push(drain(
+        let mut drained = drain(
             name,
             &probe,
             target,
@@ -1174,7 +1190,9 @@ fn main() {
             contender,
             perf_out.as_deref(),
             admin_port,
-        ));
+        );
+        drained.conversions_written = probe.written(&format!("{out}.conversions"));
+        drains.push(drained);
     }
 
     let best = |prefix: &str| {
