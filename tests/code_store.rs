@@ -5,10 +5,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use promo_attribution::codes::CodeTable;
@@ -16,6 +14,8 @@ use promo_attribution::kafka::tools;
 use promo_attribution::offline;
 use promo_attribution::settings::{Settings, StoreSettings};
 use promo_attribution::store::Store;
+use support::admin::{admin_address, metric_value, strip_ansi};
+use support::redis::PrivateRedis;
 use support::{
     ChildWorker, Names, brokers, codes_csv, field, partners_csv, read, read_settled, redis_url,
     text, unique_prefix, wait_until,
@@ -489,149 +489,25 @@ fn redis_connection(url: &str) -> redis::Connection {
 // ---------------------------------------------------------------------------------------------
 // Redis outages
 
-/// A Redis of this test's own, so it can be stopped without disturbing the other suites.
-struct PrivateRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(dir: &Path) -> PrivateRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = PrivateRedis {
-            port,
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server on the same port and directory, so it reloads what `stop` saved.
-    fn restart(&mut self) {
-        // scripts/services has installed redis-server by now (redis_url() runs it).
-        let _ = redis_url();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dbfilename",
-                "dump.rdb",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let url = self.url();
-        assert!(
-            wait_until(Duration::from_secs(10), || redis::Client::open(
-                url.as_str()
-            )
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok()),
-            "private redis did not start"
-        );
-    }
-
-    /// Saves to disk, then kills the server: the next `restart` comes back with the same data.
-    fn stop(&mut self) {
-        let mut connection = redis_connection(&self.url());
-        let _: () = redis::cmd("SAVE").query(&mut connection).expect("SAVE");
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("kill redis");
-            child.wait().expect("reap redis");
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The worker's admin address, from the line it logs at start.
-fn admin_address(worker: &ChildWorker) -> String {
-    let mut address = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
-            address = log
-                .lines()
-                .find(|line| line.contains("admin endpoints"))
-                .and_then(|line| line.split("addr=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_string);
-            address.is_some()
-        }),
-        "the worker never logged its admin address:\n{}",
-        worker.log_tail()
-    );
-    address.unwrap_or_default()
-}
-
-/// The log without terminal colour sequences (`ESC [ … m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn scrape(address: &str) -> String {
-    let mut stream = TcpStream::connect(address).expect("connect to the admin port");
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .expect("send the request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    response
-}
-
-fn metric_value(address: &str, name: &str) -> f64 {
-    support::metric(&scrape(address), name).unwrap_or(f64::NAN)
-}
-
 #[test]
 fn redis_outage_keeps_the_last_table_then_pauses_and_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut redis = PrivateRedis::start(dir.path());
+    let mut redis = PrivateRedis::reserve();
+    redis.start();
     let url = redis.url();
     let prefix = unique_prefix("outage");
     import_samples(&url, &prefix);
     let names = Names::new("outage");
     names.create_topics(2);
-    let sets = store_sets(&url, &prefix, &["store.max_staleness_secs=4"]);
+    let sets = store_sets(
+        &url,
+        &prefix,
+        &[
+            "store.max_staleness_secs=4",
+            "store.io_timeout_ms=1000",
+            "store.connect_timeout_ms=500",
+        ],
+    );
     let mut worker = spawn_worker(&names, &sets, &dir.path().join("w.log"));
     let admin = admin_address(&worker);
 
@@ -646,8 +522,9 @@ fn redis_outage_keeps_the_last_table_then_pauses_and_loses_nothing() {
         10
     );
 
-    // Redis gone: the last good table keeps serving, and the worker says Redis is down.
-    redis.stop();
+    // Redis hung (SIGSTOP: connections stay open, nothing answers): the last good table keeps
+    // serving, and the worker says Redis is down.
+    redis.pause(true);
     let stopped = Instant::now();
     produce(&names, &batch("down"));
     assert_eq!(
@@ -689,7 +566,7 @@ fn redis_outage_keeps_the_last_table_then_pauses_and_loses_nothing() {
     assert!(stopped.elapsed() >= Duration::from_secs(4));
 
     // Redis back: the worker confirms its table, resumes, and nothing was lost or repeated.
-    redis.restart();
+    redis.pause(false);
     assert_eq!(
         read(&names.conversions, 30, Duration::from_secs(30)).len(),
         30,

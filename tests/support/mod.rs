@@ -6,6 +6,7 @@
 //! helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod redis;
 mod rng;
 pub use rng::Rng;

@@ -1,0 +1,61 @@
+//! A subprocess worker's admin port: its address from the log, and its metrics.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use super::{ChildWorker, wait_until};
+
+/// The worker's admin address, from the line it logs at start.
+pub fn admin_address(worker: &ChildWorker) -> String {
+    let mut address = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
+            address = log
+                .lines()
+                .find(|line| line.contains("admin endpoints"))
+                .and_then(|line| line.split("addr=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string);
+            address.is_some()
+        }),
+        "the worker never logged its admin address:\n{}",
+        worker.log_tail()
+    );
+    address.unwrap_or_default()
+}
+
+/// The log without terminal colour sequences (`ESC [ … m`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn scrape(address: &str) -> String {
+    let mut stream = TcpStream::connect(address).expect("connect to the admin port");
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
+}
+
+pub fn metric_value(address: &str, name: &str) -> f64 {
+    super::metric(&scrape(address), name).unwrap_or(f64::NAN)
+}
