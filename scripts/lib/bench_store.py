@@ -174,6 +174,13 @@ hwm_end = rss_kib(worker.pid, "VmHWM")
 worker.terminate()
 worker.wait(timeout=60)
 
+# Every version of the run is a full copy of the table (about 80 MB here): remove them all.
+keys = subprocess.run(["redis-cli", "-u", REDIS, "--scan", "--pattern", f"{prefix}*"],
+                      capture_output=True, text=True, check=True).stdout.split()
+for i in range(0, len(keys), 100):
+    subprocess.run(["redis-cli", "-u", REDIS, "unlink", *keys[i:i + 100]], capture_output=True, check=True)
+print(f"removed the run's {len(keys)} keys from Redis", flush=True)
+
 print()
 print("| measurement | result | target |")
 print("|---|---|---|")
