@@ -244,6 +244,29 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
     let missing = codes(url, &prefix, &["rollback", "99"]);
     assert_eq!(missing.status.code(), Some(1));
 
+    // Per-program settings are validated like the settings file, then published.
+    std::fs::write(path("bad-settings.json"), r#"{"velocity_factor": 0}"#).expect("write");
+    std::fs::write(path("settings.json"), r#"{"velocity_factor": 3}"#).expect("write");
+    let refused = codes(
+        url,
+        &prefix,
+        &[
+            "program-settings",
+            "set",
+            "1001",
+            &path("bad-settings.json"),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let set = ok(&codes(
+        url,
+        &prefix,
+        &["program-settings", "set", "1001", &path("settings.json")],
+    ));
+    assert!(set.contains("1 program settings changed"), "{set}");
+    let shown = ok(&codes(url, &prefix, &["program-settings", "show"]));
+    assert!(shown.contains("\"velocity_factor\": 3"), "{shown}");
+
     // No Redis there: a connection error, exit 2.
     let unreachable = codes("redis://127.0.0.1:1", &prefix, &["history"]);
     assert_eq!(

@@ -309,6 +309,21 @@ fn program_settings(
                     reason: e.to_string(),
                 }]))
             })?;
+            let mut problems = Vec::new();
+            parsed.check(&mut problems);
+            if !problems.is_empty() {
+                return Err(CodesError::Invalid(LoadProblems(
+                    problems
+                        .into_iter()
+                        .map(|reason| LoadProblem {
+                            origin: file.display().to_string(),
+                            line: 0,
+                            column: None,
+                            reason,
+                        })
+                        .collect(),
+                )));
+            }
             let command = format!("program-settings set {program}");
             publish_change(store, settings, Publish::new(&command), |base| {
                 let mut changed = base.clone();
