@@ -74,37 +74,29 @@ pub fn combine(
     result
 }
 
+/// For each `"Column" => field`: when the uploaded file has no such column, the updated row keeps
+/// the current row's value.
+macro_rules! keep_absent {
+    ($has:expr, $updated:expr, $current:expr; $($column:literal => $field:ident),* $(,)?) => {
+        $( if !$has($column) {
+            $updated.$field = $current.$field.clone();
+        } )*
+    };
+}
+
 fn keep_absent_columns(updated: &mut CodeEntry, current: &CodeEntry, has: &dyn Fn(&str) -> bool) {
-    if !has("Media Id") {
-        updated.owner_partner_id = current.owner_partner_id.clone();
-    }
-    if !has("Credit Rule") {
-        updated.credit_policy = current.credit_policy;
-    }
-    if !has("Deal Id") {
-        updated.deal_id = current.deal_id.clone();
-    }
-    if !has("Timezone") {
-        updated.timezone = current.timezone;
-    }
-    if !has("Active Start Date") {
-        updated.start = current.start;
-    }
-    if !has("Active End Date") {
-        updated.end = current.end;
-    }
-    if !has("State") {
-        updated.state = current.state;
-    }
-    if !has("Usage Limit") {
-        updated.usage_limit = current.usage_limit;
-    }
-    if !has("Customer Limit") {
-        updated.customer_limit = current.customer_limit;
-    }
-    if !has("Priority") {
-        updated.priority = current.priority;
-    }
+    keep_absent!(has, updated, current;
+        "Media Id" => owner_partner_id,
+        "Credit Rule" => credit_policy,
+        "Deal Id" => deal_id,
+        "Timezone" => timezone,
+        "Active Start Date" => start,
+        "Active End Date" => end,
+        "State" => state,
+        "Usage Limit" => usage_limit,
+        "Customer Limit" => customer_limit,
+        "Priority" => priority,
+    );
 }
 
 /// Adds or updates partners; a partner is never removed by an upload, because codes of programs
@@ -118,24 +110,14 @@ pub fn merge_partners(base: &[Partner], incoming: &[Partner], columns: &[String]
     for partner in incoming {
         let mut updated = partner.clone();
         if let Some(current) = by_id.get(partner.partner_id.as_str()) {
-            if !has("Status") {
-                updated.status = current.status;
-            }
-            if !has("Contract Start") {
-                updated.contract_start = current.contract_start;
-            }
-            if !has("Contract End") {
-                updated.contract_end = current.contract_end;
-            }
-            if !has("Referral Window Days") {
-                updated.referral_window_days = current.referral_window_days;
-            }
-            if !has("Credit Group") {
-                updated.credit_group = current.credit_group;
-            }
-            if !has("Identity Hashes") {
-                updated.identity_hashes = current.identity_hashes.clone();
-            }
+            keep_absent!(has, updated, current;
+                "Status" => status,
+                "Contract Start" => contract_start,
+                "Contract End" => contract_end,
+                "Referral Window Days" => referral_window_days,
+                "Credit Group" => credit_group,
+                "Identity Hashes" => identity_hashes,
+            );
         }
         by_id.insert(&partner.partner_id, updated);
     }
@@ -436,17 +418,11 @@ mod tests {
         base[0].state = CodeState::Expired;
         base[0].priority = 7;
         let incoming = rows("a1,1,p2,TRACKING,WINNER,LI\n");
-        let columns: Vec<String> = [
-            "Promo Code",
-            "Program Id",
-            "Media Id",
-            "Type",
-            "Credit Rule",
-            "Match Mode",
-        ]
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
+        // The first six: code, program, owner, type, rule, mode; no State or Priority.
+        let columns: Vec<String> = crate::codes::load::CODE_COLUMNS[..6]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         let merged = combine(&base, incoming, ImportMode::Merge, None, &columns);
         assert_eq!(
             merged[0].state,
