@@ -1,11 +1,12 @@
 //! Throughput with the detectors off and on, the real pipeline (local broker, worker, Redis) in
 //! one run: each mode drains the same backlog, alternating, and the rate is taken from the first
-//! committed batch to the last. Ignored by default (it takes minutes); run it with
+//! committed batch to the last. Takes minutes; not part of CI. Run it with
 //!
 //! ```sh
-//! BENCH_ORDERS=100000 cargo test --release --test detectors_bench -- --ignored --nocapture
+//! BENCH_ORDERS=100000 cargo bench --bench detectors
 //! ```
 
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 // The allocator the worker binary uses.
@@ -84,9 +85,7 @@ fn drain_rate(records: &[Vec<u8>], detectors: bool) -> f64 {
     (last.1 - n0) as f64 / (last.0 - t0).as_secs_f64()
 }
 
-#[test]
-#[ignore = "benchmark: minutes of load on the local services"]
-fn detectors_on_vs_off_throughput() {
+fn main() {
     let count = std::env::var("BENCH_ORDERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -100,7 +99,7 @@ fn detectors_on_vs_off_throughput() {
     }
     let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
     eprintln!(
-        "detectors_bench: {count} orders; off {off:.0?} orders/s, on {on:.0?} orders/s; best on/off = {:.3}",
+        "detectors: {count} orders; off {off:.0?} orders/s, on {on:.0?} orders/s; best on/off = {:.3}",
         best(&on) / best(&off)
     );
 }
