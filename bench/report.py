@@ -112,7 +112,8 @@ def store_table(log_path):
     return table
 
 
-def render(results, micro_source, criterion_root, tansu, commit, chart_link, store=None):
+def render(results, micro_source, criterion_root, tansu, commit, chart_link, store=None,
+           patch_name="none"):
     drains = {d["name"]: d for d in results["drains"]}
     live = {l["mode"]: l for l in results["live"]}
     ratios = results["ratios"]
@@ -152,6 +153,18 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
     for name, wanted, value, target, higher, digits in rows:
         lines.append(f"| {name} | {wanted} | {fmt(value, digits)} | "
                      f"{verdict(value, target, higher)} |")
+    patched_p99 = next((l["p99_ms"] for l in live.get("patched-eos", {}).get("latency", [])
+                        if abs(l["load"] - 0.5) < 1e-6), None)
+    if ratios.get("patched_worker_over_spin_passthrough_eos"):
+        for name, key, target, digits in (
+                ("passthrough (1 ms poll)", "patched_worker_over_spin_passthrough_eos", 0.9, 2),
+                ("Quix Streams", "patched_worker_over_quix_eos", 10, 1),
+                ("confluent-kafka loop", "patched_worker_over_confluent_eos", 5, 1)):
+            lines.append(f"| *patched* worker (`{patch_name}`) / {name}, exactly-once (drain) | "
+                         f"{'≥ ' + str(target)} | {fmt(ratios[key], digits)} | "
+                         f"{verdict(ratios[key], target)} |")
+        lines.append(f"| *patched* worker: p99 at 50% of its sustainable rate, exactly-once | "
+                     f"≤ 50 ms | {fmt(patched_p99)} | {verdict(patched_p99, 50, False)} |")
     lines.append(f"| worker / passthrough, exactly-once, batches of 10,000 / 500 ms | — | "
                  f"{fmt(ratios.get('worker_over_passthrough_eos_big_batch'), 2)} | — |")
     lines.append(f"| worker / passthrough, at-least-once (drain; library flush / 1 ms poll) | — | "
@@ -221,7 +234,8 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
         "| Mode | Sustainable orders/s | Steps (rate: lag at half time → end; ✗ = not held) | Load | Rate | Samples | p50 ms | p99 ms | p99.9 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode, name in (("eos", "exactly-once"), ("alo", "at-least-once")):
+    for mode, name in (("eos", "exactly-once"), ("alo", "at-least-once"),
+                       ("patched-eos", f"exactly-once, patched worker (`{patch_name}`)")):
         l = live.get(mode)
         if not l:
             continue
@@ -274,7 +288,8 @@ def chart(results, path):
     names = [d["name"] for d in drains]
     colours = ["#888888" if n.startswith("broker") else
                "#4c72b0" if n.startswith("passthrough") else
-               "#dd8452" if n.startswith("worker") else "#55a868" for n in names]
+               "#dd8452" if n.startswith("worker") else
+               "#8172b3" if n.startswith("patched") else "#55a868" for n in names]
     rates = [d["rate"] for d in drains]
     left.barh(names, rates, color=colours)
     left.set_xscale("log")
@@ -289,7 +304,8 @@ def chart(results, path):
     contenders = [d for d in drains if not d["name"].startswith("broker")
                   and not d["name"].startswith("passthrough")]
     middle.barh([d["name"] for d in contenders], [d["cpu_s_per_m"] for d in contenders],
-                color=["#dd8452" if d["name"].startswith("worker") else "#55a868"
+                color=["#dd8452" if d["name"].startswith("worker") else
+                       "#8172b3" if d["name"].startswith("patched") else "#55a868"
                        for d in contenders])
     middle.invert_yaxis()
     middle.set_xlabel("CPU seconds per million orders (contender process)")
@@ -303,8 +319,8 @@ def chart(results, path):
         if not lat:
             continue
         loads = [p["load"] * 100 for p in lat]
-        label = "exactly-once" if l["mode"] == "eos" else "at-least-once"
-        colour = "#dd8452" if l["mode"] == "eos" else "#4c72b0"
+        label, colour = {"eos": ("exactly-once", "#dd8452"), "alo": ("at-least-once", "#4c72b0"),
+                         "patched-eos": ("exactly-once, patched", "#8172b3")}[l["mode"]]
         for key, style, name in (("p50_ms", ":", "p50"), ("p99_ms", "-", "p99"),
                                  ("p999_ms", "--", "p99.9")):
             right.plot(loads, [p[key] for p in lat], style, marker="o", color=colour,
@@ -345,6 +361,7 @@ def main():
     parser.add_argument("--chart", required=True)
     parser.add_argument("--json")
     parser.add_argument("--store-log")
+    parser.add_argument("--patch-name", default="none")
     parser.add_argument("--write")
     args = parser.parse_args()
     results = json.loads(Path(args.results).read_text())
@@ -353,7 +370,7 @@ def main():
     chart(results, chart_path)
     link = os.path.relpath(chart_path, Path(args.write).parent) if args.write else str(chart_path)
     body = render(results, args.micro, args.criterion, args.tansu_version, args.commit, link,
-                  store_table(args.store_log))
+                  store_table(args.store_log), args.patch_name)
     if args.json:
         shutil.copyfile(args.results, args.json)
     if args.write:

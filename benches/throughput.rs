@@ -26,7 +26,8 @@
 //! contender's batches), BENCH_ONLY (drains to keep, by output-name prefix), BENCH_LIVE (0 skips
 //! the live part), BENCH_LIVE_START (first live rate instead of 0.9x the drain rate),
 //! BENCH_WORKER_SETS (extra `--set`s for the worker, `;`-separated), BENCH_BIG_BATCH (0 skips
-//! the 10000 / 500 ms variants), BENCH_QUIX_LOGLEVEL, BENCH_PASS_FLUSH=timed (the passthrough
+//! the 10000 / 500 ms variants), BENCH_QUIX_LOGLEVEL, BENCH_PATCHED_WORKER_BIN (a second worker
+//! binary, built with a patch, drained and run live beside the first), BENCH_PASS_FLUSH=timed (the passthrough
 //! times its flush apart from the commit).
 //!
 //! The passthrough also runs with a 1 ms poll loop instead of rust-rdkafka's flush before each
@@ -547,6 +548,8 @@ struct Files {
     dir: PathBuf,
     codes: PathBuf,
     worker_bin: PathBuf,
+    /// The worker built with a patch applied (`scripts/bench --patch`), measured beside it.
+    patched_bin: Option<PathBuf>,
     python: Option<PathBuf>,
 }
 
@@ -591,8 +594,8 @@ fn worker_batches(admin_port: u16) -> Option<(f64, f64)> {
     ))
 }
 
-fn worker_command(files: &Files, kafka: &KafkaSettings, admin_port: u16) -> Command {
-    let mut command = Command::new(&files.worker_bin);
+fn worker_command(bin: &Path, files: &Files, kafka: &KafkaSettings, admin_port: u16) -> Command {
+    let mut command = Command::new(bin);
     command.arg("run");
     let delivery = match kafka.delivery {
         Delivery::ExactlyOnce => "exactly-once",
@@ -766,9 +769,10 @@ impl<'a> Generator<'a> {
         }
     }
 
-    /// Sends at `rate` for `seconds`; with `tag`, returns the latencies (seconds) of the
-    /// conversions of this step, read until all arrived or 5 s after the last send.
-    fn run(&mut self, rate: f64, seconds: f64, tag: Option<&str>) -> Vec<f64> {
+    /// Sends at `rate` for `seconds`; with `tag`, also reads the conversions and returns the
+    /// latencies (seconds) of this step's, read until all arrived or `tail` seconds after the
+    /// last send.
+    fn run(&mut self, rate: f64, seconds: f64, tag: Option<&str>, tail: f64) -> Vec<f64> {
         let total = (rate * seconds) as usize;
         let mut latencies = Vec::with_capacity(total);
         if tag.is_some() {
@@ -784,8 +788,10 @@ impl<'a> Generator<'a> {
         }
         let started = Instant::now();
         let mut step_sent = 0usize;
-        let grace = Duration::from_secs_f64(seconds + 5.0);
-        while started.elapsed() < grace && (step_sent < total || latencies.len() < total) {
+        let grace = Duration::from_secs_f64(seconds + tail);
+        while started.elapsed() < grace
+            && (step_sent < total || (tail > 0.0 && latencies.len() < total))
+        {
             let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
             while step_sent < due {
                 let id = match tag {
@@ -809,7 +815,13 @@ impl<'a> Generator<'a> {
                 std::thread::sleep(Duration::from_micros(500));
                 continue;
             }
-            while let Some(Ok(message)) = self.reader.poll(Duration::from_millis(1)) {
+            // Read for at most 2 ms, then go back to sending: a reader that drained everything
+            // before sending again would turn the open loop into bursts.
+            let read_until = Instant::now() + Duration::from_millis(2);
+            while Instant::now() < read_until {
+                let Some(Ok(message)) = self.reader.poll(Duration::from_millis(1)) else {
+                    break;
+                };
                 let received = now_micros();
                 let Some(value) = message.payload() else {
                     continue;
@@ -837,14 +849,9 @@ fn live(
     run: &str,
     files: &Files,
     orders: &[String],
-    delivery: Delivery,
+    (delivery, mode, bin): (Delivery, &str, &Path),
     drain_rate: f64,
 ) -> Value {
-    let mode = if delivery == Delivery::ExactlyOnce {
-        "eos"
-    } else {
-        "alo"
-    };
     let input = format!("{run}.live-{mode}.orders");
     let out = format!("{run}.live-{mode}");
     let group = format!("{run}-live-{mode}");
@@ -861,7 +868,7 @@ fn live(
     )
     .expect("topics");
     let contender = spawn_logged(
-        worker_command(files, &kafka, free_port()),
+        worker_command(bin, files, &kafka, free_port()),
         &files.dir.join(format!("worker-live-{mode}.log")),
     );
     let probe = Probe::new(brokers, &group, &input);
@@ -870,7 +877,7 @@ fn live(
     let latency_secs = env_number("BENCH_LATENCY_SECS", 15) as f64;
 
     // Warm up until the worker has joined, loaded its table and committed something.
-    generator.run(500.0, 1.0, None);
+    generator.run(500.0, 1.0, None, 0.0);
     let warm_deadline = Instant::now() + Duration::from_secs(90);
     while probe.committed() < generator.sent as i64 && Instant::now() < warm_deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -896,10 +903,11 @@ fn live(
     let mut best: f64 = 0.0;
     let mut lowest_failed = f64::INFINITY;
     for _ in 0..5 {
-        // Two halves, so a lag that is still growing at the end fails even if it is small.
-        generator.run(rate, step_secs / 2.0, None);
+        // Two halves, so a lag that is still growing at the end fails even if it is small. The
+        // conversions are read as in the latency steps, so the machine carries the same load.
+        generator.run(rate, step_secs / 2.0, Some("s"), 0.0);
         let lag_mid = generator.sent as i64 - probe.committed();
-        generator.run(rate, step_secs / 2.0, None);
+        generator.run(rate, step_secs / 2.0, Some("s"), 0.0);
         let lag = generator.sent as i64 - probe.committed();
         let held = (lag as f64) <= rate * 0.5 && ((lag - lag_mid) as f64) <= rate * 0.1;
         eprintln!(
@@ -927,7 +935,7 @@ fn live(
             break;
         }
         let rate = sustainable * fraction;
-        let mut samples = generator.run(rate, latency_secs, Some(tag));
+        let mut samples = generator.run(rate, latency_secs, Some(tag), 5.0);
         samples.sort_by(f64::total_cmp);
         let expected = (rate * latency_secs) as usize;
         eprintln!(
@@ -984,6 +992,9 @@ fn main() {
             PathBuf::from,
         ),
         python: std::env::var("BENCH_PYTHON").ok().map(PathBuf::from),
+        patched_bin: std::env::var("BENCH_PATCHED_WORKER_BIN")
+            .ok()
+            .map(PathBuf::from),
         dir: dir.clone(),
     };
     assert!(
@@ -1043,6 +1054,20 @@ fn main() {
             "worker-eos2",
             Delivery::ExactlyOnce,
         ));
+    }
+    if files.patched_bin.is_some() {
+        plan.extend([
+            (
+                "patched worker exactly-once",
+                "pworker-eos",
+                Delivery::ExactlyOnce,
+            ),
+            (
+                "patched worker at-least-once",
+                "pworker-alo",
+                Delivery::AtLeastOnce,
+            ),
+        ]);
     }
     if env_number("BENCH_BIG_BATCH", 1) > 0 {
         plan.extend([
@@ -1144,7 +1169,8 @@ fn main() {
         let kafka = kafka_settings(&brokers, &input, &out, &group, *delivery);
         let probe = Probe::new(&brokers, &group, &input);
         let log = dir.join(format!("{}.log", out.rsplit('.').next().unwrap_or("x")));
-        let admin_port = name.starts_with("worker").then(free_port);
+        let patched = name.starts_with("patched worker");
+        let admin_port = (patched || name.starts_with("worker")).then(free_port);
         let (contender, target, cap) = if name.starts_with("passthrough") {
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
@@ -1161,10 +1187,14 @@ fn main() {
                 records as i64,
                 Duration::from_secs(300),
             )
-        } else if name.starts_with("worker") {
+        } else if admin_port.is_some() {
+            let bin = match (&files.patched_bin, patched) {
+                (Some(bin), true) => bin,
+                _ => &files.worker_bin,
+            };
             (
                 spawn_logged(
-                    worker_command(&files, &kafka, admin_port.unwrap_or_default()),
+                    worker_command(bin, &files, &kafka, admin_port.unwrap_or_default()),
                     &log,
                 ),
                 records as i64,
@@ -1221,22 +1251,39 @@ fn main() {
             .fold(0.0, f64::max)
     };
     let mut lives = Vec::new();
-    let live_modes = if env_number("BENCH_LIVE", 1) > 0 {
-        &[
-            (Delivery::ExactlyOnce, "worker exactly-once"),
-            (Delivery::AtLeastOnce, "worker at-least-once"),
-        ][..]
-    } else {
-        &[]
-    };
-    for &(delivery, prefix) in live_modes {
+    let mut live_modes = vec![
+        (
+            Delivery::ExactlyOnce,
+            "eos",
+            files.worker_bin.as_path(),
+            best("worker exactly-once"),
+        ),
+        (
+            Delivery::AtLeastOnce,
+            "alo",
+            files.worker_bin.as_path(),
+            best("worker at-least-once"),
+        ),
+    ];
+    if let Some(bin) = &files.patched_bin {
+        live_modes.push((
+            Delivery::ExactlyOnce,
+            "patched-eos",
+            bin.as_path(),
+            best("patched worker exactly-once"),
+        ));
+    }
+    if env_number("BENCH_LIVE", 1) == 0 {
+        live_modes.clear();
+    }
+    for (delivery, mode, bin, drain_rate) in live_modes {
         lives.push(live(
             &brokers,
             &run,
             &files,
             &orders,
-            delivery,
-            best(prefix),
+            (delivery, mode, bin),
+            drain_rate,
         ));
     }
     for live in &lives {
@@ -1263,6 +1310,9 @@ fn main() {
             "worker_over_passthrough_eos": best("worker exactly-once") / best("passthrough exactly-once"),
             "worker_over_passthrough_eos_big_batch": big("worker") / big("passthrough"),
             "worker_over_spin_passthrough_eos": best("worker exactly-once") / spin("passthrough exactly-once"),
+            "patched_worker_over_spin_passthrough_eos": best("patched worker exactly-once") / spin("passthrough exactly-once"),
+            "patched_worker_over_confluent_eos": best("patched worker exactly-once") / best("confluent-kafka loop exactly-once"),
+            "patched_worker_over_quix_eos": best("patched worker exactly-once") / best("Quix Streams exactly-once"),
             "worker_over_spin_passthrough_alo": best("worker at-least-once") / spin("passthrough at-least-once"),
             "worker_over_passthrough_alo": best("worker at-least-once") / best("passthrough at-least-once"),
             "worker_over_confluent_eos": best("worker exactly-once") / best("confluent-kafka loop exactly-once"),
