@@ -251,8 +251,10 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
             if lat is None:
                 lines.append(head + "| — | — | — | — | — | — |")
                 continue
+            backlog = lat.get("lag_at_start") or 0
+            note = f" (backlog {backlog:,} at start)" if backlog > lat["rate"] * 0.5 else ""
             lines.append(head + f"| {lat['load']:.0%} | {fmt(lat['rate'])} | "
-                         f"{lat['samples']:,} of {lat['expected']:,} | {fmt(lat['p50_ms'], 1)} | "
+                         f"{lat['samples']:,} of {lat['expected']:,}{note} | {fmt(lat['p50_ms'], 1)} | "
                          f"{fmt(lat['p99_ms'], 1)} | {fmt(lat['p999_ms'], 1)} |")
 
     lines += ["", "**Micro (criterion, no Kafka).**", "",
