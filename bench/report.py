@@ -118,7 +118,8 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
     live = {l["mode"]: l for l in results["live"]}
     ratios = results["ratios"]
     lines = [
-        f"Run {results['started_at'][:16].replace('T', ' ')}–{results['finished_at'][11:16]} UTC, "
+        f"Kafka part run {results['started_at'][:16].replace('T', ' ')}–"
+        f"{results['finished_at'][11:16]} UTC (code store and criterion right after), "
         f"commit `{commit}`, {machine()}, load average {results['load_before']} before and "
         f"{results['load_after']} after (other engineers build and test on this machine).",
         "",
