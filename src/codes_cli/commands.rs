@@ -223,14 +223,11 @@ fn import(
             None => base.partners.clone(),
             Some((new, columns)) => edit::merge_partners(&base.partners, new, columns),
         };
-        Ok((
-            Snapshot {
-                entries,
-                partners,
-                programs: base.programs.clone(),
-            },
-            Vec::new(),
-        ))
+        Ok(Changed::new(Snapshot {
+            entries,
+            partners,
+            programs: base.programs.clone(),
+        }))
     })
 }
 
@@ -241,30 +238,32 @@ fn edit_code(
     change: Edit,
 ) -> Result<(), CodesError> {
     let mode = code.match_mode.map(MatchMode::match_type);
-    // Named as stored, so the history reads the same whichever spelling was typed.
-    let (_, base) = current(store)?;
-    let entry =
-        &base.entries[edit::find(&base.entries, &code.code, code.program.as_deref(), mode)?];
-    if let Edit::Assign { partner } = &change
-        && !base.partners.iter().any(|p| p.partner_id == partner.trim())
-    {
-        eprintln!(
-            "warning: partner {partner} is not in the partners table; it is credited on the defaults for unlisted partners (active, 30-day window, PREFERRED)"
-        );
-    }
-    let command = format!(
-        "{} {} (program {})",
-        change.describe(),
-        entry.code,
-        entry.program_id
-    );
-    drop(base);
-    publish_change(store, settings, Publish::new(&command), |base| {
+    let placeholder = format!("{} {}", change.describe(), code.code);
+    publish_change(store, settings, Publish::new(&placeholder), |base| {
         let index = edit::find(&base.entries, &code.code, code.program.as_deref(), mode)?;
+        if let Edit::Assign { partner } = &change
+            && !base.partners.iter().any(|p| p.partner_id == partner.trim())
+        {
+            eprintln!(
+                "warning: partner {partner} is not in the partners table; it is credited on the defaults for unlisted partners (active, 30-day window, PREFERRED)"
+            );
+        }
         let mut changed = base.clone();
         edit::apply(&mut changed.entries[index], &change)?;
-        let delta = vec![code_record(&changed.entries[index]).to_vec()];
-        Ok((changed, delta))
+        let entry = &changed.entries[index];
+        // Named as stored, so the history reads the same whichever spelling was typed.
+        let command = format!(
+            "{} {} (program {})",
+            change.describe(),
+            entry.code,
+            entry.program_id
+        );
+        let delta = vec![code_record(entry).to_vec()];
+        Ok(Changed {
+            command: Some(command),
+            delta,
+            ..Changed::new(changed)
+        })
     })
 }
 
@@ -283,7 +282,7 @@ fn rollback(store: &mut Store, settings: &StoreSettings, version: u64) -> Result
         over_broken: true,
         ..Publish::new(&command)
     };
-    publish_change(store, settings, how, |_| Ok((target.clone(), Vec::new())))
+    publish_change(store, settings, how, |_| Ok(Changed::new(target.clone())))
 }
 
 fn program_settings(
@@ -328,7 +327,7 @@ fn program_settings(
             publish_change(store, settings, Publish::new(&command), |base| {
                 let mut changed = base.clone();
                 changed.programs.insert(program.clone(), parsed.clone());
-                Ok((changed, Vec::new()))
+                Ok(Changed::new(changed))
             })
         }
         ProgramSettingsCommand::Clear { program } => {
@@ -340,8 +339,27 @@ fn program_settings(
                         "program {program} has no settings"
                     )));
                 }
-                Ok((changed, Vec::new()))
+                Ok(Changed::new(changed))
             })
+        }
+    }
+}
+
+/// What a change makes of the version in force.
+struct Changed {
+    next: Snapshot,
+    /// The rows a single-row edit changed (see [`VersionMeta::delta`]); empty for bulk changes.
+    delta: Vec<Vec<String>>,
+    /// A history entry better than [`Publish::command`], known only once the change is made.
+    command: Option<String>,
+}
+
+impl Changed {
+    fn new(next: Snapshot) -> Changed {
+        Changed {
+            next,
+            delta: Vec::new(),
+            command: None,
         }
     }
 }
@@ -377,7 +395,7 @@ fn publish_change(
     store: &mut Store,
     settings: &StoreSettings,
     how: Publish<'_>,
-    change: impl Fn(&Snapshot) -> Result<(Snapshot, Vec<Vec<String>>), CodesError>,
+    change: impl Fn(&Snapshot) -> Result<Changed, CodesError>,
 ) -> Result<(), CodesError> {
     let mut attempt = 1;
     loop {
@@ -390,7 +408,11 @@ fn publish_change(
             }
             other => other?,
         };
-        let (next, delta) = change(&base)?;
+        let Changed {
+            next,
+            delta,
+            command,
+        } = change(&base)?;
         verify_readable(&next, &delta)?;
         let programs_changed = next
             .programs
@@ -420,7 +442,7 @@ fn publish_change(
         let meta = VersionMeta {
             published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             author: author(),
-            command: how.command.to_string(),
+            command: command.unwrap_or_else(|| how.command.to_string()),
             summary: summary.to_string(),
             delta,
             ..VersionMeta::default()
