@@ -331,6 +331,8 @@ def chart(results, path):
                        if name == "p99" else f"{label} {name}")
     if loads:
         right.set_xticks(loads, [f"{x:.0f}%" for x in loads])
+    right.set_yscale("log")
+    right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     right.axhline(50, color="red", linewidth=0.8)
     right.text(right.get_xlim()[0], 55, " p99 target 50 ms", color="red", fontsize=8)
     right.set_ylabel("end-to-end ms (produced → conversion readable)")

@@ -1229,32 +1229,25 @@ fn main() {
         drains.push(drained);
     }
 
-    let best = |prefix: &str| {
+    // The fastest drain whose name starts with `prefix` and carries the variant `tag` (or no
+    // variant at all when `tag` is empty).
+    let fastest = |prefix: &str, tag: &str| {
         drains
             .iter()
+            .filter(|d| d.name.starts_with(prefix) && !d.name.ends_with("(perf)"))
             .filter(|d| {
-                d.name.starts_with(prefix)
-                    && !d.name.ends_with("(perf)")
-                    && !d.name.contains("batch")
-                    && !d.name.contains("poll flush")
+                if tag.is_empty() {
+                    !d.name.contains("batch") && !d.name.contains("poll flush")
+                } else {
+                    d.name.contains(tag)
+                }
             })
             .map(Drained::rate)
             .fold(0.0, f64::max)
     };
-    let big = |prefix: &str| {
-        drains
-            .iter()
-            .filter(|d| d.name.starts_with(prefix) && d.name.contains("batch 10000"))
-            .map(Drained::rate)
-            .fold(0.0, f64::max)
-    };
-    let spin = |prefix: &str| {
-        drains
-            .iter()
-            .filter(|d| d.name.starts_with(prefix) && d.name.contains("poll flush"))
-            .map(Drained::rate)
-            .fold(0.0, f64::max)
-    };
+    let best = |prefix: &str| fastest(prefix, "");
+    let big = |prefix: &str| fastest(prefix, "batch 10000");
+    let spin = |prefix: &str| fastest(prefix, "poll flush");
     let mut lives = Vec::new();
     let mut live_modes = vec![
         (
