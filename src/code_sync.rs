@@ -215,7 +215,7 @@ impl Follower {
         connected: &mut bool,
     ) -> Result<(), StoreError> {
         let mut store = Store::connect(&self.settings)?;
-        let mut subscriber = Store::subscriber(&self.settings)?;
+        let mut subscriber = Store::open_connection(&self.settings)?;
         let url = crate::settings::redacted_url(&self.settings.redis_url);
         let redis_error = |source| StoreError::Redis {
             url: url.clone(),

@@ -352,10 +352,6 @@ impl Metrics {
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
-    pub fn set_code_table_age(&self, seconds: f64) {
-        self.code_table_age.set(seconds);
-    }
-
     /// From now on `promo_code_table_age_seconds` is read from `source` at every scrape.
     pub fn set_code_table_age_source(&self, source: AgeSource) {
         let mut slot = self
@@ -474,7 +470,7 @@ mod tests {
         m.set_lag("orders", 3, 17);
         m.record_transaction(TxOutcome::Committed);
         m.set_code_table("v1", 1234);
-        m.set_code_table_age(9.5);
+        m.set_code_table_age_source(Box::new(|| 9.5));
         m.set_redis_up(true);
         m.set_assigned_partitions(4);
         m.set_paused(true);

@@ -253,10 +253,6 @@ impl CodeTable {
         self.program_settings.get(program_id)
     }
 
-    pub fn all_program_settings(&self) -> &BTreeMap<String, ProgramSettings> {
-        &self.program_settings
-    }
-
     pub fn version(&self) -> &str {
         &self.version
     }

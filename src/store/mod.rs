@@ -140,7 +140,7 @@ pub struct Store {
 
 impl Store {
     pub fn connect(settings: &StoreSettings) -> Result<Store, StoreError> {
-        let connection = Store::subscriber(settings)?;
+        let connection = Store::open_connection(settings)?;
         Ok(Store {
             url: redacted_url(&settings.redis_url),
             keys: Keys::new(&settings.key_prefix),
@@ -388,7 +388,7 @@ impl Store {
 
     /// A connection to the store's server with the configured I/O timeouts, for the commands
     /// and for the pub/sub subscription (whose reads the subscriber shortens once subscribed).
-    pub fn subscriber(settings: &StoreSettings) -> Result<Connection, StoreError> {
+    pub fn open_connection(settings: &StoreSettings) -> Result<Connection, StoreError> {
         let url = redacted_url(&settings.redis_url);
         let wrap = |source| StoreError::Redis {
             url: url.clone(),

@@ -127,11 +127,6 @@ impl Snapshot {
         )?;
         Ok(table.with_program_settings(self.programs))
     }
-
-    /// Checks that the snapshot would build, without keeping the table.
-    pub fn validate(&self, origin: &str) -> Result<(), LoadProblems> {
-        self.clone().build("validation", origin).map(drop)
-    }
 }
 
 /// The rows of a [`VersionMeta::delta`], read with the loader's checks.
