@@ -24,6 +24,7 @@ pub mod code_sync;
 pub mod codes;
 pub mod codes_cli;
 pub mod detectors;
+pub mod engine;
 pub mod explain;
 pub mod hugepages;
 pub mod ids;

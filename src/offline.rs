@@ -7,14 +7,15 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::attribution::decide;
 use crate::codes::load::{read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeTable, LoadProblems};
-use crate::detectors::{Detectors, MemoryState};
+use crate::detectors::MemoryState;
+use crate::engine::{Engine, Outputs, WriteKind};
 use crate::ids::content_version;
-use crate::schema::{Status, parse_order};
+use crate::schema::Status;
 use crate::settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +109,10 @@ pub struct Sinks<'w> {
     pub rejects: &'w mut dyn Write,
 }
 
+/// Lines decided per call of the engine: large enough that the detectors' state is asked once
+/// for many orders, small enough to keep a chunk's copies in cache.
+const CHUNK_LINES: usize = 512;
+
 /// Decides every order line of `input`. A bad line is reported and counted, never fatal; only
 /// failing to read the input or write an output stops the run.
 pub fn attribute<R: BufRead>(
@@ -115,64 +120,113 @@ pub fn attribute<R: BufRead>(
     origin: &str,
     table: &CodeTable,
     settings: &Settings,
-    sinks: Sinks<'_>,
+    mut sinks: Sinks<'_>,
 ) -> io::Result<RunSummary> {
+    let engine = Engine::new(Arc::new(settings.clone()));
+    // The same detectors as the stream, with their state in memory for the length of the run.
+    let mut state = MemoryState::new();
+    let mut chunk = Chunk::default();
+    let mut outputs = Outputs::default();
     let mut summary = RunSummary::default();
     let mut line = Vec::with_capacity(1024);
-    let mut out = Vec::with_capacity(1024);
     let mut line_number = 0u64;
-    // The same detectors as the stream, with their state in memory for the length of the run.
-    let mut detection = settings.detectors.enabled.then(|| {
-        (
-            Detectors::new(&settings.detectors, &settings.store.key_prefix),
-            MemoryState::new(),
-        )
-    });
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        line_number += 1;
-        let record = trim_line_end(&line);
-        if record.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let order = match parse_order(record, &settings.limits) {
-            Ok(order) => order,
-            Err(err) => {
-                summary.rejected_lines += 1;
-                *summary.rejected_by_reason.entry(err.reason()).or_default() += 1;
-                writeln!(sinks.rejects, "{origin}:{line_number}: {err}")?;
-                continue;
+        let end = input.read_until(b'\n', &mut line)? == 0;
+        if !end {
+            line_number += 1;
+            let record = trim_line_end(&line);
+            if !record.iter().all(u8::is_ascii_whitespace) {
+                chunk.push(record, line_number);
             }
-        };
-        let mut decision = decide(record, &order, table, &settings.attribution);
-        if let Some((detectors, state)) = detection.as_mut() {
-            detectors
-                .run_one(state, &order, &mut decision, table)
-                .map_err(|e| io::Error::other(e.to_string()))?;
         }
-        summary.orders += 1;
-        *summary
-            .by_status
-            .entry(status_label(decision.conversion.status))
-            .or_default() += 1;
-        out.clear();
-        serde_json::to_writer(&mut out, &decision.conversion)?;
-        out.push(b'\n');
-        sinks.conversions.write_all(&out)?;
-        for alert in &decision.alerts {
-            out.clear();
-            serde_json::to_writer(&mut out, alert)?;
-            out.push(b'\n');
-            sinks.alerts.write_all(&out)?;
-            summary.alerts += 1;
+        if chunk.lines.len() >= CHUNK_LINES || (end && !chunk.lines.is_empty()) {
+            outputs.clear();
+            engine
+                .run(table, Some(&mut state), &chunk.records(), &mut outputs)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            write_outputs(&outputs, &chunk, origin, &mut sinks, &mut summary)?;
+            chunk.clear();
+        }
+        if end {
+            break;
         }
     }
     sinks.conversions.flush()?;
     sinks.alerts.flush()?;
     Ok(summary)
+}
+
+/// Lines waiting for the engine, back to back, with their line numbers.
+#[derive(Default)]
+struct Chunk {
+    bytes: Vec<u8>,
+    lines: Vec<(std::ops::Range<usize>, u64)>,
+}
+
+impl Chunk {
+    fn push(&mut self, record: &[u8], line_number: u64) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(record);
+        self.lines.push((start..self.bytes.len(), line_number));
+    }
+
+    fn records(&self) -> Vec<&[u8]> {
+        self.lines
+            .iter()
+            .map(|(range, _)| &self.bytes[range.clone()])
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lines.clear();
+    }
+}
+
+fn write_outputs(
+    outputs: &Outputs,
+    chunk: &Chunk,
+    origin: &str,
+    sinks: &mut Sinks<'_>,
+    summary: &mut RunSummary,
+) -> io::Result<()> {
+    for record in outputs.iter() {
+        match record.result {
+            Ok(decided) => {
+                summary.orders += 1;
+                *summary
+                    .by_status
+                    .entry(status_label(decided.status))
+                    .or_default() += 1;
+            }
+            Err(rejection) => {
+                let line_number = chunk.lines.get(record.input).map_or(0, |(_, n)| *n);
+                summary.rejected_lines += 1;
+                *summary
+                    .rejected_by_reason
+                    .entry(rejection.reason)
+                    .or_default() += 1;
+                writeln!(
+                    sinks.rejects,
+                    "{origin}:{line_number}: {}",
+                    rejection.message
+                )?;
+            }
+        }
+        for write in record.writes() {
+            let sink: &mut dyn Write = match write.kind {
+                WriteKind::Conversion => sinks.conversions,
+                WriteKind::Alert(_) => {
+                    summary.alerts += 1;
+                    sinks.alerts
+                }
+            };
+            sink.write_all(write.value)?;
+            sink.write_all(b"\n")?;
+        }
+    }
+    Ok(())
 }
 
 /// The outputs of a run over an in-memory input, for tests and tools that compare runs.

@@ -77,6 +77,9 @@ pub struct Decision<'a> {
     pub conversion: Conversion<'a>,
     pub alerts: Vec<Alert<'a>>,
     pub rule: Rule,
+    /// Every entered code that matched the table, in entry order: the detectors count uses from
+    /// these rather than matching the codes a second time.
+    pub matched: Vec<MatchedCode<'a>>,
 }
 
 /// Whether a matched code may credit at `at`; the first failing check, in the order State,
@@ -221,6 +224,7 @@ pub fn decide<'a>(
         conversion,
         alerts,
         rule: outcome.rule,
+        matched,
     }
 }
 

@@ -14,7 +14,6 @@
 //! two (1, 2, 4, 8, ... of the counted quantity), with the same id and a higher count; a reader
 //! keeps the record with the highest count per id.
 
-pub mod batch;
 pub mod config;
 pub mod memory;
 pub mod plan;

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use super::Detectors;
 use super::state::{CountRef, Evidence, Gate, Op, OrderStep, Range};
 use super::{Thresholds, secs_ms, window_start};
-use crate::attribution::{Decision, match_codes};
+use crate::attribution::Decision;
 use crate::codes::normalize::exact_key;
 use crate::codes::{CodeTable, EntryId};
 use crate::ids::alert_id;
@@ -131,7 +131,8 @@ pub(super) fn plan(
     // stream and the offline mode drop at the same points): each drop removes everything old at
     // once, and the sets stay bounded at a fraction of the cost of dropping on every order.
     let trims = xxhash_rust::xxh3::xxh3_64(o.order_id.as_bytes()).is_multiple_of(8);
-    let (matched, unknown_codes) = match_codes(order, table);
+    let matched = &decision.matched;
+    let unknown_codes = &decision.conversion.unknown_codes;
     let mut seen: BTreeSet<EntryId> = BTreeSet::new();
     let mut codes = Vec::new();
     let window_ttl = |width: u64| width.saturating_add(settings.grace_secs);

@@ -3,6 +3,8 @@
 use rdkafka::Message;
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Header, Headers, OwnedHeaders};
 
+pub use crate::engine::Rejection;
+
 /// Header names of a dead letter, modelled on Kafka Connect's `errors.deadletterqueue.context`
 /// headers so existing DLQ tooling can read them.
 pub mod dlq_header {
@@ -16,13 +18,6 @@ pub mod dlq_header {
     pub const WORKER_VERSION: &str = "promo.worker.version";
     /// Set, to the original size in bytes, when the value was too large to dead-letter.
     pub const PAYLOAD_OMITTED: &str = "promo.dlq.payload.omitted.bytes";
-}
-
-/// Why a record could not be decided: a stable reason and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: &'static str,
-    pub message: String,
 }
 
 /// A consumed record's coordinates and content, borrowed from the message or, for a record held

@@ -28,11 +28,10 @@ use rewind::{offsets_list, retry_resumable};
 
 use super::Failure;
 use super::context::WorkerContext;
-use super::outputs::{Rejection, Source, dlq_headers};
-use crate::attribution::{Decision, decide};
-use crate::detectors::{DetectorState, Detectors};
+use super::outputs::{Source, dlq_headers};
+use crate::detectors::DetectorState;
+use crate::engine::{Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
 use crate::metrics::{Metrics, TxOutcome};
-use crate::schema::{ValidOrder, parse_order};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
 
@@ -75,10 +74,10 @@ struct Batch {
     /// Per partition read in this batch: where to rewind and what to commit.
     positions: Vec<Position>,
     failures_at_start: u64,
-    buffer: Vec<u8>,
+    /// The engine's outputs for the records being produced, reused from record to record.
+    outputs: Outputs,
     /// With the detectors on, records are decided at commit, all together, so that the batch's
-    /// state changes take one round trip: until then they wait here (valid orders only; bad
-    /// records are dead-lettered as they are read).
+    /// state changes take one round trip: until then they wait here.
     held: Vec<Held>,
     /// The held records' keys and values, back to back.
     arena: Vec<u8>,
@@ -87,13 +86,14 @@ struct Batch {
 impl Batch {
     /// Back to "no batch open", keeping the buffers' allocations.
     fn reset(&mut self) {
-        let buffer = std::mem::take(&mut self.buffer);
+        let mut outputs = std::mem::take(&mut self.outputs);
         let mut held = std::mem::take(&mut self.held);
         let mut arena = std::mem::take(&mut self.arena);
+        outputs.clear();
         held.clear();
         arena.clear();
         *self = Batch {
-            buffer,
+            outputs,
             held,
             arena,
             ..Batch::default()
@@ -134,8 +134,7 @@ pub struct Pipeline {
     batch: Mutex<Batch>,
     /// A failure seen inside a rebalance callback, which cannot return it; the loop picks it up.
     deferred: Mutex<Option<Failure>>,
-    /// `None` when `detectors.enabled` is off.
-    detectors: Option<Detectors>,
+    engine: Engine,
     /// Connected on first use, so a worker with the detectors on starts even while Redis is
     /// down (its batches then fail and are retried).
     state: Mutex<Option<Box<dyn DetectorState + Send>>>,
@@ -148,18 +147,14 @@ impl Pipeline {
         table: TableHandle,
         metrics: Arc<Metrics>,
     ) -> Pipeline {
-        let detectors = settings
-            .detectors
-            .enabled
-            .then(|| Detectors::new(&settings.detectors, &settings.store.key_prefix));
         Pipeline {
             producer,
+            engine: Engine::new(settings.clone()),
             settings,
             table,
             metrics,
             batch: Mutex::default(),
             deferred: Mutex::default(),
-            detectors,
             state: Mutex::default(),
         }
     }
@@ -234,113 +229,56 @@ impl Pipeline {
         }
         self.metrics.inc_orders_consumed(1);
         batch.records += 1;
-        self.decide_and_produce(message, &mut batch, position)
-    }
-
-    fn decide_and_produce(
-        &self,
-        message: &BorrowedMessage<'_>,
-        batch: &mut Batch,
-        position: usize,
-    ) -> Result<(), Failure> {
-        let source = Source::of(message);
-        let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
-            let rejection = Rejection {
-                reason: "empty_record",
-                message: "record has no value".into(),
-            };
-            return self.dead_letter(&source, &rejection);
-        };
-        let order = match parse_order(payload, &self.settings.limits) {
-            Ok(order) => order,
-            Err(err) => {
-                let rejection = Rejection {
-                    reason: err.reason(),
-                    message: err.to_string(),
-                };
-                return self.dead_letter(&source, &rejection);
-            }
-        };
-        if self.detectors.is_some() {
-            batch.hold(message, position, payload);
+        if self.engine.uses_state() {
+            // With the detectors on, records are decided at commit, all together, so that the
+            // batch's state changes take one round trip.
+            batch.hold(message, position);
             return Ok(());
         }
+        let payload = message.payload().unwrap_or_default();
         let table = self.table.current();
-        let decision = decide(payload, &order, &table, &self.settings.attribution);
-        self.produce_decision(&decision, &order, &mut batch.buffer, &source)
-    }
-
-    /// Serializes a decision and produces its conversion and alerts into the open batch.
-    fn produce_decision<H: Headers>(
-        &self,
-        decision: &Decision<'_>,
-        order: &ValidOrder<'_>,
-        buffer: &mut Vec<u8>,
-        source: &Source<'_, H>,
-    ) -> Result<(), Failure> {
-        let conversion = &decision.conversion;
-        // Everything is serialized before anything is sent, so an output the producer would
-        // refuse as too large turns into one dead letter instead of half a decision.
-        buffer.clear();
-        serde_json::to_writer(&mut *buffer, conversion)
-            .map_err(|e| Failure::Fatal(format!("serialize conversion: {e}")))?;
-        let mut ends = vec![buffer.len()];
-        for alert in &decision.alerts {
-            serde_json::to_writer(&mut *buffer, alert)
-                .map_err(|e| Failure::Fatal(format!("serialize alert: {e}")))?;
-            ends.push(buffer.len());
+        let Batch { outputs, .. } = &mut *batch;
+        outputs.clear();
+        self.engine
+            .run(&table, None, &[payload], outputs)
+            .map_err(engine_failure)?;
+        let source = Source::of(message);
+        for record in outputs.iter() {
+            self.produce_outcome(&record, &source)?;
         }
-        let largest = ends.iter().scan(0, |start, &end| {
-            let size = end - *start;
-            *start = end;
-            Some(size)
-        });
-        if let Some(size) = largest.max().filter(|&size| size > self.max_record_bytes()) {
-            let rejection = Rejection {
-                reason: "output_too_large",
-                message: format!(
-                    "an output of {size} bytes exceeds the producer limit of {} bytes",
-                    self.max_record_bytes()
-                ),
-            };
-            return self.dead_letter(source, &rejection);
-        }
-        let kafka = &self.settings.kafka;
-        self.send(
-            BaseRecord::to(&kafka.conversions_topic)
-                .key(conversion.order_id.as_bytes())
-                .payload(&buffer[..ends[0]]),
-        )?;
-        self.metrics.record_conversion(
-            conversion.status,
-            conversion.basis,
-            conversion.invalid_reason,
-        );
-        for (alert, range) in decision.alerts.iter().zip(ends.windows(2)) {
-            self.send(
-                BaseRecord::to(&kafka.alerts_topic)
-                    .key(alert.alert_id.as_bytes())
-                    .payload(&buffer[range[0]..range[1]]),
-            )?;
-            self.metrics.record_alert(alert.kind);
-        }
-        let lag = chrono::Utc::now() - order.event_time;
-        self.metrics.observe_end_to_end(lag.as_seconds_f64());
         Ok(())
     }
 
-    /// The largest record the producer accepts (librdkafka's `message.max.bytes`, 1,000,000 unless
-    /// configured), less room for key and headers.
-    fn max_record_bytes(&self) -> usize {
-        const HEADROOM: usize = 16 * 1024;
-        self.settings
-            .kafka
-            .producer
-            .get("message.max.bytes")
-            .or_else(|| self.settings.kafka.common.get("message.max.bytes"))
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(1_000_000)
-            .saturating_sub(HEADROOM)
+    /// Produces one record's outcome into the open batch: its conversion and alerts, or its
+    /// dead letter.
+    fn produce_outcome<H: Headers>(
+        &self,
+        record: &RecordOutcome<'_>,
+        source: &Source<'_, H>,
+    ) -> Result<(), Failure> {
+        let decided = match record.result {
+            Ok(decided) => decided,
+            Err(rejection) => return self.dead_letter(source, rejection),
+        };
+        let kafka = &self.settings.kafka;
+        for write in record.writes() {
+            let topic = match write.kind {
+                WriteKind::Conversion => &kafka.conversions_topic,
+                WriteKind::Alert(_) => &kafka.alerts_topic,
+            };
+            self.send(BaseRecord::to(topic).key(write.key).payload(write.value))?;
+            match write.kind {
+                WriteKind::Conversion => self.metrics.record_conversion(
+                    decided.status,
+                    decided.basis,
+                    decided.invalid_reason,
+                ),
+                WriteKind::Alert(kind) => self.metrics.record_alert(kind),
+            }
+        }
+        let lag = chrono::Utc::now() - decided.event_time;
+        self.metrics.observe_end_to_end(lag.as_seconds_f64());
+        Ok(())
     }
 
     fn dead_letter<H: Headers>(
@@ -354,7 +292,7 @@ impl Pipeline {
         let payload = source.payload;
         let too_large = payload
             .map(<[u8]>::len)
-            .filter(|&len| len > self.max_record_bytes());
+            .filter(|&len| len > self.engine.max_output_bytes());
         let mut headers: OwnedHeaders = dlq_headers(source, rejection);
         if let Some(len) = too_large {
             headers = headers.insert(Header {
@@ -515,6 +453,15 @@ impl Pipeline {
         if let Err(failure) = result {
             self.defer(failure);
         }
+    }
+}
+
+/// A state failure is worth retrying (the batch is redone and the detectors' replay records make
+/// the redo give the same outputs); a serialization failure is a bug that retrying cannot fix.
+fn engine_failure(err: EngineError) -> Failure {
+    match err {
+        EngineError::State(_) => Failure::Transient(err.to_string()),
+        EngineError::Serialize { .. } => Failure::Fatal(err.to_string()),
     }
 }
 

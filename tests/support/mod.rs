@@ -400,10 +400,24 @@ pub fn read(topic: &str, expected: usize, timeout: Duration) -> Vec<ReadRecord> 
 /// How long a read that expects nothing more waits for a surplus record to show up.
 pub const SETTLE: Duration = Duration::from_secs(3);
 
-/// Everything on `topic` once it is complete: waits for one record more than `expected` for
-/// [`SETTLE`], so a surplus (a duplicate, an unexpected output) is seen rather than cut off.
+/// How long a read waits for records the caller already knows are there.
+const KNOWN_PRESENT: Duration = Duration::from_secs(60);
+
+/// Everything on `topic` once it is complete: reads the `expected` records (waiting as long as a
+/// loaded machine may need for a fresh reader to fetch them), then reads again waiting for one
+/// more for [`SETTLE`], so a surplus (a duplicate, an unexpected output) is seen rather than cut
+/// off. A single read bounded by [`SETTLE`] alone returned a partial topic on a busy machine.
 pub fn read_settled(topic: &str, expected: usize) -> Vec<ReadRecord> {
-    read(topic, expected + 1, SETTLE)
+    let complete = read(topic, expected, KNOWN_PRESENT);
+    if complete.len() < expected {
+        return complete;
+    }
+    let with_surplus = read(topic, expected + 1, SETTLE);
+    if with_surplus.len() > complete.len() {
+        with_surplus
+    } else {
+        complete
+    }
 }
 
 /// Reads several topics at once (each read takes its own consumer), in the order given.

@@ -1,17 +1,16 @@
-//! The batch's detector step: records are held until commit, then decided together so their
-//! state changes take one round trip.
+//! The batch's detector step: records are held until commit, then run through the engine
+//! together so their state changes take one round trip.
 
 use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 
-use super::{Batch, Pipeline};
-use crate::detectors::batch::{BatchError, Decided, decide_batch};
+use super::{Batch, Pipeline, engine_failure};
 use crate::detectors::redis_state::RedisState;
 use crate::detectors::{DetectorState, OrderStep, StateError, StepOutcome};
 use crate::kafka::Failure;
-use crate::kafka::outputs::{Rejection, Source};
+use crate::kafka::outputs::Source;
 use crate::metrics::Metrics;
 
 /// A record waiting for the batch's detector step.
@@ -21,19 +20,19 @@ pub(super) struct Held {
     partition: i32,
     offset: i64,
     key: Option<std::ops::Range<usize>>,
-    payload: std::ops::Range<usize>,
+    payload: Option<std::ops::Range<usize>>,
     headers: Option<OwnedHeaders>,
 }
 
 impl Batch {
-    pub(super) fn hold(&mut self, message: &BorrowedMessage<'_>, position: usize, payload: &[u8]) {
+    pub(super) fn hold(&mut self, message: &BorrowedMessage<'_>, position: usize) {
         let mut copy = |bytes: &[u8]| {
             let start = self.arena.len();
             self.arena.extend_from_slice(bytes);
             start..self.arena.len()
         };
         let key = message.key().map(&mut copy);
-        let payload = copy(payload);
+        let payload = message.payload().map(&mut copy);
         self.held.push(Held {
             position,
             partition: message.partition(),
@@ -46,13 +45,10 @@ impl Batch {
 }
 
 impl Pipeline {
-    /// Decides the held records with the detectors (one state round trip) and produces their
-    /// outputs. A state failure is transient: the batch is aborted and redone, and the replay
-    /// records make the redo give the same outputs.
+    /// Runs the held records through the engine with the detectors (one state round trip) and
+    /// produces their outputs. A state failure is transient: the batch is aborted and redone,
+    /// and the replay records make the redo give the same outputs.
     pub(super) fn flush_held(&self, batch: &mut Batch) -> Result<(), Failure> {
-        let Some(detectors) = &self.detectors else {
-            return Ok(());
-        };
         if batch.held.is_empty() {
             return Ok(());
         }
@@ -77,54 +73,38 @@ impl Pipeline {
         let Batch {
             held,
             arena,
-            buffer,
+            outputs,
             positions,
             ..
         } = batch;
-        let records: Vec<&[u8]> = held.iter().map(|h| &arena[h.payload.clone()]).collect();
+        let records: Vec<&[u8]> = held
+            .iter()
+            .map(|h| h.payload.clone().map_or(&[][..], |r| &arena[r]))
+            .collect();
         let mut timed = Timed {
             inner: state.as_mut(),
             metrics: &self.metrics,
         };
-        let result = decide_batch(
-            detectors,
-            &mut timed,
-            &table,
-            &self.settings,
-            &records,
-            |i, decided| {
-                let h = &held[i];
-                let source = Source {
-                    topic: positions.get(h.position).map_or("", |p| p.topic.as_str()),
-                    partition: h.partition,
-                    offset: h.offset,
-                    key: h.key.clone().map(|r| &arena[r]),
-                    payload: Some(records[i]),
-                    headers: h.headers.as_ref(),
-                };
-                match decided {
-                    Decided::Decision(decision, order) => {
-                        self.produce_decision(decision, order, buffer, &source)
-                    }
-                    Decided::Rejected(err) => {
-                        let rejection = Rejection {
-                            reason: err.reason(),
-                            message: err.to_string(),
-                        };
-                        self.dead_letter(&source, &rejection)
-                    }
-                }
-            },
-        );
-        match result {
-            Ok(()) => {
-                held.clear();
-                arena.clear();
-                Ok(())
-            }
-            Err(BatchError::State(err)) => Err(Failure::Transient(err.to_string())),
-            Err(BatchError::Sink(failure)) => Err(failure),
+        outputs.clear();
+        self.engine
+            .run(&table, Some(&mut timed), &records, outputs)
+            .map_err(engine_failure)?;
+        for record in outputs.iter() {
+            let h = &held[record.input];
+            let source = Source {
+                topic: positions.get(h.position).map_or("", |p| p.topic.as_str()),
+                partition: h.partition,
+                offset: h.offset,
+                key: h.key.clone().map(|r| &arena[r]),
+                payload: h.payload.clone().map(|r| &arena[r]),
+                headers: h.headers.as_ref(),
+            };
+            self.produce_outcome(&record, &source)?;
         }
+        outputs.clear();
+        held.clear();
+        arena.clear();
+        Ok(())
     }
 }
 
