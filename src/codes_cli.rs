@@ -1,7 +1,7 @@
 //! `promo-attribution codes …`: the admin commands over the Redis code store.
 //!
 //! Every change is validated with the same loader the offline mode uses, reported in full
-//! before anything is written, and published as one new version (see [`crate::store`]).
+//! before anything is written, and published as one new version (see [`crate::redis::store`]).
 //! Exit codes: 0 done; 1 the input or the request is invalid (nothing written); 2 usage,
 //! configuration, I/O or Redis errors.
 
@@ -15,8 +15,8 @@ use clap::{Args, Subcommand};
 
 use crate::codes::LoadProblems;
 use crate::codes::edit::EditError;
+use crate::redis::store::StoreError;
 use crate::settings::{SettingsSources, StoreSettings};
-use crate::store::StoreError;
 
 #[derive(Debug, Args)]
 pub struct CodesArgs {

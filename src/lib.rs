@@ -8,19 +8,23 @@
 //! - [`codes`]: the code table, its CSV format and validation.
 //! - [`matcher`]: exact and regex indexes that find an entered code's entry.
 //! - [`attribution`]: the crediting rules and per-order alerts.
+//! - [`detectors`]: the stateful misuse detectors, their state behind a trait.
 //! - [`settings`], [`timefmt`], [`ids`]: configuration, date reading, deterministic ids.
 //!
-//! At the edges:
-//! - [`offline`]: the engine over files (`attribute`), and [`explain`] for people.
-//! - [`kafka`]: the stream worker (consume, decide, produce, commit) on its own thread.
-//! - [`table_source`]: the seam the worker reads the current code table through.
+//! [`engine`] turns input records into output records with that core (parse, decide, detect,
+//! serialize, size check); the worker, the offline mode and the benches all run it.
+//!
+//! At the edges, each in the module named after it:
+//! - [`kafka`]: poll, produce, commit and rewind, on the worker's own thread.
+//! - [`redis`]: the code store, the live code sync, the detectors' shared state.
 //! - [`admin`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`offline`]: the engine over files (`attribute`), and [`explain`] for people.
+//! - [`table_source`]: the seam the worker reads the current code table through.
 //! - [`run`]: wiring of the worker; [`cli`]: the command line; `src/main.rs` only calls it.
 
 pub mod admin;
 pub mod attribution;
 pub mod cli;
-pub mod code_sync;
 pub mod codes;
 pub mod codes_cli;
 pub mod detectors;
@@ -32,9 +36,9 @@ pub mod kafka;
 pub mod matcher;
 pub mod metrics;
 pub mod offline;
+pub mod redis;
 pub mod run;
 pub mod schema;
 pub mod settings;
-pub mod store;
 pub mod table_source;
 pub mod timefmt;

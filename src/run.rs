@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::admin::{Health, spawn_admin};
-use crate::code_sync::{self, StartError};
 use crate::kafka::worker::WorkerDeps;
 use crate::kafka::{WorkerExit, run_worker};
 use crate::metrics::Metrics;
+use crate::redis::code_sync::{self, StartError};
 use crate::settings::{CodeSource, LogFormat, Settings, redacted_url};
 use crate::table_source::{SourceError, load_from_files};
 

@@ -143,7 +143,8 @@ pub fn with_program_settings_file(
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
-    let programs = crate::store::snapshot::parse_programs(&bytes, &path.display().to_string())
-        .map_err(|p| problem(p.reason))?;
+    let programs =
+        crate::redis::store::snapshot::parse_programs(&bytes, &path.display().to_string())
+            .map_err(|p| problem(p.reason))?;
     Ok(table.with_program_settings(programs))
 }

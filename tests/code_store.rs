@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use promo_attribution::codes::CodeTable;
 use promo_attribution::kafka::tools;
 use promo_attribution::offline;
+use promo_attribution::redis::store::Store;
 use promo_attribution::settings::{Settings, StoreSettings};
-use promo_attribution::store::Store;
 use support::admin::{admin_address, metric_value, strip_ansi};
 use support::redis::PrivateRedis;
 use support::{

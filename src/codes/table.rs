@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::load::{LoadProblem, LoadProblems};
 use super::normalize::{exact_key, trim_entered};
 use super::{CodeEntry, MatchType, Partner};
-use crate::detectors::config::ProgramSettings;
 use crate::matcher::{DEFAULT_REGEX_SIZE_LIMIT, ProgramMatcher, RegexIndex};
+use crate::settings::detectors::ProgramSettings;
 
 /// Position of an entry in the table; also its row order, which breaks ties between regexes.
 pub type EntryId = u32;

@@ -14,10 +14,10 @@ use crate::codes::export::{code_record, write_codes, write_partners};
 use crate::codes::load::{LoadProblem, read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
-use crate::detectors::config::ProgramSettings;
+use crate::redis::store::snapshot::decode_delta;
+use crate::redis::store::{Snapshot, Store, StoreError, VersionMeta};
 use crate::settings::StoreSettings;
-use crate::store::snapshot::decode_delta;
-use crate::store::{Snapshot, Store, StoreError, VersionMeta};
+use crate::settings::detectors::ProgramSettings;
 
 /// A publish that loses a race with another admin is redone from the new version this often.
 const PUBLISH_ATTEMPTS: usize = 3;

@@ -7,7 +7,7 @@ use super::{CodesError, ListArgs, StateFilter};
 use crate::codes::export::{code_type_name, match_mode_name, policy_name};
 use crate::codes::{CodeEntry, CodeState, CodeTable};
 use crate::explain::describe_code;
-use crate::store::{Snapshot, VersionMeta};
+use crate::redis::store::{Snapshot, VersionMeta};
 use crate::timefmt::{Instant, format_instant, parse_rfc3339};
 
 fn moment(at: Option<&str>) -> Result<Instant, CodesError> {

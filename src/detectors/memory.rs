@@ -1,5 +1,5 @@
 //! Detector state in process memory, for the offline mode and tests. Same semantics as the Redis
-//! script (`redis_state.rs`), step for step; time-to-live is not modelled, since an offline run
+//! script (`src/redis/detector_state.rs`), step for step; time-to-live is not modelled, since an offline run
 //! is finite and the Redis TTLs only collect garbage well after a window closed.
 
 use std::collections::{BTreeSet, HashMap};

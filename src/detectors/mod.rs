@@ -1,6 +1,6 @@
 //! Stateful misuse detectors (issue 5). Pure: state lives behind [`DetectorState`], so the
 //! offline mode runs them in memory ([`MemoryState`]) and the worker against Redis
-//! ([`redis_state::RedisState`]), with the same results for the same sequence of orders.
+//! ([`crate::redis::detector_state::RedisState`]), with the same results for the same sequence of orders.
 //!
 //! An order goes through three steps: [`Detectors::plan`] lists what it changes in the shared
 //! state (from the order and its decision alone), the state applies a batch of plans atomically
@@ -14,10 +14,8 @@
 //! two (1, 2, 4, 8, ... of the counted quantity), with the same id and a higher count; a reader
 //! keeps the record with the highest count per id.
 
-pub mod config;
 pub mod memory;
 pub mod plan;
-pub mod redis_state;
 pub mod report;
 pub mod state;
 
@@ -28,7 +26,7 @@ use crate::attribution::Decision;
 use crate::codes::CodeTable;
 use crate::schema::ValidOrder;
 
-pub use config::{DetectorSettings, ProgramSettings, Thresholds};
+pub use crate::settings::detectors::{DetectorSettings, ProgramSettings, Thresholds};
 pub use memory::MemoryState;
 pub use plan::Plan;
 pub use state::{DetectorState, OrderStep, StateError, StepOutcome, crossed_power_of_two};

@@ -34,7 +34,7 @@ pub struct CountRef {
 /// When an incident's alert is written: the detectors' thresholds as a condition on counts
 /// before and after the order. The state evaluates it too, to read evidence only for the
 /// orders that write an alert (reading it for every order of a burst would cost more than the
-/// counting); `redis_state.rs` mirrors [`Gate::fires`] in Lua.
+/// counting); `redis/detector_state.rs` mirrors [`Gate::fires`] in Lua.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
     /// Uses beyond `limit`: fires when the excess reaches a new power of two.

@@ -2,6 +2,7 @@
 //! [`sources`]), and passed explicitly to whatever needs it. Every field has a default, so an empty
 //! file (or no file) is a valid configuration for the offline mode.
 
+pub mod detectors;
 mod sources;
 mod store;
 mod worker;
@@ -11,7 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::detectors::config::DetectorSettings;
+pub use detectors::DetectorSettings;
 pub use sources::{ENV_PREFIX, SettingsSources};
 pub use store::{StoreSettings, redacted_url};
 pub use worker::{

@@ -7,11 +7,11 @@ use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 
 use super::{Batch, Pipeline, engine_failure};
-use crate::detectors::redis_state::RedisState;
 use crate::detectors::{DetectorState, OrderStep, StateError, StepOutcome};
 use crate::kafka::Failure;
 use crate::kafka::outputs::Source;
 use crate::metrics::Metrics;
+use crate::redis::detector_state::RedisState;
 
 /// A record waiting for the batch's detector step.
 pub(super) struct Held {

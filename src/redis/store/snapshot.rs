@@ -10,7 +10,7 @@ use crate::codes::export::{write_codes, write_partners};
 use crate::codes::load::{CODE_COLUMNS, LoadProblem, read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
-use crate::detectors::config::ProgramSettings;
+use crate::settings::detectors::ProgramSettings;
 
 /// Rows per stored chunk: about 5 MB of CSV, so a version of a million codes is a hash of a few
 /// dozen fields, which Redis frees at once, and no single value nears Redis's 512 MB limit.

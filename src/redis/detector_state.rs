@@ -21,7 +21,7 @@ use redis::{Client, Connection, Script};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::state::{
+use crate::detectors::state::{
     CountRef, DetectorState, Gate, Op, OpResult, OrderStep, Range, StateError, StepOutcome,
 };
 
@@ -326,7 +326,7 @@ impl<'s> Call<'s> {
             })
         };
         let mut args = Args::default();
-        args.number(super::state::EVIDENCE_LIMIT);
+        args.number(crate::detectors::state::EVIDENCE_LIMIT);
         args.number(chosen.len());
         for &i in chosen {
             let step = &all[i];

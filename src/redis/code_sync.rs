@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use crate::admin::Health;
 use crate::codes::CodeTable;
 use crate::metrics::Metrics;
+use crate::redis::store::snapshot::decode_delta;
+use crate::redis::store::{Store, StoreError};
 use crate::settings::StoreSettings;
-use crate::store::snapshot::decode_delta;
-use crate::store::{Store, StoreError};
 use crate::table_source::TableHandle;
 
 /// Longest wait for an announcement before looking at the clock (shutdown, poll interval, the
