@@ -102,23 +102,6 @@ impl Detectors {
     ) {
         report::finish(self, plan, outcome, order, decision, table);
     }
-
-    /// Plan, apply and finish one order on its own (the offline mode).
-    pub fn run_one<'a>(
-        &self,
-        state: &mut dyn DetectorState,
-        order: &'a ValidOrder<'a>,
-        decision: &mut Decision<'a>,
-        table: &'a CodeTable,
-    ) -> Result<(), StateError> {
-        let plan = self.plan(order, decision, table);
-        let outcome = state
-            .apply(std::slice::from_ref(&plan.step))?
-            .pop()
-            .ok_or_else(|| StateError("the state returned no outcome".into()))?;
-        self.finish(&plan, &outcome, order, decision, table);
-        Ok(())
-    }
 }
 
 fn unreachable_key() -> Hmac<Sha256> {
@@ -135,9 +118,6 @@ pub(crate) fn secs_ms(secs: u64) -> i64 {
 pub fn window_start(at_ms: i64, width_ms: i64) -> i64 {
     at_ms.div_euclid(width_ms.max(1)) * width_ms.max(1)
 }
-
-#[cfg(test)]
-mod scenarios;
 
 #[cfg(test)]
 mod tests {

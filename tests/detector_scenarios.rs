@@ -1,15 +1,20 @@
-//! Every detector's thresholds and windows, on the pure core with in-memory state: a firing
-//! case and a near miss each, plus replays and duplicates.
+//! Every detector's thresholds and windows, through the engine with in-memory state (no
+//! services): a firing case and a near miss each, plus replays and duplicates.
 
+use std::sync::Arc;
+
+use promo_attribution::attribution::decide;
+use promo_attribution::codes::CodeTable;
+use promo_attribution::codes::load::{read_codes_lenient, read_partners};
+use promo_attribution::codes::table::BuildOptions;
+use promo_attribution::detectors::state::Op;
+use promo_attribution::detectors::{
+    DetectorSettings, Detectors, MemoryState, ProgramSettings, Thresholds,
+};
+use promo_attribution::engine::{Engine, Outputs};
+use promo_attribution::schema::parse_order;
+use promo_attribution::settings::Settings;
 use serde_json::{Value, json};
-
-use super::{DetectorSettings, Detectors, MemoryState, Thresholds};
-use crate::attribution::decide;
-use crate::codes::CodeTable;
-use crate::codes::load::{read_codes_lenient, read_partners};
-use crate::codes::table::BuildOptions;
-use crate::schema::parse_order;
-use crate::settings::Settings;
 
 const CODES: &str = "\
 Promo Code,Program Id,Media Id,Type,Credit Rule,Usage Limit,Customer Limit
@@ -30,6 +35,7 @@ Partner Id,Status,Identity Hashes
 ";
 
 struct Run {
+    engine: Engine,
     detectors: Detectors,
     state: MemoryState,
     table: CodeTable,
@@ -49,29 +55,32 @@ impl Run {
             defaults: thresholds,
             ..DetectorSettings::default()
         };
+        let mut settings = Settings::default();
+        settings.store.key_prefix = "t:".into();
+        settings.detectors = detector_settings;
         Run {
-            detectors: Detectors::new(&detector_settings, "t:"),
+            engine: Engine::new(Arc::new(settings.clone())),
+            detectors: Detectors::new(&settings.detectors, &settings.store.key_prefix),
             state: MemoryState::new(),
             table,
-            settings: Settings::default(),
+            settings,
         }
     }
 
     /// Decides one order; returns the conversion and the alerts of the kinds the detectors add.
     fn order(&mut self, record: &Value) -> (Value, Vec<Value>) {
         let bytes = serde_json::to_vec(record).expect("json");
-        let order = parse_order(&bytes, &self.settings.limits).expect("valid order");
-        let mut decision = decide(&bytes, &order, &self.table, &self.settings.attribution);
-        self.detectors
-            .run_one(&mut self.state, &order, &mut decision, &self.table)
+        let mut outputs = Outputs::default();
+        self.engine
+            .run(&self.table, Some(&mut self.state), &[&bytes], &mut outputs)
             .expect("memory state");
-        let conversion = serde_json::to_value(&decision.conversion).expect("json");
-        let alerts = decision
-            .alerts
-            .iter()
-            .map(|a| serde_json::to_value(a).expect("json"))
-            .collect();
-        (conversion, alerts)
+        let outcome = outputs.iter().next().expect("one outcome");
+        assert!(outcome.result.is_ok(), "decided: {:?}", outcome.result);
+        let mut values = outcome
+            .writes()
+            .map(|w| serde_json::from_slice::<Value>(w.value).expect("json"));
+        let conversion = values.next().expect("a conversion");
+        (conversion, values.collect())
     }
 
     /// The kinds and counts of the alerts an order raises.
@@ -442,9 +451,7 @@ fn every_key_of_a_step_shares_the_programs_hash_slot() {
         assert_eq!(plan.step.group, program);
         let keys: Vec<&str> = std::iter::once(plan.step.memo_key.as_str())
             .chain(plan.step.ops.iter().map(|op| match op {
-                super::state::Op::Add { key, .. } | super::state::Op::Tally { key, .. } => {
-                    key.as_str()
-                }
+                Op::Add { key, .. } | Op::Tally { key, .. } => key.as_str(),
             }))
             .collect();
         assert!(keys.len() > 8, "{keys:?}");
@@ -457,9 +464,9 @@ fn every_key_of_a_step_shares_the_programs_hash_slot() {
 #[test]
 fn program_settings_published_with_the_table_override_the_defaults() {
     let mut run = Run::new(only(|t| t.usage_limit = true));
-    let quiet = super::ProgramSettings {
+    let quiet = ProgramSettings {
         usage_limit: Some(false),
-        ..super::ProgramSettings::default()
+        ..ProgramSettings::default()
     };
     run.table = std::mem::replace(
         &mut run.table,
