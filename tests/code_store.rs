@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use promo_attribution::codes::CodeTable;
 use promo_attribution::kafka::tools;
 use promo_attribution::offline;
-use promo_attribution::redis::store::Store;
+use promo_attribution::redis::store::{Keys, Store, StoreError};
 use promo_attribution::settings::{Settings, StoreSettings};
 use support::admin::{admin_address, metric_value, strip_ansi};
 use support::redis::PrivateRedis;
@@ -615,4 +615,56 @@ fn redis_outage_keeps_the_last_table_then_pauses_and_loses_nothing() {
             .terminate(Duration::from_secs(20))
             .is_some_and(|s| s.success())
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Corrupt versions
+
+/// A version whose meta names more chunks than it holds (a corrupt write, or a hostile one) is
+/// refused with a reason, by the CLI and by the loader, instead of sizing an allocation from it.
+#[test]
+fn a_version_claiming_absurd_chunks_is_refused_not_a_panic() {
+    let url = redis_url();
+    let prefix = unique_prefix("corrupt-chunks");
+    import_samples(url, &prefix);
+    let key = Keys::new(&prefix).version(1);
+    let mut connection = redis_connection(url);
+    let meta: String = redis::cmd("HGET")
+        .arg(&key)
+        .arg("meta")
+        .query(&mut connection)
+        .expect("read the meta");
+    let mut meta: serde_json::Value = serde_json::from_str(&meta).expect("meta is JSON");
+    meta["chunks"] = serde_json::json!(u64::MAX / 2);
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("meta")
+        .arg(meta.to_string())
+        .query(&mut connection)
+        .expect("write the corrupt meta");
+
+    let export = codes(url, &prefix, &["export"]);
+    assert_eq!(
+        export.status.code(),
+        Some(2),
+        "export of an unreadable store fails as an I/O error (a panic exits 101):\n{}",
+        text(&export.stderr)
+    );
+    assert!(
+        text(&export.stderr).contains("chunks"),
+        "the error names the problem: {}",
+        text(&export.stderr)
+    );
+    let loaded = Store::connect(&store_settings(url, &prefix))
+        .expect("connect")
+        .load_current();
+    assert!(
+        matches!(loaded, Err(StoreError::Corrupt { version: 1, .. })),
+        "the loader refuses the version: {:?}",
+        loaded.map(|v| v.map(|v| v.meta.version))
+    );
+    let () = redis::cmd("UNLINK")
+        .arg(&key)
+        .query(&mut connection)
+        .expect("clean up");
 }

@@ -195,6 +195,19 @@ impl Store {
     pub fn load_version(&mut self, version: u64) -> Result<StoredVersion, StoreError> {
         let key = self.keys.version(version);
         let meta = self.load_meta(version)?;
+        // The chunk count comes from the stored meta: a corrupt or hostile value must not size
+        // an allocation, so it is checked against the fields the hash really has (meta,
+        // partners, programs, one per chunk, and published_ms once the version is published).
+        let fields_held: usize = self.connection.hlen(&key).map_err(|e| self.redis(e))?;
+        if meta.chunks > fields_held.saturating_sub(3) {
+            return Err(StoreError::Corrupt {
+                version,
+                reason: format!(
+                    "meta names {} chunks but the version holds {fields_held} fields",
+                    meta.chunks
+                ),
+            });
+        }
         let mut fields: Vec<String> = vec!["partners".into(), "programs".into()];
         fields.extend((0..meta.chunks).map(|i| format!("codes:{i}")));
         let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
