@@ -14,6 +14,7 @@
 //! two (1, 2, 4, 8, ... of the counted quantity), with the same id and a higher count; a reader
 //! keeps the record with the highest count per id.
 
+mod kinds;
 pub mod memory;
 pub mod plan;
 pub mod report;
