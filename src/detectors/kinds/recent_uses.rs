@@ -61,17 +61,10 @@ pub(in crate::detectors) fn plan(
     let mut ranges = Vec::new();
     let mut oldest = p.event_ms;
     let velocity = if t.velocity {
-        let width = secs_ms(t.velocity_bucket_secs);
-        let start = window_start(p.event_ms, width);
-        let baseline_start = start - width * t.velocity_baseline_buckets as i64;
-        let bucket = RangeRef {
-            range: ranges.len(),
-            start_ms: start,
-        };
-        ranges.push(Range {
-            min: start,
-            max: start + width,
-        });
+        let bucket = push_window(&mut ranges, p.event_ms, t.velocity_bucket_secs);
+        let start = bucket.start_ms;
+        let baseline_start =
+            start - secs_ms(t.velocity_bucket_secs) * t.velocity_baseline_buckets as i64;
         let baseline = ranges.len();
         ranges.push(Range {
             min: baseline_start,
@@ -100,17 +93,8 @@ pub(in crate::detectors) fn plan(
         None
     };
     let cold_window = if cold_applies {
-        let width = secs_ms(t.cold_window_secs);
-        let start = window_start(p.event_ms, width);
-        let window = RangeRef {
-            range: ranges.len(),
-            start_ms: start,
-        };
-        ranges.push(Range {
-            min: start,
-            max: start + width,
-        });
-        oldest = oldest.min(start);
+        let window = push_window(&mut ranges, p.event_ms, t.cold_window_secs);
+        oldest = oldest.min(window.start_ms);
         Some(window)
     } else {
         None
@@ -130,6 +114,20 @@ pub(in crate::detectors) fn plan(
     });
     let cold = cold_window.map(|window| plan_cold(p, entry, code_id, conversion, op, window));
     Some(RecentUses { op, velocity, cold })
+}
+
+/// Adds the range of the window of `width_secs` that holds the order.
+fn push_window(ranges: &mut Vec<Range>, event_ms: i64, width_secs: u64) -> RangeRef {
+    let width = secs_ms(width_secs);
+    let start = window_start(event_ms, width);
+    ranges.push(Range {
+        min: start,
+        max: start + width,
+    });
+    RangeRef {
+        range: ranges.len() - 1,
+        start_ms: start,
+    }
 }
 
 /// Every use goes to `w:`, a cold one (no eligible click from the code's owner) to `k:` too.
