@@ -1,7 +1,7 @@
 //! What one order changes in the shared state, derived from the order and its decision alone
 //! (never from the state), so a batch of plans can be applied in one round trip.
 //!
-//! Each detector plans its own operations ([`super::kinds`]); [`plan`] walks them in a fixed
+//! Each detector plans its own operations ([`super::kinds`]); `plan` walks them in a fixed
 //! order, and that order is part of the contract: the Redis script, the gates and the replay
 //! records name results by operation index. Per matched code, first match first: usage limit,
 //! customer limit (one operation per customer identifier), recent uses (`w:`, then `k:`); then

@@ -2,7 +2,7 @@
 //!
 //! Every decision here is a function of the plan and the returned counts only, so a replay,
 //! which returns the recorded counts, writes the same bytes. Each detector reads its own counts
-//! ([`super::kinds`]); [`finish`] walks them in a fixed order, which is the order of the
+//! ([`super::kinds`]); `finish` walks them in a fixed order, which is the order of the
 //! alerts: self-referral; per matched code usage limit, customer limit, velocity, cold share;
 //! enumeration; unknown rate.
 

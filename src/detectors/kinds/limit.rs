@@ -24,7 +24,7 @@ pub(in crate::detectors) struct LimitUses<'r> {
     pub(in crate::detectors) result: &'r OpResult,
     /// Uses including this order.
     pub(in crate::detectors) uses: u64,
-    /// This order is a use beyond the limit (a replayed order is not: it added nothing).
+    /// This order is a use beyond the limit (an order already in the set added nothing).
     pub(in crate::detectors) breached: bool,
     pub(in crate::detectors) fires: bool,
 }

@@ -99,7 +99,9 @@ pub(in crate::detectors) fn plan(
     } else {
         None
     };
+    // The set lives as long as its oldest range reaches back from this order.
     let horizon = (p.event_ms - oldest).max(0) as u64 / 1000 + 1;
+    // Only the spike's orders are read here: the cold share's are the cold ones, in `k:`.
     let evidence = velocity.map(|v| Evidence {
         ranges: ranges.get(v.bucket.range).copied().into_iter().collect(),
         gate: v.gate,
