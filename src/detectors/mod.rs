@@ -5,15 +5,20 @@
 //! An order goes through three steps: [`Detectors::plan`] lists what it changes in the shared
 //! state (from the order and its decision alone), the state applies a batch of plans atomically
 //! per order, and [`Detectors::finish`] turns the counts that came back into alerts and, where a
-//! program asks for it, an INVALID conversion. Windows are tumbling windows of **event time**,
-//! aligned on the Unix epoch; an order always counts in the window of its own event time,
-//! however late it arrives (as long as the window's state is still kept: `grace_secs`).
+//! program asks for it, an INVALID conversion. A detector's two parts, what it counts and what
+//! it makes of the counts, change together, so they live together in one module of `kinds/`;
+//! `plan.rs` and `report.rs` only walk the detectors in a fixed order.
+//!
+//! Windows are tumbling windows of **event time**, aligned on the Unix epoch; an order always
+//! counts in the window of its own event time, however late it arrives (as long as the window's
+//! state is still kept: `grace_secs`).
 //!
 //! One alert per incident: an alert's id is derived from (kind, program, subject, window), and it
 //! is written when the incident starts and again each time its count reaches the next power of
 //! two (1, 2, 4, 8, ... of the counted quantity), with the same id and a higher count; a reader
 //! keeps the record with the highest count per id.
 
+pub mod kinds;
 pub mod memory;
 pub mod plan;
 pub mod report;
