@@ -79,6 +79,27 @@ impl Engine {
         records: &[&[u8]],
         out: &mut Outputs,
     ) -> Result<(), EngineError> {
+        let Some(detectors) = &self.detectors else {
+            // Without detectors each record stands alone: no batch-wide vectors to build.
+            let mark = out.mark();
+            for (input, record) in records.iter().enumerate() {
+                let appended = match parse_record(record, &self.settings) {
+                    Ok(order) => {
+                        let decision = decide(record, &order, table, &self.settings.attribution);
+                        out.push_decision(input, &order, &decision, self.max_output_bytes)
+                    }
+                    Err(rejection) => {
+                        out.push_rejection(input, rejection);
+                        Ok(())
+                    }
+                };
+                if let Err(err) = appended {
+                    out.truncate(mark);
+                    return Err(err);
+                }
+            }
+            return Ok(());
+        };
         let parsed: Vec<Result<ValidOrder<'_>, Rejection>> = records
             .iter()
             .map(|record| parse_record(record, &self.settings))
@@ -93,12 +114,10 @@ impl Engine {
                     .map(|o| decide(record, o, table, &self.settings.attribution))
             })
             .collect();
-        if let Some(detectors) = &self.detectors {
-            let state = state.ok_or_else(|| {
-                StateError("the detectors are on but no detector state was given".into())
-            })?;
-            detect(detectors, state, table, &parsed, &mut decisions)?;
-        }
+        let state = state.ok_or_else(|| {
+            StateError("the detectors are on but no detector state was given".into())
+        })?;
+        detect(detectors, state, table, &parsed, &mut decisions)?;
         let mark = out.mark();
         for (input, (order, decision)) in parsed.iter().zip(&decisions).enumerate() {
             let appended = match (order, decision) {
@@ -186,4 +205,169 @@ fn max_output_bytes(settings: &Settings) -> usize {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1_000_000)
         .saturating_sub(HEADROOM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::load::read_codes_lenient;
+    use crate::codes::table::BuildOptions;
+    use crate::detectors::{MemoryState, OrderStep, StepOutcome};
+    use crate::schema::Status;
+
+    const CODES: &str =
+        "Promo Code,Program Id,Media Id,Type,Credit Rule\nSAVE10,1,100,TRACKING,ALWAYS\n";
+
+    fn table() -> CodeTable {
+        let (entries, problems) = read_codes_lenient(CODES.as_bytes(), "codes");
+        assert!(problems.is_empty(), "{problems:?}");
+        CodeTable::build(entries, Vec::new(), "v1", "codes", BuildOptions::default())
+            .expect("table")
+    }
+
+    fn order(id: &str) -> Vec<u8> {
+        format!(
+            r#"{{"order_id":"{id}","program_id":"1","event_type":"sale","event_time":"2026-05-10T12:00:00Z","promo_codes":["save10"]}}"#
+        )
+        .into_bytes()
+    }
+
+    fn with_detectors() -> Settings {
+        let mut settings = Settings::default();
+        settings.detectors.enabled = true;
+        settings.detectors.customer_hmac_key = "test-key-0123456789".into();
+        settings
+    }
+
+    struct Unreachable;
+
+    impl DetectorState for Unreachable {
+        fn apply(&mut self, _: &[OrderStep]) -> Result<Vec<StepOutcome>, StateError> {
+            Err(StateError("connection refused".into()))
+        }
+    }
+
+    #[test]
+    fn each_record_gets_one_outcome_in_input_order() {
+        let engine = Engine::new(Arc::new(Settings::default()));
+        let (a, b) = (order("A"), order("B"));
+        let records: [&[u8]; 4] = [&a, b"", b"{not json", &b];
+        let mut out = Outputs::default();
+        engine.run(&table(), None, &records, &mut out).expect("run");
+        let seen: Vec<(usize, Result<Status, &str>)> = out
+            .iter()
+            .map(|r| {
+                (
+                    r.input,
+                    r.result.as_ref().map(|d| d.status).map_err(|e| e.reason),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, Ok(Status::Credited)),
+                (1, Err("empty_record")),
+                (2, Err("malformed_json")),
+                (3, Ok(Status::Credited)),
+            ]
+        );
+        let first = out.iter().next().expect("an outcome");
+        let writes: Vec<_> = first.writes().collect();
+        assert_eq!(writes.len(), 1, "one conversion, no alert");
+        assert_eq!(writes[0].kind, WriteKind::Conversion);
+        assert_eq!(writes[0].key, b"A");
+        let conversion: serde_json::Value =
+            serde_json::from_slice(writes[0].value).expect("conversion JSON");
+        assert_eq!(conversion["partner_id"], "100");
+    }
+
+    #[test]
+    fn an_output_over_the_producer_limit_becomes_a_rejection() {
+        let mut settings = Settings::default();
+        settings
+            .kafka
+            .producer
+            .insert("message.max.bytes".into(), (16 * 1024 + 100).to_string());
+        let engine = Engine::new(Arc::new(settings));
+        assert_eq!(engine.max_output_bytes(), 100);
+        let record = order("A");
+        let mut out = Outputs::default();
+        engine
+            .run(&table(), None, &[&record], &mut out)
+            .expect("run");
+        let outcome = out.iter().next().expect("an outcome");
+        assert_eq!(
+            outcome.result.as_ref().map_err(|e| e.reason),
+            Err("output_too_large")
+        );
+        assert_eq!(
+            outcome.writes().count(),
+            0,
+            "nothing of the decision is kept"
+        );
+    }
+
+    #[test]
+    fn a_failed_state_step_leaves_the_outputs_as_they_were() {
+        let engine = Engine::new(Arc::new(with_detectors()));
+        let table = table();
+        let (a, b) = (order("A"), order("B"));
+        let mut out = Outputs::default();
+        engine
+            .run(&table, Some(&mut MemoryState::new()), &[&a], &mut out)
+            .expect("first batch");
+        let failed = engine.run(&table, Some(&mut Unreachable), &[&b], &mut out);
+        assert!(matches!(failed, Err(EngineError::State(_))), "{failed:?}");
+        assert_eq!(out.len(), 1, "only the first batch's outcome");
+        let missing = engine.run(&table, None, &[&b], &mut out);
+        assert!(
+            matches!(missing, Err(EngineError::State(_))),
+            "detectors on and no state: {missing:?}"
+        );
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_gives_the_same_bytes_as_its_records_one_by_one() {
+        let engine = Engine::new(Arc::new(with_detectors()));
+        let table = table();
+        // O0 and O1 come back with other content (a duplicate order id, an alert and an
+        // invalidation), O2 comes back byte for byte (a replay: the first outputs again).
+        let mut records: Vec<Vec<u8>> = (0..4).map(|i| order(&format!("O{i}"))).collect();
+        for i in 0..2 {
+            let changed = String::from_utf8(order(&format!("O{i}")))
+                .expect("utf8")
+                .replace("save10", "SAVE10");
+            records.push(changed.into_bytes());
+        }
+        records.push(order("O2"));
+        let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let bytes = |out: &Outputs| -> Vec<Vec<u8>> {
+            out.iter()
+                .flat_map(|r| r.writes().map(|w| w.value.to_vec()).collect::<Vec<_>>())
+                .collect()
+        };
+        let mut together = Outputs::default();
+        engine
+            .run(
+                &table,
+                Some(&mut MemoryState::new()),
+                &slices,
+                &mut together,
+            )
+            .expect("batch");
+        let mut alone = Outputs::default();
+        let mut state = MemoryState::new();
+        for record in &slices {
+            engine
+                .run(&table, Some(&mut state), &[record], &mut alone)
+                .expect("one");
+        }
+        assert_eq!(bytes(&together), bytes(&alone));
+        assert!(
+            bytes(&together).len() > records.len(),
+            "the changed repeats raise duplicate alerts"
+        );
+    }
 }
