@@ -153,7 +153,9 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
         f"{results['table']['exact']:,} exact + {results['table']['regex']:,} regex codes, 3 "
         f"partitions; batches of {results['batch']['max_records']} records / "
         f"{results['batch']['max_ms']} ms for the worker, the passthrough and the hand-tuned loop. "
-        f"The Python peers drain the same backlog for at most {results['peer_secs']} s each.",
+        f"The Python peers drain the same backlog for at most {results['peer_secs']} s each"
+        + (f", the worker with detectors on for at most {results['detector_secs']} s."
+           if "detector_secs" in results else "."),
         "",
         f"![suite chart]({chart_link})",
         "",
