@@ -395,7 +395,7 @@ def chart(results, path):
     middle.barh([d["name"] for d in contenders], cpu,
                 color=[colour(d["name"]) for d in contenders])
     middle.invert_yaxis()
-    middle.set_xlabel("CPU seconds per million orders (contender; + Redis with detectors)")
+    middle.set_xlabel("CPU-s per million orders (+ Redis with detectors)")
     middle.set_title("CPU per order")
     for y, value in enumerate(cpu):
         middle.text(value, y, f" {value:.1f}", va="center", fontsize=8)
