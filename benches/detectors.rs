@@ -1,6 +1,8 @@
 //! Throughput with the detectors off and on, the real pipeline (local broker, worker, Redis) in
 //! one run: each mode drains the same backlog, alternating, and the rate is taken from the first
-//! committed batch to the last. Takes minutes; not part of CI. Run it with
+//! committed batch to the last, and so is the CPU of this process (the worker runs in it; Redis
+//! and the broker are not counted). Takes minutes; not part of CI. `scripts/bench` runs the same
+//! comparison with the worker binary and counts Redis too. Run it with
 //!
 //! ```sh
 //! BENCH_ORDERS=100000 cargo bench --bench detectors
@@ -37,8 +39,21 @@ fn corpus(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Orders per second while draining `records` from a fresh topic.
-fn drain_rate(records: &[Vec<u8>], detectors: bool) -> f64 {
+/// CPU seconds (user + system, all threads) of this process so far.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Orders per second and CPU seconds per million orders while draining `records` from a fresh
+/// topic.
+fn drain_rate(records: &[Vec<u8>], detectors: bool) -> (f64, f64) {
     let names = Names::new(if detectors { "bench-on" } else { "bench-off" });
     names.create_topics(3);
     let produced = tools::produce_records(brokers(), &names.input, records).expect("produce");
@@ -52,12 +67,12 @@ fn drain_rate(records: &[Vec<u8>], detectors: bool) -> f64 {
     let worker = InProcessWorker::start(names.settings(&names.transactional_id, &extra));
     let committed = || worker.metric("promo_batch_size_sum") as usize;
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut first: Option<(Instant, usize)> = None;
-    let mut last = (Instant::now(), 0);
+    let mut first: Option<(Instant, usize, f64)> = None;
+    let mut last = (Instant::now(), 0, 0.0);
     while Instant::now() < deadline {
         let done = committed();
         if done > last.1 {
-            last = (Instant::now(), done);
+            last = (Instant::now(), done, process_cpu_seconds());
             first.get_or_insert(last);
         }
         if done >= records.len() {
@@ -75,14 +90,18 @@ fn drain_rate(records: &[Vec<u8>], detectors: bool) -> f64 {
     );
     let _ = worker.stop(Duration::from_secs(30));
     delete_prefix(&url, &prefix);
-    let (t0, n0) = first.expect("something committed");
+    let (t0, n0, cpu0) = first.expect("something committed");
     assert!(
         last.1 >= records.len(),
         "drained only {} of {}",
         last.1,
         records.len()
     );
-    (last.1 - n0) as f64 / (last.0 - t0).as_secs_f64()
+    let drained = (last.1 - n0) as f64;
+    (
+        drained / (last.0 - t0).as_secs_f64(),
+        (last.2 - cpu0) * 1e6 / drained,
+    )
 }
 
 fn main() {
@@ -97,9 +116,20 @@ fn main() {
         off.push(drain_rate(&records, false));
         on.push(drain_rate(&records, true));
     }
+    let rates = |runs: &[(f64, f64)]| runs.iter().map(|r| r.0).collect::<Vec<_>>();
+    let cpus = |runs: &[(f64, f64)]| runs.iter().map(|r| r.1).collect::<Vec<_>>();
     let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
+    let least = |cpus: &[f64]| cpus.iter().copied().fold(f64::INFINITY, f64::min);
     eprintln!(
-        "detectors: {count} orders; off {off:.0?} orders/s, on {on:.0?} orders/s; best on/off = {:.3}",
-        best(&on) / best(&off)
+        "detectors: {count} orders; off {:.0?} orders/s, on {:.0?} orders/s; best on/off = {:.3}",
+        rates(&off),
+        rates(&on),
+        best(&rates(&on)) / best(&rates(&off))
+    );
+    eprintln!(
+        "detectors: bench-process CPU s per million orders: off {:.1?}, on {:.1?}; least on/off = {:.2}",
+        cpus(&off),
+        cpus(&on),
+        least(&cpus(&on)) / least(&cpus(&off))
     );
 }

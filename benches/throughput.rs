@@ -6,14 +6,18 @@
 //!    transactions (in process).
 //! 2. Backlog drain of the same topic by every contender, each with its own group and output
 //!    topics: passthrough, the worker binary (exactly-once and at-least-once), the hand-tuned
-//!    confluent-kafka loop and the Quix Streams application (`bench/peers/`).
-//! 3. Live: for the worker in each mode, the sustainable rate (the highest open-loop input rate
-//!    whose lag stays bounded, see `live`), then end-to-end latency at 10%, 50% and 80% of it.
+//!    confluent-kafka loop and the Quix Streams application (`bench/peers/`); then the worker
+//!    exactly-once with the detectors off and on (`detectors`), on a second backlog of the same
+//!    orders with customer fields, against the run's Redis.
+//! 3. Live (`live`): for the worker in each mode and the confluent-kafka loop exactly-once, the
+//!    sustainable rate (the highest open-loop input rate whose lag stays bounded), then
+//!    end-to-end latency at 10%, 50% and 80% of it.
 //!
 //! A drain is timed between the group's first and last committed-offset advance as seen by a
 //! probe, the same way for every contender, so group joins, table loads and interpreter start-up
-//! are not counted as throughput. CPU is utime+stime from `/proc/<pid>/stat` over the same
-//! window, separately for the contender and the broker; memory is the contender's VmHWM.
+//! are not counted as throughput. CPU is utime+stime from /proc over the same window (`cpu`):
+//! the contender's process tree, or for the in-process passthrough the threads it started; the
+//! broker's process; with detectors, the Redis process. Memory is the contender's VmHWM.
 //!
 //! Environment (all optional): BENCH_DIR (results, logs, generated table; default
 //! target/bench), BENCH_ORDERS (backlog, default 200000), BENCH_PEER_SECS (how long the Python
@@ -25,6 +29,10 @@
 //! worker drain under `perf record`, not counted), BENCH_BATCH_RECORDS / BENCH_BATCH_MS (every
 //! contender's batches), BENCH_ONLY (drains to keep, by output-name prefix), BENCH_LIVE (0 skips
 //! the live part), BENCH_LIVE_START (first live rate instead of 0.9x the drain rate),
+//! BENCH_LIVE_MODES (live modes to keep: eos, alo, patched-eos, confluent-eos), BENCH_REDIS_URL
+//! and BENCH_REDIS_PID (the detectors' Redis; default: the services of `scripts/services`, and
+//! the pair is skipped without one), BENCH_DETECTORS (0 skips the detectors pair),
+//! BENCH_DETECTOR_SECS (how long the worker with detectors drains at most, default 90),
 //! BENCH_WORKER_SETS (extra `--set`s for the worker, `;`-separated), BENCH_BIG_BATCH (0 skips
 //! the 10000 / 500 ms variants), BENCH_QUIX_LOGLEVEL, BENCH_PATCHED_WORKER_BIN (a second worker
 //! binary, built with a patch, drained and run live beside the first), BENCH_PASS_FLUSH=timed (the passthrough
@@ -37,12 +45,22 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "throughput/cpu.rs"]
+mod cpu;
+#[path = "throughput/detectors.rs"]
+mod detectors;
+#[path = "throughput/live.rs"]
+mod live;
+
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use cpu::{cpu_seconds, new_threads_cpu_seconds, peak_rss_mb, thread_ids, tree_cpu_seconds};
+use live::Live;
 use promo_attribution::codes::table::BuildOptions;
 use promo_attribution::codes::{CodeTable, MatchType};
 use promo_attribution::kafka::tools::{create_topics, produce_records, read_topic};
@@ -114,30 +132,6 @@ fn broker_pid() -> u32 {
         .expect("broker pid: BENCH_BROKER_PID or target/services/kafka-*.pid")
 }
 
-/// CPU seconds (user + system, all threads) of a process, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // After the command name: field 14 (utime) and 15 (stime) of proc(5) are 11 and 12 here.
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    ticks / 100.0
-}
-
-/// Peak resident memory (VmHWM) of a process in MiB.
-fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -199,10 +193,11 @@ impl Probe {
     }
 }
 
-/// What is being measured: a child process, or the passthrough on a thread of this process.
+/// What is being measured: a child process, or the passthrough on a thread of this process
+/// (with the ids of the threads that existed before it started, which are not its own).
 enum Contender {
     Child(Child),
-    Thread(std::thread::JoinHandle<()>, Arc<AtomicBool>),
+    Thread(std::thread::JoinHandle<()>, Arc<AtomicBool>, HashSet<u32>),
 }
 
 impl Contender {
@@ -213,6 +208,22 @@ impl Contender {
         }
     }
 
+    /// CPU seconds so far of what does the contender's work (see `cpu`).
+    fn cpu_seconds(&self) -> f64 {
+        match self {
+            Contender::Child(child) => tree_cpu_seconds(child.id()),
+            Contender::Thread(_, _, before) => new_threads_cpu_seconds(before),
+        }
+    }
+
+    /// How `cpu_seconds` is measured, for the report.
+    fn cpu_source(&self) -> &'static str {
+        match self {
+            Contender::Child(_) => "process",
+            Contender::Thread(..) => "threads",
+        }
+    }
+
     fn exited(&mut self) -> Option<String> {
         match self {
             Contender::Child(child) => child
@@ -220,7 +231,7 @@ impl Contender {
                 .ok()
                 .flatten()
                 .map(|status| format!("exited early: {status}")),
-            Contender::Thread(handle, _) => handle
+            Contender::Thread(handle, ..) => handle
                 .is_finished()
                 .then(|| "passthrough thread ended early".to_string()),
         }
@@ -244,7 +255,7 @@ impl Contender {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
-            Contender::Thread(handle, stop) => {
+            Contender::Thread(handle, stop, _) => {
                 stop.store(true, Ordering::SeqCst);
                 let _ = handle.join();
             }
@@ -258,7 +269,12 @@ struct Drained {
     records: i64,
     seconds: f64,
     cpu: f64,
+    /// "process" (the contender's process tree), "threads" (the bench threads it started) or
+    /// "bench process" (everything the bench process did in the window).
+    cpu_source: &'static str,
     broker_cpu: f64,
+    /// CPU of the Redis the detectors use, when the drain ran with detectors.
+    redis_cpu: Option<f64>,
     peak_rss_mb: Option<f64>,
     /// Mean batch size and commit time (ms), from the worker's own metrics.
     batches: Option<(f64, f64)>,
@@ -285,7 +301,9 @@ impl Drained {
             "seconds": self.seconds,
             "rate": self.rate(),
             "cpu_s_per_m": self.cpu * per_m,
+            "cpu_source": self.cpu_source,
             "broker_cpu_s_per_m": self.broker_cpu * per_m,
+            "redis_cpu_s_per_m": self.redis_cpu.map(|c| c * per_m),
             "peak_rss_mb": self.peak_rss_mb,
             "mean_batch": self.batches.map(|b| b.0),
             "mean_commit_ms": self.batches.map(|b| b.1),
@@ -293,6 +311,27 @@ impl Drained {
             "error": self.error,
         })
     }
+}
+
+/// What a drain watches besides the contender and the broker.
+#[derive(Default)]
+struct Watch<'a> {
+    /// Records the contender under `perf record` into this file.
+    perf_out: Option<&'a Path>,
+    /// The worker's admin port, for its batch metrics.
+    admin_port: Option<u16>,
+    /// The Redis whose CPU is counted with the contender's (detectors on).
+    redis_pid: Option<u32>,
+}
+
+/// Counters at one committed-offset advance.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    committed: i64,
+    cpu: f64,
+    broker_cpu: f64,
+    redis_cpu: f64,
 }
 
 /// Times one contender from the group's first committed-offset advance until `target` records
@@ -304,18 +343,24 @@ fn drain(
     target: i64,
     cap: Duration,
     mut contender: Contender,
-    perf_out: Option<&Path>,
-    admin_port: Option<u16>,
+    watch: Watch<'_>,
 ) -> Drained {
     let broker = broker_pid();
     let pid = contender.pid();
     // Joining, loading the table and starting an interpreter are not throughput, but a
     // contender that never commits must still end.
     let start_deadline = Instant::now() + Duration::from_secs(180);
-    let mut first: Option<(Instant, i64, f64, f64)> = None;
-    let mut last = (Instant::now(), 0i64, 0.0f64, 0.0f64);
+    let mut first: Option<Sample> = None;
+    let mut last = Sample {
+        at: Instant::now(),
+        committed: 0,
+        cpu: 0.0,
+        broker_cpu: 0.0,
+        redis_cpu: 0.0,
+    };
     let mut result = Drained {
         name: name.to_string(),
+        cpu_source: contender.cpu_source(),
         ..Drained::default()
     };
     let mut perf: Option<Child> = None;
@@ -326,8 +371,14 @@ fn drain(
         }
         let committed = probe.committed();
         let now = Instant::now();
-        if committed > last.1 {
-            last = (now, committed, cpu_seconds(pid), cpu_seconds(broker));
+        if committed > last.committed {
+            last = Sample {
+                at: now,
+                committed,
+                cpu: contender.cpu_seconds(),
+                broker_cpu: cpu_seconds(broker),
+                redis_cpu: watch.redis_pid.map_or(0.0, cpu_seconds),
+            };
             result.peak_rss_mb = match contender {
                 Contender::Child(_) => peak_rss_mb(pid),
                 Contender::Thread(..) => None,
@@ -336,7 +387,7 @@ fn drain(
         match first {
             None if committed > 0 => {
                 first = Some(last);
-                perf = perf_out.map(|out| {
+                perf = watch.perf_out.map(|out| {
                     Command::new("perf")
                         .args(["record", "-F", "999", "-o"])
                         .arg(out)
@@ -351,8 +402,8 @@ fn drain(
                 result.error = Some("no offset committed within 180 s".into());
                 break;
             }
-            Some((t0, c0, _, _)) if committed >= target || now - t0 > cap => {
-                if last.1 <= c0 {
+            Some(first) if committed >= target || now - first.at > cap => {
+                if last.committed <= first.committed {
                     result.error = Some(format!(
                         "nothing committed after the first batch in {cap:?}"
                     ));
@@ -368,11 +419,12 @@ fn drain(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    if let (Some((t0, c0, cpu0, broker0)), None) = (first, &result.error) {
-        result.records = last.1 - c0;
-        result.seconds = (last.0 - t0).as_secs_f64();
-        result.cpu = last.2 - cpu0;
-        result.broker_cpu = last.3 - broker0;
+    if let (Some(first), None) = (first, &result.error) {
+        result.records = last.committed - first.committed;
+        result.seconds = (last.at - first.at).as_secs_f64();
+        result.cpu = last.cpu - first.cpu;
+        result.broker_cpu = last.broker_cpu - first.broker_cpu;
+        result.redis_cpu = watch.redis_pid.map(|_| last.redis_cpu - first.redis_cpu);
     }
     if let Some(perf) = perf {
         // SAFETY: SIGINT to the perf child we spawned, so it writes its data file.
@@ -381,16 +433,19 @@ fn drain(
         }
         let _ = perf.wait_with_output();
     }
-    result.batches = admin_port.and_then(worker_batches);
+    result.batches = watch.admin_port.and_then(worker_batches);
     contender.stop();
+    let per_m = |cpu: f64| cpu * 1e6 / result.records.max(1) as f64;
     match &result.error {
         None => eprintln!(
-            "{name}: {} records in {:.2} s = {:.0}/s, cpu {:.1} s/M, broker {:.1} s/M, hwm {:?} MB, batch/commit ms {:?}",
+            "{name}: {} records in {:.2} s = {:.0}/s, cpu {:.1} s/M ({}), broker {:.1} s/M, redis {:?} s/M, hwm {:?} MB, batch/commit ms {:?}",
             result.records,
             result.seconds,
             result.rate(),
-            result.cpu * 1e6 / result.records as f64,
-            result.broker_cpu * 1e6 / result.records as f64,
+            per_m(result.cpu),
+            result.cpu_source,
+            per_m(result.broker_cpu),
+            result.redis_cpu.map(|c| (per_m(c) * 10.0).round() / 10.0),
             result.peak_rss_mb.map(|m| m.round()),
             result.batches
         ),
@@ -594,7 +649,13 @@ fn worker_batches(admin_port: u16) -> Option<(f64, f64)> {
     ))
 }
 
-fn worker_command(bin: &Path, files: &Files, kafka: &KafkaSettings, admin_port: u16) -> Command {
+fn worker_command(
+    bin: &Path,
+    files: &Files,
+    kafka: &KafkaSettings,
+    admin_port: u16,
+    extra: &[String],
+) -> Command {
     let mut command = Command::new(bin);
     command.arg("run");
     let delivery = match kafka.delivery {
@@ -621,7 +682,11 @@ fn worker_command(bin: &Path, files: &Files, kafka: &KafkaSettings, admin_port: 
     for set in sets {
         command.arg("--set").arg(set);
     }
-    // Extra worker settings for experiments, e.g. "kafka.consumer.fetch.wait.max.ms=10".
+    // The contender's own extras (the detectors), then those for experiments, e.g.
+    // "kafka.consumer.fetch.wait.max.ms=10".
+    for set in extra {
+        command.arg("--set").arg(set);
+    }
     for set in std::env::var("BENCH_WORKER_SETS")
         .unwrap_or_default()
         .split(';')
@@ -703,273 +768,8 @@ fn write_codes_csv(synthetic: &Synthetic, path: &Path) {
     out.flush().expect("flush codes file");
 }
 
-/// The order with `order_id` replaced; the id carries the send time for the latency reader, so
-/// the order's event and click times, and therefore its decision, stay those of the corpus.
-fn with_order_id(order: &str, id: &str) -> String {
-    const FIELD: &str = "\"order_id\":\"";
-    let start = order.find(FIELD).expect("order has an order_id") + FIELD.len();
-    let end = start + order[start..].find('"').expect("closed string");
-    format!("{}{id}{}", &order[..start], &order[end..])
-}
-
-/// The `order_id` of a conversion, without parsing the rest of it.
-fn order_id_of(conversion: &[u8]) -> Option<&str> {
-    const FIELD: &[u8] = b"\"order_id\":\"";
-    let start = conversion.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
-    let len = conversion[start..].iter().position(|&b| b == b'"')?;
-    std::str::from_utf8(&conversion[start..start + len]).ok()
-}
-
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-/// An open-loop order source: sends whatever the schedule says is due, whether or not the
-/// contender keeps up, and optionally reads conversions back for their latency.
-struct Generator<'a> {
-    producer: BaseProducer,
-    reader: BaseConsumer,
-    conversions: String,
-    topic: String,
-    orders: &'a [String],
-    sent: usize,
-}
-
-impl<'a> Generator<'a> {
-    fn new(brokers: &str, topic: &str, conversions: &str, orders: &'a [String]) -> Generator<'a> {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // A real order source batches a little too; one produce request per order would
-            // measure the broker's per-request overhead, not the pipeline.
-            .set("linger.ms", "5")
-            .create()
-            .expect("producer");
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("{topic}-latency-reader"))
-            .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .expect("reader");
-        Generator {
-            producer,
-            reader,
-            conversions: conversions.to_string(),
-            topic: topic.to_string(),
-            orders,
-            sent: 0,
-        }
-    }
-
-    /// Sends at `rate` for `seconds`; with `tag`, also reads the conversions and returns the
-    /// latencies (seconds) of this step's, read until all arrived or `tail` seconds after the
-    /// last send.
-    fn run(&mut self, rate: f64, seconds: f64, tag: Option<&str>, tail: f64) -> Vec<f64> {
-        let total = (rate * seconds) as usize;
-        let mut latencies = Vec::with_capacity(total);
-        if tag.is_some() {
-            // Skip the conversions of earlier steps instead of parsing them now, which would
-            // delay this step's.
-            let mut assignment = TopicPartitionList::new();
-            for p in 0..PARTITIONS {
-                assignment
-                    .add_partition_offset(&self.conversions, p, Offset::End)
-                    .expect("assign");
-            }
-            self.reader.assign(&assignment).expect("assign");
-        }
-        let started = Instant::now();
-        let mut step_sent = 0usize;
-        let grace = Duration::from_secs_f64(seconds + tail);
-        while started.elapsed() < grace
-            && (step_sent < total || (tail > 0.0 && latencies.len() < total))
-        {
-            let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
-            while step_sent < due {
-                let id = match tag {
-                    Some(tag) => format!("{tag}-{}-{}", self.sent, now_micros()),
-                    None => format!("s-{}", self.sent),
-                };
-                let order = with_order_id(&self.orders[self.sent % self.orders.len()], &id);
-                let mut record = BaseRecord::to(&self.topic).key(&id).payload(&order);
-                while let Err((_, back)) = self.producer.send(record) {
-                    record = back;
-                    self.producer.poll(Duration::from_millis(1));
-                }
-                self.sent += 1;
-                step_sent += 1;
-            }
-            self.producer.poll(Duration::ZERO);
-            if tag.is_none() {
-                if step_sent >= total {
-                    break;
-                }
-                std::thread::sleep(Duration::from_micros(500));
-                continue;
-            }
-            // Read for at most 2 ms, then go back to sending: a reader that drained everything
-            // before sending again would turn the open loop into bursts.
-            let read_until = Instant::now() + Duration::from_millis(2);
-            while Instant::now() < read_until {
-                let Some(Ok(message)) = self.reader.poll(Duration::from_millis(1)) else {
-                    break;
-                };
-                let received = now_micros();
-                let Some(value) = message.payload() else {
-                    continue;
-                };
-                let Some(id) = order_id_of(value) else {
-                    continue;
-                };
-                let mut parts = id.split('-');
-                if parts.next() != tag {
-                    continue;
-                }
-                if let Some(sent_at) = parts.nth(1).and_then(|s| s.parse::<i64>().ok()) {
-                    latencies.push((received - sent_at) as f64 / 1e6);
-                }
-            }
-        }
-        let _ = self.producer.flush(Duration::from_secs(10));
-        latencies
-    }
-}
-
-/// Sustainable rate and latency of the worker binary in one delivery mode, on a fresh topic.
-fn live(
-    brokers: &str,
-    run: &str,
-    files: &Files,
-    orders: &[String],
-    (delivery, mode, bin): (Delivery, &str, &Path),
-    drain_rate: f64,
-) -> Value {
-    let input = format!("{run}.live-{mode}.orders");
-    let out = format!("{run}.live-{mode}");
-    let group = format!("{run}-live-{mode}");
-    let kafka = kafka_settings(brokers, &input, &out, &group, delivery);
-    create_topics(
-        brokers,
-        &[
-            &input,
-            &kafka.conversions_topic,
-            &kafka.alerts_topic,
-            &kafka.dlq_topic,
-        ],
-        PARTITIONS,
-    )
-    .expect("topics");
-    let contender = spawn_logged(
-        worker_command(bin, files, &kafka, free_port()),
-        &files.dir.join(format!("worker-live-{mode}.log")),
-    );
-    let probe = Probe::new(brokers, &group, &input);
-    let mut generator = Generator::new(brokers, &input, &kafka.conversions_topic, orders);
-    let step_secs = env_number("BENCH_STEP_SECS", 10) as f64;
-    let latency_secs = env_number("BENCH_LATENCY_SECS", 15) as f64;
-
-    // Warm up until the worker has joined, loaded its table and committed something.
-    generator.run(500.0, 1.0, None, 0.0);
-    let warm_deadline = Instant::now() + Duration::from_secs(90);
-    while probe.committed() < generator.sent as i64 && Instant::now() < warm_deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let catch_up = |generator: &Generator<'_>, limit: Duration| {
-        let deadline = Instant::now() + limit;
-        while probe.committed() < generator.sent as i64 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-
-    // Bounded lag: at the end of a step at most half a second of input behind, and grown by at
-    // most a tenth of a second of input over the second half. Start under the drain rate (the
-    // generator and the latency reader share the machine), go up while it holds, halfway back
-    // when it does not.
-    let mut steps = Vec::new();
-    let start = env_number("BENCH_LIVE_START", 0) as f64;
-    let mut rate = if start > 0.0 {
-        start
-    } else {
-        (drain_rate * 0.8).max(200.0)
-    };
-    let mut best: f64 = 0.0;
-    let mut lowest_failed = f64::INFINITY;
-    for _ in 0..5 {
-        // Two halves, so a lag that is still growing at the end fails even if it is small. The
-        // conversions are read as in the latency steps, so the machine carries the same load.
-        generator.run(rate, step_secs / 2.0, Some("s"), 0.0);
-        let lag_mid = generator.sent as i64 - probe.committed();
-        generator.run(rate, step_secs / 2.0, Some("s"), 0.0);
-        let lag = generator.sent as i64 - probe.committed();
-        let held = (lag as f64) <= rate * 0.5 && ((lag - lag_mid) as f64) <= rate * 0.1;
-        eprintln!(
-            "live {mode}: {rate:.0}/s for {step_secs} s: lag {lag_mid} at half time, {lag} at end ({})",
-            if held { "held" } else { "not held" }
-        );
-        steps.push(json!({"rate": rate, "lag_at_half": lag_mid, "lag_at_end": lag, "held": held}));
-        catch_up(&generator, Duration::from_secs(60));
-        if held {
-            best = best.max(rate);
-            rate = (rate * 1.15).min((rate + lowest_failed) / 2.0);
-        } else {
-            lowest_failed = lowest_failed.min(rate);
-            rate = if best > 0.0 {
-                (best + rate) / 2.0
-            } else {
-                rate * 0.75
-            };
-        }
-    }
-    let sustainable = best;
-    let mut latency = Vec::new();
-    for (tag, fraction) in [("l10", 0.1), ("l50", 0.5), ("l80", 0.8)] {
-        if sustainable <= 0.0 {
-            break;
-        }
-        let rate = sustainable * fraction;
-        // A backlog left by an overloaded step would be measured as latency.
-        catch_up(&generator, Duration::from_secs(120));
-        let lag_at_start = generator.sent as i64 - probe.committed();
-        let mut samples = generator.run(rate, latency_secs, Some(tag), 5.0);
-        samples.sort_by(f64::total_cmp);
-        let expected = (rate * latency_secs) as usize;
-        eprintln!(
-            "latency {mode} at {:.0}% ({rate:.0}/s): {} of {expected} samples, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
-            fraction * 100.0,
-            samples.len(),
-            percentile(&samples, 0.5) * 1e3,
-            percentile(&samples, 0.99) * 1e3,
-            percentile(&samples, 0.999) * 1e3
-        );
-        latency.push(json!({
-            "load": fraction,
-            "rate": rate,
-            "lag_at_start": lag_at_start,
-            "expected": expected,
-            "samples": samples.len(),
-            "p50_ms": percentile(&samples, 0.5) * 1e3,
-            "p99_ms": percentile(&samples, 0.99) * 1e3,
-            "p999_ms": percentile(&samples, 0.999) * 1e3,
-        }));
-        catch_up(&generator, Duration::from_secs(30));
-    }
-    contender.stop();
-    std::mem::forget(generator.reader);
-    json!({
-        "mode": mode,
-        "steps": steps,
-        "sustainable_rate": sustainable,
-        "latency": latency,
-        "topics": [input, kafka.conversions_topic, kafka.alerts_topic, kafka.dlq_topic],
-    })
 }
 
 fn main() {
@@ -983,6 +783,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("bench dir");
     let records = env_number("BENCH_ORDERS", 200_000) as usize;
     let peer_secs = Duration::from_secs(env_number("BENCH_PEER_SECS", 60));
+    let detector_secs = Duration::from_secs(env_number("BENCH_DETECTOR_SECS", 90));
     let run = format!("bench-{}-{}", std::process::id(), now_micros() / 1_000_000);
     let load_before = load_average();
     let started_at = chrono::Utc::now();
@@ -1087,6 +888,22 @@ fn main() {
             ),
         ]);
     }
+    // Detectors off and on, back to back, on the same backlog of orders with customer fields.
+    let redis_url = detectors::redis_url();
+    if redis_url.is_some() && env_number("BENCH_DETECTORS", 1) > 0 {
+        plan.extend([
+            (
+                "detectors off: worker exactly-once",
+                "det-off",
+                Delivery::ExactlyOnce,
+            ),
+            (
+                "detectors on: worker exactly-once",
+                "det-on",
+                Delivery::ExactlyOnce,
+            ),
+        ]);
+    }
     if files.python.is_some() {
         plan.extend([
             (
@@ -1132,6 +949,11 @@ fn main() {
         })
         .collect();
     topics.push(input.clone());
+    let detector_input = format!("{run}.det-orders");
+    let with_detectors = plan.iter().any(|(_, out, _)| out.starts_with("det-"));
+    if with_detectors {
+        topics.push(detector_input.clone());
+    }
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     create_topics(&brokers, &topic_refs, PARTITIONS).expect("topics");
 
@@ -1151,30 +973,53 @@ fn main() {
                 read_topic(&brokers, &input, records, Duration::from_secs(300)).expect("read");
             assert_eq!(read.len(), records);
         }
+        // The clients are gone by now, so their threads cannot be told apart: all of this
+        // process, which does nothing else meanwhile.
         let measured = Drained {
             name: name.into(),
             records: records as i64,
             seconds: t0.elapsed().as_secs_f64(),
             cpu: cpu_seconds(std::process::id()) - cpu0,
+            cpu_source: "bench process",
             broker_cpu: cpu_seconds(broker) - broker0,
-            peak_rss_mb: None,
-            batches: None,
-            conversions_written: None,
-            error: None,
+            ..Drained::default()
         };
         eprintln!("{name}: {:.0}/s", measured.rate());
         drains.push(measured);
     }
     drop(records_bytes);
+    if with_detectors {
+        let records = detectors::corpus(&orders, SEED ^ 0xde7e);
+        produce_records(&brokers, &detector_input, &records).expect("produce");
+    }
 
     for (name, out, delivery) in &plan {
         let group = format!("{run}-{out}");
+        let detector_pair = out.starts_with("det-");
+        let input = if detector_pair {
+            &detector_input
+        } else {
+            &input
+        };
+        let worker_sets = match (&redis_url, *out == "det-on") {
+            (Some(url), true) => detectors::worker_sets(url, &format!("{run}:")),
+            _ => Vec::new(),
+        };
         let out = format!("{run}.{out}");
-        let kafka = kafka_settings(&brokers, &input, &out, &group, *delivery);
-        let probe = Probe::new(&brokers, &group, &input);
+        let kafka = kafka_settings(&brokers, input, &out, &group, *delivery);
+        let probe = Probe::new(&brokers, &group, input);
+        // The probe's own connections are up before a passthrough's threads are told apart.
+        probe.committed();
         let log = dir.join(format!("{}.log", out.rsplit('.').next().unwrap_or("x")));
         let patched = name.starts_with("patched worker");
-        let admin_port = (patched || name.starts_with("worker")).then(free_port);
+        let admin_port = (patched || detector_pair || name.starts_with("worker")).then(free_port);
+        // With the detectors on the worker is several times slower: like the peers, it is timed
+        // on the part of the backlog it gets through in a bounded time.
+        let worker_cap = if worker_sets.is_empty() {
+            Duration::from_secs(300)
+        } else {
+            detector_secs
+        };
         let (contender, target, cap) = if name.starts_with("passthrough") {
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
@@ -1185,9 +1030,10 @@ fn main() {
             } else {
                 Flush::Library
             };
+            let before = thread_ids();
             let handle = std::thread::spawn(move || passthrough(&kafka, &flag, flush));
             (
-                Contender::Thread(handle, stop),
+                Contender::Thread(handle, stop, before),
                 records as i64,
                 Duration::from_secs(300),
             )
@@ -1198,11 +1044,17 @@ fn main() {
             };
             (
                 spawn_logged(
-                    worker_command(bin, &files, &kafka, admin_port.unwrap_or_default()),
+                    worker_command(
+                        bin,
+                        &files,
+                        &kafka,
+                        admin_port.unwrap_or_default(),
+                        &worker_sets,
+                    ),
                     &log,
                 ),
                 records as i64,
-                Duration::from_secs(300),
+                worker_cap,
             )
         } else {
             let script = if name.starts_with("Quix") {
@@ -1216,25 +1068,25 @@ fn main() {
         let perf_out = name
             .ends_with("(perf)")
             .then(|| dir.join("worker.perf.data"));
-        let mut drained = drain(
-            name,
-            &probe,
-            target,
-            cap,
-            contender,
-            perf_out.as_deref(),
+        let watch = Watch {
+            perf_out: perf_out.as_deref(),
             admin_port,
-        );
+            redis_pid: (!worker_sets.is_empty())
+                .then(detectors::redis_pid)
+                .flatten(),
+        };
+        let mut drained = drain(name, &probe, target, cap, contender, watch);
         drained.conversions_written = probe.written(&format!("{out}.conversions"));
         drains.push(drained);
     }
 
     // The fastest drain whose name starts with `prefix` and carries the variant `tag` (or no
     // variant at all when `tag` is empty).
-    let fastest = |prefix: &str, tag: &str| {
+    let fastest_drain = |prefix: &str, tag: &str| {
         drains
             .iter()
             .filter(|d| d.name.starts_with(prefix) && !d.name.ends_with("(perf)"))
+            .filter(|d| d.error.is_none() && d.records > 0)
             .filter(|d| {
                 if tag.is_empty() {
                     !d.name.contains("batch") && !d.name.contains("poll flush")
@@ -1242,24 +1094,30 @@ fn main() {
                     d.name.contains(tag)
                 }
             })
-            .map(Drained::rate)
-            .fold(0.0, f64::max)
+            .max_by(|a, b| a.rate().total_cmp(&b.rate()))
     };
+    let fastest = |prefix: &str, tag: &str| fastest_drain(prefix, tag).map_or(0.0, Drained::rate);
     let best = |prefix: &str| fastest(prefix, "");
     let big = |prefix: &str| fastest(prefix, "batch 10000");
     let spin = |prefix: &str| fastest(prefix, "poll flush");
+    // CPU seconds per order of the same drain `best` picks, with the Redis of the detectors.
+    let cpu = |prefix: &str, tag: &str| {
+        fastest_drain(prefix, tag).map(|d| (d.cpu + d.redis_cpu.unwrap_or(0.0)) / d.records as f64)
+    };
+    let cpu_ratio = |a: &str, b: &str| cpu(a, "").zip(cpu(b, "")).map(|(a, b)| a / b);
     let mut lives = Vec::new();
+    let worker = Live::Worker(files.worker_bin.as_path());
     let mut live_modes = vec![
         (
             Delivery::ExactlyOnce,
             "eos",
-            files.worker_bin.as_path(),
+            worker,
             best("worker exactly-once"),
         ),
         (
             Delivery::AtLeastOnce,
             "alo",
-            files.worker_bin.as_path(),
+            worker,
             best("worker at-least-once"),
         ),
     ];
@@ -1267,20 +1125,35 @@ fn main() {
         live_modes.push((
             Delivery::ExactlyOnce,
             "patched-eos",
-            bin.as_path(),
+            Live::Worker(bin.as_path()),
             best("patched worker exactly-once"),
+        ));
+    }
+    // The hand-tuned loop, found and measured the same way, for latency side by side.
+    let loop_rate = best("confluent-kafka loop exactly-once");
+    if files.python.is_some() && loop_rate > 0.0 {
+        live_modes.push((
+            Delivery::ExactlyOnce,
+            "confluent-eos",
+            Live::Peer("confluent_worker.py"),
+            loop_rate,
         ));
     }
     if env_number("BENCH_LIVE", 1) == 0 {
         live_modes.clear();
     }
-    for (delivery, mode, bin, drain_rate) in live_modes {
-        lives.push(live(
+    // For iterating on one mode: BENCH_LIVE_MODES=confluent-eos.
+    if let Ok(only) = std::env::var("BENCH_LIVE_MODES") {
+        let keep: Vec<&str> = only.split(',').collect();
+        live_modes.retain(|(_, mode, _, _)| keep.contains(mode));
+    }
+    for (delivery, mode, who, drain_rate) in live_modes {
+        lives.push(live::live(
             &brokers,
             &run,
             &files,
             &orders,
-            (delivery, mode, bin),
+            (delivery, mode, who),
             drain_rate,
         ));
     }
@@ -1297,6 +1170,7 @@ fn main() {
         "load_after": load_average(),
         "orders": records,
         "peer_secs": peer_secs.as_secs(),
+        "detector_secs": detector_secs.as_secs(),
         "mean_order_bytes": mean_bytes,
         "table": {"exact": W3.exact_total(), "regex": W3.regex_total()},
         "batch": {"max_records": kafka_settings(&brokers, "", "", "", Delivery::ExactlyOnce).batch_max_records,
@@ -1317,6 +1191,18 @@ fn main() {
             "worker_over_quix_eos": best("worker exactly-once") / best("Quix Streams exactly-once"),
             "worker_over_confluent_alo": best("worker at-least-once") / best("confluent-kafka loop at-least-once"),
             "worker_over_quix_alo": best("worker at-least-once") / best("Quix Streams at-least-once"),
+            // CPU per order of the worker / of the other contender (lower is better for the
+            // worker; the issue's targets are <= 0.1 against Quix and <= 0.3 against the loop).
+            "worker_cpu_over_quix_eos": cpu_ratio("worker exactly-once", "Quix Streams exactly-once"),
+            "worker_cpu_over_quix_alo": cpu_ratio("worker at-least-once", "Quix Streams at-least-once"),
+            "worker_cpu_over_confluent_eos": cpu_ratio("worker exactly-once", "confluent-kafka loop exactly-once"),
+            "worker_cpu_over_confluent_alo": cpu_ratio("worker at-least-once", "confluent-kafka loop at-least-once"),
+            "worker_cpu_over_passthrough_eos": cpu_ratio("worker exactly-once", "passthrough exactly-once"),
+            "worker_cpu_over_passthrough_alo": cpu_ratio("worker at-least-once", "passthrough at-least-once"),
+            // Detectors: drain rate on / off (target >= 0.85), and CPU per order on / off with
+            // the Redis the detectors use counted on the "on" side.
+            "detectors_on_over_off_eos": best("detectors on") / best("detectors off"),
+            "detectors_cpu_on_over_off_eos": cpu_ratio("detectors on", "detectors off"),
         },
         // Deleted by scripts/bench once this process is gone: librdkafka 2.12 crashed here
         // (strcmp on a null topic name in a metadata update) when tansu deleted topics that
