@@ -128,12 +128,18 @@ pub fn per_order_alerts<'a, 't: 'a>(
             );
         }
     }
-    let valid_owners: BTreeSet<&str> = matched
-        .iter()
-        .filter(|m| m.validity.is_ok())
-        .filter_map(|m| table.entry(m.entry).owner_partner_id.as_deref())
-        .collect();
-    if valid_owners.len() >= 2 {
+    let valid_owners = || {
+        matched
+            .iter()
+            .filter(|m| m.validity.is_ok())
+            .filter_map(|m| table.entry(m.entry).owner_partner_id.as_deref())
+    };
+    // Nearly every order has at most one owner among its codes: find that out before building
+    // the set the alert lists.
+    let mut owners = valid_owners();
+    let first_owner = owners.next();
+    if owners.any(|owner| Some(owner) != first_owner) {
+        let valid_owners: BTreeSet<&str> = valid_owners().collect();
         let decisive = matched
             .iter()
             .find(|m| Some(m.entry) == outcome.decisive_code);

@@ -51,9 +51,11 @@ impl ExactIndex {
 
     /// Looks up a code as the customer entered it.
     pub fn get(&self, entered: &str) -> Option<u32> {
-        let mut buf = [0u8; INLINE_BYTES];
-        if let Some(folded) = exact_key_ascii_inline(entered, &mut buf) {
-            return pack(folded).and_then(|k| self.inline.get(&k).copied());
+        // Folded straight into the packed key: no copy between the fold and the probe.
+        let mut key: InlineKey = [0; 16];
+        if let Some(folded) = exact_key_ascii_inline(entered, &mut key[..INLINE_BYTES]) {
+            key[INLINE_BYTES] = folded.len() as u8;
+            return self.inline.get(&key).copied();
         }
         self.get_canonical(&exact_key(entered))
     }
