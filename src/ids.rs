@@ -49,10 +49,14 @@ fn length_prefixed<'b>(parts: &[&str], buf: &'b mut [u8]) -> &'b [u8] {
 /// `{:032x}` without the formatting machinery, which costs more than the hash itself.
 fn hex128(value: u128) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    (0..32)
-        .rev()
-        .map(|nibble| char::from(DIGITS[(value >> (nibble * 4)) as usize & 0xf]))
-        .collect()
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = DIGITS[(value >> ((31 - i) * 4)) as usize & 0xf];
+    }
+    // Every byte is an ASCII hex digit, so this never takes the empty default.
+    std::str::from_utf8(&hex)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// Fingerprint of file contents, used as the version of a table read from files.

@@ -68,7 +68,7 @@ impl KeyFilter {
 /// Any match of a pattern starts with one of the literals regex-syntax extracts as its prefix
 /// (when that set is finite), so a code containing none of their leading bytes matches none of
 /// the patterns and the `RegexSet` search can be skipped.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct StartFilter {
     /// `None` means some pattern's matches cannot be bounded this way: always search.
     tables: Option<StartTables>,
@@ -88,12 +88,6 @@ fn test(bits: &[u64], index: usize) -> bool {
 fn set(bits: &mut [u64], index: usize) {
     if let Some(word) = bits.get_mut(index / 64) {
         *word |= 1 << (index % 64);
-    }
-}
-
-impl Default for StartFilter {
-    fn default() -> Self {
-        StartFilter { tables: None }
     }
 }
 

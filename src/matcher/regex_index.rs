@@ -14,7 +14,7 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-use super::exact::{InlineKey, pack};
+use super::exact::{MapKey, pack};
 use super::prefilter::{KeyFilter, StartFilter};
 
 /// Compiled-size bound per pattern; generous for promo-code patterns, fatal for a pathological
@@ -38,7 +38,7 @@ struct Pattern {
 struct LiteralIndex {
     /// Literals of up to 15 bytes (all real prefixes) inline, like exact codes, so a probe hashes
     /// 16 bytes and compares in place; longer ones spill to boxed keys.
-    inline: HashMap<InlineKey, Vec<u32>, RandomState>,
+    inline: HashMap<MapKey, Vec<u32>, RandomState>,
     spilled: HashMap<Box<[u8]>, Vec<u32>, RandomState>,
     /// Distinct literal lengths, ascending: the probes an entered code needs.
     lengths: Vec<usize>,
@@ -49,7 +49,7 @@ struct LiteralIndex {
 impl LiteralIndex {
     fn add(&mut self, literal: &[u8], pattern: u32) {
         let slot = match pack(literal) {
-            Some(key) => self.inline.entry(key).or_default(),
+            Some(key) => self.inline.entry(MapKey(key)).or_default(),
             None => self.spilled.entry(literal.into()).or_default(),
         };
         if !slot.contains(&pattern) {
@@ -63,7 +63,7 @@ impl LiteralIndex {
     }
 
     fn finish(&mut self) {
-        self.filter = KeyFilter::build(self.inline.keys());
+        self.filter = KeyFilter::build(self.inline.keys().map(|key| &key.0));
     }
 
     fn candidates<'s>(&'s self, code: &'s [u8], from_end: bool) -> impl Iterator<Item = u32> + 's {
@@ -77,7 +77,7 @@ impl LiteralIndex {
                     &code[..len]
                 };
                 match pack(probe) {
-                    Some(key) if self.filter.may_contain(&key) => self.inline.get(&key),
+                    Some(key) if self.filter.may_contain(&key) => self.inline.get(&MapKey(key)),
                     Some(_) => None,
                     None => self.spilled.get(probe),
                 }
