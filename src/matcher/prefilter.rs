@@ -9,19 +9,25 @@
 use regex_syntax::hir::Hir;
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
-use super::exact::InlineKey;
+use super::exact::{InlineKey, pack};
 
 /// Bits per indexed literal: about a 1-in-16 false "maybe" per probe.
 const BITS_PER_KEY: usize = 16;
-const MIN_BITS: usize = 1 << 10;
-const MAX_BITS: usize = 1 << 24;
+const BLOCK_BITS: usize = 512;
+const MAX_BLOCKS: usize = 1 << 15;
 
-/// A one-hash Bloom filter over the packed literal keys of one [`super::regex_index`] literal
-/// index. The length is part of a packed key, so one filter serves every probe length.
+/// A blocked one-hash Bloom filter over the packed literal keys of one literal index of
+/// [`super::regex_index`]. The length is part of a packed key, so one filter serves every probe
+/// length; and a key's bit lives in the 64-byte block chosen by its anchor (its first `anchor`
+/// bytes, or its last for suffix literals), which every probe of one code shares, so all the
+/// probes of a lookup read one cache line.
 #[derive(Debug, Default)]
 pub(crate) struct KeyFilter {
-    bits: Vec<u64>,
-    shift: u32,
+    blocks: Vec<[u64; BLOCK_BITS / 64]>,
+    block_shift: u32,
+    /// The shortest literal length: every key, and every probe, is at least this long.
+    anchor: usize,
+    from_end: bool,
 }
 
 fn mix(key: &InlineKey) -> u64 {
@@ -32,34 +38,60 @@ fn mix(key: &InlineKey) -> u64 {
 }
 
 impl KeyFilter {
-    pub(crate) fn build<'k>(keys: impl ExactSizeIterator<Item = &'k InlineKey>) -> KeyFilter {
-        let size = (keys.len() * BITS_PER_KEY)
+    /// `anchor` must not exceed the length of any key; a key shorter than it disables the filter.
+    pub(crate) fn build<'k>(
+        keys: impl ExactSizeIterator<Item = &'k InlineKey>,
+        anchor: usize,
+        from_end: bool,
+    ) -> KeyFilter {
+        let count = (keys.len() * BITS_PER_KEY / BLOCK_BITS)
             .next_power_of_two()
-            .clamp(MIN_BITS, MAX_BITS);
+            .clamp(1, MAX_BLOCKS);
         let mut filter = KeyFilter {
-            bits: vec![0; size / 64],
-            shift: 64 - size.trailing_zeros(),
+            blocks: vec![[0; BLOCK_BITS / 64]; count],
+            block_shift: 64 - count.trailing_zeros(),
+            anchor,
+            from_end,
         };
         for key in keys {
-            let bit = filter.bit(key);
-            filter.bits[bit / 64] |= 1 << (bit % 64);
+            let Some((block, bit)) = filter.position(key) else {
+                return KeyFilter::default();
+            };
+            if let Some(block) = filter.blocks.get_mut(block) {
+                block[bit / 64] |= 1 << (bit % 64);
+            }
         }
         filter
     }
 
-    fn bit(&self, key: &InlineKey) -> usize {
-        (mix(key) >> self.shift) as usize
+    /// The block of the key's anchor and the bit of the whole key in it.
+    fn position(&self, key: &InlineKey) -> Option<(usize, usize)> {
+        let len = usize::from(key[15]);
+        let start = if self.from_end {
+            len.checked_sub(self.anchor)?
+        } else {
+            0
+        };
+        let anchor = pack(
+            key.get(start..start + self.anchor)
+                .filter(|_| self.anchor <= len)?,
+        )?;
+        // A 64-bit shift by 64 (one block) would overflow; one block means block 0.
+        let block = mix(&anchor).checked_shr(self.block_shift).unwrap_or(0) as usize;
+        Some((block, mix(key) as usize % BLOCK_BITS))
     }
 
     /// `false` only when the key is certainly not indexed; an unbuilt filter always says maybe.
     pub(crate) fn may_contain(&self, key: &InlineKey) -> bool {
-        if self.bits.is_empty() {
+        if self.blocks.is_empty() {
             return true;
         }
-        let bit = self.bit(key);
-        self.bits
-            .get(bit / 64)
-            .is_none_or(|word| word & (1 << (bit % 64)) != 0)
+        let Some((block, bit)) = self.position(key) else {
+            return true;
+        };
+        self.blocks
+            .get(block)
+            .is_none_or(|block| block[bit / 64] & (1 << (bit % 64)) != 0)
     }
 }
 
@@ -141,7 +173,6 @@ impl StartFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matcher::exact::pack;
 
     fn hir(pattern: &str) -> Hir {
         regex_syntax::Parser::new().parse(pattern).expect("valid")
@@ -152,8 +183,11 @@ mod tests {
         let keys: Vec<InlineKey> = (0..5000)
             .filter_map(|i| pack(format!("PFX{i}").as_bytes()))
             .collect();
-        let filter = KeyFilter::build(keys.iter());
+        let filter = KeyFilter::build(keys.iter(), 4, false);
         assert!(keys.iter().all(|k| filter.may_contain(k)));
+        let suffixes = KeyFilter::build(keys.iter(), 4, true);
+        assert!(keys.iter().all(|k| suffixes.may_contain(k)));
+        assert!(KeyFilter::build(keys.iter(), 5, false).may_contain(&[0; 16]));
         let absent = (0..5000)
             .filter_map(|i| pack(format!("NOT{i}").as_bytes()))
             .filter(|k| filter.may_contain(k))

@@ -62,8 +62,9 @@ impl LiteralIndex {
         self.filter = KeyFilter::default();
     }
 
-    fn finish(&mut self) {
-        self.filter = KeyFilter::build(self.inline.keys().map(|key| &key.0));
+    fn finish(&mut self, from_end: bool) {
+        let anchor = self.lengths.first().copied().unwrap_or(0);
+        self.filter = KeyFilter::build(self.inline.keys().map(|key| &key.0), anchor, from_end);
     }
 
     fn candidates<'s>(&'s self, code: &'s [u8], from_end: bool) -> impl Iterator<Item = u32> + 's {
@@ -167,8 +168,8 @@ impl RegexIndex {
 
     /// Builds the fallback set and the pre-filters once all patterns are in.
     pub fn finish(&mut self) -> Result<(), String> {
-        self.prefix.finish();
-        self.suffix.finish();
+        self.prefix.finish(false);
+        self.suffix.finish(true);
         let hirs: Vec<Hir> = self
             .unindexed_sources
             .iter()
