@@ -30,8 +30,33 @@ use support::{MAIN_PROGRAM, Rng, Synthetic, W3};
 /// Orders per timed iteration.
 const ORDERS: usize = 4096;
 const SEED: u64 = 0x5EED_0004;
-/// The pipeline under test, for one order: parse, decide, serialize into `out`.
+/// The pipeline under test, for one order: parse, decide, serialize into `out` with the records'
+/// own writers (`Conversion::write_json`, `Alert::write_json`).
 fn process(
+    record: &[u8],
+    table: &CodeTable,
+    limits: &InputLimits,
+    settings: &AttributionSettings,
+    out: &mut Vec<u8>,
+) -> Status {
+    out.clear();
+    let order = parse_order(record, limits).expect("the corpus is valid");
+    let decision = decide(record, &order, table, settings);
+    decision
+        .conversion
+        .write_json(out)
+        .expect("writes to a Vec");
+    out.push(b'\n');
+    for alert in &decision.alerts {
+        alert.write_json(out).expect("writes to a Vec");
+        out.push(b'\n');
+    }
+    decision.conversion.status
+}
+
+/// The same pipeline serializing through `serde_json::to_writer`, as the callers did before the
+/// writers existed; it must produce the same bytes.
+fn process_serde(
     record: &[u8],
     table: &CodeTable,
     limits: &InputLimits,
@@ -163,7 +188,13 @@ fn pipeline(c: &mut Criterion) {
                 None => {}
             }
         }
+        let mut serde_out = Vec::new();
+        process_serde(record, &table, &limits, &settings, &mut serde_out);
         process(record, &table, &limits, &settings, &mut out);
+        assert_eq!(
+            out, serde_out,
+            "the writers must match serde_json byte for byte"
+        );
         out_bytes += out.len();
     }
     let in_bytes: usize = records.iter().map(|r| r.len()).sum();
@@ -192,6 +223,16 @@ fn pipeline(c: &mut Criterion) {
             let mut credited = 0usize;
             for record in &records {
                 let status = process(black_box(record), &table, &limits, &settings, &mut out);
+                credited += (status == Status::Credited) as usize;
+            }
+            credited
+        })
+    });
+    group.bench_function("parse_decide_serialize_serde", |b| {
+        b.iter(|| {
+            let mut credited = 0usize;
+            for record in &records {
+                let status = process_serde(black_box(record), &table, &limits, &settings, &mut out);
                 credited += (status == Status::Credited) as usize;
             }
             credited
@@ -228,9 +269,9 @@ fn pipeline(c: &mut Criterion) {
             for (record, order) in records.iter().zip(&parsed) {
                 out.clear();
                 let decision = decide(record, black_box(order), &table, &settings);
-                serde_json::to_writer(&mut out, &decision.conversion).expect("writes");
+                decision.conversion.write_json(&mut out).expect("writes");
                 for alert in &decision.alerts {
-                    serde_json::to_writer(&mut out, alert).expect("writes");
+                    alert.write_json(&mut out).expect("writes");
                 }
                 bytes += out.len();
             }

@@ -128,25 +128,40 @@ pub fn per_order_alerts<'a, 't: 'a>(
             );
         }
     }
-    let valid_owners: BTreeSet<&str> = matched
-        .iter()
-        .filter(|m| m.validity.is_ok())
-        .filter_map(|m| table.entry(m.entry).owner_partner_id.as_deref())
-        .collect();
-    if valid_owners.len() >= 2 {
+    let valid_owners = || {
+        matched
+            .iter()
+            .filter(|m| m.validity.is_ok())
+            .filter_map(|m| table.entry(m.entry).owner_partner_id.as_deref())
+    };
+    // Nearly every order has at most one owner among its codes: find that out before building
+    // the set the alert lists.
+    let mut owners = valid_owners();
+    let first_owner = owners.next();
+    if owners.any(|owner| Some(owner) != first_owner) {
+        let valid_owners: BTreeSet<&str> = valid_owners().collect();
         let decisive = matched
             .iter()
             .find(|m| Some(m.entry) == outcome.decisive_code);
-        let codes: Vec<&str> = matched
-            .iter()
-            .filter(|m| m.validity.is_ok())
-            .map(|m| table.code_id(m.entry))
-            .collect();
+        // Built directly rather than through `json!`, which would serialize each list into a
+        // `Value` first; this alert is raised often enough for that to show. Same value.
+        let strings = |items: &mut dyn Iterator<Item = &str>| {
+            Value::Array(items.map(|s| Value::String(s.to_owned())).collect())
+        };
+        let codes = strings(
+            &mut matched
+                .iter()
+                .filter(|m| m.validity.is_ok())
+                .map(|m| table.code_id(m.entry)),
+        );
+        let mut detail = serde_json::Map::new();
+        detail.insert("owners".to_owned(), strings(&mut valid_owners.into_iter()));
+        detail.insert("code_ids".to_owned(), codes);
         out.push(
             AlertKind::MultiplePartnerCodes,
             decisive,
             None,
-            json!({ "owners": valid_owners, "code_ids": codes }),
+            Value::Object(detail),
         );
     }
     if outcome.foreign_code_decided
@@ -167,4 +182,37 @@ pub fn per_order_alerts<'a, 't: 'a>(
         );
     }
     out.alerts
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::codes::load::read_codes;
+    use crate::codes::table::BuildOptions;
+    use crate::schema::{AlertKind, parse_order};
+    use crate::settings::{AttributionSettings, InputLimits};
+
+    use super::*;
+
+    #[test]
+    fn multiple_partner_codes_lists_owners_and_codes() {
+        let csv = "Promo Code,Program Id,Media Id,Type,Credit Rule,Match Mode\n\
+                   BBB,1,B,TRACKING,ALWAYS,LI\n\
+                   AAA,1,A,TRACKING,ALWAYS,LI\n";
+        let entries = read_codes(csv.as_bytes(), "t.csv").expect("valid codes");
+        let table = CodeTable::build(entries, Vec::new(), "v", "t", BuildOptions::default())
+            .expect("builds");
+        let record = br#"{"order_id":"o","program_id":"1","event_type":"sale","event_time":"2026-01-01T00:00:00Z","promo_codes":["bbb","aaa"]}"#;
+        let order = parse_order(record, &InputLimits::default()).expect("valid order");
+        let decision =
+            crate::attribution::decide(record, &order, &table, &AttributionSettings::default());
+        let alert = decision
+            .alerts
+            .iter()
+            .find(|a| a.kind == AlertKind::MultiplePartnerCodes)
+            .expect("two owners");
+        assert_eq!(
+            alert.detail,
+            json!({ "owners": ["A", "B"], "code_ids": ["LI:BBB", "LI:AAA"] })
+        );
+    }
 }

@@ -108,6 +108,13 @@ pub fn code_validity(
     Ok(())
 }
 
+thread_local! {
+    /// Regex candidates of one lookup; kept per thread so that matching allocates nothing once
+    /// warm.
+    static LOOKUP_SCRATCH: std::cell::RefCell<Vec<EntryId>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Matches every entered code; the rest are unknown. A blank entry (checkout forms send `""`
 /// for "no code") is neither.
 pub fn match_codes<'a>(
@@ -117,12 +124,13 @@ pub fn match_codes<'a>(
     let mut matched = Vec::with_capacity(order.order.promo_codes.len());
     let mut unknown = Vec::new();
     let program = table.program(&order.order.program_id);
-    let mut scratch = Vec::new();
     for (position, entered) in order.order.promo_codes.iter().enumerate() {
         if trim_entered(entered).is_empty() {
             continue;
         }
-        let hit = program.and_then(|p| table.lookup(p, entered, &mut scratch));
+        let hit = program.and_then(|p| {
+            LOOKUP_SCRATCH.with_borrow_mut(|scratch| table.lookup(p, entered, scratch))
+        });
         match hit {
             Some(hit) => matched.push(MatchedCode {
                 position,

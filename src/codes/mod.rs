@@ -35,11 +35,32 @@ pub enum CreditPolicy {
     Winner,
 }
 
+impl CreditPolicy {
+    /// The serde spelling, for writers that bypass serde.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditPolicy::Always => "ALWAYS",
+            CreditPolicy::Involved => "INVOLVED",
+            CreditPolicy::Winner => "WINNER",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MatchType {
     Exact,
     Regex,
+}
+
+impl MatchType {
+    /// The serde spelling, for writers that bypass serde.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchType::Exact => "EXACT",
+            MatchType::Regex => "REGEX",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,6 +90,17 @@ pub enum CreditGroup {
     Standard,
     #[default]
     Preferred,
+}
+
+impl CreditGroup {
+    /// The serde spelling, for writers that bypass serde.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditGroup::NonPreferred => "NON_PREFERRED",
+            CreditGroup::Standard => "STANDARD",
+            CreditGroup::Preferred => "PREFERRED",
+        }
+    }
 }
 
 /// One row of the code table.
@@ -150,5 +182,38 @@ impl Partner {
         self.status == PartnerStatus::Active
             && self.contract_start.is_none_or(|start| start <= at)
             && self.contract_end.is_none_or(|end| at < end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde_name<T: Serialize>(value: T) -> String {
+        serde_json::to_string(&value)
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    #[test]
+    fn as_str_is_the_serde_spelling() {
+        for policy in [
+            CreditPolicy::Always,
+            CreditPolicy::Involved,
+            CreditPolicy::Winner,
+        ] {
+            assert_eq!(policy.as_str(), serde_name(policy));
+        }
+        for match_type in [MatchType::Exact, MatchType::Regex] {
+            assert_eq!(match_type.as_str(), serde_name(match_type));
+        }
+        for group in [
+            CreditGroup::NonPreferred,
+            CreditGroup::Standard,
+            CreditGroup::Preferred,
+        ] {
+            assert_eq!(group.as_str(), serde_name(group));
+        }
     }
 }

@@ -20,6 +20,13 @@ fn is_invisible_padding(c: char) -> bool {
 /// The entered value with surrounding whitespace and invisible padding removed; what regex codes
 /// are matched against.
 pub fn trim_entered(raw: &str) -> &str {
+    // A printable ASCII character at each end (nearly every code) is neither whitespace nor
+    // invisible padding, so there is nothing to trim and no need to decode characters.
+    let printable = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
+    let bytes = raw.as_bytes();
+    if printable(bytes.first()) && printable(bytes.last()) {
+        return raw;
+    }
     raw.trim_matches(is_invisible_padding)
 }
 
@@ -90,6 +97,26 @@ mod tests {
         }
         assert_eq!(exact_key_ascii_inline("ＳＵＭ", &mut buf), None);
         assert_eq!(exact_key_ascii_inline(&"A".repeat(65), &mut buf), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn trim_fast_path_is_trim_matches(raw in r"[ \t\u{A0}\u{200B}\u{FEFF}a-zA-Z0-9é!~]{0,8}") {
+            proptest::prop_assert_eq!(trim_entered(&raw), raw.trim_matches(is_invisible_padding));
+        }
+
+        #[test]
+        fn ascii_fast_paths_are_the_nfkc_path(raw in r"[ \t\u{A0}\u{3000}\u{200B}a-zA-Z0-9ﬁß_-]{0,14}") {
+            let general: String = {
+                let composed: String = trim_entered(&raw).nfkc().collect();
+                composed.to_uppercase().trim_matches(is_invisible_padding).to_string()
+            };
+            proptest::prop_assert_eq!(&exact_key(&raw), &general);
+            let mut buf = [0u8; 64];
+            if let Some(inline) = exact_key_ascii_inline(&raw, &mut buf) {
+                proptest::prop_assert_eq!(inline, general.as_bytes());
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! is folded into a stack buffer, so a hit or a miss costs one probe of one table.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
 
@@ -27,9 +28,20 @@ pub(crate) fn pack(bytes: &[u8]) -> Option<InlineKey> {
 
 pub(crate) type InlineKey = [u8; 16];
 
+/// A packed key as a map key: it hashes as one `u128`, which the hasher folds in a single step,
+/// instead of as a length prefix plus a byte slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapKey(pub(crate) InlineKey);
+
+impl Hash for MapKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.0));
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ExactIndex {
-    inline: HashMap<InlineKey, u32, RandomState>,
+    inline: HashMap<MapKey, u32, RandomState>,
     spilled: HashMap<Box<str>, u32, RandomState>,
 }
 
@@ -44,23 +56,25 @@ impl ExactIndex {
     /// Adds a canonical key (see [`exact_key`]); returns the value it displaced, if any.
     pub fn insert(&mut self, canonical_key: &str, value: u32) -> Option<u32> {
         match pack(canonical_key.as_bytes()) {
-            Some(packed) => self.inline.insert(packed, value),
+            Some(packed) => self.inline.insert(MapKey(packed), value),
             None => self.spilled.insert(canonical_key.into(), value),
         }
     }
 
     /// Looks up a code as the customer entered it.
     pub fn get(&self, entered: &str) -> Option<u32> {
-        let mut buf = [0u8; INLINE_BYTES];
-        if let Some(folded) = exact_key_ascii_inline(entered, &mut buf) {
-            return pack(folded).and_then(|k| self.inline.get(&k).copied());
+        // Folded straight into the packed key: no copy between the fold and the probe.
+        let mut key: InlineKey = [0; 16];
+        if let Some(folded) = exact_key_ascii_inline(entered, &mut key[..INLINE_BYTES]) {
+            key[INLINE_BYTES] = folded.len() as u8;
+            return self.inline.get(&MapKey(key)).copied();
         }
         self.get_canonical(&exact_key(entered))
     }
 
     fn get_canonical(&self, key: &str) -> Option<u32> {
         match pack(key.as_bytes()) {
-            Some(packed) => self.inline.get(&packed).copied(),
+            Some(packed) => self.inline.get(&MapKey(packed)).copied(),
             None => self.spilled.get(key).copied(),
         }
     }

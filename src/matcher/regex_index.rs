@@ -14,7 +14,8 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-use super::exact::{InlineKey, pack};
+use super::exact::{MapKey, pack};
+use super::prefilter::{KeyFilter, StartFilter};
 
 /// Compiled-size bound per pattern; generous for promo-code patterns, fatal for a pathological
 /// one such as `(a{100}){100}`.
@@ -37,16 +38,18 @@ struct Pattern {
 struct LiteralIndex {
     /// Literals of up to 15 bytes (all real prefixes) inline, like exact codes, so a probe hashes
     /// 16 bytes and compares in place; longer ones spill to boxed keys.
-    inline: HashMap<InlineKey, Vec<u32>, RandomState>,
+    inline: HashMap<MapKey, Vec<u32>, RandomState>,
     spilled: HashMap<Box<[u8]>, Vec<u32>, RandomState>,
     /// Distinct literal lengths, ascending: the probes an entered code needs.
     lengths: Vec<usize>,
+    /// Built by [`RegexIndex::finish`] over `inline`; lets most probes skip the hash table.
+    filter: KeyFilter,
 }
 
 impl LiteralIndex {
     fn add(&mut self, literal: &[u8], pattern: u32) {
         let slot = match pack(literal) {
-            Some(key) => self.inline.entry(key).or_default(),
+            Some(key) => self.inline.entry(MapKey(key)).or_default(),
             None => self.spilled.entry(literal.into()).or_default(),
         };
         if !slot.contains(&pattern) {
@@ -55,6 +58,13 @@ impl LiteralIndex {
         if let Err(at) = self.lengths.binary_search(&literal.len()) {
             self.lengths.insert(at, literal.len());
         }
+        // A filter built before this literal would wrongly rule it out.
+        self.filter = KeyFilter::default();
+    }
+
+    fn finish(&mut self, from_end: bool) {
+        let anchor = self.lengths.first().copied().unwrap_or(0);
+        self.filter = KeyFilter::build(self.inline.keys().map(|key| &key.0), anchor, from_end);
     }
 
     fn candidates<'s>(&'s self, code: &'s [u8], from_end: bool) -> impl Iterator<Item = u32> + 's {
@@ -68,7 +78,8 @@ impl LiteralIndex {
                     &code[..len]
                 };
                 match pack(probe) {
-                    Some(key) => self.inline.get(&key),
+                    Some(key) if self.filter.may_contain(&key) => self.inline.get(&MapKey(key)),
+                    Some(_) => None,
                     None => self.spilled.get(probe),
                 }
             })
@@ -94,6 +105,8 @@ pub struct RegexIndex {
     unindexed: Vec<u32>,
     unindexed_set: Option<RegexSet>,
     unindexed_sources: Vec<String>,
+    /// Rules out the unindexed patterns for most codes before any of them runs.
+    unindexed_filter: StartFilter,
     size_limit: usize,
 }
 
@@ -108,10 +121,7 @@ impl RegexIndex {
     /// Adds a pattern carrying `value`; on error the pattern is not added and the message says
     /// why it was refused.
     pub fn add(&mut self, pattern: &str, value: u32) -> Result<IndexedBy, String> {
-        let hir = regex_syntax::ParserBuilder::new()
-            .build()
-            .parse(pattern)
-            .map_err(|e| one_line(&e.to_string()))?;
+        let hir = parse(pattern)?;
         let local = self.patterns.len() as u32;
         if let Some(literal) = literal_prefix_only(&hir) {
             self.patterns.push(Pattern {
@@ -145,6 +155,8 @@ impl RegexIndex {
         } else {
             self.unindexed.push(local);
             self.unindexed_sources.push(pattern.to_string());
+            // Built from all of them in `finish`; until then no pattern may be ruled out.
+            self.unindexed_filter = StartFilter::default();
             IndexedBy::Scan
         };
         self.patterns.push(Pattern {
@@ -154,8 +166,16 @@ impl RegexIndex {
         Ok(indexed)
     }
 
-    /// Builds the fallback set once all patterns are in.
+    /// Builds the fallback set and the pre-filters once all patterns are in.
     pub fn finish(&mut self) -> Result<(), String> {
+        self.prefix.finish(false);
+        self.suffix.finish(true);
+        let hirs: Vec<Hir> = self
+            .unindexed_sources
+            .iter()
+            .map(|source| parse(source))
+            .collect::<Result<_, _>>()?;
+        self.unindexed_filter = StartFilter::build(&hirs);
         self.unindexed_set = if self.unindexed.len() > 8 {
             let set = RegexSetBuilder::new(&self.unindexed_sources)
                 .size_limit(self.size_limit.saturating_mul(self.unindexed.len()))
@@ -192,6 +212,9 @@ impl RegexIndex {
                 out.push(pattern.value);
             }
         };
+        if !self.unindexed_filter.may_match(bytes) {
+            return;
+        }
         match &self.unindexed_set {
             // `is_match` stops at the first hit and usually runs on the lazy DFA; `matches` must
             // run every pattern to completion. Almost no code hits the fallback patterns, so
@@ -285,6 +308,13 @@ fn anchored_literals(hir: &Hir, kind: ExtractKind) -> Option<Vec<Vec<u8>>> {
     Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
 }
 
+fn parse(pattern: &str) -> Result<Hir, String> {
+    regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .map_err(|e| one_line(&e.to_string()))
+}
+
 /// regex errors span several lines with a caret diagram; table problems are one line each.
 fn one_line(message: &str) -> String {
     message
@@ -375,6 +405,25 @@ mod tests {
         ] {
             let expected: Vec<u32> = set.matches(code).iter().map(|i| i as u32).collect();
             assert_eq!(hits(&ours, code), expected, "{code}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The pre-filters only ever skip work: with them the index answers exactly what a
+        /// `RegexSet` of the same patterns answers, on codes made of the patterns' own letters,
+        /// with the unindexed patterns run one by one (few) or as a set (many).
+        #[test]
+        fn filters_never_change_the_answer(code in "[ABXYab019]{0,10}") {
+            let patterns = [
+                "^(AB).*", "^(ABX).*", "^XY[0-9]{2,4}$", "^.*(Y0)$", "^(?i)ba[0-9]",
+                "A{2}B", "X{3}Y", "B{2}A", "Y{2}X", "(?i)b{2}y", "0{3}1", "9{2}8", "a{2}b", "x{2}",
+            ];
+            for count in [8, patterns.len()] {
+                let ours = index(&patterns[..count]);
+                let set = RegexSet::new(&patterns[..count]).expect("valid");
+                let expected: Vec<u32> = set.matches(&code).iter().map(|i| i as u32).collect();
+                proptest::prop_assert_eq!(hits(&ours, &code), expected);
+            }
         }
     }
 

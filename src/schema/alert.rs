@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::json_out::ObjectWriter;
+
 pub const SCHEMA_VERSION: u32 = 1;
 /// Evidence is capped so that a burst cannot produce an unbounded record.
 pub const MAX_EVIDENCE_ORDERS: usize = 20;
@@ -90,6 +92,17 @@ pub enum Severity {
     High,
 }
 
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert<'a> {
     pub schema_version: u32,
@@ -117,4 +130,105 @@ pub struct Alert<'a> {
     pub count: u64,
     /// Kind-specific facts; keys are listed per kind in the README.
     pub detail: serde_json::Value,
+}
+
+impl Alert<'_> {
+    /// Appends the record's JSON to `out`, byte for byte what `serde_json::to_writer` writes for
+    /// it; only `detail` goes through serde.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut o = ObjectWriter::open(out);
+        o.u64("schema_version", u64::from(self.schema_version));
+        o.str("alert_id", &self.alert_id)?;
+        o.str("kind", self.kind.as_str())?;
+        o.str("severity", self.severity.as_str())?;
+        o.str("program_id", &self.program_id)?;
+        o.str_array("order_ids", self.order_ids.iter().map(AsRef::as_ref))?;
+        o.opt_str("code_id", self.code_id.as_deref())?;
+        o.opt_str("code", self.code.as_deref())?;
+        o.opt_str("owner_partner_id", self.owner_partner_id.as_deref())?;
+        o.opt_str("other_partner_id", self.other_partner_id.as_deref())?;
+        o.str("event_time", &self.event_time)?;
+        o.str("code_table_version", &self.code_table_version)?;
+        o.u64("count", self.count);
+        serde_json::to_writer(o.key("detail"), &self.detail)?;
+        o.close();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::option::of;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    const KINDS: [AlertKind; 3] = [
+        AlertKind::MultiplePartnerCodes,
+        AlertKind::AmbiguousCodeMatch,
+        AlertKind::CodeUsedByUnauthorizedPartner,
+    ];
+    const SEVERITIES: [Severity; 4] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9_:-]{0,12}",
+            any::<String>(),
+            r#"["\\\x00-\x1fé]{0,4}"#
+        ]
+    }
+
+    prop_compose! {
+        fn alert()(
+            schema_version in any::<u32>(),
+            kind in 0..KINDS.len(),
+            severity in 0..SEVERITIES.len(),
+            strings in proptest::collection::vec(text(), 4),
+            optional in proptest::collection::vec(of(text()), 4),
+            order_ids in proptest::collection::vec(text(), 0..3),
+            count in any::<u64>(),
+            detail in of(text()),
+        ) -> Alert<'static> {
+            Alert {
+                schema_version,
+                alert_id: strings[0].clone(),
+                kind: KINDS[kind],
+                severity: SEVERITIES[severity],
+                program_id: Cow::Owned(strings[1].clone()),
+                order_ids: order_ids.into_iter().map(Cow::Owned).collect(),
+                code_id: optional[0].clone().map(Cow::Owned),
+                code: optional[1].clone().map(Cow::Owned),
+                owner_partner_id: optional[2].clone().map(Cow::Owned),
+                other_partner_id: optional[3].clone().map(Cow::Owned),
+                event_time: Cow::Owned(strings[2].clone()),
+                code_table_version: Cow::Owned(strings[3].clone()),
+                count,
+                detail: json!({ "reason": detail, "codes": [1, 2.5, null] }),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn write_json_is_serde_json_byte_for_byte(alert in alert()) {
+            let mut ours = Vec::new();
+            alert.write_json(&mut ours).expect("writes to a Vec");
+            let expected = serde_json::to_vec(&alert).expect("serializes");
+            prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&expected));
+        }
+    }
+
+    #[test]
+    fn severity_spelling_is_the_serde_spelling() {
+        for severity in SEVERITIES {
+            let name = serde_json::to_string(&severity).expect("serializes");
+            assert_eq!(format!("\"{}\"", severity.as_str()), name);
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::json_out::ObjectWriter;
 use crate::codes::{CreditGroup, CreditPolicy, MatchType};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -19,6 +20,16 @@ pub enum Status {
     Unattributed,
 }
 
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Credited => "CREDITED",
+            Status::Invalid => "INVALID",
+            Status::Unattributed => "UNATTRIBUTED",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Basis {
@@ -26,6 +37,17 @@ pub enum Basis {
     CodeInvolved,
     CodeWinner,
     Click,
+}
+
+impl Basis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Basis::CodeAlways => "CODE_ALWAYS",
+            Basis::CodeInvolved => "CODE_INVOLVED",
+            Basis::CodeWinner => "CODE_WINNER",
+            Basis::Click => "CLICK",
+        }
+    }
 }
 
 /// Why a conversion is `INVALID`.
@@ -122,4 +144,226 @@ pub struct Conversion<'a> {
     pub unknown_codes: Vec<Cow<'a, str>>,
     #[serde(borrow)]
     pub code_table_version: Cow<'a, str>,
+}
+
+impl CodeRef<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut o = ObjectWriter::open(out);
+        o.str("entered", &self.entered)?;
+        o.str("code_id", &self.code_id)?;
+        o.str("match_type", self.match_type.as_str())?;
+        o.opt_str("owner_partner_id", self.owner_partner_id.as_deref())?;
+        o.opt_str(
+            "credit_policy",
+            self.credit_policy.map(CreditPolicy::as_str),
+        )?;
+        o.opt_str("deal_id", self.deal_id.as_deref())?;
+        o.close();
+        Ok(())
+    }
+}
+
+impl ClickRef<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut o = ObjectWriter::open(out);
+        o.str("partner_id", &self.partner_id)?;
+        o.str("click_id", &self.click_id)?;
+        o.str("ts", &self.ts)?;
+        o.str("credit_group", self.credit_group.as_str())?;
+        o.close();
+        Ok(())
+    }
+}
+
+impl Conversion<'_> {
+    /// Appends the record's JSON to `out`, byte for byte what `serde_json::to_writer` writes for
+    /// it, without serde's per-field dispatch; the worker calls this once per order.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut o = ObjectWriter::open(out);
+        o.u64("schema_version", u64::from(self.schema_version));
+        o.str("event_id", &self.event_id)?;
+        o.str("order_id", &self.order_id)?;
+        o.str("program_id", &self.program_id)?;
+        o.str("event_type", &self.event_type)?;
+        o.str("event_time", &self.event_time)?;
+        o.str("status", self.status.as_str())?;
+        o.opt_str("basis", self.basis.map(Basis::as_str))?;
+        o.opt_str("partner_id", self.partner_id.as_deref())?;
+        o.opt_str(
+            "invalid_reason",
+            self.invalid_reason.map(InvalidReason::as_str),
+        )?;
+        o.opt_str("invalid_partner_id", self.invalid_partner_id.as_deref())?;
+        o.opt_str(
+            "overridden_partner_id",
+            self.overridden_partner_id.as_deref(),
+        )?;
+        match &self.code {
+            Some(code) => code.write_json(o.key("code"))?,
+            None => o.null("code"),
+        }
+        match &self.winning_click {
+            Some(click) => click.write_json(o.key("winning_click"))?,
+            None => o.null("winning_click"),
+        }
+        o.str_array(
+            "involved_partners",
+            self.involved_partners.iter().map(AsRef::as_ref),
+        )?;
+        o.str_array(
+            "unknown_codes",
+            self.unknown_codes.iter().map(AsRef::as_ref),
+        )?;
+        o.str("code_table_version", &self.code_table_version)?;
+        o.close();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::option::of;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ALL_INVALID_REASONS: [InvalidReason; 11] = [
+        InvalidReason::CodeOwnedByOtherPartner,
+        InvalidReason::CodeExpired,
+        InvalidReason::CodeNotYetActive,
+        InvalidReason::CodeInactive,
+        InvalidReason::CodeRestricted,
+        InvalidReason::CodeOwnerNotInvolved,
+        InvalidReason::CodeOwnerNotWinner,
+        InvalidReason::PartnerContractInactive,
+        InvalidReason::UsageLimitExceeded,
+        InvalidReason::CustomerLimitExceeded,
+        InvalidReason::DuplicateOrderId,
+    ];
+
+    /// Any string, including ones `serde_json` must escape.
+    fn text() -> impl Strategy<Value = Cow<'static, str>> {
+        prop_oneof![
+            "[a-zA-Z0-9_-]{0,12}",
+            any::<String>(),
+            r#"["\\\x00-\x1fé]{0,4}"#
+        ]
+        .prop_map(Cow::Owned)
+    }
+
+    fn code_ref() -> impl Strategy<Value = CodeRef<'static>> {
+        (
+            text(),
+            text(),
+            any::<bool>(),
+            of(text()),
+            of(0..3u8),
+            of(text()),
+        )
+            .prop_map(|(entered, code_id, regex, owner, policy, deal)| CodeRef {
+                entered,
+                code_id,
+                match_type: if regex {
+                    MatchType::Regex
+                } else {
+                    MatchType::Exact
+                },
+                owner_partner_id: owner,
+                credit_policy: policy.map(|p| {
+                    [
+                        CreditPolicy::Always,
+                        CreditPolicy::Involved,
+                        CreditPolicy::Winner,
+                    ][usize::from(p)]
+                }),
+                deal_id: deal,
+            })
+    }
+
+    fn click_ref() -> impl Strategy<Value = ClickRef<'static>> {
+        (text(), text(), text(), 0..3u8).prop_map(|(partner_id, click_id, ts, group)| ClickRef {
+            partner_id,
+            click_id,
+            ts,
+            credit_group: [
+                CreditGroup::NonPreferred,
+                CreditGroup::Standard,
+                CreditGroup::Preferred,
+            ][usize::from(group)],
+        })
+    }
+
+    prop_compose! {
+        fn conversion()(
+            schema_version in any::<u32>(),
+            ids in proptest::collection::vec(text(), 6),
+            status in 0..3u8,
+            basis in of(0..4u8),
+            reason in of(0..11u8),
+            partners in proptest::collection::vec(of(text()), 3),
+            code in of(code_ref()),
+            winning_click in of(click_ref()),
+            involved_partners in proptest::collection::vec(text(), 0..3),
+            unknown_codes in proptest::collection::vec(text(), 0..3),
+        ) -> Conversion<'static> {
+            Conversion {
+                schema_version,
+                event_id: ids[0].clone(),
+                order_id: ids[1].clone(),
+                program_id: ids[2].clone(),
+                event_type: ids[3].clone(),
+                event_time: ids[4].clone(),
+                status: [Status::Credited, Status::Invalid, Status::Unattributed]
+                    [usize::from(status)],
+                basis: basis.map(|b| {
+                    [Basis::CodeAlways, Basis::CodeInvolved, Basis::CodeWinner, Basis::Click]
+                        [usize::from(b)]
+                }),
+                partner_id: partners[0].clone(),
+                invalid_reason: reason.map(|r| ALL_INVALID_REASONS[usize::from(r)]),
+                invalid_partner_id: partners[1].clone(),
+                overridden_partner_id: partners[2].clone(),
+                code,
+                winning_click,
+                involved_partners,
+                unknown_codes,
+                code_table_version: ids[5].clone(),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn write_json_is_serde_json_byte_for_byte(conversion in conversion()) {
+            let mut ours = b"prefix".to_vec();
+            conversion.write_json(&mut ours).expect("writes to a Vec");
+            let mut expected = b"prefix".to_vec();
+            serde_json::to_writer(&mut expected, &conversion).expect("serializes");
+            prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&expected));
+        }
+    }
+
+    #[test]
+    fn enum_spellings_are_serde_spellings() {
+        fn serde_name<T: Serialize>(value: T) -> String {
+            serde_json::to_string(&value)
+                .expect("serializes")
+                .trim_matches('"')
+                .to_owned()
+        }
+        for reason in ALL_INVALID_REASONS {
+            assert_eq!(reason.as_str(), serde_name(reason));
+        }
+        for status in [Status::Credited, Status::Invalid, Status::Unattributed] {
+            assert_eq!(status.as_str(), serde_name(status));
+        }
+        for basis in [
+            Basis::CodeAlways,
+            Basis::CodeInvolved,
+            Basis::CodeWinner,
+            Basis::Click,
+        ] {
+            assert_eq!(basis.as_str(), serde_name(basis));
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod alert;
 pub mod conversion;
+mod json_out;
 pub mod order;
 
 pub use alert::{Alert, AlertKind, Severity};

@@ -24,11 +24,11 @@ pub struct Order<'a> {
     pub event_type: Cow<'a, str>,
     #[serde(borrow)]
     pub event_time: Cow<'a, str>,
-    #[serde(default, borrow, deserialize_with = "null_as_empty")]
+    #[serde(default, borrow, deserialize_with = "borrowed_strings")]
     pub promo_codes: Vec<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "null_as_empty")]
     pub touchpoints: Vec<Touchpoint<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub event_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub customer: Option<Customer<'a>>,
@@ -38,7 +38,7 @@ pub struct Order<'a> {
     pub amount: Option<f64>,
     #[serde(default)]
     pub discount: Option<f64>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub currency: Option<Cow<'a, str>>,
 }
 
@@ -67,19 +67,19 @@ pub enum TouchpointKind {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Customer<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub email_sha256: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub status: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Risk<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub ip_hash: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub device_hash: Option<Cow<'a, str>>,
 }
 
@@ -90,6 +90,27 @@ where
     T: Deserialize<'de>,
 {
     Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A string that borrows from the input unless it has escapes. serde applies `borrow` only to a
+/// field's own `Cow`, so a `Cow` inside a `Vec` or an `Option` would otherwise always be copied.
+#[derive(Deserialize)]
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn borrowed_strings<'de: 'a, 'a, D>(deserializer: D) -> Result<Vec<Cow<'a, str>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let list: Vec<Borrowed<'a>> = null_as_empty(deserializer)?;
+    // Same layout, so the list is converted in place, without a second allocation.
+    Ok(list.into_iter().map(|s| s.0).collect())
+}
+
+fn borrowed_opt<'de: 'a, 'a, D>(deserializer: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(Option::<Borrowed<'a>>::deserialize(deserializer)?.map(|s| s.0))
 }
 
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -304,6 +325,40 @@ mod tests {
         for (raw, reason) in cases {
             let err = parse_order(raw, &limits()).expect_err("must be rejected");
             assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn strings_borrow_from_the_record_unless_escaped() {
+        let raw = br#"{"order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z","promo_codes":["SAVE10","A\"B"],"event_id":"e","customer":{"id":"c"}}"#;
+        let order = parse_order(raw, &limits()).expect("valid").order;
+        assert!(matches!(order.promo_codes[0], Cow::Borrowed("SAVE10")));
+        assert_eq!(order.promo_codes[1], "A\"B");
+        assert!(matches!(order.event_id, Some(Cow::Borrowed("e"))));
+        let customer = order.customer.expect("customer");
+        assert!(matches!(customer.id, Some(Cow::Borrowed("c"))));
+    }
+
+    #[test]
+    fn wrong_types_in_lists_keep_their_messages() {
+        let base = r#""order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z""#;
+        for (field, message) in [
+            (
+                r#""promo_codes":[1]"#,
+                "invalid type: integer `1`, expected a string",
+            ),
+            (
+                r#""promo_codes":"A""#,
+                "invalid type: string \"A\", expected a sequence",
+            ),
+            (
+                r#""event_id":2"#,
+                "invalid type: integer `2`, expected a string",
+            ),
+        ] {
+            let raw = format!("{{{base},{field}}}");
+            let err = parse_order(raw.as_bytes(), &limits()).expect_err("wrong type");
+            assert!(err.to_string().contains(message), "{err}");
         }
     }
 
