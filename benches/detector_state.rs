@@ -13,6 +13,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,24 +107,67 @@ fn shape(steps: &[OrderStep]) {
     );
 }
 
-/// `calls` and `usec` of a command in `INFO commandstats`.
-fn command_stats(connection: &mut ::redis::Connection, command: &str) -> (u64, u64) {
+/// `calls` and `usec` of every command in `INFO commandstats`.
+fn command_stats(connection: &mut ::redis::Connection) -> BTreeMap<String, (u64, u64)> {
     let info: String = ::redis::cmd("INFO")
         .arg("commandstats")
         .query(connection)
         .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:");
-    let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
-        return (0, 0);
-    };
-    let field = |name: &str| -> u64 {
-        line[prefix.len()..]
-            .split(',')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("calls"), field("usec"))
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |name: &str| -> u64 {
+                fields
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            Some((name.to_string(), (field("calls"), field("usec"))))
+        })
+        .collect()
+}
+
+/// CPU seconds the Redis main thread used (user + system): unlike `commandstats` usec, which is
+/// wall time inside a command, this does not grow when a busy machine deschedules Redis.
+fn main_thread_cpu(connection: &mut ::redis::Connection) -> f64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("cpu")
+        .query(connection)
+        .expect("INFO cpu");
+    info.lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            matches!(
+                name,
+                "used_cpu_user_main_thread" | "used_cpu_sys_main_thread"
+            )
+            .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// What each command cost between two snapshots, per order: (command, calls, µs).
+fn stats_delta(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    orders: usize,
+) -> Vec<(String, f64, f64)> {
+    let mut delta: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(name, &(calls, usec))| {
+            let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
+            let n = orders as f64;
+            (
+                name.clone(),
+                (calls - c0) as f64 / n,
+                (usec - u0) as f64 / n,
+            )
+        })
+        .filter(|(_, calls, _)| *calls > 0.0)
+        .collect();
+    delta.sort_by(|a, b| b.2.total_cmp(&a.2));
+    delta
 }
 
 /// Every write of `outputs`, as bytes, to compare two runs.
@@ -146,21 +190,44 @@ struct Pass {
     step: Duration,
     batches: usize,
     alerts: usize,
+    /// Per order: command, calls, µs (the script's own commands are counted too).
+    commands: Vec<(String, f64, f64)>,
+    /// Redis main thread CPU seconds over the pass (the memory comparison runs meanwhile but
+    /// costs Redis nothing).
+    cpu: f64,
 }
 
 impl Pass {
     fn report(&self, what: &str) {
         eprintln!(
-            "  {what}: {} orders in {} batches, {} alerts; Redis evalsha {} calls, {:.2} µs/order; \
+            "  {what}: {} orders in {} batches, {} alerts; Redis evalsha {} calls, {:.2} µs/order, main thread CPU {:.2} µs/order; \
              wall {:.1} ms/batch engine, {:.1} ms/batch state step ({:.2} µs/order)",
             self.orders,
             self.batches,
             self.alerts,
             self.evalsha_calls,
             self.evalsha_usec as f64 / self.orders as f64,
+            self.cpu * 1e6 / self.orders as f64,
             self.engine.as_secs_f64() * 1e3 / self.batches as f64,
             self.step.as_secs_f64() * 1e3 / self.batches as f64,
             self.step.as_secs_f64() * 1e6 / self.orders as f64,
+        );
+        let inner: f64 = self
+            .commands
+            .iter()
+            .filter(|c| c.0 != "evalsha")
+            .map(|c| c.2)
+            .sum();
+        let listed: Vec<String> = self
+            .commands
+            .iter()
+            .filter(|c| c.0 != "evalsha")
+            .take(8)
+            .map(|(name, calls, usec)| format!("{name} {calls:.1}x {usec:.2}µs"))
+            .collect();
+        eprintln!(
+            "    commands inside the script {inner:.2} µs/order (other clients' too): {}",
+            listed.join(", ")
         );
     }
 }
@@ -181,6 +248,7 @@ fn main() {
         .collect();
     let mut firsts = Vec::new();
     let mut replays = Vec::new();
+    let mut cpus = Vec::new();
     for round in 0..rounds {
         let (url, prefix) = shared("bench-state");
         let names = Names::new("bench-state");
@@ -199,7 +267,8 @@ fn main() {
         let mut memory = MemoryState::new();
         let mut stats = connect(&url);
         let mut pass = |batches: &[Vec<&[u8]>], check: bool| -> Pass {
-            let (calls0, usec0) = command_stats(&mut stats, "evalsha");
+            let stats0 = command_stats(&mut stats);
+            let cpu0 = main_thread_cpu(&mut stats);
             redis.spent = Duration::ZERO;
             let mut engine_time = Duration::ZERO;
             let mut alerts = 0;
@@ -220,11 +289,17 @@ fn main() {
                     assert!(got == writes(&expected), "Redis and memory state disagree");
                 }
             }
-            let (calls1, usec1) = command_stats(&mut stats, "evalsha");
+            let stats1 = command_stats(&mut stats);
+            let cpu1 = main_thread_cpu(&mut stats);
+            let orders = batches.iter().map(Vec::len).sum();
+            let evalsha =
+                |s: &BTreeMap<String, (u64, u64)>| s.get("evalsha").copied().unwrap_or((0, 0));
             Pass {
-                orders: batches.iter().map(Vec::len).sum(),
-                evalsha_calls: calls1 - calls0,
-                evalsha_usec: usec1 - usec0,
+                orders,
+                evalsha_calls: evalsha(&stats1).0 - evalsha(&stats0).0,
+                evalsha_usec: evalsha(&stats1).1 - evalsha(&stats0).1,
+                commands: stats_delta(&stats0, &stats1, orders),
+                cpu: cpu1 - cpu0,
                 engine: engine_time,
                 step: redis.spent,
                 batches: batches.len(),
@@ -239,12 +314,14 @@ fn main() {
         replay.report("replay pass");
         firsts.push(first.evalsha_usec as f64 / first.orders as f64);
         replays.push(replay.evalsha_usec as f64 / replay.orders as f64);
+        cpus.push(first.cpu * 1e6 / first.orders as f64);
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     eprintln!(
         "detector_state: {count} orders x {rounds} rounds; Redis µs/order first pass {firsts:.2?} \
-         (best {:.2}), replays {replays:.2?} (best {:.2})",
+         (best {:.2}), replays {replays:.2?} (best {:.2}); Redis CPU µs/order first pass {cpus:.2?} (best {:.2})",
         best(&firsts),
-        best(&replays)
+        best(&replays),
+        best(&cpus)
     );
 }

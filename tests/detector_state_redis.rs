@@ -87,7 +87,9 @@ fn op(rng: &mut Rng, prefix: &str, current: usize) -> Op {
             evidence: rng.percent(80).then(|| gate(rng, current)),
         };
     }
-    let ranges: Vec<Range> = (0..rng.below(4)).map(|_| range(rng)).collect();
+    // Now and then more ranges than one bitmask argument holds.
+    let count = if rng.percent(3) { 55 } else { rng.below(4) };
+    let ranges: Vec<Range> = (0..count).map(|_| range(rng)).collect();
     Op::Add {
         key: format!("{prefix}s{}", rng.below(3)),
         ttl_secs: 600,

@@ -31,17 +31,27 @@ const ORDERS_PER_CALL: usize = 250;
 /// Digits of a number written after the arguments it counts ([`Args::placeholder`]).
 const PLACEHOLDER_WIDTH: usize = 9;
 
+/// Ranges per bitmask argument: a Lua number is a double, exact below 2^53.
+const MASK_BITS: usize = 50;
+
+/// An add's shape is `members + SHAPE * ranges` (the script's `SHAPE`).
+const SHAPE: u64 = 1 << 20;
+
 /// Arguments, after the evidence limit and the number of orders, per order:
 ///
 /// - memo key (index into `KEYS`), fingerprint, memo TTL, number of operations, and how many
 ///   arguments those operations take (a replay or a duplicate jumps over them unread);
-/// - an add: `A`, key index, TTL, members, ranges, trim bound (`(<score>`, or empty), then per
-///   member its score, the member and one `0`/`1` per range (whether the score is in it, so the
-///   script never compares numbers), then per range its bounds in `ZCOUNT` syntax, then the
-///   number of evidence ranges and their bounds, then the gate;
-/// - a tally: `T`, key index, TTL, members, the members, the last rank of its evidence
-///   (`top - 1`, as `ZREVRANGE` reads it), then the gate;
-/// - a gate: a letter and its numbers ([`push_gate`]), or `-`.
+/// - an add: its shape (`members + SHAPE * ranges`), key index, TTL, trim bound (`(<score>`, or
+///   empty), then per member its score, the member and its ranges as bitmasks of [`MASK_BITS`]
+///   (bit j: whether the score is in range j, so the script never compares numbers), then per
+///   range its bounds in `ZCOUNT` syntax, then its evidence ranges' bounds as one text
+///   (`<min> <max> ...`, read only when the gate fires), then the gate;
+/// - a tally: its shape (`-1 - members`), key index, TTL, the members, the last rank of its
+///   evidence (`top - 1`, as `ZREVRANGE` reads it), then the gate;
+/// - a gate: one text, a letter and its numbers ([`push_gate`]), or `-`.
+///
+/// Every argument costs Redis a Lua string before the script runs, hence the packing; a
+/// gate's text repeats across orders and the script parses each distinct one once per call.
 ///
 /// Results come back as JSON of the same shape `cjson` wrote before (a list of
 /// `{"b":[..],"a":[..],"e":[..]}`), so replay records of either script read the same with
@@ -244,11 +254,9 @@ impl<'s> Call<'s> {
                         ranges,
                         evidence,
                     } => {
-                        args.text("A");
+                        args.number(members.len() as u64 + SHAPE * ranges.len() as u64);
                         args.number(key(name));
                         args.number(ttl_secs.max(&1));
-                        args.number(members.len());
-                        args.number(ranges.len());
                         match trim_below {
                             Some(bound) => args.number(format_args!("({bound}")),
                             None => args.text(""),
@@ -256,14 +264,28 @@ impl<'s> Call<'s> {
                         for (score, member) in members {
                             args.number(score);
                             args.text(member);
-                            for range in ranges {
-                                args.text(if range.contains(*score) { "1" } else { "0" });
+                            for chunk in ranges.chunks(MASK_BITS) {
+                                let mask = chunk
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|(_, r)| r.contains(*score))
+                                    .fold(0u64, |mask, (j, _)| mask | 1 << j);
+                                args.number(mask);
                             }
                         }
                         push_ranges(&mut args, ranges);
                         let evidence_ranges = evidence.as_ref().map_or(&[][..], |e| &e.ranges);
-                        args.number(evidence_ranges.len());
-                        push_ranges(&mut args, evidence_ranges);
+                        let mut text = String::new();
+                        for range in evidence_ranges {
+                            let (min, max) = bounds(*range);
+                            if !text.is_empty() {
+                                text.push(' ');
+                            }
+                            text.push_str(&min);
+                            text.push(' ');
+                            text.push_str(&max);
+                        }
+                        args.text(&text);
                         push_gate(&mut args, evidence.as_ref().map(|e| &e.gate));
                     }
                     Op::Tally {
@@ -273,10 +295,9 @@ impl<'s> Call<'s> {
                         top,
                         evidence,
                     } => {
-                        args.text("T");
+                        args.number(-1 - members.len() as i128);
                         args.number(key(name));
                         args.number(ttl_secs.max(&1));
-                        args.number(members.len());
                         for member in members {
                             args.text(member);
                         }
@@ -318,7 +339,8 @@ fn push_ranges(args: &mut Args, ranges: &[Range]) {
     }
 }
 
-/// A gate as the script reads it: a letter, then its numbers; `-` for none.
+/// A gate as the script reads it: one text, a letter, then its numbers, space-separated; `-`
+/// for none.
 fn push_gate(args: &mut Args, gate: Option<&Gate>) {
     let at = |c: CountRef| [c.op as u64, c.range as u64];
     let (letter, numbers): (&str, Vec<u64>) = match gate {
@@ -358,10 +380,12 @@ fn push_gate(args: &mut Args, gate: Option<&Gate>) {
             .concat(),
         ),
     };
-    args.text(letter);
+    let mut text = letter.to_string();
     for n in numbers {
-        args.number(n);
+        text.push(' ');
+        text.push_str(&n.to_string());
     }
+    args.text(&text);
 }
 
 /// The bounds of `min <= score < max` in `ZCOUNT` syntax: the upper one exclusive, the open

@@ -3,10 +3,15 @@
 -- working, so this script reads its arguments in place (no parsing pass, no table per
 -- operation, member or range), takes range bounds and per-member range membership ready-made
 -- from Rust, and writes its results as JSON text piece by piece instead of through cjson.
+-- Every argument costs Redis a Lua string before the script starts, so operations are packed:
+-- one shape number for kind and sizes, one bitmask per member, a gate or a list of evidence
+-- bounds as one string (a gate's text repeats across orders and is parsed once per call;
+-- evidence bounds are parsed only when the gate fires).
 -- Numbers are read by arithmetic coercion (`ARGV[p] + 0`), which costs no function call.
 local call = redis.call
 local ARGV, KEYS = ARGV, KEYS
-local find, sub, concat = string.find, string.sub, table.concat
+local find, sub, gmatch, concat = string.find, string.sub, string.gmatch, table.concat
+local ceil = math.ceil
 local encode = cjson.encode
 
 local limit = ARGV[1]
@@ -14,19 +19,18 @@ local orders = ARGV[2] + 0
 local out = {}
 local refreshed = {}
 -- Reused by every order: the counts before and after of the order's operations, flat (operation
--- i's ranges follow first[i]), how many ranges each has, which members ZADD added, and the
--- pieces of the encoded results.
+-- i's ranges follow first[i]), how many ranges each has, the current add's members per range
+-- that ZADD added, and the pieces of the encoded results.
 local before, after, first, ranges = {}, {}, {}, {}
-local added = {}
+local delta = {}
 local buf = {}
 -- Operations of the current order whose counts a gate may read (results[op] in Gate::fires).
 local done = 0
 
--- (before, after) of range `range` of operation `op` (both 0-based, as ARGV text); 0, 0 for an
--- operation not applied yet or a range it does not have, as Gate::fires in state.rs reads them.
+-- (before, after) of range `range` of operation `op` (both 0-based); 0, 0 for an operation not
+-- applied yet or a range it does not have, as Gate::fires in state.rs reads them.
 local function count(op, range)
   op = op + 1
-  range = range + 0
   if op > done or range >= ranges[op] then return 0, 0 end
   local k = first[op] + range + 1
   return before[k], after[k]
@@ -40,38 +44,56 @@ local function crossed(b, a)
   return p <= a
 end
 
--- Numbers after each gate letter.
-local arity = { X = 3, S = 6, P = 7, E = 6 }
+-- A gate's text (`<letter> <number>...`, see push_gate) as { letter, numbers... }, parsed once
+-- per call: the same few gates come back with every order.
+local gates = {}
+local function gate(text)
+  local g = gates[text]
+  if g == nil then
+    g = {}
+    local i = 0
+    for w in gmatch(text, '%S+') do
+      i = i + 1
+      g[i] = (i == 1) and w or tonumber(w)
+    end
+    gates[text] = g
+  end
+  return g
+end
 
--- Mirrors Gate::fires in state.rs; the gate's numbers are ARGV[p], ARGV[p + 1], ...
-local function fires(t, p)
+-- Mirrors Gate::fires in state.rs.
+local function fires(g)
+  local t = g[1]
   if t == 'X' then
-    local b, a = count(ARGV[p], ARGV[p + 1])
-    local l = ARGV[p + 2] + 0
-    b = b - l
-    a = a - l
+    local b, a = count(g[2], g[3])
+    b = b - g[4]
+    a = a - g[4]
     return crossed(b > 0 and b or 0, a > 0 and a or 0)
   elseif t == 'S' then
-    local pb, pa = count(ARGV[p], ARGV[p + 1])
-    local tb, ta = count(ARGV[p + 2], ARGV[p + 3])
-    local min_total, percent = ARGV[p + 4] + 0, ARGV[p + 5] + 0
+    local pb, pa = count(g[2], g[3])
+    local tb, ta = count(g[4], g[5])
+    local min_total, percent = g[6], g[7]
     if not (ta >= min_total and pa * 100 > percent * ta) then return false end
     return not (tb >= min_total and pb * 100 > percent * tb) or crossed(pb, pa)
   elseif t == 'P' then
-    local ub, ua = count(ARGV[p], ARGV[p + 1])
-    local _, base = count(ARGV[p + 2], ARGV[p + 3])
-    local buckets, factor, floor = ARGV[p + 4] + 0, ARGV[p + 5] + 0, ARGV[p + 6] + 0
+    local ub, ua = count(g[2], g[3])
+    local _, base = count(g[4], g[5])
+    local buckets, factor, floor = g[6], g[7], g[8]
     if not (ua * buckets > factor * base and ua >= floor) then return false end
     return not (ub * buckets > factor * base and ub >= floor) or crossed(ub, ua)
   elseif t == 'E' then
-    local db, da = count(ARGV[p], ARGV[p + 1])
-    local ub, ua = count(ARGV[p + 2], ARGV[p + 3])
-    local min_distinct, min_unknown = ARGV[p + 4] + 0, ARGV[p + 5] + 0
+    local db, da = count(g[2], g[3])
+    local ub, ua = count(g[4], g[5])
+    local min_distinct, min_unknown = g[6], g[7]
     if not (da >= min_distinct or ua >= min_unknown) then return false end
     return not (db >= min_distinct or ub >= min_unknown) or crossed(db, da)
   end
   return false
 end
+
+-- Bits per mask argument (see MASK_BITS in detector_state.rs): below 2^53, exact in a double.
+local MASK_BITS = 50
+local SHAPE = 1048576
 
 local pos = 3
 for o = 1, orders do
@@ -95,45 +117,51 @@ for o = 1, orders do
     buf[1] = '['
     local flat = 0
     for i = 1, nops do
-      local kind = ARGV[pos]
+      local shape = ARGV[pos] + 0
       local key = KEYS[ARGV[pos + 1] + 0]
       local ttl = ARGV[pos + 2]
-      local members = ARGV[pos + 3] + 0
       local grew = false
       if i > 1 then
         n = n + 1
         buf[n] = ','
       end
       first[i] = flat
-      if kind == 'A' then
-        local nr = ARGV[pos + 4] + 0
-        local trim = ARGV[pos + 5]
-        pos = pos + 6
+      if shape >= 0 then
+        -- An add: shape = members + SHAPE * ranges.
+        local members = shape % SHAPE
+        local nr = (shape - members) / SHAPE
+        local trim = ARGV[pos + 3]
+        pos = pos + 4
         if trim ~= '' then call('ZREMRANGEBYSCORE', key, '-inf', trim) end
-        -- Each member: score, member, then one 0/1 per range (whether the score is in it).
-        local flags = pos + 1
-        local stride = 2 + nr
+        for j = 1, nr do delta[j] = 0 end
+        -- Each member: score, member, then its ranges as bitmasks of MASK_BITS (bit j - 1 of
+        -- the first for range j: whether the score is in it).
+        local masks = ceil(nr / MASK_BITS)
         for m = 1, members do
-          local new = call('ZADD', key, 'NX', ARGV[pos], ARGV[pos + 1]) == 1
-          added[m] = new
-          if new then grew = true end
-          pos = pos + stride
+          if call('ZADD', key, 'NX', ARGV[pos], ARGV[pos + 1]) == 1 then
+            grew = true
+            local j = 1
+            for c = 1, masks do
+              local bits = ARGV[pos + 1 + c] + 0
+              local last = j + MASK_BITS - 1
+              if last > nr then last = nr end
+              while j <= last do
+                local bit = bits % 2
+                delta[j] = delta[j] + bit
+                bits = (bits - bit) / 2
+                j = j + 1
+              end
+            end
+          end
+          pos = pos + 2 + masks
         end
         ranges[i] = nr
         for j = 1, nr do
           local a = call('ZCOUNT', key, ARGV[pos], ARGV[pos + 1])
           pos = pos + 2
-          local d = 0
-          if grew then
-            local f = flags + j
-            for m = 1, members do
-              if added[m] then d = d + ARGV[f] end
-              f = f + stride
-            end
-          end
           flat = flat + 1
           after[flat] = a
-          before[flat] = a - d
+          before[flat] = a - delta[j]
         end
         -- {"b":[..],"a":[..],"e":
         n = n + 1
@@ -159,7 +187,9 @@ for o = 1, orders do
         n = n + 1
         buf[n] = '],"e":['
       else
-        pos = pos + 4
+        -- A tally: shape = -1 - members.
+        local members = -1 - shape
+        pos = pos + 3
         for m = 1, members do
           call('ZINCRBY', key, 1, ARGV[pos])
           pos = pos + 1
@@ -176,31 +206,29 @@ for o = 1, orders do
         refreshed[key] = true
       end
       done = i
-      if kind == 'A' then
-        local evidence = ARGV[pos] + 0
-        local bounds = pos + 1
-        pos = bounds + 2 * evidence
-        local t = ARGV[pos]
-        if t ~= '-' and fires(t, pos + 1) then
-          for j = 1, evidence do
-            if j > 1 then
-              n = n + 1
-              buf[n] = ','
-            end
+      if shape >= 0 then
+        -- Evidence bounds as `<min> <max> <min> <max>...`, then the gate.
+        local evidence = ARGV[pos]
+        local text = ARGV[pos + 1]
+        pos = pos + 2
+        if text ~= '-' and fires(gate(text)) then
+          local sep = ''
+          for min, max in gmatch(evidence, '(%S+) (%S+)') do
             n = n + 1
-            buf[n] = encode(call('ZRANGEBYSCORE', key, ARGV[bounds], ARGV[bounds + 1], 'LIMIT', 0, limit))
-            bounds = bounds + 2
+            buf[n] = sep
+            n = n + 1
+            buf[n] = encode(call('ZRANGEBYSCORE', key, min, max, 'LIMIT', 0, limit))
+            sep = ','
           end
         end
-        pos = pos + 1 + (arity[t] or 0)
       else
         local stop = ARGV[pos]
-        local t = ARGV[pos + 1]
-        if t ~= '-' and fires(t, pos + 2) then
+        local text = ARGV[pos + 1]
+        pos = pos + 2
+        if text ~= '-' and fires(gate(text)) then
           n = n + 1
           buf[n] = encode(call('ZREVRANGE', key, 0, stop, 'WITHSCORES'))
         end
-        pos = pos + 2 + (arity[t] or 0)
       end
       n = n + 1
       buf[n] = ']}'
