@@ -34,7 +34,8 @@ const PLACEHOLDER_WIDTH: usize = 9;
 /// Ranges per bitmask argument: a Lua number is a double, exact below 2^53.
 const MASK_BITS: usize = 50;
 
-/// An add's shape is `members + SHAPE * ranges` (the script's `SHAPE`).
+/// An add's shape is `members + SHAPE * ranges` (the script's `SHAPE`): an add's members are the
+/// order and its codes, far below 2^20, and the sum stays exact in a double.
 const SHAPE: u64 = 1 << 20;
 
 /// Arguments, after the evidence limit and the number of orders, per order:
