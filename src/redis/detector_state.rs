@@ -28,150 +28,36 @@ use crate::detectors::state::{
 /// Orders per script call: bounds how long one call holds Redis (a script blocks the server).
 const ORDERS_PER_CALL: usize = 250;
 
-const SCRIPT: &str = r#"
-local pos = 0
-local function take() pos = pos + 1; return ARGV[pos] end
-local arity = { X = 3, S = 6, P = 7, E = 6 }
-local function take_gate()
-  local t = take()
-  if t == '-' then return nil end
-  local g = { t = t }
-  for i = 1, arity[t] do g[i] = tonumber(take()) end
-  return g
-end
-local function count(results, op, range)
-  local r = results[op + 1]
-  if not r then return 0, 0 end
-  return (r.b[range + 1] or 0), (r.a[range + 1] or 0)
-end
--- Whether a power of two lies in (b, a].
-local function crossed(b, a)
-  local p = 1
-  while p <= b do p = p * 2 end
-  return a > b and p <= a
-end
--- Mirrors Gate::fires in state.rs.
-local function fires(g, results)
-  if g.t == 'X' then
-    local b, a = count(results, g[1], g[2])
-    return crossed(math.max(b - g[3], 0), math.max(a - g[3], 0))
-  elseif g.t == 'S' then
-    local pb, pa = count(results, g[1], g[2])
-    local tb, ta = count(results, g[3], g[4])
-    local function holds(p, t) return t >= g[5] and p * 100 > g[6] * t end
-    return holds(pa, ta) and ((not holds(pb, tb)) or crossed(pb, pa))
-  elseif g.t == 'P' then
-    local ub, ua = count(results, g[1], g[2])
-    local _, base = count(results, g[3], g[4])
-    local function holds(u) return u * g[5] > g[6] * base and u >= g[7] end
-    return holds(ua) and ((not holds(ub)) or crossed(ub, ua))
-  elseif g.t == 'E' then
-    local db, da = count(results, g[1], g[2])
-    local ub, ua = count(results, g[3], g[4])
-    local function holds(d, u) return d >= g[5] or u >= g[6] end
-    return holds(da, ua) and ((not holds(db, ub)) or crossed(db, da))
-  end
-  return false
-end
-local limit = tonumber(take())
-local out = {}
-local refreshed = {}
-local orders = tonumber(take())
-for o = 1, orders do
-  local memo = KEYS[tonumber(take())]
-  local fingerprint = take()
-  local memo_ttl = tonumber(take())
-  local nops = tonumber(take())
-  local ops = {}
-  for i = 1, nops do
-    local op = { kind = take(), key = KEYS[tonumber(take())], ttl = tonumber(take()), members = {} }
-    local n = tonumber(take())
-    if op.kind == 'A' then
-      for j = 1, n do op.members[j] = { take(), take() } end
-      op.trim = take()
-      op.ranges = {}
-      for j = 1, tonumber(take()) do
-        local min, max = take(), take()
-        op.ranges[j] = {
-          min, (max == '+inf') and max or ('(' .. max),
-          (min == '-inf') and -math.huge or tonumber(min),
-          (max == '+inf') and math.huge or tonumber(max),
-        }
-      end
-      op.evidence = {}
-      for j = 1, tonumber(take()) do
-        local min, max = take(), take()
-        op.evidence[j] = { min, (max == '+inf') and max or ('(' .. max) }
-      end
-    else
-      for j = 1, n do op.members[j] = take() end
-      op.top = tonumber(take())
-    end
-    op.gate = take_gate()
-    ops[i] = op
-  end
-  local stored = redis.call('GET', memo)
-  if stored then
-    local nl = string.find(stored, '\n', 1, true)
-    if nl and string.sub(stored, 1, nl - 1) == fingerprint then
-      out[o] = 'R' .. string.sub(stored, nl + 1)
-    else
-      out[o] = 'D'
-    end
-  else
-    local results = {}
-    for i, op in ipairs(ops) do
-      local r = { b = {}, a = {}, e = {} }
-      local added = false
-      if op.kind == 'A' then
-        if op.trim ~= '' then
-          redis.call('ZREMRANGEBYSCORE', op.key, '-inf', '(' .. op.trim)
-        end
-        local delta = {}
-        for j = 1, #op.ranges do delta[j] = 0 end
-        for _, m in ipairs(op.members) do
-          if redis.call('ZADD', op.key, 'NX', m[1], m[2]) == 1 then
-            added = true
-            local score = tonumber(m[1])
-            for j, range in ipairs(op.ranges) do
-              if score >= range[3] and score < range[4] then delta[j] = delta[j] + 1 end
-            end
-          end
-        end
-        for j, range in ipairs(op.ranges) do
-          r.a[j] = redis.call('ZCOUNT', op.key, range[1], range[2])
-          r.b[j] = r.a[j] - delta[j]
-        end
-      else
-        for _, m in ipairs(op.members) do
-          redis.call('ZINCRBY', op.key, 1, m)
-          added = true
-        end
-      end
-      -- A key's time to live is refreshed once per call: it only collects garbage, and the
-      -- orders of one call are milliseconds apart.
-      if added and not refreshed[op.key] then
-        redis.call('EXPIRE', op.key, op.ttl)
-        refreshed[op.key] = true
-      end
-      results[i] = r
-      if op.gate and fires(op.gate, results) then
-        if op.kind == 'A' then
-          for j, range in ipairs(op.evidence) do
-            r.e[j] = redis.call('ZRANGEBYSCORE', op.key, range[1], range[2], 'LIMIT', 0, limit)
-          end
-        else
-          r.e[1] = redis.call('ZREVRANGE', op.key, 0, op.top - 1, 'WITHSCORES')
-        end
-      end
-    end
-    local encoded = cjson.encode(results)
-    redis.call('SET', memo, fingerprint .. '\n' .. encoded, 'EX', memo_ttl)
-    out[o] = 'N' .. encoded
-  end
-end
-return out
-"#;
+/// Digits of a number written after the arguments it counts ([`Args::placeholder`]).
+const PLACEHOLDER_WIDTH: usize = 9;
+
+/// Ranges per bitmask argument: a Lua number is a double, exact below 2^53.
+const MASK_BITS: usize = 50;
+
+/// An add's shape is `members + SHAPE * ranges` (the script's `SHAPE`): an add's members are the
+/// order and its codes, far below 2^20, and the sum stays exact in a double.
+const SHAPE: u64 = 1 << 20;
+
+/// Arguments, after the evidence limit and the number of orders, per order:
+///
+/// - memo key (index into `KEYS`), fingerprint, memo TTL, number of operations, and how many
+///   arguments those operations take (a replay or a duplicate jumps over them unread);
+/// - an add: its shape (`members + SHAPE * ranges`), key index, TTL, trim bound (`(<score>`, or
+///   empty), then per member its score, the member and its ranges as bitmasks of [`MASK_BITS`]
+///   (bit j: whether the score is in range j, so the script never compares numbers), then per
+///   range its bounds in `ZCOUNT` syntax, then its evidence ranges' bounds as one text
+///   (`<min> <max> ...`, read only when the gate fires), then the gate;
+/// - a tally: its shape (`-1 - members`), key index, TTL, the members, the last rank of its
+///   evidence (`top - 1`, as `ZREVRANGE` reads it), then the gate;
+/// - a gate: one text, a letter and its numbers ([`push_gate`]), or `-`.
+///
+/// Every argument costs Redis a Lua string before the script runs, hence the packing; a
+/// gate's text repeats across orders and the script parses each distinct one once per call.
+///
+/// Results come back as JSON of the same shape `cjson` wrote before (a list of
+/// `{"b":[..],"a":[..],"e":[..]}`), so replay records of either script read the same with
+/// either worker, and a rolling upgrade needs no record version.
+const SCRIPT: &str = include_str!("detector_step.lua");
 
 /// Where the worker's detector state lives; connects on first use and again after any error.
 pub struct RedisState {
@@ -301,6 +187,29 @@ impl Args {
         self.ends.push(self.bytes.len());
     }
 
+    /// A number written later ([`Args::fill`]): its place, zero-padded to a fixed width the
+    /// script reads as the number.
+    fn placeholder(&mut self) -> usize {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[b'0'; PLACEHOLDER_WIDTH]);
+        self.ends.push(self.bytes.len());
+        at
+    }
+
+    /// `n` must fit the width; an order's operations take a few hundred arguments at most.
+    fn fill(&mut self, at: usize, n: usize) {
+        let text = format!("{n:0PLACEHOLDER_WIDTH$}");
+        if let Some(place) = self.bytes.get_mut(at..at + PLACEHOLDER_WIDTH)
+            && text.len() == PLACEHOLDER_WIDTH
+        {
+            place.copy_from_slice(text.as_bytes());
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.ends.len()
+    }
+
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts.zip(&self.ends).map(|(a, &b)| &self.bytes[a..b])
@@ -334,6 +243,8 @@ impl<'s> Call<'s> {
             args.text(&step.fingerprint);
             args.number(step.memo_ttl_secs.max(1));
             args.number(step.ops.len());
+            let skip = args.placeholder();
+            let start = args.count();
             for op in &step.ops {
                 match op {
                     Op::Add {
@@ -344,20 +255,38 @@ impl<'s> Call<'s> {
                         ranges,
                         evidence,
                     } => {
-                        args.text("A");
+                        args.number(members.len() as u64 + SHAPE * ranges.len() as u64);
                         args.number(key(name));
                         args.number(ttl_secs.max(&1));
-                        args.number(members.len());
+                        match trim_below {
+                            Some(bound) => args.number(format_args!("({bound}")),
+                            None => args.text(""),
+                        }
                         for (score, member) in members {
                             args.number(score);
                             args.text(member);
-                        }
-                        match trim_below {
-                            Some(bound) => args.number(bound),
-                            None => args.text(""),
+                            for chunk in ranges.chunks(MASK_BITS) {
+                                let mask = chunk
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|(_, r)| r.contains(*score))
+                                    .fold(0u64, |mask, (j, _)| mask | 1 << j);
+                                args.number(mask);
+                            }
                         }
                         push_ranges(&mut args, ranges);
-                        push_ranges(&mut args, evidence.as_ref().map_or(&[], |e| &e.ranges));
+                        let evidence_ranges = evidence.as_ref().map_or(&[][..], |e| &e.ranges);
+                        let mut text = String::new();
+                        for range in evidence_ranges {
+                            let (min, max) = bounds(*range);
+                            if !text.is_empty() {
+                                text.push(' ');
+                            }
+                            text.push_str(&min);
+                            text.push(' ');
+                            text.push_str(&max);
+                        }
+                        args.text(&text);
                         push_gate(&mut args, evidence.as_ref().map(|e| &e.gate));
                     }
                     Op::Tally {
@@ -367,18 +296,19 @@ impl<'s> Call<'s> {
                         top,
                         evidence,
                     } => {
-                        args.text("T");
+                        args.number(-1 - members.len() as i128);
                         args.number(key(name));
                         args.number(ttl_secs.max(&1));
-                        args.number(members.len());
                         for member in members {
                             args.text(member);
                         }
-                        args.number(top);
+                        // ZREVRANGE's inclusive stop; `top` 0 gives -1 (all), as before.
+                        args.number(*top as i128 - 1);
                         push_gate(&mut args, evidence.as_ref());
                     }
                 }
             }
+            args.fill(skip, args.count() - start);
         }
         Call {
             steps: chosen.to_vec(),
@@ -401,9 +331,8 @@ impl<'s> Call<'s> {
     }
 }
 
-/// Ranges as the script reads them: their number, then each one's bounds.
+/// Each range's bounds in `ZCOUNT` syntax (the script passes them on as they are).
 fn push_ranges(args: &mut Args, ranges: &[Range]) {
-    args.number(ranges.len());
     for range in ranges {
         let (min, max) = bounds(*range);
         args.text(&min);
@@ -411,7 +340,8 @@ fn push_ranges(args: &mut Args, ranges: &[Range]) {
     }
 }
 
-/// A gate as the script reads it: a letter, then its numbers; `-` for none.
+/// A gate as the script reads it: one text, a letter, then its numbers, space-separated; `-`
+/// for none.
 fn push_gate(args: &mut Args, gate: Option<&Gate>) {
     let at = |c: CountRef| [c.op as u64, c.range as u64];
     let (letter, numbers): (&str, Vec<u64>) = match gate {
@@ -451,14 +381,16 @@ fn push_gate(args: &mut Args, gate: Option<&Gate>) {
             .concat(),
         ),
     };
-    args.text(letter);
+    let mut text = letter.to_string();
     for n in numbers {
-        args.number(n);
+        text.push(' ');
+        text.push_str(&n.to_string());
     }
+    args.text(&text);
 }
 
-/// The bounds of `min <= score < max`, with the open ends as the infinities Redis reads (the
-/// script makes the upper bound exclusive).
+/// The bounds of `min <= score < max` in `ZCOUNT` syntax: the upper one exclusive, the open
+/// ends as the infinities Redis reads.
 fn bounds(range: Range) -> (String, String) {
     let min = if range.min == i64::MIN {
         "-inf".to_string()
@@ -468,7 +400,7 @@ fn bounds(range: Range) -> (String, String) {
     let max = if range.max == i64::MAX {
         "+inf".to_string()
     } else {
-        range.max.to_string()
+        format!("({}", range.max)
     };
     (min, max)
 }
@@ -558,7 +490,7 @@ mod tests {
     fn bounds_exclude_the_upper_end() {
         assert_eq!(
             bounds(Range { min: 5, max: 9 }),
-            ("5".to_string(), "9".to_string())
+            ("5".to_string(), "(9".to_string())
         );
         assert_eq!(
             bounds(Range {
