@@ -166,14 +166,14 @@ impl Outputs {
         self.push_write(
             WriteKind::Conversion,
             conversion.order_id.as_bytes(),
-            |bytes| serde_json::to_writer(bytes, conversion),
+            |bytes| conversion.write_json(bytes),
         )
         .map_err(|e| serialize_error("conversion", e))?;
         for alert in &decision.alerts {
             self.push_write(
                 WriteKind::Alert(alert.kind),
                 alert.alert_id.as_bytes(),
-                |bytes| serde_json::to_writer(bytes, alert),
+                |bytes| alert.write_json(bytes),
             )
             .map_err(|e| serialize_error("alert", e))?;
         }
