@@ -14,14 +14,16 @@ static ALLOCATOR: promo_attribution::hugepages::HugePageAlloc =
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use promo_attribution::attribution::decide;
 use promo_attribution::codes::table::BuildOptions;
 use promo_attribution::codes::{CodeTable, MatchType};
+use promo_attribution::engine::{Engine, Outputs};
 use promo_attribution::schema::{Status, ValidOrder, parse_order};
-use promo_attribution::settings::{AttributionSettings, InputLimits};
+use promo_attribution::settings::{AttributionSettings, InputLimits, Settings};
 use serde_json::{Value, json};
 
 use support::corpus::{Corpus, order_line};
@@ -52,6 +54,19 @@ fn process(
         out.push(b'\n');
     }
     decision.conversion.status
+}
+
+/// One order through the engine, as the worker runs it: parse, decide, serialize and size-check
+/// into reused outputs.
+fn process_engine(record: &[u8], engine: &Engine, table: &CodeTable, out: &mut Outputs) -> Status {
+    out.clear();
+    engine
+        .run(table, None, &[record], out)
+        .expect("no detectors, no state");
+    match out.iter().next().map(|r| r.result) {
+        Some(Ok(decided)) => decided.status,
+        other => panic!("the corpus is valid: {other:?}"),
+    }
 }
 
 /// The same pipeline serializing through `serde_json::to_writer`, as the callers did before the
@@ -159,6 +174,8 @@ fn pipeline(c: &mut Criterion) {
     let records: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
     let limits = InputLimits::default();
     let settings = AttributionSettings::default();
+    let engine = Engine::new(Arc::new(Settings::default()));
+    let mut engine_out = Outputs::default();
 
     // Describe the corpus, and check that it is decided as intended.
     let mut out = Vec::with_capacity(4096);
@@ -195,6 +212,18 @@ fn pipeline(c: &mut Criterion) {
             out, serde_out,
             "the writers must match serde_json byte for byte"
         );
+        process_engine(record, &engine, &table, &mut engine_out);
+        let engine_bytes: Vec<u8> = engine_out
+            .iter()
+            .flat_map(|r| {
+                r.writes()
+                    .flat_map(|w| [w.value, b"\n"])
+                    .flatten()
+                    .copied()
+                    .collect::<Vec<u8>>()
+            })
+            .collect();
+        assert_eq!(engine_bytes, out, "the engine writes the same bytes");
         out_bytes += out.len();
     }
     let in_bytes: usize = records.iter().map(|r| r.len()).sum();
@@ -223,6 +252,16 @@ fn pipeline(c: &mut Criterion) {
             let mut credited = 0usize;
             for record in &records {
                 let status = process(black_box(record), &table, &limits, &settings, &mut out);
+                credited += (status == Status::Credited) as usize;
+            }
+            credited
+        })
+    });
+    group.bench_function("engine", |b| {
+        b.iter(|| {
+            let mut credited = 0usize;
+            for record in &records {
+                let status = process_engine(black_box(record), &engine, &table, &mut engine_out);
                 credited += (status == Status::Credited) as usize;
             }
             credited
