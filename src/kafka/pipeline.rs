@@ -397,6 +397,7 @@ impl Pipeline {
         }
         let started = Instant::now();
         self.flush_held(&mut batch)?;
+        self.await_deliveries()?;
         let offsets = offsets_list(
             batch
                 .positions
@@ -415,11 +416,6 @@ impl Pipeline {
             })?;
             self.metrics.record_transaction(TxOutcome::Committed);
         } else {
-            self.producer
-                .flush(Timeout::After(Duration::from_millis(
-                    self.settings.kafka.transaction_timeout_ms,
-                )))
-                .map_err(|e| Failure::Transient(format!("flush: {e}")))?;
             let tracker = self.producer.context();
             if tracker.failures.load(Ordering::Relaxed) > batch.failures_at_start {
                 let last = tracker
@@ -444,6 +440,27 @@ impl Pipeline {
         self.metrics.observe_batch_size(batch.records);
         self.metrics.observe_commit_latency(started.elapsed());
         batch.reset();
+        Ok(())
+    }
+
+    /// Waits until every output produced so far is acknowledged and its delivery report served.
+    /// rust-rdkafka 0.39's `flush` (which `commit_transaction` calls) polls in 100 ms steps that
+    /// always run to the end, so a batch the broker acknowledges in a millisecond would still
+    /// wait 100 ms; short polls end the wait as soon as the last report is in, and leave
+    /// `flush` nothing to wait for.
+    pub(super) fn await_deliveries(&self) -> Result<(), Failure> {
+        const STEP: Duration = Duration::from_millis(1);
+        let limit = Duration::from_millis(self.settings.kafka.transaction_timeout_ms);
+        let started = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            if started.elapsed() >= limit {
+                return Err(Failure::Transient(format!(
+                    "{} outputs not acknowledged within {limit:?}",
+                    self.producer.in_flight_count()
+                )));
+            }
+            self.producer.poll(STEP);
+        }
         Ok(())
     }
 
