@@ -1,0 +1,105 @@
+//! What the local broker (tansu) does with two transactional producers writing to the same
+//! partition and committing at the same moment. Not a test of our code: evidence for the stall
+//! described in NOTES-commit.md, kept so the behaviour can be re-checked against a new broker.
+
+mod support;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use promo_attribution::kafka::tools::{self, Isolation};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use support::{Names, brokers, wait_until};
+
+fn transactional(id: &str) -> BaseProducer {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", id)
+        .set("linger.ms", "0")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init_transactions");
+    producer
+}
+
+fn one_transaction(producer: &BaseProducer, topic: &str, barrier: Option<&Barrier>) {
+    producer.begin_transaction().expect("begin");
+    producer
+        .send(
+            BaseRecord::<str, str>::to(topic)
+                .partition(0)
+                .key("k")
+                .payload("v"),
+        )
+        .map_err(|(e, _)| e)
+        .expect("send");
+    while producer.in_flight_count() > 0 {
+        producer.poll(Duration::from_millis(1));
+    }
+    if let Some(barrier) = barrier {
+        barrier.wait();
+    }
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .expect("commit");
+}
+
+/// (last stable offset, high watermark) of partition 0.
+fn marks(topic: &str) -> (i64, i64) {
+    let committed = tools::end_offsets(brokers(), topic, Isolation::ReadCommitted).expect("lso");
+    let uncommitted = tools::end_offsets(brokers(), topic, Isolation::ReadUncommitted).expect("hw");
+    (committed[0].2, uncommitted[0].2)
+}
+
+/// Whether the last stable offset catches up with the high watermark within `timeout`.
+fn settles(topic: &str, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        let (lso, hw) = marks(topic);
+        lso == hw
+    })
+}
+
+#[test]
+#[ignore = "evidence about the broker, not a check of the worker; run with --ignored"]
+fn simultaneous_commits_can_leave_the_lso_stuck() {
+    let names = Names::new("broker-txn");
+    tools::create_topics(brokers(), &[&names.conversions], 1).expect("topic");
+    let topic = names.conversions.as_str();
+    let a = transactional(&format!("{}-a", names.transactional_id));
+    let b = transactional(&format!("{}-b", names.transactional_id));
+    let barrier = Arc::new(Barrier::new(2));
+    let rounds = 40;
+    let mut stuck_rounds = Vec::new();
+    for round in 0..rounds {
+        // Both commit at the same moment...
+        std::thread::scope(|s| {
+            s.spawn(|| one_transaction(&a, topic, Some(&barrier)));
+            s.spawn(|| one_transaction(&b, topic, Some(&barrier)));
+        });
+        // ...then only a writes.
+        one_transaction(&a, topic, None);
+        if !settles(topic, Duration::from_secs(2)) {
+            let (lso, hw) = marks(topic);
+            eprintln!("round {round}: stuck after a's lone commit: lso {lso} < hw {hw}");
+            // A transaction of b's releases it.
+            one_transaction(&b, topic, None);
+            let released = settles(topic, Duration::from_secs(2));
+            eprintln!(
+                "round {round}: after one transaction of b's: released {released}, marks {:?}",
+                marks(topic)
+            );
+            stuck_rounds.push(round);
+        }
+    }
+    eprintln!(
+        "stuck in {} of {rounds} rounds: {stuck_rounds:?}",
+        stuck_rounds.len()
+    );
+    assert!(
+        stuck_rounds.is_empty(),
+        "the LSO stayed behind the high watermark in rounds {stuck_rounds:?}"
+    );
+}
