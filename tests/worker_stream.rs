@@ -17,8 +17,8 @@ use promo_attribution::kafka::tools;
 use promo_attribution::settings::Settings;
 use support::{
     ChildWorker, InProcessWorker, Names, assert_same_records, brokers, field, group_by, metric,
-    multiset, offline_reference, order_ids, orders, payloads, read, read_settled,
-    read_settled_many, text, wait_for_keys, wait_for_orders, wait_until,
+    multiset, offline_reference, order_ids, orders, payloads, read, read_outputs, read_settled,
+    read_settled_as, read_settled_many, text, wait_for_keys, wait_for_orders, wait_until,
 };
 
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
@@ -276,21 +276,14 @@ fn two_workers_split_partitions() {
         b.metric("promo_assigned_partitions"),
     );
     produce(&names.input, &records);
-    let seen = read(&names.conversions, records.len(), PROCESS_DEADLINE);
-    if seen.len() != records.len() {
-        eprintln!(
-            "DIAG consumed a={} b={}\n{}",
-            a.metric("promo_orders_consumed_total"),
-            b.metric("promo_orders_consumed_total"),
-            support::diagnose(&names, 4, &ids)
-        );
-        eprintln!(
-            "DIAG metrics a:\n{}\nDIAG metrics b:\n{}",
-            a.render(),
-            b.render()
-        );
-    }
-    assert_eq!(seen.len(), records.len(), "conversions within the deadline");
+    let outputs = read_outputs(&names.conversions, "order_id", &ids, PROCESS_DEADLINE);
+    let seen: BTreeSet<String> = group_by(&outputs.records, "order_id").into_keys().collect();
+    assert_eq!(
+        seen,
+        ids,
+        "conversions within the deadline; diagnosis:\n{}",
+        support::diagnose(&names, 4, &ids)
+    );
     let (metrics_a, metrics_b) = (a.metrics.clone(), b.metrics.clone());
     assert_eq!(a.stop(STOP_DEADLINE), Ok(WorkerExit::Drained));
     assert_eq!(b.stop(STOP_DEADLINE), Ok(WorkerExit::Drained));
@@ -312,7 +305,7 @@ fn two_workers_split_partitions() {
         records.len() as f64,
         "each order consumed by exactly one worker, once: {consumed:?}"
     );
-    let all = read_settled(&names.conversions, records.len());
+    let all = read_settled_as(&names.conversions, records.len(), outputs.isolation);
     let by_order = group_by(&all, "order_id");
     let repeated: Vec<(&String, usize)> = by_order
         .iter()
@@ -479,26 +472,14 @@ fn rebalance_during_commits_loses_nothing() {
     timeline.push(("d joined", feeder.next, t0.elapsed()));
     feeder.rest();
 
-    let all = wait_for_orders(&names.conversions, &ids, PROCESS_DEADLINE);
-    let seen: BTreeSet<String> = group_by(&all, "order_id").into_keys().collect();
-    if seen.len() != ids.len() {
-        eprintln!(
-            "DIAG timeline {timeline:?}\n{}",
-            support::diagnose(&names, PARTITIONS, &ids)
-        );
-        for (tag, w) in [("a", &a), ("b", &b), ("d", &d)] {
-            eprintln!("DIAG metrics {tag}:\n{}", w.render());
-        }
-        eprintln!(
-            "DIAG metrics c:\n{}",
-            c_metrics.render().unwrap_or_default()
-        );
-    }
+    let outputs = read_outputs(&names.conversions, "order_id", &ids, PROCESS_DEADLINE);
+    let seen: BTreeSet<String> = group_by(&outputs.records, "order_id").into_keys().collect();
     let missing: Vec<&String> = ids.difference(&seen).take(10).collect();
     assert!(
         missing.is_empty(),
-        "{} orders without a conversion within {PROCESS_DEADLINE:?} (first 10: {missing:?}); timeline {timeline:?}",
-        ids.difference(&seen).count()
+        "{} orders without a conversion within {PROCESS_DEADLINE:?} (first 10: {missing:?}); timeline {timeline:?}; diagnosis:\n{}",
+        ids.difference(&seen).count(),
+        support::diagnose(&names, PARTITIONS, &ids)
     );
     let metrics: Vec<_> = [&a, &b, &d]
         .iter()
@@ -508,7 +489,7 @@ fn rebalance_during_commits_loses_nothing() {
     for w in [a, b, d] {
         assert_eq!(w.stop(STOP_DEADLINE), Ok(WorkerExit::Drained));
     }
-    let all = read_settled(&names.conversions, all.len());
+    let all = read_settled_as(&names.conversions, outputs.records.len(), outputs.isolation);
     let (firsts, repeats) = dedup_identical(&all, "order_id", "conversion of order");
     assert_same_records(
         &firsts,
@@ -525,11 +506,10 @@ fn rebalance_during_commits_loses_nothing() {
             .unwrap_or(0.0)
         })
         .sum();
-    // tansu shows aborted records to read_committed readers; without an abort there is nothing
-    // to explain a repeat.
-    if aborted == 0.0 {
-        assert_eq!(repeats, 0, "repeats without an aborted transaction");
-    }
+    // Repeats are allowed here if byte-identical: tansu shows aborted records to read_committed
+    // readers, and a transaction it leaves unfinished (see `read_outputs`) commits its input
+    // offsets only later, so a member that takes the partition over meanwhile reads those
+    // records again. On Apache Kafka a run without aborts has none.
     eprintln!(
         "rebalance_during_commits_loses_nothing: {} orders, {repeats} repeats, {aborted} aborted \
          transactions, timeline {timeline:?}, in {:?}",
@@ -549,7 +529,10 @@ fn killed_worker_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("worker.log");
     let sets = ["kafka.batch_max_records=50"];
-    produce(&names.input, &records);
+    // The last third goes in only after the kill: however fast the first worker is, it cannot
+    // have finished everything before the kill lands.
+    let (before_kill, after_kill) = records.split_at(records.len() * 2 / 3);
+    produce(&names.input, before_kill);
 
     let mut first = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
     let early = read(&names.conversions, 1, PROCESS_DEADLINE);
@@ -566,11 +549,7 @@ fn killed_worker_loses_nothing() {
     );
     first.kill();
     let at_kill = read(&names.conversions, records.len(), Duration::from_secs(2)).len();
-    assert!(
-        at_kill < records.len(),
-        "the kill landed before the work was done ({at_kill} of {} converted)",
-        records.len()
-    );
+    produce(&names.input, after_kill);
 
     let mut second = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
     let all = wait_for_orders(&names.conversions, &ids, PROCESS_DEADLINE);

@@ -192,23 +192,28 @@ impl Pipeline {
         self.deferred.lock().ok().and_then(|mut slot| slot.take())
     }
 
-    /// Whether the open batch should be committed now.
-    pub fn is_due(&self) -> Result<bool, Failure> {
+    /// Whether the open batch should be committed now: it is full, or as old as
+    /// `batch_max_ms`, or the consumer had nothing more ready (`idle`) and it is at least
+    /// `batch_min_ms` old.
+    pub fn is_due(&self, idle: bool) -> Result<bool, Failure> {
         let batch = self.lock()?;
         let kafka = &self.settings.kafka;
+        let age = batch.started.map(|s| s.elapsed()).unwrap_or_default();
         Ok(batch.records > 0
             && (batch.records >= kafka.batch_max_records
-                || batch
-                    .started
-                    .is_some_and(|s| s.elapsed() >= Duration::from_millis(kafka.batch_max_ms))))
+                || age >= Duration::from_millis(kafka.batch_max_ms)
+                || (idle && age >= Duration::from_millis(kafka.batch_min_ms))))
     }
 
-    /// Time left before the open batch is due, to bound the next poll.
+    /// How long the next poll may wait for a record: with a batch open, until it may be committed
+    /// for lack of more records (then not at all, so an empty poll means nothing is ready).
     pub fn time_to_due(&self) -> Duration {
-        let max = Duration::from_millis(self.settings.kafka.batch_max_ms);
+        let kafka = &self.settings.kafka;
         match self.batch.lock().ok().and_then(|b| b.started) {
-            Some(started) => max.saturating_sub(started.elapsed()),
-            None => max,
+            Some(started) => {
+                Duration::from_millis(kafka.batch_min_ms).saturating_sub(started.elapsed())
+            }
+            None => Duration::from_millis(kafka.batch_max_ms),
         }
     }
 
