@@ -128,7 +128,9 @@ pub fn read_topic(
 
 /// Per partition of `topic`: (partition, low, high) as a reader of the given isolation sees
 /// them; for read_committed the high mark is the last stable offset, so a transaction left
-/// open shows as a high mark below the read_uncommitted one.
+/// open shows as a high mark below the read_uncommitted one. Only on brokers that answer
+/// ListOffsets by offset: tansu picks batches by modification time (low: the batch written
+/// longest ago; high: one past the base offset of the newest batch).
 pub fn end_offsets(
     brokers: &str,
     topic: &str,
@@ -166,6 +168,7 @@ pub fn read_topic_as(
     let consumer: BaseConsumer = client(brokers)
         .set("group.id", "promo-attribution-reader")
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .set("isolation.level", isolation.property())
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
@@ -175,8 +178,12 @@ pub fn read_topic_as(
     let mut assignment = TopicPartitionList::new();
     for t in metadata.topics() {
         for p in t.partitions() {
+            // Offset 0, not `Offset::Beginning`: tansu answers ListOffsets(EARLIEST) with the
+            // batch written longest ago, which is not the first one when two producers' puts
+            // finish out of order, and the reader would silently skip the batches before it.
+            // Where offset 0 is gone (retention), `auto.offset.reset` falls back to the earliest.
             assignment
-                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .add_partition_offset(topic, p.id(), Offset::Offset(0))
                 .map_err(|e| format!("assign: {e}"))?;
         }
     }

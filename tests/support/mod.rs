@@ -749,7 +749,7 @@ pub fn diagnose(names: &Names, input_partitions: i32, ids: &BTreeSet<String>) ->
         for isolation in iso {
             let _ = writeln!(
                 out,
-                "{topic} {isolation:?} (partition, low, high): {:?}",
+                "{topic} {isolation:?} (partition, low, high; tansu's are approximate): {:?}",
                 tools::end_offsets(brokers(), topic, isolation)
             );
         }
