@@ -342,8 +342,9 @@ struct Feeder<'a> {
 }
 
 impl<'a> Feeder<'a> {
-    /// Records sent per step; a step lasts one 10 ms producer poll, so about 800 orders/s.
-    const CHUNK: usize = 8;
+    /// Records sent per step; a step lasts one 10 ms producer poll, so about 300 orders/s: the
+    /// corpus lasts through the joins and leaves (a few seconds each on tansu).
+    const CHUNK: usize = 3;
 
     fn new(topic: &'a str, records: &'a [Vec<u8>]) -> Feeder<'a> {
         let producer = rdkafka::ClientConfig::new()
@@ -425,9 +426,13 @@ fn rebalance_during_commits_loses_nothing() {
     let names = Names::new("rebalance");
     const PARTITIONS: i32 = 6;
     names.create_topics(PARTITIONS);
-    let records = orders("R", 12000, 12);
+    // Sized for a tansu that has run for hours: it writes its whole transaction table on every
+    // transactional request, so commits slow down as test runs add transactional ids (0.25 to
+    // 2.5 s each were seen); 6,000 orders in batches of up to 50 still finish well within the
+    // deadline there.
+    let records = orders("R", 6000, 12);
     let ids = order_ids(&records);
-    let small = ["kafka.batch_max_records=20"];
+    let small = ["kafka.batch_max_records=50"];
     let member = |tag: &str| {
         InProcessWorker::start(names.settings(&format!("{}-{tag}", names.transactional_id), &small))
     };
@@ -477,9 +482,12 @@ fn rebalance_during_commits_loses_nothing() {
     let missing: Vec<&String> = ids.difference(&seen).take(10).collect();
     assert!(
         missing.is_empty(),
-        "{} orders without a conversion within {PROCESS_DEADLINE:?} (first 10: {missing:?}); timeline {timeline:?}; diagnosis:\n{}",
+        "{} orders without a conversion within {PROCESS_DEADLINE:?} (first 10: {missing:?}); timeline {timeline:?}; diagnosis:\n{}\nmetrics a:\n{}\nmetrics b:\n{}\nmetrics d:\n{}",
         ids.difference(&seen).count(),
-        support::diagnose(&names, PARTITIONS, &ids)
+        support::diagnose(&names, PARTITIONS, &ids),
+        a.render(),
+        b.render(),
+        d.render()
     );
     let metrics: Vec<_> = [&a, &b, &d]
         .iter()

@@ -16,8 +16,7 @@ use promo_attribution::settings::Settings;
 use serde_json::Value;
 
 use super::{
-    Names, assert_same_records, brokers, field, payloads, redis_url, unique_prefix,
-    wait_until,
+    Names, assert_same_records, brokers, field, payloads, redis_url, unique_prefix, wait_until,
 };
 
 /// A key long enough for `detectors.customer_hmac_key`.
