@@ -221,7 +221,7 @@ fn a_quiet_member_can_leave_the_other_members_commit_invisible() {
         flush();
         let both = 3 * round + 2;
         assert_eq!(
-            count(Isolation::ReadUncommitted, both, Duration::from_secs(10)),
+            count(Isolation::ReadUncommitted, both, Duration::from_secs(30)),
             both,
             "round {round}: both conversions written"
         );
@@ -229,7 +229,7 @@ fn a_quiet_member_can_leave_the_other_members_commit_invisible() {
         flush();
         let all = both + 1;
         assert_eq!(
-            count(Isolation::ReadUncommitted, all, Duration::from_secs(10)),
+            count(Isolation::ReadUncommitted, all, Duration::from_secs(30)),
             all,
             "round {round}: the lone conversion written"
         );
