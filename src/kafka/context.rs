@@ -72,7 +72,7 @@ impl ConsumerContext for WorkerContext {
         match rebalance {
             Rebalance::Revoke(partitions) => {
                 tracing::info!(
-                    partitions = partitions.count(),
+                    partitions = %partition_ids(partitions),
                     lost = consumer.assignment_lost(),
                     "partitions revoked"
                 );
@@ -84,7 +84,7 @@ impl ConsumerContext for WorkerContext {
                 }
             }
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = partitions.count(), "partitions assigned")
+                tracing::info!(partitions = %partition_ids(partitions), "partitions assigned")
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
@@ -95,4 +95,14 @@ impl ConsumerContext for WorkerContext {
         self.metrics.set_assigned_partitions(assigned);
         self.health.set_assigned_partitions(assigned);
     }
+}
+
+/// "2,5" for the log: which partitions moved, not only how many.
+fn partition_ids(partitions: &rdkafka::TopicPartitionList) -> String {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| e.partition().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -31,7 +31,11 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // Lag per partition arrives with the statistics; 5 s is frequent enough for a gauge and
         // cheap for librdkafka.
         .set("statistics.interval.ms", "5000")
-        .set("fetch.wait.max.ms", "100")
+        // How long the broker may hold a fetch while the partition has nothing new: with a
+        // worker that commits as soon as nothing is ready, it bounds how late a record that
+        // arrives on an idle partition is seen (where the broker does not answer as soon as data
+        // arrives), at the cost of more fetch requests while idle.
+        .set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", "20000");
     apply(&mut config, &kafka.common);
     apply(&mut config, &kafka.consumer);
@@ -50,7 +54,9 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
 pub fn producer_config(kafka: &KafkaSettings, transactional_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("linger.ms", "5")
+        // A batch's commit waits for its last outputs to be acknowledged, so every ms of
+        // linger is added to each commit; under load batches fill without it.
+        .set("linger.ms", "1")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000")
         .set("compression.type", "none")

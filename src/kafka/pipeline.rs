@@ -187,23 +187,28 @@ impl Pipeline {
         self.deferred.lock().ok().and_then(|mut slot| slot.take())
     }
 
-    /// Whether the open batch should be committed now.
-    pub fn is_due(&self) -> Result<bool, Failure> {
+    /// Whether the open batch should be committed now: it is full, or as old as
+    /// `batch_max_ms`, or the consumer had nothing more ready (`idle`) and it is at least
+    /// `batch_min_ms` old.
+    pub fn is_due(&self, idle: bool) -> Result<bool, Failure> {
         let batch = self.lock()?;
         let kafka = &self.settings.kafka;
+        let age = batch.started.map(|s| s.elapsed()).unwrap_or_default();
         Ok(batch.records > 0
             && (batch.records >= kafka.batch_max_records
-                || batch
-                    .started
-                    .is_some_and(|s| s.elapsed() >= Duration::from_millis(kafka.batch_max_ms))))
+                || age >= Duration::from_millis(kafka.batch_max_ms)
+                || (idle && age >= Duration::from_millis(kafka.batch_min_ms))))
     }
 
-    /// Time left before the open batch is due, to bound the next poll.
+    /// How long the next poll may wait for a record: with a batch open, until it may be committed
+    /// for lack of more records (then not at all, so an empty poll means nothing is ready).
     pub fn time_to_due(&self) -> Duration {
-        let max = Duration::from_millis(self.settings.kafka.batch_max_ms);
+        let kafka = &self.settings.kafka;
         match self.batch.lock().ok().and_then(|b| b.started) {
-            Some(started) => max.saturating_sub(started.elapsed()),
-            None => max,
+            Some(started) => {
+                Duration::from_millis(kafka.batch_min_ms).saturating_sub(started.elapsed())
+            }
+            None => Duration::from_millis(kafka.batch_max_ms),
         }
     }
 
@@ -335,6 +340,7 @@ impl Pipeline {
         }
         let started = Instant::now();
         self.flush_held(&mut batch)?;
+        self.await_deliveries()?;
         let offsets = offsets_list(
             batch
                 .positions
@@ -353,11 +359,6 @@ impl Pipeline {
             })?;
             self.metrics.record_transaction(TxOutcome::Committed);
         } else {
-            self.producer
-                .flush(Timeout::After(Duration::from_millis(
-                    self.settings.kafka.transaction_timeout_ms,
-                )))
-                .map_err(|e| Failure::Transient(format!("flush: {e}")))?;
             let tracker = self.producer.context();
             if tracker.failures.load(Ordering::Relaxed) > batch.failures_at_start {
                 let last = tracker
@@ -382,6 +383,27 @@ impl Pipeline {
         self.metrics.observe_batch_size(batch.records);
         self.metrics.observe_commit_latency(started.elapsed());
         batch.reset();
+        Ok(())
+    }
+
+    /// Waits until every output produced so far is acknowledged and its delivery report served.
+    /// rust-rdkafka 0.39's `flush` (which `commit_transaction` calls) polls in 100 ms steps that
+    /// always run to the end, so a batch the broker acknowledges in a millisecond would still
+    /// wait 100 ms; short polls end the wait as soon as the last report is in, and leave
+    /// `flush` nothing to wait for.
+    pub(super) fn await_deliveries(&self) -> Result<(), Failure> {
+        const STEP: Duration = Duration::from_millis(1);
+        let limit = Duration::from_millis(self.settings.kafka.transaction_timeout_ms);
+        let started = Instant::now();
+        while self.producer.in_flight_count() > 0 {
+            if started.elapsed() >= limit {
+                return Err(Failure::Transient(format!(
+                    "{} outputs not acknowledged within {limit:?}",
+                    self.producer.in_flight_count()
+                )));
+            }
+            self.producer.poll(STEP);
+        }
         Ok(())
     }
 

@@ -96,6 +96,25 @@ pub struct ReadRecord {
     pub headers: BTreeMap<String, Vec<u8>>,
 }
 
+/// What a reader sees of transactional records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Committed records only, up to the last stable offset (what downstream readers use).
+    ReadCommitted,
+    /// Everything written, open transactions included: shows whether a record a committed
+    /// reader misses was written at all.
+    ReadUncommitted,
+}
+
+impl Isolation {
+    fn property(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "read_committed",
+            Isolation::ReadUncommitted => "read_uncommitted",
+        }
+    }
+}
+
 /// Reads a topic from the beginning of every partition, without a consumer group, until
 /// `expected` records arrived or `timeout` passed, whichever is first.
 pub fn read_topic(
@@ -104,10 +123,53 @@ pub fn read_topic(
     expected: usize,
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, String> {
+    read_topic_as(brokers, topic, expected, timeout, Isolation::ReadCommitted)
+}
+
+/// Per partition of `topic`: (partition, low, high) as a reader of the given isolation sees
+/// them; for read_committed the high mark is the last stable offset, so a transaction left
+/// open shows as a high mark below the read_uncommitted one. Only on brokers that answer
+/// ListOffsets by offset: tansu picks batches by modification time (low: the batch written
+/// longest ago; high: one past the base offset of the newest batch).
+pub fn end_offsets(
+    brokers: &str,
+    topic: &str,
+    isolation: Isolation,
+) -> Result<Vec<(i32, i64, i64)>, String> {
+    let consumer: BaseConsumer = client(brokers)
+        .set("group.id", "promo-attribution-reader")
+        .set("isolation.level", isolation.property())
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let mut offsets = Vec::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .map_err(|e| format!("watermarks of {topic}[{}]: {e}", p.id()))?;
+            offsets.push((p.id(), low, high));
+        }
+    }
+    offsets.sort_unstable();
+    Ok(offsets)
+}
+
+/// [`read_topic`] with a chosen isolation level.
+pub fn read_topic_as(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    isolation: Isolation,
+) -> Result<Vec<ReadRecord>, String> {
     let consumer: BaseConsumer = client(brokers)
         .set("group.id", "promo-attribution-reader")
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation.property())
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
     let metadata = consumer
@@ -116,8 +178,12 @@ pub fn read_topic(
     let mut assignment = TopicPartitionList::new();
     for t in metadata.topics() {
         for p in t.partitions() {
+            // Offset 0, not `Offset::Beginning`: tansu answers ListOffsets(EARLIEST) with the
+            // batch written longest ago, which is not the first one when two producers' puts
+            // finish out of order, and the reader would silently skip the batches before it.
+            // Where offset 0 is gone (retention), `auto.offset.reset` falls back to the earliest.
             assignment
-                .add_partition_offset(topic, p.id(), Offset::Beginning)
+                .add_partition_offset(topic, p.id(), Offset::Offset(0))
                 .map_err(|e| format!("assign: {e}"))?;
         }
     }

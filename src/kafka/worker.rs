@@ -102,8 +102,8 @@ fn poll_loop(
             recover(consumer, pipeline, deps, failure, &mut backoff)?;
             continue;
         }
-        let step = poll_once(consumer, pipeline).and_then(|()| {
-            if pipeline.is_due()? {
+        let step = poll_once(consumer, pipeline).and_then(|idle| {
+            if pipeline.is_due(idle)? {
                 pipeline.commit(consumer).map(|()| true)
             } else {
                 Ok(false)
@@ -120,21 +120,19 @@ fn poll_loop(
     Ok(())
 }
 
-fn poll_once(consumer: &BaseConsumer<WorkerContext>, pipeline: &Pipeline) -> Result<(), Failure> {
-    let timeout = pipeline
-        .time_to_due()
-        .clamp(Duration::from_millis(1), POLL_SLICE);
+/// Polls once; returns whether nothing was ready.
+fn poll_once(consumer: &BaseConsumer<WorkerContext>, pipeline: &Pipeline) -> Result<bool, Failure> {
+    let timeout = pipeline.time_to_due().min(POLL_SLICE);
     match consumer.poll(timeout) {
-        None => Ok(()),
-        Some(Ok(message)) => pipeline.process(&message),
-        Some(Err(KafkaError::PartitionEOF(_))) => Ok(()),
+        None | Some(Err(KafkaError::PartitionEOF(_))) => Ok(true),
+        Some(Ok(message)) => pipeline.process(&message).map(|()| false),
         Some(Err(err)) => match Failure::from_client("consume", &err) {
             Failure::Fatal(message) => Err(Failure::Fatal(message)),
             // librdkafka recovers from broker-side consume errors by itself; they are reported
             // so operators see them, not because the batch is wrong.
             other => {
                 tracing::warn!(error = %other, "consumer error");
-                Ok(())
+                Ok(false)
             }
         },
     }

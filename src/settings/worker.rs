@@ -36,6 +36,9 @@ pub struct KafkaSettings {
     pub transactional_id: String,
     pub batch_max_records: usize,
     pub batch_max_ms: u64,
+    /// A batch is committed as soon as the consumer has nothing more ready, but not before it is
+    /// this old, so that under load commits stay amortised over many records.
+    pub batch_min_ms: u64,
     pub transaction_timeout_ms: u64,
     /// librdkafka properties for both clients (security.protocol, sasl.*, ssl.*, ...).
     pub common: BTreeMap<String, String>,
@@ -58,6 +61,7 @@ impl Default for KafkaSettings {
             transactional_id: String::new(),
             batch_max_records: 2000,
             batch_max_ms: 100,
+            batch_min_ms: 10,
             transaction_timeout_ms: 60_000,
             common: BTreeMap::new(),
             consumer: BTreeMap::new(),
@@ -89,6 +93,12 @@ impl KafkaSettings {
         }
         if self.batch_max_ms == 0 {
             problems.push("kafka.batch_max_ms must be greater than 0".into());
+        }
+        if self.batch_min_ms > self.batch_max_ms {
+            problems.push(format!(
+                "kafka.batch_min_ms ({}) must not exceed kafka.batch_max_ms ({})",
+                self.batch_min_ms, self.batch_max_ms
+            ));
         }
         if self.transaction_timeout_ms < 1000 {
             problems.push("kafka.transaction_timeout_ms must be at least 1000".into());
@@ -243,5 +253,25 @@ impl WorkerSettings {
         if self.max_backoff_ms < 10 {
             problems.push("worker.max_backoff_ms must be at least 10".into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_min_ms_may_not_exceed_batch_max_ms() {
+        let mut kafka = KafkaSettings::default();
+        let mut problems = Vec::new();
+        kafka.check(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        kafka.batch_min_ms = kafka.batch_max_ms;
+        kafka.check(&mut problems);
+        assert!(problems.is_empty(), "equal is allowed: {problems:?}");
+        kafka.batch_min_ms = kafka.batch_max_ms + 1;
+        kafka.check(&mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("kafka.batch_min_ms"), "{problems:?}");
     }
 }

@@ -176,6 +176,18 @@ impl Names {
 // ---------------------------------------------------------------------------------------------
 // In-process worker
 
+/// With `RUST_LOG` set, the in-process workers' logs go to stderr, each line with its worker's
+/// thread name (the transactional id's last part), for diagnosing a failed run.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_thread_names(true)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// `run_worker` on its own thread, stopped through its shutdown flag.
 pub struct InProcessWorker {
     pub metrics: Arc<Metrics>,
@@ -186,6 +198,14 @@ pub struct InProcessWorker {
 
 impl InProcessWorker {
     pub fn start(settings: Settings) -> InProcessWorker {
+        init_tracing();
+        let name = settings
+            .kafka
+            .transactional_id
+            .rsplit('.')
+            .next()
+            .unwrap_or("worker")
+            .to_string();
         let table = load_from_files(&settings.codes).expect("sample code table loads");
         let metrics = Arc::new(Metrics::new().expect("metrics register"));
         let health = Arc::new(Health::new());
@@ -200,7 +220,7 @@ impl InProcessWorker {
         };
         let (sender, done) = mpsc::channel();
         std::thread::Builder::new()
-            .name("test-worker".into())
+            .name(name)
             .spawn(move || {
                 // The receiver may be gone when a failed test dropped the worker first.
                 let _ = sender.send(run_worker(deps));
@@ -227,6 +247,11 @@ impl InProcessWorker {
     /// Whether the worker ended on its own (it should not, before `stop`).
     pub fn finished_early(&mut self) -> Option<Result<WorkerExit, Failure>> {
         self.done.as_ref().and_then(|done| done.try_recv().ok())
+    }
+
+    /// Asks the worker to drain, without waiting for it.
+    pub fn request_stop(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
     }
 
     /// Asks the worker to drain and waits for it, within `deadline`.
@@ -693,4 +718,224 @@ pub fn assert_same_records(actual: &[Vec<u8>], expected: &[Vec<u8>], what: &str)
             .collect::<Vec<_>>()
             .join("\n  "),
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Diagnosis of a run that lost or stalled outputs
+
+/// The group's committed offsets on `topic`, per partition, from a short-lived consumer (leaked:
+/// dropping a consumer after `committed_offsets` has hung on tansu).
+pub fn group_offsets(group: &str, topic: &str, partitions: i32) -> Result<Vec<(i32, i64)>, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .map_err(|e| format!("committed offsets: {e}"))?;
+    let offsets = committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+        .collect();
+    std::mem::forget(consumer);
+    Ok(offsets)
+}
+
+/// What a reader sees of the outputs when conversions are missing: end offsets for both
+/// isolation levels, the missing orders by input partition and offset, whether a
+/// read_uncommitted reader sees them, and the group's committed input offsets.
+pub fn diagnose(names: &Names, input_partitions: i32, ids: &BTreeSet<String>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let iso = [
+        tools::Isolation::ReadCommitted,
+        tools::Isolation::ReadUncommitted,
+    ];
+    for topic in [&names.input, &names.conversions, &names.alerts] {
+        for isolation in iso {
+            let _ = writeln!(
+                out,
+                "{topic} {isolation:?} (partition, low, high; tansu's are approximate): {:?}",
+                tools::end_offsets(brokers(), topic, isolation)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "group committed offsets on the input: {:?}",
+        group_offsets(&names.group, &names.input, input_partitions)
+    );
+    let committed = read(&names.conversions, ids.len() + 1, SETTLE);
+    let uncommitted = tools::read_topic_as(
+        brokers(),
+        &names.conversions,
+        ids.len() * 2,
+        SETTLE,
+        tools::Isolation::ReadUncommitted,
+    )
+    .unwrap_or_default();
+    let seen_c: BTreeSet<String> = group_by(&committed, "order_id").into_keys().collect();
+    let seen_u: BTreeSet<String> = group_by(&uncommitted, "order_id").into_keys().collect();
+    let missing: BTreeSet<&String> = ids.difference(&seen_c).collect();
+    let _ = writeln!(
+        out,
+        "conversions read_committed {} records ({} orders), read_uncommitted {} records ({} orders); missing from committed: {}, of which visible uncommitted: {}",
+        committed.len(),
+        seen_c.len(),
+        uncommitted.len(),
+        seen_u.len(),
+        missing.len(),
+        missing.iter().filter(|id| seen_u.contains(**id)).count()
+    );
+    let mut by_out_partition: BTreeMap<i32, (usize, usize, i64, i64)> = BTreeMap::new();
+    for r in &uncommitted {
+        let id = field(r.payload.as_deref().unwrap_or_default(), "order_id");
+        let e = by_out_partition
+            .entry(r.partition)
+            .or_insert((0, 0, i64::MAX, -1));
+        if missing.contains(&id) {
+            e.0 += 1;
+            e.2 = e.2.min(r.offset);
+            e.3 = e.3.max(r.offset);
+        } else {
+            e.1 += 1;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "uncommitted conversions per output partition (missing, present, first missing offset, last missing offset): {by_out_partition:?}"
+    );
+    let input = read(&names.input, ids.len(), SETTLE);
+    let mut by_in_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &input {
+        let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+        if missing.contains(&key) {
+            by_in_partition
+                .entry(r.partition)
+                .or_default()
+                .push(r.offset);
+        }
+    }
+    for (p, offsets) in &by_in_partition {
+        let _ = writeln!(
+            out,
+            "missing orders on input partition {p}: {} at offsets {}..={}",
+            offsets.len(),
+            offsets.first().unwrap_or(&-1),
+            offsets.last().unwrap_or(&-1)
+        );
+    }
+    out
+}
+
+/// Reads `topic` as a reader of the given isolation, waiting [`SETTLE`] for one record more than
+/// `expected` (see [`read_settled`]).
+pub fn read_settled_as(
+    topic: &str,
+    expected: usize,
+    isolation: tools::Isolation,
+) -> Vec<ReadRecord> {
+    tools::read_topic_as(brokers(), topic, expected + 1, SETTLE, isolation)
+        .unwrap_or_else(|e| panic!("read {topic}: {e}"))
+}
+
+/// How the outputs of a run were read back.
+pub struct Outputs {
+    /// Every record written, as [`Outputs::isolation`] reads them.
+    pub records: Vec<ReadRecord>,
+    /// ReadCommitted, unless the broker's last stable offset is stuck (then ReadUncommitted).
+    pub isolation: tools::Isolation,
+}
+
+/// Waits until every id in `wanted` has a record on `topic` (field `name`), then checks what a
+/// read_committed reader gets.
+///
+/// tansu (the local broker) can leave a committed transaction unfinished when two producers
+/// commit at the same moment: the last stable offset of the partition then stops, and
+/// read_committed readers miss every later record of it until the other producer writes again
+/// (see NOTES-commit.md and `tests/broker_txn.rs`). Our workers cannot undo that, so when the
+/// committed read falls short the shortfall must have exactly that shape, per partition a
+/// visible prefix and an invisible tail of records that were written, or the test fails;
+/// otherwise the read_uncommitted records stand in.
+pub fn read_outputs(
+    topic: &str,
+    name: &str,
+    wanted: &BTreeSet<String>,
+    timeout: Duration,
+) -> Outputs {
+    use tools::Isolation;
+    let deadline = Instant::now() + timeout;
+    let mut want = wanted.len();
+    let uncommitted = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let records = tools::read_topic_as(
+            brokers(),
+            topic,
+            want,
+            left.min(Duration::from_secs(10)),
+            Isolation::ReadUncommitted,
+        )
+        .unwrap_or_else(|e| panic!("read {topic}: {e}"));
+        let seen: BTreeSet<String> = group_by(&records, name).into_keys().collect();
+        let missing = wanted.difference(&seen).count();
+        if missing == 0 || Instant::now() >= deadline {
+            break records;
+        }
+        want = records.len() + missing;
+    };
+    let committed = read(topic, uncommitted.len(), Duration::from_secs(10));
+    if committed.len() >= uncommitted.len() {
+        return Outputs {
+            records: committed,
+            isolation: Isolation::ReadCommitted,
+        };
+    }
+    let mut written: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &uncommitted {
+        written.entry(r.partition).or_default().push(r.offset);
+    }
+    let mut visible: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+    for r in &committed {
+        visible.entry(r.partition).or_default().insert(r.offset);
+    }
+    let mut stalls = Vec::new();
+    for (partition, offsets) in &mut written {
+        offsets.sort_unstable();
+        let shown = visible.remove(partition).unwrap_or_default();
+        let prefix = offsets.iter().take_while(|o| shown.contains(o)).count();
+        assert_eq!(
+            prefix,
+            shown.len(),
+            "{topic}[{partition}]: the read_committed reader got records that are not a prefix of what was written; not the broker's stall"
+        );
+        if prefix < offsets.len() {
+            stalls.push(format!(
+                "{topic}[{partition}]: {} of {} records visible, stuck before offset {}",
+                prefix,
+                offsets.len(),
+                offsets[prefix]
+            ));
+        }
+    }
+    assert!(
+        visible.is_empty(),
+        "read_committed records on partitions nothing was written to: {visible:?}"
+    );
+    eprintln!(
+        "WARNING: tansu's last stable offset is stuck (known broker defect, see NOTES-commit.md); \
+         checking the read_uncommitted records instead: {}",
+        stalls.join("; ")
+    );
+    Outputs {
+        records: uncommitted,
+        isolation: Isolation::ReadUncommitted,
+    }
 }

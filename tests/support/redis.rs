@@ -16,8 +16,7 @@ use promo_attribution::settings::Settings;
 use serde_json::Value;
 
 use super::{
-    Names, assert_same_records, brokers, field, payloads, read_settled, redis_url, unique_prefix,
-    wait_for_keys, wait_for_orders, wait_until,
+    Names, assert_same_records, brokers, field, payloads, redis_url, unique_prefix, wait_until,
 };
 
 /// A key long enough for `detectors.customer_hmac_key`.
@@ -217,8 +216,10 @@ pub fn outputs_after(
     deadline: Duration,
     stop: impl FnOnce(),
 ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let conversions = wait_for_orders(&names.conversions, orders, deadline);
-    let alerts = wait_for_keys(
+    // Through `read_outputs`: with two workers, tansu can hold committed outputs back from
+    // read_committed readers (see there).
+    let conversions = super::read_outputs(&names.conversions, "order_id", orders, deadline);
+    let alerts = super::read_outputs(
         &names.alerts,
         "alert_id",
         &alert_ids(expected_alerts),
@@ -226,10 +227,15 @@ pub fn outputs_after(
     );
     stop();
     (
-        payloads(&read_settled(&names.conversions, conversions.len())),
-        payloads(&read_settled(
+        payloads(&super::read_settled_as(
+            &names.conversions,
+            conversions.records.len(),
+            conversions.isolation,
+        )),
+        payloads(&super::read_settled_as(
             &names.alerts,
-            alerts.len().max(expected_alerts.len()),
+            alerts.records.len().max(expected_alerts.len()),
+            alerts.isolation,
         )),
     )
 }
