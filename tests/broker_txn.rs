@@ -329,10 +329,19 @@ fn the_reader_starts_at_offset_zero_whatever_earliest_says() {
         let topic = format!("{}-{round}", names.conversions);
         concurrent_writers(&topic);
         for isolation in [Isolation::ReadCommitted, Isolation::ReadUncommitted] {
-            let read = tools::read_topic_as(brokers(), &topic, 40, Duration::from_secs(10), isolation)
-                .expect("read");
-            assert_eq!(read.len(), 40, "round {round}: {isolation:?} reader got every record");
-            assert_eq!(read.iter().map(|r| r.offset).min(), Some(0), "round {round}: from offset 0");
+            let read =
+                tools::read_topic_as(brokers(), &topic, 40, Duration::from_secs(10), isolation)
+                    .expect("read");
+            assert_eq!(
+                read.len(),
+                40,
+                "round {round}: {isolation:?} reader got every record"
+            );
+            assert_eq!(
+                read.iter().map(|r| r.offset).min(),
+                Some(0),
+                "round {round}: from offset 0"
+            );
         }
         let (_, low, _) =
             tools::end_offsets(brokers(), &topic, Isolation::ReadUncommitted).expect("offsets")[0];
