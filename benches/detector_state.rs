@@ -23,27 +23,10 @@ use promo_attribution::detectors::{
 use promo_attribution::engine::{Engine, Outputs};
 use promo_attribution::redis::detector_state::RedisState;
 use promo_attribution::table_source::load_from_files;
-use serde_json::{Value, json};
-use support::redis::{connect, delete_prefix, detector_sets, shared};
-use support::{Names, Rng, orders};
+use support::Names;
+use support::redis::{connect, delete_prefix, detector_orders, detector_sets, shared};
 
 const BATCH: usize = 2_000;
-
-/// The orders of `benches/detectors.rs`: the test generator with a few thousand customers,
-/// devices and IPs, so per-customer and per-actor sets hold realistic sizes.
-fn corpus(count: usize) -> Vec<Vec<u8>> {
-    let mut rng = Rng::new(0x00de_7ec7);
-    orders("BENCH", count, 5)
-        .into_iter()
-        .map(|record| {
-            let mut order: Value = serde_json::from_slice(&record).expect("json");
-            let customer = rng.below(5_000);
-            order["customer"] = json!({"id": format!("cust-{customer}"), "email_sha256": format!("{:064x}", customer * 7919)});
-            order["risk"] = json!({"device_hash": format!("dev-{}", rng.below(4_000)), "ip_hash": format!("ip-{}", rng.below(3_000))});
-            serde_json::to_vec(&order).expect("json")
-        })
-        .collect()
-}
 
 /// A state that times its `apply` calls.
 struct Timed<S> {
@@ -241,7 +224,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let records = corpus(count);
+    let records = detector_orders(count);
     let batches: Vec<Vec<&[u8]>> = records
         .chunks(BATCH)
         .map(|c| c.iter().map(Vec::as_slice).collect())

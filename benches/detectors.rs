@@ -19,25 +19,8 @@ static ALLOCATOR: promo_attribution::hugepages::HugePageAlloc =
 use std::time::{Duration, Instant};
 
 use promo_attribution::kafka::tools;
-use serde_json::{Value, json};
-use support::redis::{delete_prefix, detector_sets, shared};
-use support::{InProcessWorker, Names, Rng, brokers, orders};
-
-/// Orders of the test generator with the customer, device and IP fields the detectors read:
-/// a few thousand customers, so per-customer and per-actor sets hold realistic sizes.
-fn corpus(count: usize) -> Vec<Vec<u8>> {
-    let mut rng = Rng::new(0x00de_7ec7);
-    orders("BENCH", count, 5)
-        .into_iter()
-        .map(|record| {
-            let mut order: Value = serde_json::from_slice(&record).expect("json");
-            let customer = rng.below(5_000);
-            order["customer"] = json!({"id": format!("cust-{customer}"), "email_sha256": format!("{:064x}", customer * 7919)});
-            order["risk"] = json!({"device_hash": format!("dev-{}", rng.below(4_000)), "ip_hash": format!("ip-{}", rng.below(3_000))});
-            serde_json::to_vec(&order).expect("json")
-        })
-        .collect()
-}
+use support::redis::{delete_prefix, detector_orders, detector_sets, shared};
+use support::{InProcessWorker, Names, brokers};
 
 /// CPU seconds (user + system, all threads) of this process so far.
 fn process_cpu_seconds() -> f64 {
@@ -109,7 +92,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let records = corpus(count);
+    let records = detector_orders(count);
     let mut off = Vec::new();
     let mut on = Vec::new();
     for _ in 0..2 {

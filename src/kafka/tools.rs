@@ -136,35 +136,24 @@ pub fn end_offsets(
     topic: &str,
     isolation: Isolation,
 ) -> Result<Vec<(i32, i64, i64)>, String> {
-    let consumer: BaseConsumer = client(brokers)
-        .set("group.id", "promo-attribution-reader")
-        .set("isolation.level", isolation.property())
-        .create()
-        .map_err(|e| format!("consumer: {e}"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let (consumer, partitions) = reader(brokers, topic, isolation)?;
     let mut offsets = Vec::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .map_err(|e| format!("watermarks of {topic}[{}]: {e}", p.id()))?;
-            offsets.push((p.id(), low, high));
-        }
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(|e| format!("watermarks of {topic}[{partition}]: {e}"))?;
+        offsets.push((partition, low, high));
     }
     offsets.sort_unstable();
     Ok(offsets)
 }
 
-/// [`read_topic`] with a chosen isolation level.
-pub fn read_topic_as(
+/// A group-less consumer for reading `topic` at `isolation`, and the topic's partitions.
+fn reader(
     brokers: &str,
     topic: &str,
-    expected: usize,
-    timeout: Duration,
     isolation: Isolation,
-) -> Result<Vec<ReadRecord>, String> {
+) -> Result<(BaseConsumer, Vec<i32>), String> {
     let consumer: BaseConsumer = client(brokers)
         .set("group.id", "promo-attribution-reader")
         .set("enable.auto.commit", "false")
@@ -175,17 +164,32 @@ pub fn read_topic_as(
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    Ok((consumer, partitions))
+}
+
+/// [`read_topic`] with a chosen isolation level.
+pub fn read_topic_as(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    isolation: Isolation,
+) -> Result<Vec<ReadRecord>, String> {
+    let (consumer, partitions) = reader(brokers, topic, isolation)?;
     let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            // Offset 0, not `Offset::Beginning`: tansu answers ListOffsets(EARLIEST) with the
-            // batch written longest ago, which is not the first one when two producers' puts
-            // finish out of order, and the reader would silently skip the batches before it.
-            // Where offset 0 is gone (retention), `auto.offset.reset` falls back to the earliest.
-            assignment
-                .add_partition_offset(topic, p.id(), Offset::Offset(0))
-                .map_err(|e| format!("assign: {e}"))?;
-        }
+    for partition in partitions {
+        // Offset 0, not `Offset::Beginning`: tansu answers ListOffsets(EARLIEST) with the
+        // batch written longest ago, which is not the first one when two producers' puts
+        // finish out of order, and the reader would silently skip the batches before it.
+        // Where offset 0 is gone (retention), `auto.offset.reset` falls back to the earliest.
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(0))
+            .map_err(|e| format!("assign: {e}"))?;
     }
     consumer
         .assign(&assignment)

@@ -91,6 +91,19 @@ local function fires(g)
   return false
 end
 
+-- Appends values[from..to] to buf at n as a comma-separated list; returns the new end of buf.
+local function append_list(n, values, from, to)
+  for k = from, to do
+    n = n + 1
+    buf[n] = values[k]
+    if k < to then
+      n = n + 1
+      buf[n] = ','
+    end
+  end
+  return n
+end
+
 -- Bits per mask argument (see MASK_BITS in detector_state.rs): below 2^53, exact in a double.
 local MASK_BITS = 50
 local SHAPE = 1048576
@@ -166,24 +179,10 @@ for o = 1, orders do
         -- {"b":[..],"a":[..],"e":
         n = n + 1
         buf[n] = '{"b":['
-        for k = first[i] + 1, flat do
-          n = n + 1
-          buf[n] = before[k]
-          if k < flat then
-            n = n + 1
-            buf[n] = ','
-          end
-        end
+        n = append_list(n, before, first[i] + 1, flat)
         n = n + 1
         buf[n] = '],"a":['
-        for k = first[i] + 1, flat do
-          n = n + 1
-          buf[n] = after[k]
-          if k < flat then
-            n = n + 1
-            buf[n] = ','
-          end
-        end
+        n = append_list(n, after, first[i] + 1, flat)
         n = n + 1
         buf[n] = '],"e":['
       else

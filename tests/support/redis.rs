@@ -239,3 +239,20 @@ pub fn outputs_after(
         )),
     )
 }
+
+/// Orders of the test generator with the customer, device and IP fields the detectors read: a
+/// few thousand customers, so per-customer and per-actor sets hold realistic sizes. The detector
+/// benches drain these.
+pub fn detector_orders(count: usize) -> Vec<Vec<u8>> {
+    let mut rng = super::Rng::new(0x00de_7ec7);
+    super::orders("BENCH", count, 5)
+        .into_iter()
+        .map(|record| {
+            let mut order: Value = serde_json::from_slice(&record).expect("json");
+            let customer = rng.below(5_000);
+            order["customer"] = serde_json::json!({"id": format!("cust-{customer}"), "email_sha256": format!("{:064x}", customer * 7919)});
+            order["risk"] = serde_json::json!({"device_hash": format!("dev-{}", rng.below(4_000)), "ip_hash": format!("ip-{}", rng.below(3_000))});
+            serde_json::to_vec(&order).expect("json")
+        })
+        .collect()
+}
