@@ -1,5 +1,5 @@
 //! What the local broker (tansu) does with two transactional producers writing to the same
-//! partition and committing at the same moment (the defects described in NOTES-commit.md), and
+//! partition and committing at the same moment (the defects described in docs/dev-notes/2026-12-05-commit-path-and-tansu.md), and
 //! that our reader is immune to the one it can be. The `#[ignore]`d tests check the broker, not
 //! our code: they assert what a correct broker does, so they fail on tansu 0.6.0 and are kept to
 //! re-check a newer broker (`cargo test --test broker_txn -- --ignored --nocapture`).
@@ -290,7 +290,7 @@ fn concurrent_writers(topic: &str) {
 /// tansu answers ListOffsets(EARLIEST) with the base offset of the batch written longest ago.
 /// When two producers write to one partition at once their puts can finish out of order, and a
 /// reader that starts at "the beginning" then skips the first batch: the cause of the
-/// two-worker test's missing conversions (see NOTES-commit.md).
+/// two-worker test's missing conversions (see docs/dev-notes/2026-12-05-commit-path-and-tansu.md).
 #[test]
 #[ignore = "evidence about the broker, not a check of the worker; run with --ignored"]
 fn earliest_offset_can_skip_the_first_batch() {

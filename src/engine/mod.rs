@@ -81,24 +81,19 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let Some(detectors) = &self.detectors else {
             // Without detectors each record stands alone: no batch-wide vectors to build.
-            let mark = out.mark();
-            for (input, record) in records.iter().enumerate() {
-                let appended = match parse_record(record, &self.settings) {
-                    Ok(order) => {
-                        let decision = decide(record, &order, table, &self.settings.attribution);
-                        out.push_decision(input, &order, &decision, self.max_output_bytes)
+            return all_or_nothing(out, |out| {
+                for (input, record) in records.iter().enumerate() {
+                    match parse_record(record, &self.settings) {
+                        Ok(order) => {
+                            let decision =
+                                decide(record, &order, table, &self.settings.attribution);
+                            out.push_decision(input, &order, &decision, self.max_output_bytes)?;
+                        }
+                        Err(rejection) => out.push_rejection(input, rejection),
                     }
-                    Err(rejection) => {
-                        out.push_rejection(input, rejection);
-                        Ok(())
-                    }
-                };
-                if let Err(err) = appended {
-                    out.truncate(mark);
-                    return Err(err);
                 }
-            }
-            return Ok(());
+                Ok(())
+            });
         };
         let parsed: Vec<Result<ValidOrder<'_>, Rejection>> = records
             .iter()
@@ -118,28 +113,34 @@ impl Engine {
             StateError("the detectors are on but no detector state was given".into())
         })?;
         detect(detectors, state, table, &parsed, &mut decisions)?;
-        let mark = out.mark();
-        for (input, (order, decision)) in parsed.iter().zip(&decisions).enumerate() {
-            let appended = match (order, decision) {
-                (Ok(order), Some(decision)) => {
-                    out.push_decision(input, order, decision, self.max_output_bytes)
+        all_or_nothing(out, |out| {
+            for (input, (order, decision)) in parsed.iter().zip(&decisions).enumerate() {
+                match (order, decision) {
+                    (Ok(order), Some(decision)) => {
+                        out.push_decision(input, order, decision, self.max_output_bytes)?
+                    }
+                    (Err(rejection), _) => out.push_rejection(input, rejection.clone()),
+                    (Ok(_), None) => {
+                        return Err(EngineError::Serialize {
+                            what: "decision",
+                            message: "a parsed order without a decision".into(),
+                        });
+                    }
                 }
-                (Err(rejection), _) => {
-                    out.push_rejection(input, rejection.clone());
-                    Ok(())
-                }
-                (Ok(_), None) => Err(EngineError::Serialize {
-                    what: "decision",
-                    message: "a parsed order without a decision".into(),
-                }),
-            };
-            if let Err(err) = appended {
-                out.truncate(mark);
-                return Err(err);
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
+}
+
+/// Runs `fill`, and takes back everything it appended if it fails: a batch is never half in the
+/// outputs.
+fn all_or_nothing(
+    out: &mut Outputs,
+    fill: impl FnOnce(&mut Outputs) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    let mark = out.mark();
+    fill(out).inspect_err(|_| out.truncate(mark))
 }
 
 /// An empty record is refused before parsing, with its own reason: producers send them by

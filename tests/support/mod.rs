@@ -861,7 +861,7 @@ pub struct Outputs {
 /// tansu (the local broker) can leave a committed transaction unfinished when two producers
 /// commit at the same moment: the last stable offset of the partition then stops, and
 /// read_committed readers miss every later record of it until the other producer writes again
-/// (see NOTES-commit.md and `tests/broker_txn.rs`). Our workers cannot undo that, so when the
+/// (see docs/dev-notes/2026-12-05-commit-path-and-tansu.md and `tests/broker_txn.rs`). Our workers cannot undo that, so when the
 /// committed read falls short the shortfall must have exactly that shape, per partition a
 /// visible prefix and an invisible tail of records that were written, or the test fails;
 /// otherwise the read_uncommitted records stand in.
@@ -930,7 +930,7 @@ pub fn read_outputs(
         "read_committed records on partitions nothing was written to: {visible:?}"
     );
     eprintln!(
-        "WARNING: tansu's last stable offset is stuck (known broker defect, see NOTES-commit.md); \
+        "WARNING: tansu's last stable offset is stuck (known broker defect, see docs/dev-notes/2026-12-05-commit-path-and-tansu.md); \
          checking the read_uncommitted records instead: {}",
         stalls.join("; ")
     );
