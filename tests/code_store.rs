@@ -5,73 +5,22 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use promo_attribution::codes::CodeTable;
-use promo_attribution::kafka::tools;
 use promo_attribution::offline;
-use promo_attribution::redis::store::{Keys, Store, StoreError};
-use promo_attribution::settings::{Settings, StoreSettings};
+use promo_attribution::redis::store::{Keys, Store, StoreError, VersionMeta};
+use promo_attribution::settings::Settings;
 use support::admin::{admin_address, metric_value, strip_ansi};
 use support::redis::PrivateRedis;
-use support::{
-    ChildWorker, Names, brokers, codes_csv, field, partners_csv, read, read_settled, redis_url,
-    text, unique_prefix, wait_until,
+use support::store::{
+    codes, current_version, import_samples, ok, order, produce, redis_connection, spawn_worker,
+    store_sets, store_settings,
 };
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_promo-attribution"))
-}
-
-/// `promo-attribution codes --redis-url … --prefix … ARGS`.
-fn codes(url: &str, prefix: &str, args: &[&str]) -> Output {
-    binary()
-        .arg("codes")
-        .args(["--redis-url", url, "--prefix", prefix])
-        .args(args)
-        .env_remove("PROMO__STORE__REDIS_URL")
-        .output()
-        .expect("run promo-attribution codes")
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "codes failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    text(&output.stdout)
-}
-
-fn store_settings(url: &str, prefix: &str) -> StoreSettings {
-    StoreSettings {
-        redis_url: url.to_string(),
-        key_prefix: prefix.to_string(),
-        ..StoreSettings::default()
-    }
-}
-
-fn current_version(url: &str, prefix: &str) -> Option<u64> {
-    Store::connect(&store_settings(url, prefix))
-        .expect("connect to the test Redis")
-        .current_version()
-        .expect("read the current version")
-}
-
-fn import_samples(url: &str, prefix: &str) {
-    let codes_path = codes_csv().display().to_string();
-    let partners_path = partners_csv().display().to_string();
-    let out = ok(&codes(
-        url,
-        prefix,
-        &["import", &codes_path, "--partners", &partners_path],
-    ));
-    assert!(out.contains("published version 1"), "{out}");
-}
+use support::{
+    Names, codes_csv, field, partners_csv, read, read_settled, redis_url, text, unique_prefix,
+    wait_until,
+};
 
 #[test]
 fn admin_cli_validates_everything_before_publishing_one_version() {
@@ -280,35 +229,6 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
 // ---------------------------------------------------------------------------------------------
 // A worker following the store
 
-/// An order for program 1001 with one code, on the sample table's terms.
-fn order(order_id: &str, code: &str) -> Vec<u8> {
-    format!(
-        r#"{{"order_id":"{order_id}","program_id":"1001","event_type":"sale","event_time":"2026-05-10T12:00:00Z","promo_codes":["{code}"],"touchpoints":[{{"partner_id":"2001","click_id":"c-{order_id}","ts":"2026-05-09T08:00:00Z"}}]}}"#
-    )
-    .into_bytes()
-}
-
-fn produce(names: &Names, records: &[Vec<u8>]) {
-    tools::produce_records(brokers(), &names.input, records).expect("produce orders");
-}
-
-/// The worker settings that point it at the store under `prefix`.
-fn store_sets(url: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
-    let mut sets = vec![
-        "codes.source=redis".to_string(),
-        format!("store.redis_url={url}"),
-        format!("store.key_prefix={prefix}"),
-        "store.poll_interval_ms=200".to_string(),
-    ];
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    sets
-}
-
-fn spawn_worker(names: &Names, sets: &[String], log: &Path) -> ChildWorker {
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-    ChildWorker::spawn(names, &names.transactional_id, &sets, log)
-}
-
 /// Every conversion must be exactly what the offline engine decides for its order with the table
 /// version the conversion names: a conversion made from half of an update would match neither.
 fn assert_each_matches_its_version(
@@ -322,7 +242,8 @@ fn assert_each_matches_its_version(
     for conversion in conversions {
         let version = field(conversion, "code_table_version");
         let table = tables.entry(version.clone()).or_insert_with(|| {
-            let number: u64 = version.parse().expect("store versions are numbers");
+            let number =
+                VersionMeta::version_number(&version).expect("store versions start with a number");
             let mut store = Store::connect(&store_settings(url, prefix)).expect("connect");
             let stored = store.load_version(number).expect("the version is kept");
             stored
@@ -341,6 +262,11 @@ fn assert_each_matches_its_version(
             "order {order_id} with version {version}"
         );
     }
+}
+
+/// The store's version number in a `code_table_version` (`<number>-<fingerprint>`).
+fn number(table_version: &str) -> &str {
+    table_version.split('-').next().unwrap_or_default()
 }
 
 #[test]
@@ -385,7 +311,7 @@ fn worker_applies_new_versions_while_orders_flow() {
     );
     let (_, seen) = conversions_by_version(20);
     assert_eq!(seen.len(), 20, "log:\n{}", worker.log_tail());
-    assert!(seen.values().all(|v| v == "1"), "{seen:?}");
+    assert!(seen.values().all(|v| number(v) == "1"), "{seen:?}");
 
     // Expire the code while orders keep coming.
     let mut sent = 20;
@@ -418,7 +344,7 @@ fn worker_applies_new_versions_while_orders_flow() {
         wait_until(Duration::from_secs(20), || conversions_by_version(sent)
             .1
             .values()
-            .any(|v| v == "2")
+            .any(|v| number(v) == "2")
             || {
                 // Keep orders coming until the new version shows, in case the flow ended first.
                 let id = format!("probe-{sent}");
@@ -431,7 +357,7 @@ fn worker_applies_new_versions_while_orders_flow() {
     );
     let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
     assert!(
-        log.contains("version=2 patched_rows=1"),
+        log.contains(" patched_rows=1") && log.contains("version=2-"),
         "a single-code edit is applied without a reload:\n{log}"
     );
     let after: Vec<String> = (0..20).map(|i| format!("after-{i}")).collect();
@@ -446,7 +372,8 @@ fn worker_applies_new_versions_while_orders_flow() {
     );
     for id in &after {
         assert_eq!(
-            seen[id], "2",
+            number(&seen[id]),
+            "2",
             "{id} was produced after version 2 was in force"
         );
     }
@@ -464,7 +391,7 @@ fn worker_applies_new_versions_while_orders_flow() {
                 conversions_by_version(*sent)
                     .1
                     .get(&id)
-                    .is_some_and(|v| v == version)
+                    .is_some_and(|v| number(v) == version)
             })
         };
 
@@ -500,13 +427,6 @@ fn worker_applies_new_versions_while_orders_flow() {
             .terminate(Duration::from_secs(20))
             .is_some_and(|s| s.success())
     );
-}
-
-fn redis_connection(url: &str) -> redis::Connection {
-    redis::Client::open(url)
-        .expect("redis url")
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .expect("connect to redis")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -138,8 +138,11 @@ pub fn history(history: &[VersionMeta], retained: &[bool], current: Option<u64>)
         .join(", ");
         let _ = writeln!(
             out,
-            "{:>6}  {}  {:<20} {:<40} {}{}",
+            "{:>6}  {:<16}  {}  {:<20} {:<40} {}{}",
             meta.version,
+            // The name outputs carry is `<version>-<fingerprint>`; versions published before
+            // fingerprints existed show a dash.
+            meta.fingerprint.as_deref().unwrap_or("-"),
             meta.published_at,
             meta.author,
             meta.command,

@@ -18,7 +18,7 @@ use crate::admin::Health;
 use crate::codes::CodeTable;
 use crate::metrics::Metrics;
 use crate::redis::store::snapshot::decode_delta;
-use crate::redis::store::{Store, StoreError};
+use crate::redis::store::{Pointer, Store, StoreError, VersionMeta};
 use crate::settings::StoreSettings;
 use crate::table_source::TableHandle;
 
@@ -52,6 +52,7 @@ pub fn start(
         metrics,
         shutdown,
         loaded: None,
+        seen: None,
         refused: None,
         published_ms: None,
         trim_at: None,
@@ -63,14 +64,27 @@ struct Follower {
     settings: StoreSettings,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
-    /// Store version of the table in force.
-    loaded: Option<u64>,
+    /// The table in force.
+    loaded: Option<Loaded>,
+    /// The pointer as last acted on: while it reads the same, nothing is reloaded. Compared
+    /// whole rather than with `loaded`, so a pointer whose fingerprint disagrees with its
+    /// version's content (moved by hand) is followed once, not reloaded on every check.
+    seen: Option<Pointer>,
     /// A version that failed to load; not retried until the pointer moves on.
-    refused: Option<u64>,
+    refused: Option<Pointer>,
     /// When the version in force was published (Unix ms, Redis's clock).
     published_ms: Option<i64>,
     /// When to hand the memory of a replaced table back to the system (see [`release_memory`]).
     trim_at: Option<Instant>,
+}
+
+/// The table in force as the store named it when it was read. The number alone does not name
+/// a content (see the store's module docs); the fingerprint does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Loaded {
+    version: u64,
+    fingerprint: String,
+    generation: Option<String>,
 }
 
 impl Follower {
@@ -109,10 +123,10 @@ impl Follower {
                 return Err(StartError::Shutdown);
             }
             let attempt = Store::connect(&self.settings).and_then(|mut store| {
-                let current = store.current_version()?;
+                let pointer = store.pointer()?;
                 self.metrics.set_redis_up(true);
-                match current {
-                    Some(version) => self.load(&mut store, version).map(Some),
+                match pointer {
+                    Some(pointer) => self.load(&mut store, &pointer).map(Some),
                     None => Ok(None),
                 }
             });
@@ -151,22 +165,29 @@ impl Follower {
         }
     }
 
-    /// Reads and indexes `version`.
-    fn load(&mut self, store: &mut Store, version: u64) -> Result<CodeTable, StoreError> {
+    /// Reads and indexes the version `pointer` names.
+    fn load(&mut self, store: &mut Store, pointer: &Pointer) -> Result<CodeTable, StoreError> {
         let started = Instant::now();
+        let version = pointer.version;
         let stored = store.load_version(version)?;
         let origin = stored.origin();
+        let table_version = stored.table_version();
         let snapshot = stored.snapshot()?;
         let table = snapshot
-            .build(&version.to_string(), &origin)
+            .build(&table_version, &origin)
             .map_err(|problems| StoreError::Corrupt {
                 version,
                 reason: problems.to_string(),
             })?;
-        self.loaded = Some(version);
+        self.loaded = Some(Loaded {
+            version,
+            fingerprint: stored.fingerprint,
+            generation: pointer.generation.clone(),
+        });
+        self.seen = Some(pointer.clone());
         self.published_ms = stored.meta.published_ms;
         tracing::info!(
-            version,
+            version = %table_version,
             entries = table.len(),
             millis = started.elapsed().as_millis() as u64,
             summary = %stored.meta.summary,
@@ -256,10 +277,20 @@ impl Follower {
         &mut self,
         store: &mut Store,
         handle: &TableHandle,
-        version: u64,
+        pointer: &Pointer,
     ) -> Result<Option<CodeTable>, StoreError> {
+        let version = pointer.version;
         let meta = store.load_meta(version)?;
-        if meta.delta.is_empty() || meta.base.is_none() || meta.base != self.loaded {
+        // An edit names its base by number only, so it applies only to a table read in the same
+        // generation, and the result is named by the fingerprint the edit was published with.
+        let Some(loaded) = &self.loaded else {
+            return Ok(None);
+        };
+        let same_store = loaded.generation.is_some() && meta.generation == loaded.generation;
+        let Some(fingerprint) = meta.fingerprint.clone() else {
+            return Ok(None);
+        };
+        if meta.delta.is_empty() || meta.base != Some(loaded.version) || !same_store {
             return Ok(None);
         }
         let current = handle.current();
@@ -280,11 +311,17 @@ impl Follower {
                 None => return Ok(None),
             }
         }
-        self.loaded = Some(version);
+        self.loaded = Some(Loaded {
+            version,
+            fingerprint: fingerprint.clone(),
+            generation: meta.generation.clone(),
+        });
+        self.seen = Some(pointer.clone());
         self.published_ms = meta.published_ms;
-        Ok(Some(
-            current.with_patched_rows(version.to_string(), patches),
-        ))
+        Ok(Some(current.with_patched_rows(
+            VersionMeta::table_version(version, &fingerprint),
+            patches,
+        )))
     }
 
     /// Seconds from the publish of the version in force to now: the change-to-effect latency
@@ -301,11 +338,50 @@ impl Follower {
         Duration::from_millis(self.settings.poll_interval_ms)
     }
 
+    /// Whether a pointer that changed still names the content in force: the same version read
+    /// again in a new generation (a store restored, or re-imported with identical content).
+    /// The same number with other content (a wiped store re-imported) is not.
+    fn same_content(&mut self, store: &mut Store, pointer: &Pointer) -> Result<bool, StoreError> {
+        let Some(loaded) = &mut self.loaded else {
+            return Ok(false);
+        };
+        if loaded.version != pointer.version {
+            return Ok(false);
+        }
+        let recorded = match store.load_meta(pointer.version) {
+            Ok(meta) => meta.fingerprint,
+            Err(StoreError::MissingVersion(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let same = match recorded {
+            Some(fingerprint) => fingerprint == loaded.fingerprint,
+            // Published before fingerprints: only an unchanged generation vouches for it.
+            None => loaded.generation == pointer.generation,
+        };
+        if same && loaded.generation != pointer.generation {
+            tracing::info!(
+                version = pointer.version,
+                generation = pointer.generation.as_deref().unwrap_or("none"),
+                "the code store's generation changed; the table in force has the same content"
+            );
+            loaded.generation = pointer.generation.clone();
+        }
+        if !same {
+            tracing::warn!(
+                version = pointer.version,
+                generation = pointer.generation.as_deref().unwrap_or("none"),
+                "store version {} now holds different content (the store was wiped and re-imported, or restored from a backup); reloading",
+                pointer.version
+            );
+        }
+        Ok(same)
+    }
+
     /// Reads the pointer; loads a new version, or confirms the one in force.
     fn check(&mut self, store: &mut Store, handle: &TableHandle) -> Result<(), StoreError> {
-        let current = store.current_version()?;
+        let current = store.pointer()?;
         self.metrics.set_redis_up(true);
-        let Some(version) = current else {
+        let Some(pointer) = current else {
             if self.loaded.is_none() {
                 // Started empty on purpose (require_table_at_start = false) and still nothing
                 // published: the empty table is the current one.
@@ -317,17 +393,18 @@ impl Follower {
             }
             return Ok(());
         };
-        if Some(version) == self.loaded {
+        if self.refused.as_ref() == Some(&pointer) {
+            return Ok(());
+        }
+        if self.seen.as_ref() == Some(&pointer) || self.same_content(store, &pointer)? {
+            self.seen = Some(pointer);
             handle.confirm();
             return Ok(());
         }
-        if Some(version) == self.refused {
-            return Ok(());
-        }
         let started = Instant::now();
-        let next = match self.try_patch(store, handle, version) {
+        let next = match self.try_patch(store, handle, &pointer) {
             Ok(Some(patched)) => Ok(patched),
-            Ok(None) => self.load(store, version),
+            Ok(None) => self.load(store, &pointer),
             Err(e) => Err(e),
         };
         match next {
@@ -342,7 +419,7 @@ impl Follower {
                     self.metrics.observe_code_table_propagation(seconds);
                 }
                 tracing::info!(
-                    version,
+                    version = %table.version(),
                     patched_rows = table.patched_rows(),
                     apply_ms = started.elapsed().as_secs_f64() * 1000.0,
                     since_publish_ms = lag.map(|s| s * 1000.0),
@@ -359,7 +436,7 @@ impl Follower {
             Err(StoreError::Corrupt { version, reason }) => {
                 self.metrics.record_code_table_reload(false);
                 tracing::error!(version, %reason, "cannot use the current code table version; keeping the previous one");
-                self.refused = Some(version);
+                self.refused = Some(pointer);
                 Ok(())
             }
             Err(StoreError::MissingVersion(_)) => Ok(()),

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod redis;
 mod rng;
+pub mod store;
 pub use rng::Rng;
 
 use std::collections::{BTreeMap, BTreeSet};

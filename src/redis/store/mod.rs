@@ -8,10 +8,19 @@
 //! |----------------------|--------|--------------------------------------------------------------|
 //! | `P{codes}:seq`       | string | last version number handed out (`INCR`)                      |
 //! | `P{codes}:current`   | string | the version in force                                         |
+//! | `P{codes}:current_fingerprint` | string | the content fingerprint of the version in force    |
+//! | `P{codes}:generation` | string | random id of this store's life, made by its first publish   |
 //! | `P{codes}:history`   | list   | one JSON [`VersionMeta`] per published version, newest first |
 //! | `P{codes}:v:<N>`     | hash   | `meta`, `published_ms` (Redis clock), `partners` (CSV), `programs` (JSON), `codes:<i>` (CSV chunks) |
 //!
 //! and the pub/sub channel `P{codes}:announce`, which carries each new version number.
+//!
+//! Version numbers alone do not name a content: a store that lost its keys and was imported
+//! again starts at version 1 again, and one restored from an older backup hands out numbers it
+//! had already used. So every version records the fingerprint of its content (checked on each
+//! load) and the generation it was published in; the pointer carries the current fingerprint,
+//! and workers compare both with what they hold, reloading when the number is the same but the
+//! content is not. Outputs name the table as `<version>-<fingerprint>`.
 //!
 //! A version is written under its own key first (with an expiry, so an interrupted upload
 //! leaves nothing behind), then one script checks that the pointer still holds the version the
@@ -27,6 +36,7 @@ use std::time::Duration;
 
 use redis::{Client, Commands, Connection, Script};
 
+use crate::ids::content_fingerprint;
 use crate::settings::{StoreSettings, redacted_url};
 pub use snapshot::{Encoded, Snapshot, VersionMeta};
 
@@ -58,6 +68,10 @@ local current = redis.call('GET', KEYS[1])
 if (current or '') ~= ARGV[1] then
     return redis.error_reply('CONFLICT ' .. (current or 'none'))
 end
+local generation = redis.call('GET', KEYS[4])
+if generation and generation ~= ARGV[6] then
+    return redis.error_reply('CONFLICT generation ' .. generation)
+end
 if redis.call('EXISTS', KEYS[3]) == 0 then
     return redis.error_reply('NOSTAGED version ' .. ARGV[2] .. ' expired before it was published')
 end
@@ -65,6 +79,10 @@ redis.call('PERSIST', KEYS[3])
 local now = redis.call('TIME')
 redis.call('HSET', KEYS[3], 'published_ms', tostring(now[1] * 1000 + math.floor(now[2] / 1000)))
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[5], ARGV[7])
+if not generation then
+    redis.call('SET', KEYS[4], ARGV[6])
+end
 redis.call('LPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 redis.call('PUBLISH', ARGV[4], ARGV[2])
@@ -93,6 +111,12 @@ impl Keys {
     pub fn current(&self) -> String {
         format!("{}current", self.base)
     }
+    pub fn current_fingerprint(&self) -> String {
+        format!("{}current_fingerprint", self.base)
+    }
+    pub fn generation(&self) -> String {
+        format!("{}generation", self.base)
+    }
     pub fn history(&self) -> String {
         format!("{}history", self.base)
     }
@@ -104,9 +128,21 @@ impl Keys {
     }
 }
 
+/// What the pointer says: the version in force, the fingerprint of its content and the store's
+/// generation (`None` in a store last published by a release that did not record them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    pub version: u64,
+    pub fingerprint: Option<String>,
+    pub generation: Option<String>,
+}
+
 /// A stored version, read back.
 pub struct StoredVersion {
     pub meta: VersionMeta,
+    /// The content's fingerprint: the recorded one (verified against the bytes read), or for a
+    /// version published without one, computed from them.
+    pub fingerprint: String,
     pub codes_csv: Vec<u8>,
     pub partners_csv: Vec<u8>,
     pub programs_json: Vec<u8>,
@@ -115,6 +151,11 @@ pub struct StoredVersion {
 impl StoredVersion {
     pub fn origin(&self) -> String {
         format!("store version {}", self.meta.version)
+    }
+
+    /// The `code_table_version` of decisions made with this version.
+    pub fn table_version(&self) -> String {
+        VersionMeta::table_version(self.meta.version, &self.fingerprint)
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -170,6 +211,39 @@ impl Store {
                 reason: format!("{key} holds {text:?}, not a version number"),
             }),
         }
+    }
+
+    /// The pointer with the current fingerprint and the generation, in one round trip; `None`
+    /// before the first publish.
+    pub fn pointer(&mut self) -> Result<Option<Pointer>, StoreError> {
+        let keys = [
+            self.keys.current(),
+            self.keys.current_fingerprint(),
+            self.keys.generation(),
+        ];
+        let (current, fingerprint, generation): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("MGET")
+                .arg(&keys)
+                .query(&mut self.connection)
+                .map_err(|e| self.redis(e))?;
+        let Some(text) = current else {
+            return Ok(None);
+        };
+        let version = text.parse().map_err(|_| StoreError::Corrupt {
+            version: 0,
+            reason: format!("{} holds {text:?}, not a version number", keys[0]),
+        })?;
+        Ok(Some(Pointer {
+            version,
+            fingerprint,
+            generation,
+        }))
+    }
+
+    /// The store's generation; `None` before the first publish.
+    pub fn generation(&mut self) -> Result<Option<String>, StoreError> {
+        let key = self.keys.generation();
+        self.connection.get(&key).map_err(|e| self.redis(e))
     }
 
     /// What a version says about itself, without its content.
@@ -228,9 +302,22 @@ impl Store {
         for i in 0..meta.chunks {
             chunks.push(next(&format!("codes:{i}"))?);
         }
+        let codes = chunks.iter().map(Vec::as_slice).collect::<Vec<_>>();
+        let fingerprint = content_fingerprint(&[&codes, &[&partners_csv], &[&programs_json]]);
+        if let Some(recorded) = &meta.fingerprint
+            && *recorded != fingerprint
+        {
+            return Err(StoreError::Corrupt {
+                version,
+                reason: format!(
+                    "its content has fingerprint {fingerprint}, not the {recorded} it was published with (changed or damaged in Redis)"
+                ),
+            });
+        }
         let codes_csv = chunks.concat();
         Ok(StoredVersion {
             meta,
+            fingerprint,
             codes_csv,
             partners_csv,
             programs_json,
@@ -277,6 +364,13 @@ impl Store {
         meta.partners = snapshot.partners.len();
         meta.programs = snapshot.programs.len();
         meta.chunks = encoded.code_chunks.len();
+        let fingerprint = encoded.fingerprint();
+        meta.fingerprint = Some(fingerprint.clone());
+        let generation = match self.generation()? {
+            Some(generation) => generation,
+            None => new_generation(),
+        };
+        meta.generation = Some(generation.clone());
         let meta_json = serde_json::to_string(&meta).map_err(|e| StoreError::Corrupt {
             version,
             reason: e.to_string(),
@@ -296,11 +390,15 @@ impl Store {
             .key(self.keys.current())
             .key(self.keys.history())
             .key(&key)
+            .key(self.keys.generation())
+            .key(self.keys.current_fingerprint())
             .arg(&expected)
             .arg(version)
             .arg(history_entry)
             .arg(self.keys.channel())
             .arg(HISTORY_LENGTH)
+            .arg(&generation)
+            .arg(&fingerprint)
             .invoke(&mut self.connection);
         match published {
             Ok(_) => Ok(meta),
@@ -418,6 +516,22 @@ impl Store {
         connection.set_write_timeout(io_timeout).map_err(wrap)?;
         Ok(connection)
     }
+}
+
+/// A fresh generation id. It only has to differ from other generations of the same store, so
+/// the clock, the process and a per-process counter are enough; it is not a secret.
+fn new_generation() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let material = format!(
+        "{nanos}/{}/{}",
+        std::process::id(),
+        MADE.fetch_add(1, Ordering::Relaxed)
+    );
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(material.as_bytes()))
 }
 
 /// Redis Cluster's rule: the key's slot comes from the part between the first `{` and the next

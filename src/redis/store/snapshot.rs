@@ -10,6 +10,7 @@ use crate::codes::export::{write_codes, write_partners};
 use crate::codes::load::{CODE_COLUMNS, LoadProblem, read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
+use crate::ids::content_fingerprint;
 use crate::settings::detectors::ProgramSettings;
 
 /// Rows per stored chunk: about 5 MB of CSV, so a version of a million codes is a hash of a few
@@ -54,6 +55,38 @@ pub struct VersionMeta {
     /// can apply them without reloading the whole table. Empty for bulk changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delta: Vec<Vec<String>>,
+    /// The store's generation when this version was published (see the store's module docs).
+    /// Absent in versions published before generations existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
+    /// [`Encoded::fingerprint`] of the content; checked on every load. Absent in versions
+    /// published before fingerprints existed (computed at load for those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+impl VersionMeta {
+    /// The `code_table_version` outputs carry for this version: the store's version number, then
+    /// the content fingerprint, so two different contents that were both published as version N
+    /// (a wiped store re-imported, an older backup restored) never share a name.
+    pub fn table_version(version: u64, fingerprint: &str) -> String {
+        format!("{version}-{fingerprint}")
+    }
+
+    /// The store version number a `code_table_version` names (the part before the dash; a
+    /// bare number as written before fingerprints were added is accepted too).
+    pub fn version_number(table_version: &str) -> Option<u64> {
+        table_version.split('-').next()?.parse().ok()
+    }
+}
+
+impl Encoded {
+    /// Identifies the content: the codes (all chunks as one file), the partners and the
+    /// programs.
+    pub fn fingerprint(&self) -> String {
+        let chunks: Vec<&[u8]> = self.code_chunks.iter().map(Vec::as_slice).collect();
+        content_fingerprint(&[&chunks, &[&self.partners], &[&self.programs]])
+    }
 }
 
 impl Snapshot {
