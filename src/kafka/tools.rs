@@ -48,42 +48,68 @@ pub fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<
 /// Produces each record, keyed by its `order_id` when it has one (so one order's events share a
 /// partition, as a real order stream would), and waits until all are acknowledged.
 pub fn produce_records(brokers: &str, topic: &str, records: &[Vec<u8>]) -> Result<usize, String> {
-    let producer: BaseProducer = client(brokers)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()
-        .map_err(|e| format!("producer: {e}"))?;
-    for payload in records {
-        let key = serde_json::from_slice::<serde_json::Value>(payload)
-            .ok()
-            .and_then(|v| {
-                v.get("order_id")
-                    .and_then(|id| id.as_str())
-                    .map(str::to_string)
-            });
-        let mut record: BaseRecord<'_, str, [u8]> =
-            BaseRecord::to(topic).payload(payload.as_slice());
-        if let Some(key) = &key {
-            record = record.key(key.as_str());
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                    back,
-                )) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
+    RecordProducer::new(brokers)?.send_all(topic, records)
+}
+
+/// An idempotent producer for tools and tests that send many small batches (a stream paced in
+/// chunks): one connection for all of them, and each batch awaited in short polls rather than
+/// through `flush`, whose polls run in whole 100 ms steps.
+pub struct RecordProducer {
+    producer: BaseProducer,
+}
+
+impl RecordProducer {
+    pub fn new(brokers: &str) -> Result<RecordProducer, String> {
+        let producer = client(brokers)
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .create()
+            .map_err(|e| format!("producer: {e}"))?;
+        Ok(RecordProducer { producer })
+    }
+
+    /// Sends `records` to `topic`, keyed by their `order_id` where they have one, and returns
+    /// once the broker has acknowledged all of them (or after 30 s with an error).
+    pub fn send_all(&self, topic: &str, records: &[Vec<u8>]) -> Result<usize, String> {
+        for payload in records {
+            let key = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| {
+                    v.get("order_id")
+                        .and_then(|id| id.as_str())
+                        .map(str::to_string)
+                });
+            let mut record: BaseRecord<'_, str, [u8]> =
+                BaseRecord::to(topic).payload(payload.as_slice());
+            if let Some(key) = &key {
+                record = record.key(key.as_str());
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(format!("produce: {e}")),
                 }
-                Err((e, _)) => return Err(format!("produce: {e}")),
             }
         }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} records to {topic} not acknowledged within 30 s",
+                    self.producer.in_flight_count()
+                ));
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
+        Ok(records.len())
     }
-    producer
-        .flush(Duration::from_secs(30))
-        .map_err(|e| format!("flush: {e}"))?;
-    Ok(records.len())
 }
 
 /// One record read back.

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod chaos;
 pub mod redis;
 mod rng;
 pub mod store;

@@ -78,6 +78,9 @@ pub fn zcard(url: &str, key: &str) -> u64 {
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
+    /// With a directory, every write is appended to a file there and fsynced before Redis
+    /// answers, so the server can be killed and restarted without losing state.
+    persist_in: Option<std::path::PathBuf>,
 }
 
 impl PrivateRedis {
@@ -87,7 +90,18 @@ impl PrivateRedis {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        PrivateRedis { port, child: None }
+        PrivateRedis {
+            port,
+            child: None,
+            persist_in: None,
+        }
+    }
+
+    /// The same, keeping its data in `dir` across kills (append-only file, fsync always).
+    pub fn persistent(dir: &std::path::Path) -> PrivateRedis {
+        let mut redis = PrivateRedis::reserve();
+        redis.persist_in = Some(dir.to_path_buf());
+        redis
     }
 
     pub fn url(&self) -> String {
@@ -97,9 +111,17 @@ impl PrivateRedis {
     /// Starts the server and waits until it answers PING.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "private redis already running");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""]);
+        match &self.persist_in {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

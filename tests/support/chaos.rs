@@ -1,0 +1,218 @@
+//! The chaos suite's stream and verifier: orders produced at a steady pace while faults are
+//! injected, and one verdict per scenario that checks what a paying user depends on. Every
+//! order has exactly one distinct conversion (or, for a poison record, one dead letter); every
+//! repeat is byte-identical; every decision and alert equals the offline engine's for the same
+//! table. The verdict is printed as one `CHAOS|…` row, which `scripts/chaos` collects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use promo_attribution::kafka::tools;
+
+use super::{Names, brokers, field, payloads, read_outputs, read_settled_as, text};
+
+/// Records produced in the background, `per_chunk` at a time with `pause` between chunks, so
+/// faults land while the stream flows rather than after it.
+pub struct Stream {
+    produced: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+    total: usize,
+}
+
+impl Stream {
+    pub fn start(topic: &str, records: Vec<Vec<u8>>, per_chunk: usize, pause: Duration) -> Stream {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let total = records.len();
+        let counter = produced.clone();
+        let topic = topic.to_string();
+        let thread = std::thread::spawn(move || {
+            let producer = tools::RecordProducer::new(brokers())
+                .unwrap_or_else(|e| panic!("a producer for {topic}: {e}"));
+            for chunk in records.chunks(per_chunk.max(1)) {
+                let sent = producer
+                    .send_all(&topic, chunk)
+                    .unwrap_or_else(|e| panic!("produce to {topic}: {e}"));
+                assert_eq!(sent, chunk.len(), "every record of a chunk produced");
+                counter.fetch_add(sent, Ordering::SeqCst);
+                std::thread::sleep(pause);
+            }
+        });
+        Stream {
+            produced,
+            thread: Some(thread),
+            total,
+        }
+    }
+
+    pub fn produced(&self) -> usize {
+        self.produced.load(Ordering::SeqCst)
+    }
+
+    pub fn finished(&self) -> bool {
+        self.produced() >= self.total
+    }
+
+    /// Waits for the producer to finish; a producer that failed fails the test.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            panic!("the stream's producer failed");
+        }
+    }
+}
+
+/// What a scenario expects: the offline engine's conversions and alerts for the valid orders,
+/// and the poison records that must come out as dead letters.
+pub struct Expected {
+    pub conversions: Vec<Vec<u8>>,
+    pub alerts: Vec<Vec<u8>>,
+    pub poison: Vec<Vec<u8>>,
+}
+
+/// The counts of one scenario's outputs against [`Expected`].
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub orders: usize,
+    /// Orders with no conversion (or poison records with no dead letter).
+    pub lost: usize,
+    /// Byte-identical copies beyond the first (allowed: tansu shows aborted batches).
+    pub repeats: usize,
+    /// Orders (or alert ids) written twice with different bytes.
+    pub non_identical: usize,
+    /// Distinct conversions or alerts that differ from the offline engine's.
+    pub mismatches: usize,
+    pub alerts: usize,
+    pub missing_alerts: usize,
+}
+
+impl Verdict {
+    pub fn clean(&self) -> bool {
+        self.lost == 0
+            && self.non_identical == 0
+            && self.mismatches == 0
+            && self.missing_alerts == 0
+    }
+}
+
+/// Reads the outputs of `names` until every expected order, alert and dead letter is there (or
+/// `deadline` passes), then judges them.
+pub fn verify(names: &Names, expected: &Expected, deadline: Duration) -> Verdict {
+    let order_ids: BTreeSet<String> = expected
+        .conversions
+        .iter()
+        .map(|c| field(c, "order_id"))
+        .collect();
+    let alert_ids: BTreeSet<String> = expected
+        .alerts
+        .iter()
+        .map(|a| field(a, "alert_id"))
+        .collect();
+    let conversions = read_outputs(&names.conversions, "order_id", &order_ids, deadline);
+    let conversions = payloads(&read_settled_as(
+        &names.conversions,
+        conversions.records.len(),
+        conversions.isolation,
+    ));
+    let alerts = read_outputs(&names.alerts, "alert_id", &alert_ids, deadline);
+    let alerts = payloads(&read_settled_as(
+        &names.alerts,
+        alerts.records.len(),
+        alerts.isolation,
+    ));
+    let dead_letters = payloads(&read_settled_as(
+        &names.dlq,
+        expected.poison.len(),
+        tools::Isolation::ReadUncommitted,
+    ));
+
+    let mut verdict = Verdict {
+        orders: order_ids.len() + expected.poison.len(),
+        alerts: alert_ids.len(),
+        ..Verdict::default()
+    };
+    let (repeats, non_identical, mismatches, missing) =
+        judge(&conversions, &expected.conversions, "order_id");
+    verdict.repeats += repeats;
+    verdict.non_identical += non_identical;
+    verdict.mismatches += mismatches;
+    verdict.lost += missing;
+    let (repeats, non_identical, mismatches, missing) =
+        judge(&alerts, &expected.alerts, "alert_id");
+    verdict.repeats += repeats;
+    verdict.non_identical += non_identical;
+    verdict.mismatches += mismatches;
+    verdict.missing_alerts += missing;
+    let letters: BTreeSet<&[u8]> = dead_letters.iter().map(Vec::as_slice).collect();
+    verdict.lost += expected
+        .poison
+        .iter()
+        .filter(|p| !letters.contains(p.as_slice()))
+        .count();
+    verdict
+}
+
+/// (identical repeats, keys written with different bytes, distinct records unlike the
+/// expected one, expected keys never written). Per key the set of distinct records is compared:
+/// a detector alert is written again as its count grows, each update with the same id.
+fn judge(actual: &[Vec<u8>], expected: &[Vec<u8>], key: &str) -> (usize, usize, usize, usize) {
+    let mut written: BTreeMap<String, Vec<&Vec<u8>>> = BTreeMap::new();
+    for record in actual {
+        written.entry(field(record, key)).or_default().push(record);
+    }
+    let mut wanted: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for record in expected {
+        wanted
+            .entry(field(record, key))
+            .or_default()
+            .insert(record.clone());
+    }
+    let (mut repeats, mut non_identical, mut mismatches, mut missing) = (0, 0, 0, 0);
+    for (id, want) in &wanted {
+        let Some(copies) = written.get(id) else {
+            missing += 1;
+            continue;
+        };
+        let distinct: BTreeSet<Vec<u8>> = copies.iter().map(|r| r.to_vec()).collect();
+        repeats += copies.len() - distinct.len();
+        if distinct.len() > want.len() {
+            non_identical += 1;
+        }
+        if distinct != *want {
+            mismatches += 1;
+            if mismatches <= 3 {
+                eprintln!(
+                    "mismatch for {key} {id}:\n  written:  {:?}\n  expected: {:?}",
+                    distinct.iter().map(|r| text(r)).collect::<Vec<_>>(),
+                    want.iter().map(|r| text(r)).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+    // Records for ids nobody expected are mismatches too.
+    mismatches += written
+        .keys()
+        .filter(|id| !wanted.contains_key(*id))
+        .count();
+    (repeats, non_identical, mismatches, missing)
+}
+
+/// Prints the scenario's row for `scripts/chaos` and fails the test unless the verdict is
+/// clean.
+pub fn report(scenario: &str, verdict: &Verdict, started: Instant, notes: &str) {
+    println!(
+        "CHAOS|{scenario}|{}|{}|{}|{}|{}|{}|{}|{:.0}|{notes}",
+        verdict.orders,
+        verdict.lost,
+        verdict.repeats,
+        verdict.non_identical,
+        verdict.mismatches,
+        verdict.alerts,
+        verdict.missing_alerts,
+        started.elapsed().as_secs_f64(),
+    );
+    assert!(verdict.clean(), "{scenario}: {verdict:?} ({notes})");
+}
