@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::admin::Health;
+use crate::admin::{Health, Heartbeat};
 use crate::codes::CodeTable;
 use crate::metrics::Metrics;
 use crate::redis::store::snapshot::decode_delta;
@@ -40,7 +40,13 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// The name the follower registers its heartbeat under.
+pub const THREAD: &str = "code-sync";
+
 /// Loads the current version (waiting for it as configured), then starts the follower thread.
+/// Both beat the heartbeat `code-sync` on every turn, waiting on Redis included; the thread's
+/// end (shutdown, or a panic) ends the heartbeat, so the caller must treat an unexpected end of
+/// the returned handle as fatal.
 pub fn start(
     settings: &StoreSettings,
     metrics: Arc<Metrics>,
@@ -48,6 +54,7 @@ pub fn start(
     shutdown: Arc<AtomicBool>,
 ) -> Result<(TableHandle, JoinHandle<()>), StartError> {
     let follower = Follower {
+        heartbeat: health.register(THREAD),
         settings: settings.clone(),
         metrics,
         shutdown,
@@ -60,6 +67,7 @@ pub fn start(
 }
 
 struct Follower {
+    heartbeat: Heartbeat,
     settings: StoreSettings,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
@@ -108,6 +116,7 @@ impl Follower {
             if self.stopping() {
                 return Err(StartError::Shutdown);
             }
+            self.heartbeat.beat();
             let attempt = Store::connect(&self.settings).and_then(|mut store| {
                 let current = store.current_version()?;
                 self.metrics.set_redis_up(true);
@@ -147,6 +156,7 @@ impl Follower {
     fn sleep(&self, total: Duration) {
         let until = Instant::now() + total;
         while !self.stopping() && Instant::now() < until {
+            self.heartbeat.beat();
             std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
         }
     }
@@ -233,6 +243,7 @@ impl Follower {
         *connected = true;
         let mut last_check = Instant::now();
         while !self.stopping() {
+            self.heartbeat.beat();
             let announced = match pubsub.get_message() {
                 Ok(_) => true,
                 Err(e) if e.is_timeout() => false,
