@@ -303,9 +303,7 @@ impl Follower {
     /// only while Redis's host and this one agree on the time (NTP); a negative difference is
     /// not reported.
     fn since_publish(&self) -> Option<f64> {
-        let published = self.published_ms?;
-        let now = chrono::Utc::now().timestamp_millis();
-        (now >= published).then(|| (now - published) as f64 / 1000.0)
+        seconds_since(self.published_ms?, chrono::Utc::now().timestamp_millis())
     }
 
     fn poll_interval(&self) -> Duration {
@@ -379,6 +377,16 @@ impl Follower {
     }
 }
 
+/// Seconds from `published_ms` to `now_ms`, both Unix milliseconds; `None` when negative (clock
+/// skew) or not representable. `published_ms` comes from the store, so any i64 is possible:
+/// a plain subtraction overflowed (and panicked the thread in a debug build) on extreme values.
+fn seconds_since(published_ms: i64, now_ms: i64) -> Option<f64> {
+    now_ms
+        .checked_sub(published_ms)
+        .filter(|ms| *ms >= 0)
+        .map(|ms| ms as f64 / 1000.0)
+}
+
 /// Returns freed heap memory to the system. A replaced table is millions of small blocks freed
 /// at once; glibc keeps such memory in its arenas, so without this the resident size of a worker
 /// grows by a table's size with every bulk change, up to the peak of two tables plus buffers.
@@ -388,5 +396,19 @@ fn release_memory() {
     // it takes the arena locks itself and touches no live allocation.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds_since;
+
+    #[test]
+    fn publish_lag_survives_any_stored_time() {
+        assert_eq!(seconds_since(1_000, 3_500), Some(2.5));
+        assert_eq!(seconds_since(4_000, 3_500), None);
+        assert_eq!(seconds_since(i64::MIN, 3_500), None);
+        assert_eq!(seconds_since(i64::MAX, -1), None);
+        assert_eq!(seconds_since(-5, i64::MAX), None);
     }
 }
