@@ -54,6 +54,16 @@ impl ClientContext for WorkerContext {
                 // An assigned partition still fetching its committed offset has no position:
                 // whatever waits there is not being read (a pending transactional offset commit
                 // of a dead instance keeps it so until the broker aborts that transaction).
+                tracing::debug!(
+                    partition,
+                    desired = stats.desired,
+                    fetch_state = %stats.fetch_state,
+                    app_offset = stats.app_offset,
+                    committed_offset = stats.committed_offset,
+                    ls_offset = stats.ls_offset,
+                    hi_offset = stats.hi_offset,
+                    "input partition statistics"
+                );
                 if stats.desired && stats.fetch_state != "active" {
                     backlog.unpositioned += 1;
                 }
