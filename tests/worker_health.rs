@@ -53,28 +53,34 @@ fn drains(mut worker: ChildWorker) {
     );
 }
 
-#[test]
-fn redis_down_with_the_detectors_fails_readiness_not_liveness_until_it_returns() {
-    let names = Names::new("health-redis-down");
+/// One worker on a fresh 1-partition input, with `sets`, that has decided a first few orders
+/// and is ready: its admin address, and the temp dir holding its log.
+fn started(names: &Names, sets: &[String], seed: u64) -> (ChildWorker, String, tempfile::TempDir) {
     names.create_topics(1);
-    let mut redis = PrivateRedis::reserve();
-    redis.start();
-    let mut sets = detector_sets(&redis.url(), &unique_prefix("health"));
-    sets.extend([STALL_AFTER.to_string(), "worker.max_backoff_ms=500".into()]);
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().expect("temp dir");
     let worker = ChildWorker::spawn(
-        &names,
+        names,
         &names.transactional_id,
         &sets,
         &dir.path().join("w.log"),
     );
     let address = admin_address(&worker);
-
-    let first = orders("HR", 20, 41);
+    let first = orders(&format!("F{seed}"), 10, seed);
     produce(&names.input, &first);
     wait_for_orders(&names.conversions, &order_ids(&first), DEADLINE);
     ready(&address, &worker);
+    (worker, address, dir)
+}
+
+#[test]
+fn redis_down_with_the_detectors_fails_readiness_not_liveness_until_it_returns() {
+    let names = Names::new("health-redis-down");
+    let mut redis = PrivateRedis::reserve();
+    redis.start();
+    let mut sets = detector_sets(&redis.url(), &unique_prefix("health"));
+    sets.extend([STALL_AFTER.to_string(), "worker.max_backoff_ms=500".into()]);
+    let (worker, address, _dir) = started(&names, &sets, 41);
 
     redis.stop();
     let second = orders("HS", 20, 42);
@@ -123,7 +129,6 @@ fn import_samples(url: &str, prefix: &str) {
 #[test]
 fn a_stale_table_pauses_readiness_an_idle_worker_stays_ready() {
     let names = Names::new("health-stale");
-    names.create_topics(1);
     let mut redis = PrivateRedis::reserve();
     redis.start();
     let prefix = unique_prefix("health-stale");
@@ -138,19 +143,7 @@ fn a_stale_table_pauses_readiness_an_idle_worker_stays_ready() {
         "store.io_timeout_ms=300".into(),
         STALL_AFTER.into(),
     ];
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let worker = ChildWorker::spawn(
-        &names,
-        &names.transactional_id,
-        &sets,
-        &dir.path().join("w.log"),
-    );
-    let address = admin_address(&worker);
-    let first = orders("ST", 5, 43);
-    produce(&names.input, &first);
-    wait_for_orders(&names.conversions, &order_ids(&first), DEADLINE);
-    ready(&address, &worker);
+    let (worker, address, _dir) = started(&names, &sets, 43);
 
     // Idle with nothing waiting, for three stall thresholds: still ready, and idle.
     let idle_until = Instant::now() + Duration::from_secs(6);

@@ -44,16 +44,9 @@ pub fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// The body of `GET /metrics`.
 pub fn scrape(address: &str) -> String {
-    let mut stream = TcpStream::connect(address).expect("connect to the admin port");
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .expect("send the request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    response
+    get(address, "/metrics").1
 }
 
 pub fn metric_value(address: &str, name: &str) -> f64 {
