@@ -6,18 +6,15 @@
 //! poll loop therefore cannot stop health checks from being answered, which is exactly when they
 //! matter.
 //!
-//! Liveness and readiness differ on purpose: readiness fails as soon as the worker cannot do
-//! useful work (no partitions, no code table, poll loop stalled) so it is taken out of rotation,
-//! while liveness fails only when the poll loop has been stuck for twice as long, so that the
-//! supervisor restarts a hung worker but not one that is merely rebalancing or loading.
+//! What the probes answer is decided in [`health`]: liveness = every thread the worker needs is
+//! turning, readiness = the worker is making progress now.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -29,178 +26,15 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
+pub mod health;
+pub use health::{Backlog, DEFAULT_STALL_AFTER, Health, Heartbeat, POLL_LOOP, WorkerState};
+
 /// The content type Prometheus expects for the text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Long enough for a poll with a generous timeout plus a transaction commit, so that a slow
-/// broker round trip is not mistaken for a hang.
-pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
-
-/// Startup (connecting, initialising transactions, loading the code table) happens before the
-/// first poll; a supervisor must not kill the worker for being slow at it.
-pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(120);
 
 /// How long shutdown waits for in-flight admin requests before dropping them; a scraper holding
 /// a connection open must not hold up the worker's exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Marks "no progress recorded yet" in `last_progress_ms`.
-const NEVER: u64 = u64::MAX;
-
-/// Worker state shared between the Kafka loop (writer) and the admin server (reader).
-///
-/// Times are milliseconds since `base` on the monotonic clock, so that wall-clock steps (NTP,
-/// manual changes) can neither fake progress nor fake a stall. Each field is independent, so
-/// relaxed atomics suffice: a probe that sees one update slightly before another only delays the
-/// answer by one probe.
-pub struct Health {
-    base: Instant,
-    assigned_partitions: AtomicUsize,
-    table_loaded: AtomicBool,
-    last_progress_ms: AtomicU64,
-    stall_after_ms: AtomicU64,
-    startup_grace_ms: AtomicU64,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health::new()
-    }
-}
-
-impl Health {
-    pub fn new() -> Health {
-        Health {
-            base: Instant::now(),
-            assigned_partitions: AtomicUsize::new(0),
-            table_loaded: AtomicBool::new(false),
-            last_progress_ms: AtomicU64::new(NEVER),
-            stall_after_ms: AtomicU64::new(duration_ms(DEFAULT_STALL_AFTER)),
-            startup_grace_ms: AtomicU64::new(duration_ms(DEFAULT_STARTUP_GRACE)),
-        }
-    }
-
-    /// Shorthand for callers that only know whether they hold any partition.
-    pub fn set_assigned(&self, assigned: bool) {
-        self.set_assigned_partitions(usize::from(assigned));
-    }
-
-    pub fn set_assigned_partitions(&self, count: usize) {
-        self.assigned_partitions.store(count, Ordering::Relaxed);
-    }
-
-    pub fn assigned_partitions(&self) -> usize {
-        self.assigned_partitions.load(Ordering::Relaxed)
-    }
-
-    pub fn set_table_loaded(&self, loaded: bool) {
-        self.table_loaded.store(loaded, Ordering::Relaxed);
-    }
-
-    /// Called after every poll loop iteration, including idle ones, so that silence means the
-    /// loop is stuck rather than that the topic is quiet.
-    pub fn mark_progress(&self) {
-        self.last_progress_ms
-            .store(self.now_ms(), Ordering::Relaxed);
-    }
-
-    /// Readiness fails after this long without progress; liveness after twice as long.
-    pub fn set_stall_after(&self, stall_after: Duration) {
-        self.stall_after_ms
-            .store(duration_ms(stall_after), Ordering::Relaxed);
-    }
-
-    /// How long after creation liveness holds without any progress having been recorded.
-    pub fn set_startup_grace(&self, grace: Duration) {
-        self.startup_grace_ms
-            .store(duration_ms(grace), Ordering::Relaxed);
-    }
-
-    /// Ready = at least one partition assigned, code table loaded, and progress within the stall
-    /// threshold. The error lists every failing condition, for the probe log.
-    pub fn is_ready(&self) -> Result<(), String> {
-        self.ready_at(self.now_ms())
-    }
-
-    /// Alive = progress within twice the stall threshold, or no progress yet but still within
-    /// the startup grace.
-    pub fn is_alive(&self) -> Result<(), String> {
-        self.alive_at(self.now_ms())
-    }
-
-    fn ready_at(&self, now_ms: u64) -> Result<(), String> {
-        let mut failing = Vec::new();
-        if self.assigned_partitions.load(Ordering::Relaxed) == 0 {
-            failing.push("no partitions assigned".to_owned());
-        }
-        if !self.table_loaded.load(Ordering::Relaxed) {
-            failing.push("code table not loaded".to_owned());
-        }
-        let stall_after = self.stall_after_ms.load(Ordering::Relaxed);
-        match self.last_progress_ms.load(Ordering::Relaxed) {
-            NEVER => failing.push("poll loop has not made progress yet".to_owned()),
-            last => {
-                let since = now_ms.saturating_sub(last);
-                if since > stall_after {
-                    failing.push(format!(
-                        "poll loop stalled: last progress {} ago (threshold {})",
-                        fmt_ms(since),
-                        fmt_ms(stall_after)
-                    ));
-                }
-            }
-        }
-        if failing.is_empty() {
-            Ok(())
-        } else {
-            Err(failing.join("; "))
-        }
-    }
-
-    fn alive_at(&self, now_ms: u64) -> Result<(), String> {
-        let limit = self
-            .stall_after_ms
-            .load(Ordering::Relaxed)
-            .saturating_mul(2);
-        match self.last_progress_ms.load(Ordering::Relaxed) {
-            NEVER => {
-                let grace = self.startup_grace_ms.load(Ordering::Relaxed);
-                if now_ms <= grace {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "poll loop made no progress within the startup grace of {}",
-                        fmt_ms(grace)
-                    ))
-                }
-            }
-            last => {
-                let since = now_ms.saturating_sub(last);
-                if since <= limit {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "poll loop hung: last progress {} ago (limit {})",
-                        fmt_ms(since),
-                        fmt_ms(limit)
-                    ))
-                }
-            }
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        duration_ms(self.base.elapsed())
-    }
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn fmt_ms(ms: u64) -> String {
-    format!("{:.3}s", Duration::from_millis(ms).as_secs_f64())
-}
 
 #[derive(Clone)]
 struct AdminState {
@@ -217,6 +51,8 @@ fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> Response {
+    // The state is worked out at the scrape, like the probes, so it is never older than that.
+    state.metrics.set_worker_state(state.health.state());
     match state.metrics.render() {
         Ok(body) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response(),
         Err(e) => {
@@ -270,6 +106,11 @@ impl AdminHandle {
     /// The bound address; differs from the requested one when port 0 was asked for.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Whether the server thread has ended (it should not, before [`AdminHandle::shutdown`]).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Stops accepting, gives in-flight requests a short grace, and joins the thread.
@@ -372,6 +213,7 @@ async fn run(
 mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
+    use std::time::Instant;
 
     use super::*;
 
@@ -437,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn readiness_needs_assignment_table_and_progress() {
+    fn readiness_needs_assignment_table_and_a_turning_loop() {
         let (admin, _metrics, health) = start();
         let addr = admin.local_addr();
 
@@ -445,10 +287,11 @@ mod tests {
         assert_eq!(r.status, 503);
         assert!(r.body.contains("no partitions assigned"), "{}", r.body);
         assert!(r.body.contains("code table not loaded"), "{}", r.body);
-        assert!(r.body.contains("not made progress"), "{}", r.body);
+        assert!(r.body.contains("poll loop not started"), "{}", r.body);
 
         health.set_assigned_partitions(3);
-        health.mark_progress();
+        let poll_loop = health.register(POLL_LOOP);
+        poll_loop.beat();
         let r = get(addr, "/readyz");
         assert_eq!(r.status, 503);
         assert!(!r.body.contains("no partitions assigned"), "{}", r.body);
@@ -498,7 +341,8 @@ mod tests {
         let addr = admin.local_addr();
         health.set_assigned_partitions(1);
         health.set_table_loaded(true);
-        health.mark_progress();
+        let poll_loop = health.register(POLL_LOOP);
+        poll_loop.beat();
         assert_eq!(get(addr, "/readyz").status, 200);
 
         health.set_stall_after(Duration::from_millis(20));
@@ -506,18 +350,55 @@ mod tests {
             get(addr, "/readyz").status == 503
         });
         let r = get(addr, "/readyz");
-        assert!(r.body.contains("poll loop stalled"), "{}", r.body);
+        assert!(r.body.contains("poll loop not turning"), "{}", r.body);
         wait_until("healthz to report the hang", || {
             get(addr, "/healthz").status == 503
         });
         let r = get(addr, "/healthz");
-        assert!(r.body.contains("poll loop hung"), "{}", r.body);
+        assert!(
+            r.body.contains("poll loop thread not turning"),
+            "{}",
+            r.body
+        );
 
         health.set_stall_after(Duration::from_secs(60));
-        health.mark_progress();
+        poll_loop.beat();
         assert_eq!(get(addr, "/readyz").status, 200);
         assert_eq!(get(addr, "/healthz").status, 200);
 
+        admin.shutdown().expect("clean shutdown");
+    }
+
+    #[test]
+    fn metrics_export_the_worker_state_one_hot() {
+        let (admin, _metrics, health) = start();
+        let addr = admin.local_addr();
+        let r = get(addr, "/metrics");
+        for state in WorkerState::ALL {
+            let value = if state == WorkerState::Starting { 1 } else { 0 };
+            let line = format!("promo_worker_state{{state=\"{}\"}} {value}", state.as_str());
+            assert!(r.body.lines().any(|l| l == line), "{line} in:\n{}", r.body);
+        }
+        health.set_assigned_partitions(1);
+        health.set_table_loaded(true);
+        let poll_loop = health.register(POLL_LOOP);
+        poll_loop.beat();
+        health.pass(true);
+        let r = get(addr, "/metrics");
+        assert!(
+            r.body
+                .lines()
+                .any(|l| l == r#"promo_worker_state{state="idle"} 1"#),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body
+                .lines()
+                .any(|l| l == r#"promo_worker_state{state="starting"} 0"#),
+            "{}",
+            r.body
+        );
         admin.shutdown().expect("clean shutdown");
     }
 
@@ -579,7 +460,8 @@ mod tests {
             let health = Arc::new(Health::new());
             health.set_assigned_partitions(1);
             health.set_table_loaded(true);
-            health.mark_progress();
+            let poll_loop = health.register(POLL_LOOP);
+            poll_loop.beat();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let server = tokio::spawn(serve(
                 listener,
@@ -596,46 +478,5 @@ mod tests {
             tx.send(()).expect("signal");
             server.await.expect("join").expect("serve");
         });
-    }
-
-    // The probe logic at chosen instants, independent of scheduling.
-
-    #[test]
-    fn ready_follows_the_stall_threshold_exactly() {
-        let h = Health::new();
-        h.set_assigned_partitions(2);
-        h.set_table_loaded(true);
-        h.set_stall_after(Duration::from_millis(1000));
-        h.last_progress_ms.store(5_000, Ordering::Relaxed);
-        assert_eq!(h.ready_at(5_000), Ok(()));
-        assert_eq!(h.ready_at(6_000), Ok(()));
-        let err = h.ready_at(6_001).expect_err("stalled");
-        assert!(err.contains("stalled"), "{err}");
-        // A progress mark later than "now" (cannot happen on a monotonic clock) is not a stall.
-        assert_eq!(h.ready_at(4_000), Ok(()));
-    }
-
-    #[test]
-    fn alive_allows_twice_the_stall_threshold() {
-        let h = Health::new();
-        h.set_stall_after(Duration::from_millis(1000));
-        h.last_progress_ms.store(5_000, Ordering::Relaxed);
-        assert_eq!(h.alive_at(7_000), Ok(()));
-        assert!(h.alive_at(7_001).is_err());
-        // Liveness ignores assignment and the table: rebalancing or reloading is not a hang.
-        h.set_assigned(false);
-        h.set_table_loaded(false);
-        assert_eq!(h.alive_at(6_000), Ok(()));
-    }
-
-    #[test]
-    fn alive_during_startup_grace_only() {
-        let h = Health::new();
-        h.set_startup_grace(Duration::from_millis(3000));
-        assert_eq!(h.alive_at(0), Ok(()));
-        assert_eq!(h.alive_at(3_000), Ok(()));
-        let err = h.alive_at(3_001).expect_err("grace over");
-        assert!(err.contains("startup grace"), "{err}");
-        assert!(h.ready_at(0).is_err());
     }
 }

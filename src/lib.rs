@@ -40,5 +40,6 @@ pub mod redis;
 pub mod run;
 pub mod schema;
 pub mod settings;
+pub mod supervise;
 pub mod table_source;
 pub mod timefmt;

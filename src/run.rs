@@ -12,6 +12,7 @@ use crate::kafka::{WorkerExit, run_worker};
 use crate::metrics::Metrics;
 use crate::redis::code_sync::{self, StartError};
 use crate::settings::{CodeSource, LogFormat, Settings, redacted_url};
+use crate::supervise::{self, Ended, Watched};
 use crate::table_source::{SourceError, load_from_files};
 
 /// Exit codes of `run`: the supervisor restarts on anything but 0.
@@ -58,7 +59,7 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
         .admin
         .listen_addr()
         .map_err(|e| (exit::CONFIG, e))?;
-    let admin = match admin_addr {
+    let mut admin = match admin_addr {
         Some(addr) => Some(
             spawn_admin(addr, metrics.clone(), health.clone())
                 .map_err(|e| (exit::CONFIG, e.to_string()))?,
@@ -77,6 +78,7 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
         Duration::from_secs(settings.worker.shutdown_deadline_secs),
     );
 
+    let mut follower = None;
     let table = match settings.codes.effective_source() {
         CodeSource::Files => {
             let table = load_from_files(&settings.codes).map_err(|e| match e {
@@ -107,7 +109,10 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
                 health.clone(),
                 shutdown.clone(),
             ) {
-                Ok((table, _follower)) => table,
+                Ok((table, thread)) => {
+                    follower = Some(thread);
+                    table
+                }
                 // Asked to stop while waiting for a table: nothing was read, so nothing to drain.
                 Err(StartError::Shutdown) => return Ok(exit::DRAINED),
                 Err(other) => return Err((exit::FATAL, other.to_string())),
@@ -115,24 +120,72 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
         }
     };
 
+    // Readiness reports a stale table (crediting paused) even when no batch tries to use it.
+    let probed = table.clone();
+    health.watch_table(move || probed.check_fresh().err().map(|stale| stale.to_string()));
+
     let deps = WorkerDeps {
         settings: settings.clone(),
         table,
         metrics,
         health,
-        shutdown,
+        shutdown: shutdown.clone(),
     };
     let worker = std::thread::Builder::new()
         .name("kafka-loop".into())
         .spawn(move || run_worker(deps))
         .map_err(|e| (exit::FATAL, format!("cannot start the poll loop: {e}")))?;
-    let outcome = worker
-        .join()
-        .map_err(|_| (exit::FATAL, "the poll loop panicked".to_string()))?;
+    let mut others = Vec::new();
+    if let Some(follower) = &follower {
+        others.push(Watched {
+            name: code_sync::THREAD,
+            finished: Box::new(|| follower.is_finished()),
+        });
+    }
+    if let Some(admin) = &admin {
+        others.push(Watched {
+            name: "admin",
+            finished: Box::new(|| admin.is_finished()),
+        });
+    }
+    let ended = supervise::wait(&|| worker.is_finished(), &others, &shutdown);
+    drop(others);
+    let died = match ended {
+        Ended::PollLoop => None,
+        Ended::Unexpectedly(name) => {
+            let why = match name {
+                code_sync::THREAD => follower.take().map(|t| t.join()),
+                _ => admin
+                    .take()
+                    .map(|a| a.shutdown().map_err(|e| Box::new(e.to_string()) as _)),
+            }
+            .map_or_else(
+                || "ended".to_owned(),
+                |joined| match joined {
+                    Ok(_) => "returned".to_owned(),
+                    Err(payload) => format!("panicked: {}", supervise::panic_message(&*payload)),
+                },
+            );
+            // Which thread, and why, in one line: the exit code alone says only "fatal".
+            tracing::error!(
+                thread = name,
+                "the {name} thread {why}; draining and exiting"
+            );
+            Some(format!("the {name} thread {why}"))
+        }
+    };
+    let outcome = worker.join().map_err(|payload| {
+        let message = supervise::panic_message(&*payload);
+        tracing::error!(thread = "kafka-loop", "the poll loop panicked: {message}");
+        (exit::FATAL, format!("the poll loop panicked: {message}"))
+    })?;
     if let Some(admin) = admin
         && let Err(e) = admin.shutdown()
     {
         tracing::warn!(error = %e, "admin server did not stop cleanly");
+    }
+    if let Some(died) = died {
+        return Err((exit::FATAL, died));
     }
     match outcome {
         Ok(WorkerExit::Drained) => Ok(exit::DRAINED),

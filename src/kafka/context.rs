@@ -10,7 +10,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 
 use super::pipeline::Pipeline;
-use crate::admin::Health;
+use crate::admin::{Backlog, Health};
 use crate::metrics::Metrics;
 
 pub struct WorkerContext {
@@ -44,11 +44,28 @@ impl ClientContext for WorkerContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        let mut backlog = Backlog::default();
         if let Some(topic) = statistics.topics.get(&self.input_topic) {
             for (partition, stats) in &topic.partitions {
                 // librdkafka lists an internal partition -1 and reports -1 until it knows.
                 if *partition < 0 {
                     continue;
+                }
+                // An assigned partition still fetching its committed offset has no position:
+                // whatever waits there is not being read (a pending transactional offset commit
+                // of a dead instance keeps it so until the broker aborts that transaction).
+                tracing::debug!(
+                    partition,
+                    desired = stats.desired,
+                    fetch_state = %stats.fetch_state,
+                    app_offset = stats.app_offset,
+                    committed_offset = stats.committed_offset,
+                    ls_offset = stats.ls_offset,
+                    hi_offset = stats.hi_offset,
+                    "input partition statistics"
+                );
+                if stats.desired && stats.fetch_state != "active" {
+                    backlog.unpositioned += 1;
                 }
                 let lag = if stats.consumer_lag >= 0 {
                     stats.consumer_lag
@@ -61,9 +78,13 @@ impl ClientContext for WorkerContext {
                 } else {
                     continue;
                 };
+                if stats.desired {
+                    backlog.records = backlog.records.saturating_add(lag);
+                }
                 self.metrics.set_lag(&self.input_topic, *partition, lag);
             }
         }
+        self.health.set_backlog(backlog);
     }
 }
 

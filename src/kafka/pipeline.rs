@@ -187,6 +187,11 @@ impl Pipeline {
         self.deferred.lock().ok().and_then(|mut slot| slot.take())
     }
 
+    /// Whether a batch is open (records read and not yet committed).
+    pub fn is_open(&self) -> bool {
+        self.batch.lock().is_ok_and(|batch| batch.open)
+    }
+
     /// Whether the open batch should be committed now: it is full, or as old as
     /// `batch_max_ms`, or the consumer had nothing more ready (`idle`) and it is at least
     /// `batch_min_ms` old.

@@ -15,7 +15,7 @@ use rdkafka::util::Timeout;
 use super::context::WorkerContext;
 use super::pipeline::{DeliveryTracker, Pipeline};
 use super::{Failure, consumer_config, producer_config};
-use crate::admin::Health;
+use crate::admin::{Health, Heartbeat, POLL_LOOP};
 use crate::metrics::Metrics;
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
@@ -40,6 +40,9 @@ pub enum WorkerExit {
 const POLL_SLICE: Duration = Duration::from_millis(100);
 
 pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
+    // Registered before the clients are created: from here on a hang (in init_transactions as
+    // much as in the loop) fails liveness, after the startup grace for the first beat.
+    let heartbeat = deps.health.register(POLL_LOOP);
     let settings = deps.settings.clone();
     let kafka = &settings.kafka;
     let transactional_id = kafka.effective_transactional_id();
@@ -80,7 +83,7 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
         "worker started"
     );
 
-    let outcome = poll_loop(&consumer, &pipeline, &deps)
+    let outcome = poll_loop(&consumer, &pipeline, &deps, &heartbeat)
         .and_then(|()| drain(&consumer, &pipeline, &settings));
     if outcome.is_err() {
         // Dropping the consumer runs the revoke callback, which would otherwise commit whatever
@@ -90,31 +93,48 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
     outcome.map(|()| WorkerExit::Drained)
 }
 
+/// What one pass of the loop did.
+enum Pass {
+    Committed,
+    /// Nothing was ready and no batch is open.
+    Idle,
+    Busy,
+}
+
 fn poll_loop(
     consumer: &BaseConsumer<WorkerContext>,
     pipeline: &Pipeline,
     deps: &WorkerDeps,
+    heartbeat: &Heartbeat,
 ) -> Result<(), Failure> {
     let mut backoff = Backoff::new(Duration::from_millis(deps.settings.worker.max_backoff_ms));
     while !deps.shutdown.load(Ordering::SeqCst) {
-        deps.health.mark_progress();
+        // A turn of the loop proves it is alive, not that it does anything useful: that is
+        // reported separately (committed, idle, failing) for readiness.
+        heartbeat.beat();
         if let Some(failure) = pipeline.take_deferred() {
-            recover(consumer, pipeline, deps, failure, &mut backoff)?;
+            recover(consumer, pipeline, deps, failure, &mut backoff, heartbeat)?;
             continue;
         }
         let step = poll_once(consumer, pipeline).and_then(|idle| {
             if pipeline.is_due(idle)? {
-                pipeline.commit(consumer).map(|()| true)
+                pipeline.commit(consumer).map(|()| Pass::Committed)
+            } else if idle && !pipeline.is_open() {
+                Ok(Pass::Idle)
             } else {
-                Ok(false)
+                Ok(Pass::Busy)
             }
         });
         match step {
             // Only a batch that made it all the way through proves the trouble is over; an idle
             // poll right after a rewind proves nothing.
-            Ok(true) => backoff.reset(),
-            Ok(false) => {}
-            Err(failure) => recover(consumer, pipeline, deps, failure, &mut backoff)?,
+            Ok(Pass::Committed) => {
+                backoff.reset();
+                deps.health.batch_committed();
+            }
+            Ok(Pass::Idle) => deps.health.pass(true),
+            Ok(Pass::Busy) => deps.health.pass(false),
+            Err(failure) => recover(consumer, pipeline, deps, failure, &mut backoff, heartbeat)?,
         }
     }
     Ok(())
@@ -151,18 +171,20 @@ fn recover(
     deps: &WorkerDeps,
     failure: Failure,
     backoff: &mut Backoff,
+    heartbeat: &Heartbeat,
 ) -> Result<(), Failure> {
     if let Failure::Fatal(_) = failure {
         tracing::error!(error = %failure, "fatal failure; exiting so the supervisor restarts the worker");
         return Err(failure);
     }
+    deps.health.batch_failed(&failure.to_string());
     let wait = backoff.next();
     tracing::warn!(error = %failure, wait_ms = wait.as_millis() as u64, "aborting the batch and retrying");
     let mut rewind = pipeline.abort_and_rewind(consumer)?;
     deps.metrics.set_paused(true);
     let until = Instant::now() + wait;
     while Instant::now() < until && !deps.shutdown.load(Ordering::SeqCst) {
-        deps.health.mark_progress();
+        heartbeat.beat();
         match consumer.poll(POLL_SLICE.min(until.saturating_duration_since(Instant::now()))) {
             Some(Ok(message)) => {
                 rewind.note(message.topic(), message.partition(), message.offset())

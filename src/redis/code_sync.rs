@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::admin::Health;
+use crate::admin::{Health, Heartbeat};
 use crate::codes::CodeTable;
 use crate::metrics::Metrics;
 use crate::redis::store::snapshot::decode_delta;
@@ -40,7 +40,13 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// The name the follower registers its heartbeat under.
+pub const THREAD: &str = "code-sync";
+
 /// Loads the current version (waiting for it as configured), then starts the follower thread.
+/// Both beat the heartbeat `code-sync` on every turn, waiting on Redis included; the thread's
+/// end (shutdown, or a panic) ends the heartbeat, so the caller must treat an unexpected end of
+/// the returned handle as fatal.
 pub fn start(
     settings: &StoreSettings,
     metrics: Arc<Metrics>,
@@ -48,6 +54,7 @@ pub fn start(
     shutdown: Arc<AtomicBool>,
 ) -> Result<(TableHandle, JoinHandle<()>), StartError> {
     let follower = Follower {
+        heartbeat: health.register(THREAD),
         settings: settings.clone(),
         metrics,
         shutdown,
@@ -61,6 +68,7 @@ pub fn start(
 }
 
 struct Follower {
+    heartbeat: Heartbeat,
     settings: StoreSettings,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
@@ -122,6 +130,7 @@ impl Follower {
             if self.stopping() {
                 return Err(StartError::Shutdown);
             }
+            self.heartbeat.beat();
             let attempt = Store::connect(&self.settings).and_then(|mut store| {
                 let pointer = store.pointer()?;
                 self.metrics.set_redis_up(true);
@@ -161,6 +170,7 @@ impl Follower {
     fn sleep(&self, total: Duration) {
         let until = Instant::now() + total;
         while !self.stopping() && Instant::now() < until {
+            self.heartbeat.beat();
             std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
         }
     }
@@ -254,6 +264,7 @@ impl Follower {
         *connected = true;
         let mut last_check = Instant::now();
         while !self.stopping() {
+            self.heartbeat.beat();
             let announced = match pubsub.get_message() {
                 Ok(_) => true,
                 Err(e) if e.is_timeout() => false,
@@ -329,9 +340,7 @@ impl Follower {
     /// only while Redis's host and this one agree on the time (NTP); a negative difference is
     /// not reported.
     fn since_publish(&self) -> Option<f64> {
-        let published = self.published_ms?;
-        let now = chrono::Utc::now().timestamp_millis();
-        (now >= published).then(|| (now - published) as f64 / 1000.0)
+        seconds_since(self.published_ms?, chrono::Utc::now().timestamp_millis())
     }
 
     fn poll_interval(&self) -> Duration {
@@ -445,6 +454,16 @@ impl Follower {
     }
 }
 
+/// Seconds from `published_ms` to `now_ms`, both Unix milliseconds; `None` when negative (clock
+/// skew) or not representable. `published_ms` comes from the store, so any i64 is possible:
+/// a plain subtraction overflowed (and panicked the thread in a debug build) on extreme values.
+fn seconds_since(published_ms: i64, now_ms: i64) -> Option<f64> {
+    now_ms
+        .checked_sub(published_ms)
+        .filter(|ms| *ms >= 0)
+        .map(|ms| ms as f64 / 1000.0)
+}
+
 /// Returns freed heap memory to the system. A replaced table is millions of small blocks freed
 /// at once; glibc keeps such memory in its arenas, so without this the resident size of a worker
 /// grows by a table's size with every bulk change, up to the peak of two tables plus buffers.
@@ -454,5 +473,19 @@ fn release_memory() {
     // it takes the arena locks itself and touches no live allocation.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds_since;
+
+    #[test]
+    fn publish_lag_survives_any_stored_time() {
+        assert_eq!(seconds_since(1_000, 3_500), Some(2.5));
+        assert_eq!(seconds_since(4_000, 3_500), None);
+        assert_eq!(seconds_since(i64::MIN, 3_500), None);
+        assert_eq!(seconds_since(i64::MAX, -1), None);
+        assert_eq!(seconds_since(-5, i64::MAX), None);
     }
 }

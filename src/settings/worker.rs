@@ -39,6 +39,12 @@ pub struct KafkaSettings {
     /// A batch is committed as soon as the consumer has nothing more ready, but not before it is
     /// this old, so that under load commits stay amortised over many records.
     pub batch_min_ms: u64,
+    /// `transaction.timeout.ms` of the producer: how long the transaction coordinator waits for
+    /// an open transaction before aborting it itself. It bounds how long an instance that died
+    /// for good (never restarted with its id) holds back `read_committed` readers and the
+    /// committed offsets of its partitions. A transaction lasts one batch (at most
+    /// `batch_max_ms`, plus a detector step bounded by `store.io_timeout_ms`, plus the commit),
+    /// far below this; librdkafka also caps each output's delivery time at it.
     pub transaction_timeout_ms: u64,
     /// librdkafka properties for both clients (security.protocol, sasl.*, ssl.*, ...).
     pub common: BTreeMap<String, String>,
@@ -62,7 +68,10 @@ impl Default for KafkaSettings {
             batch_max_records: 2000,
             batch_max_ms: 100,
             batch_min_ms: 10,
-            transaction_timeout_ms: 60_000,
+            // 30 s: the dead instance's transaction is aborted within half a minute, yet it stays
+            // not below librdkafka's request timeout (30 s), so a slow produce during a broker
+            // bounce is not cut short (Kafka's own transaction system test uses the same rule).
+            transaction_timeout_ms: 30_000,
             common: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),

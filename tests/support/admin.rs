@@ -44,18 +44,52 @@ pub fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// The body of `GET /metrics`.
 pub fn scrape(address: &str) -> String {
+    get(address, "/metrics").1
+}
+
+pub fn metric_value(address: &str, name: &str) -> f64 {
+    super::metric(&scrape(address), name).unwrap_or(f64::NAN)
+}
+
+/// `GET path` on the admin port: the status code and the body.
+pub fn get(address: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the admin port");
     stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
         .expect("send the request");
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
         .expect("read the response");
-    response
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
-pub fn metric_value(address: &str, name: &str) -> f64 {
-    super::metric(&scrape(address), name).unwrap_or(f64::NAN)
+/// Polls `GET path` until `accept(status, body)` holds or `timeout` passes; returns the last
+/// answer and whether it was accepted.
+pub fn wait_for(
+    address: &str,
+    path: &str,
+    timeout: Duration,
+    accept: impl Fn(u16, &str) -> bool,
+) -> (bool, u16, String) {
+    let mut last = (0, String::new());
+    let held = wait_until(timeout, || {
+        last = get(address, path);
+        accept(last.0, &last.1)
+    });
+    (held, last.0, last.1)
 }

@@ -200,10 +200,29 @@ impl Store {
         }
     }
 
+    /// A failed read of `version`'s keys: a key of the wrong type or a value the client cannot
+    /// convert is the content's fault, not Redis's, so the version is refused (and counted)
+    /// rather than retried as an outage forever.
+    fn read_failure(&self, version: u64, key: &str, source: redis::RedisError) -> StoreError {
+        let content = source.code() == Some("WRONGTYPE")
+            || source.kind() == redis::ErrorKind::UnexpectedReturnType;
+        if content {
+            StoreError::Corrupt {
+                version,
+                reason: format!("{key}: {source}"),
+            }
+        } else {
+            self.redis(source)
+        }
+    }
+
     /// The version in force, `None` before the first publish.
     pub fn current_version(&mut self) -> Result<Option<u64>, StoreError> {
         let key = self.keys.current();
-        let value: Option<String> = self.connection.get(&key).map_err(|e| self.redis(e))?;
+        let value: Option<String> = self
+            .connection
+            .get(&key)
+            .map_err(|e| self.read_failure(0, &key, e))?;
         match value {
             None => Ok(None),
             Some(text) => text.parse().map(Some).map_err(|_| StoreError::Corrupt {
@@ -248,21 +267,42 @@ impl Store {
 
     /// What a version says about itself, without its content.
     pub fn load_meta(&mut self, version: u64) -> Result<VersionMeta, StoreError> {
-        let (meta, published_ms): (Option<String>, Option<i64>) = redis::cmd("HMGET")
-            .arg(self.keys.version(version))
+        let key = self.keys.version(version);
+        // Read as bytes and parsed here: every field is the store's content, which a typo, a
+        // bad restore or a hostile write can make anything at all.
+        let (meta, published_ms): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(&key)
             .arg("meta")
             .arg("published_ms")
             .query(&mut self.connection)
-            .map_err(|e| self.redis(e))?;
+            .map_err(|e| self.read_failure(version, &key, e))?;
         let Some(json) = meta else {
             return Err(StoreError::MissingVersion(version));
         };
+        let corrupt = |reason: String| StoreError::Corrupt { version, reason };
         let mut meta: VersionMeta =
-            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
-                version,
-                reason: format!("meta: {e}"),
-            })?;
-        meta.published_ms = published_ms;
+            serde_json::from_slice(&json).map_err(|e| corrupt(format!("meta: {e}")))?;
+        if meta.version != version {
+            // The meta's number is what the CLI builds on and reports; one naming another
+            // version would have the next change made from the wrong base.
+            return Err(corrupt(format!(
+                "meta names version {} under {key}",
+                meta.version
+            )));
+        }
+        meta.published_ms = published_ms
+            .map(|raw| {
+                std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|text| text.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        corrupt(format!(
+                            "published_ms holds {:?}, not a Unix time in milliseconds",
+                            String::from_utf8_lossy(&raw)
+                        ))
+                    })
+            })
+            .transpose()?;
         Ok(meta)
     }
 
@@ -272,7 +312,10 @@ impl Store {
         // The chunk count comes from the stored meta: a corrupt or hostile value must not size
         // an allocation, so it is checked against the fields the hash really has (meta,
         // partners, programs, one per chunk, and published_ms once the version is published).
-        let fields_held: usize = self.connection.hlen(&key).map_err(|e| self.redis(e))?;
+        let fields_held: usize = self
+            .connection
+            .hlen(&key)
+            .map_err(|e| self.read_failure(version, &key, e))?;
         if meta.chunks > fields_held.saturating_sub(3) {
             return Err(StoreError::Corrupt {
                 version,
@@ -288,7 +331,7 @@ impl Store {
             .arg(&key)
             .arg(&fields)
             .query(&mut self.connection)
-            .map_err(|e| self.redis(e))?;
+            .map_err(|e| self.read_failure(version, &key, e))?;
         let mut values = values.into_iter();
         let mut next = |field: &str| {
             values.next().flatten().ok_or_else(|| StoreError::Corrupt {
