@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,54 +12,18 @@ use std::time::Duration;
 use promo_attribution::admin::Health;
 use promo_attribution::metrics::Metrics;
 use promo_attribution::redis::code_sync;
-use promo_attribution::redis::store::{Keys, Store, StoreError};
+use promo_attribution::redis::store::{Keys, Store, StoreError, VersionMeta};
 use promo_attribution::settings::StoreSettings;
-use support::{codes_csv, metric, partners_csv, redis_url, unique_prefix, wait_until};
+use support::store::{codes, import_samples, redis_connection as connection};
+use support::{metric, redis_url, text, unique_prefix, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn codes(url: &str, prefix: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_promo-attribution"))
-        .arg("codes")
-        .args(["--redis-url", url, "--prefix", prefix])
-        .args(args)
-        .env_remove("PROMO__STORE__REDIS_URL")
-        .output()
-        .expect("run promo-attribution codes")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn store_settings(url: &str, prefix: &str) -> StoreSettings {
     StoreSettings {
-        redis_url: url.to_string(),
-        key_prefix: prefix.to_string(),
         poll_interval_ms: 100,
-        ..StoreSettings::default()
+        ..support::store::store_settings(url, prefix)
     }
-}
-
-fn connection(url: &str) -> redis::Connection {
-    redis::Client::open(url)
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-        .expect("connect to the test Redis")
-}
-
-/// Publishes the sample table as version 1.
-fn import_samples(url: &str, prefix: &str) {
-    let out = codes(
-        url,
-        prefix,
-        &[
-            "import",
-            &codes_csv().display().to_string(),
-            "--partners",
-            &partners_csv().display().to_string(),
-        ],
-    );
-    assert!(out.status.success(), "import: {}", text(&out.stderr));
 }
 
 /// Writes version `to` as a copy of version 1 (its meta renumbered), with `published_ms`
@@ -186,7 +149,8 @@ fn the_follower_refuses_counts_keeps_and_then_follows_the_next_good_version() {
         shutdown.clone(),
     )
     .expect("start on version 1");
-    assert_eq!(table.current().version(), "1");
+    let number = || VersionMeta::version_number(table.current().version());
+    assert_eq!(number(), Some(1));
     let refused = || {
         metric(
             &metrics.render().expect("render"),
@@ -200,14 +164,14 @@ fn the_follower_refuses_counts_keeps_and_then_follows_the_next_good_version() {
         "version 2 counted as refused: {:?}",
         refused()
     );
-    assert_eq!(table.current().version(), "1", "the previous table stays");
+    assert_eq!(number(), Some(1), "the previous table stays");
     let text = metrics.render().expect("render");
     assert_eq!(metric(&text, "promo_redis_up"), Some(1.0), "not an outage");
 
     // Published at the smallest time an i64 holds: the publish lag must not overflow.
     publish_copy(url, &prefix, 3, &i64::MIN.to_string());
     assert!(
-        wait_until(DEADLINE, || table.current().version() == "3"),
+        wait_until(DEADLINE, || number() == Some(3)),
         "the next good version is followed (code-sync alive: {})",
         !thread.is_finished()
     );
