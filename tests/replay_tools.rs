@@ -125,6 +125,55 @@ fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
     );
     let worker_alerts = payloads(&read_settled(&names.alerts, alerts.len()));
     assert_same_records(&alerts, &worker_alerts, "alerts");
+    let to_topic = format!("{}.replayed", names.input);
+    let produced = replay(
+        &names,
+        &[
+            "--table-version",
+            "1",
+            "--redis-url",
+            url,
+            "--prefix",
+            &prefix,
+            "--to-topic",
+            &to_topic,
+            "--from-time",
+            "2000-01-01T00:00:00Z",
+            "--to-time",
+            "2100-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(
+        produced.status.code(),
+        Some(0),
+        "{}",
+        text(&produced.stderr)
+    );
+    assert!(
+        text(&produced.stderr).contains("replayed 81 records"),
+        "the time range holds every record: {}",
+        text(&produced.stderr)
+    );
+    let replayed = payloads(&read_settled(&format!("{to_topic}.conversions"), 80));
+    assert_same_records(
+        &replayed,
+        &conversions,
+        "conversions produced by the replay",
+    );
+    let future = replay(
+        &names,
+        &[
+            "--codes",
+            &support::codes_csv().display().to_string(),
+            "--from-time",
+            "2100-01-01T00:00:00Z",
+        ],
+    );
+    assert!(
+        text(&future.stderr).contains("replayed 0 records"),
+        "{}",
+        text(&future.stderr)
+    );
     let rejected = lines(&out_dir.join("rejected.jsonl"));
     assert_eq!(rejected.len(), 1);
     assert_eq!(field(&rejected[0], "reason"), "malformed_json");
