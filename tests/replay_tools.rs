@@ -28,6 +28,32 @@ fn replay(names: &Names, args: &[&str]) -> Output {
         .expect("run promo-attribution replay")
 }
 
+/// `replay` deciding with store version `version` under `prefix`.
+fn replay_version(names: &Names, prefix: &str, version: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--table-version",
+        version,
+        "--redis-url",
+        redis_url(),
+        "--prefix",
+        prefix,
+    ];
+    args.extend_from_slice(extra);
+    replay(names, &args)
+}
+
+/// Stdout of a run that must have exited with `code`.
+fn exited(output: &Output, code: i32) -> String {
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&output.stderr)
+    );
+    stdout
+}
+
 fn verify_args(names: &Names) -> Vec<String> {
     vec![
         "--verify-topic".into(),
@@ -37,6 +63,21 @@ fn verify_args(names: &Names) -> Vec<String> {
         "--verify-dlq-topic".into(),
         names.dlq.clone(),
     ]
+}
+
+/// Topics, a store prefix with the sample table imported as version 1, and a temp dir.
+fn store_test(test: &str) -> (&'static str, String, Names, tempfile::TempDir) {
+    let url = redis_url();
+    let prefix = unique_prefix(test);
+    let names = Names::new(test);
+    names.create_topics(2);
+    import_samples(url, &prefix);
+    (url, prefix, names, tempfile::tempdir().expect("temp dir"))
+}
+
+fn read_input(names: &Names) -> Vec<RawRecord> {
+    tools::read_all(brokers(), &names.input, Isolation::ReadCommitted, WAIT)
+        .expect("read the input")
 }
 
 fn lines(path: &Path) -> Vec<Vec<u8>> {
@@ -59,12 +100,7 @@ fn stop(mut worker: ChildWorker) {
 
 #[test]
 fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
-    let url = redis_url();
-    let prefix = unique_prefix("replay-same");
-    let names = Names::new("replay-same");
-    names.create_topics(2);
-    import_samples(url, &prefix);
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (url, prefix, names, dir) = store_test("replay-same");
     let worker = spawn_worker(
         &names,
         &store_sets(url, &prefix, &[]),
@@ -86,26 +122,10 @@ fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
 
     let out_dir = dir.path().join("replay");
     let out_path = out_dir.display().to_string();
-    let mut args = vec![
-        "--table-version",
-        "1",
-        "--redis-url",
-        url,
-        "--prefix",
-        &prefix,
-        "--output-dir",
-        &out_path,
-    ];
     let verify = verify_args(&names);
+    let mut args = vec!["--output-dir", &out_path];
     args.extend(verify.iter().map(String::as_str));
-    let audit = replay(&names, &args);
-    let stdout = text(&audit.stdout);
-    assert_eq!(
-        audit.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        text(&audit.stderr)
-    );
+    let stdout = exited(&replay_version(&names, &prefix, "1", &args), 0);
     assert!(
         stdout.contains(
             "summary: 81 records: 81 identical, 0 same decision with another table, 0 decision changed, 0 missing, 0 extra, 0 not comparable (stateful detectors), 0 unchecked"
@@ -126,15 +146,11 @@ fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
     let worker_alerts = payloads(&read_settled(&names.alerts, alerts.len()));
     assert_same_records(&alerts, &worker_alerts, "alerts");
     let to_topic = format!("{}.replayed", names.input);
-    let produced = replay(
+    let produced = replay_version(
         &names,
+        &prefix,
+        "1",
         &[
-            "--table-version",
-            "1",
-            "--redis-url",
-            url,
-            "--prefix",
-            &prefix,
             "--to-topic",
             &to_topic,
             "--from-time",
@@ -143,12 +159,7 @@ fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
             "2100-01-01T00:00:00Z",
         ],
     );
-    assert_eq!(
-        produced.status.code(),
-        Some(0),
-        "{}",
-        text(&produced.stderr)
-    );
+    exited(&produced, 0);
     assert!(
         text(&produced.stderr).contains("replayed 81 records"),
         "the time range holds every record: {}",
@@ -179,15 +190,11 @@ fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
     assert_eq!(field(&rejected[0], "reason"), "malformed_json");
 
     // A range: one partition, from an offset; only its records are replayed.
-    let partial = replay(
+    let partial = replay_version(
         &names,
+        &prefix,
+        "1",
         &[
-            "--table-version",
-            "1",
-            "--redis-url",
-            url,
-            "--prefix",
-            &prefix,
             "--partition",
             "0",
             "--from-offset",
@@ -196,15 +203,8 @@ fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
             &names.conversions,
         ],
     );
-    let stdout = text(&partial.stdout);
-    assert_eq!(
-        partial.status.code(),
-        Some(0),
-        "{stdout}{}",
-        text(&partial.stderr)
-    );
-    let on_zero = tools::read_all(brokers(), &names.input, Isolation::ReadCommitted, WAIT)
-        .expect("read the input")
+    let stdout = exited(&partial, 0);
+    let on_zero = read_input(&names)
         .iter()
         .filter(|r| r.partition == 0 && r.offset >= 5)
         .count();
@@ -216,14 +216,9 @@ fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
 
 #[test]
 fn replay_with_an_older_version_reports_exactly_the_orders_whose_decision_changed() {
-    let url = redis_url();
-    let prefix = unique_prefix("replay-older");
-    let names = Names::new("replay-older");
-    names.create_topics(2);
-    import_samples(url, &prefix);
+    let (url, prefix, names, dir) = store_test("replay-older");
     let expired = ok(&codes(url, &prefix, &["expire", "ANNA10"]));
     assert!(expired.contains("published version 2"), "{expired}");
-    let dir = tempfile::tempdir().expect("temp dir");
     let worker = spawn_worker(
         &names,
         &store_sets(url, &prefix, &[]),
@@ -254,26 +249,8 @@ fn replay_with_an_older_version_reports_exactly_the_orders_whose_decision_change
     }
 
     let verify = verify_args(&names);
-    let with = |version: &str| {
-        let mut args = vec![
-            "--table-version",
-            version,
-            "--redis-url",
-            url,
-            "--prefix",
-            &prefix,
-        ];
-        args.extend(verify.iter().map(String::as_str));
-        replay(&names, &args)
-    };
-    let older = with("1");
-    let stdout = text(&older.stdout);
-    assert_eq!(
-        older.status.code(),
-        Some(1),
-        "{stdout}{}",
-        text(&older.stderr)
-    );
+    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
+    let stdout = exited(&replay_version(&names, &prefix, "1", &verify), 1);
     let changed: BTreeSet<String> = stdout
         .lines()
         .filter(|l| l.contains(": decision changed: "))
@@ -302,14 +279,7 @@ fn replay_with_an_older_version_reports_exactly_the_orders_whose_decision_change
         "worker's value → replay's value: {line}"
     );
 
-    let in_force = with("2");
-    let stdout = text(&in_force.stdout);
-    assert_eq!(
-        in_force.status.code(),
-        Some(0),
-        "{stdout}{}",
-        text(&in_force.stderr)
-    );
+    let stdout = exited(&replay_version(&names, &prefix, "2", &verify), 0);
     assert!(stdout.contains("20 records: 20 identical"), "{stdout}");
 }
 
@@ -358,27 +328,17 @@ fn dlq_replay_sends_a_fixed_poison_record_back_and_a_dry_run_sends_nothing() {
             .output()
             .expect("run dlq replay")
     };
-    let input_len = || {
-        tools::read_all(brokers(), &names.input, Isolation::ReadCommitted, WAIT)
-            .expect("read the input")
-            .len()
-    };
+    let input_len = || read_input(&names).len();
     assert_eq!(input_len(), 4);
-    let dry = dlq(&["--dry-run"]);
-    let stdout = text(&dry.stdout);
-    assert_eq!(dry.status.code(), Some(0), "{stdout}{}", text(&dry.stderr));
+    let stdout = exited(&dlq(&["--dry-run"]), 0);
     assert!(
         stdout.contains("dry run: would send 1 of 1")
             && stdout.contains("too_many_codes: 1")
             && stdout.contains("keys: POISON"),
         "{stdout}"
     );
-    let none = dlq(&["--reason", "malformed_json"]);
-    assert!(
-        text(&none.stdout).contains("sent 0 of 1"),
-        "{}",
-        text(&none.stdout)
-    );
+    let none = exited(&dlq(&["--reason", "malformed_json"]), 0);
+    assert!(none.contains("sent 0 of 1"), "{none}");
     assert_eq!(
         input_len(),
         4,
@@ -392,14 +352,7 @@ fn dlq_replay_sends_a_fixed_poison_record_back_and_a_dry_run_sends_nothing() {
         &[],
         &dir.path().join("fixed.log"),
     );
-    let sent = dlq(&["--reason", "too_many_codes"]);
-    let stdout = text(&sent.stdout);
-    assert_eq!(
-        sent.status.code(),
-        Some(0),
-        "{stdout}{}",
-        text(&sent.stderr)
-    );
+    let stdout = exited(&dlq(&["--reason", "too_many_codes"]), 0);
     assert!(stdout.contains("sent 1 of 1"), "{stdout}");
     let all = BTreeSet::from(["POISON".to_string()]);
     let converted = wait_for_orders(&names.conversions, &all, WAIT);
@@ -410,8 +363,7 @@ fn dlq_replay_sends_a_fixed_poison_record_back_and_a_dry_run_sends_nothing() {
     assert_eq!(field(&poison_conversion, "status"), "CREDITED");
     stop(fixed);
 
-    let input = tools::read_all(brokers(), &names.input, Isolation::ReadCommitted, WAIT)
-        .expect("read the input");
+    let input = read_input(&names);
     let resent = input.last().expect("the resent record");
     assert_eq!(resent.key, poison.key);
     assert_eq!(resent.payload, poison.payload);
@@ -487,20 +439,14 @@ fn a_shadow_worker_writes_the_same_decisions_to_shadow_topics_without_detector_s
     assert!(keys.is_empty(), "the shadow wrote detector state: {keys:?}");
 
     // --shadow is the same switch, and --check-config shows what it runs with.
-    let check = binary()
-        .args([
-            "run",
-            "--shadow",
-            "--check-config",
-            "--group",
-            "g",
-            "--transactional-id",
-            "t",
-        ])
-        .output()
-        .expect("run --check-config");
-    let config = text(&check.stdout);
-    assert!(check.status.success(), "{config}{}", text(&check.stderr));
+    let config = exited(
+        &binary()
+            .args(["run", "--shadow", "--check-config", "--group", "g"])
+            .args(["--transactional-id", "t"])
+            .output()
+            .expect("run --check-config"),
+        0,
+    );
     for expected in [
         "group_id = \"g.shadow\"",
         "transactional_id = \"t.shadow\"",

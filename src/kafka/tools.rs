@@ -210,17 +210,24 @@ pub fn end_offsets(
     Ok(offsets)
 }
 
+/// A consumer that reads without a group (it never commits, assigns partitions itself).
+fn reader_config(brokers: &str, isolation: Isolation) -> ClientConfig {
+    let mut config = client(brokers);
+    config
+        .set("group.id", "promo-attribution-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation.property());
+    config
+}
+
 /// A group-less consumer for reading `topic` at `isolation`, and the topic's partitions.
 fn reader(
     brokers: &str,
     topic: &str,
     isolation: Isolation,
 ) -> Result<(BaseConsumer, Vec<i32>), String> {
-    let consumer: BaseConsumer = client(brokers)
-        .set("group.id", "promo-attribution-reader")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", isolation.property())
+    let consumer: BaseConsumer = reader_config(brokers, isolation)
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
     let metadata = consumer
@@ -325,12 +332,8 @@ pub fn read_ranges(
     isolation: Isolation,
     quiet: Duration,
 ) -> Result<Vec<RawRecord>, String> {
-    let consumer: BaseConsumer = client(brokers)
-        .set("group.id", "promo-attribution-reader")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+    let consumer: BaseConsumer = reader_config(brokers, isolation)
         .set("enable.partition.eof", "true")
-        .set("isolation.level", isolation.property())
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
     let mut assignment = TopicPartitionList::new();
