@@ -13,7 +13,7 @@ use promo_attribution::kafka::tools::{self, Isolation, RawRecord, RecordProducer
 use support::store::{binary, codes, import_samples, ok, order, produce, spawn_worker, store_sets};
 use support::{
     ChildWorker, Names, assert_same_records, brokers, field, orders, payloads, read, read_settled,
-    redis_url, text, unique_prefix, wait_for_orders,
+    redis_url, text, unique_prefix, wait_for_keys, wait_for_orders,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -281,6 +281,69 @@ fn replay_with_an_older_version_reports_exactly_the_orders_whose_decision_change
 
     let stdout = exited(&replay_version(&names, &prefix, "2", &verify), 0);
     assert!(stdout.contains("20 records: 20 identical"), "{stdout}");
+}
+
+#[test]
+fn decisions_of_the_stateful_detectors_are_reported_as_not_comparable() {
+    let (url, prefix, names, dir) = store_test("replay-detectors");
+    let sets = store_sets(
+        url,
+        &prefix,
+        &[
+            "detectors.enabled=true",
+            "detectors.customer_hmac_key=replay-test-key-0123456789",
+        ],
+    );
+    let worker = spawn_worker(&names, &sets, &dir.path().join("w.log"));
+    let mut records: Vec<Vec<u8>> = (0..10)
+        .map(|i| order(&format!("S-{i}"), "PODCAST15"))
+        .collect();
+    // The same order id with other content: the detectors make it DUPLICATE_ORDER_ID.
+    records.push(order("S-0", "DEALS20"));
+    produce(&names, &records);
+    let ids = support::order_ids(&records);
+    let written = wait_for_keys(&names.conversions, "event_id", &event_ids(&records), WAIT);
+    stop(worker);
+    assert_eq!(support::group_by(&written, "order_id").len(), ids.len());
+    let reasons: Vec<String> = payloads(&written)
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+        .filter_map(|v| v["invalid_reason"].as_str().map(str::to_string))
+        .collect();
+    let duplicates = reasons
+        .iter()
+        .filter(|r| *r == "DUPLICATE_ORDER_ID")
+        .count();
+    assert_eq!(duplicates, 1, "{reasons:?}");
+
+    let verify = verify_args(&names);
+    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
+    let stdout = exited(&replay_version(&names, &prefix, "1", &verify), 0);
+    assert!(
+        stdout.contains("11 records: 10 identical, 0 same decision with another table, 0 decision changed, 0 missing, 0 extra, 1 not comparable (stateful detectors)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("order S-0 ")
+            && stdout.contains("DUPLICATE_ORDER_ID, a stateful detector's decision"),
+        "{stdout}"
+    );
+    let detector_alerts = stdout
+        .split("unchecked; ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(
+        detector_alerts.is_some_and(|n| n >= 1),
+        "the duplicate's alert is counted: {stdout}"
+    );
+}
+
+fn event_ids(records: &[Vec<u8>]) -> BTreeSet<String> {
+    records
+        .iter()
+        .map(|r| promo_attribution::ids::conversion_event_id(r))
+        .collect()
 }
 
 #[test]
