@@ -212,6 +212,19 @@ fn replay_with_the_version_in_force_reproduces_the_worker_byte_for_byte() {
         stdout.contains(&format!("summary: {on_zero} records: ")),
         "{on_zero} records expected:\n{stdout}"
     );
+    // A range past the end is an error, not a short read.
+    let past = replay_version(
+        &names,
+        &prefix,
+        "1",
+        &["--partition", "0", "--to-offset", "100000"],
+    );
+    exited(&past, 2);
+    assert!(
+        text(&past.stderr).contains("range past the end"),
+        "{}",
+        text(&past.stderr)
+    );
 }
 
 #[test]

@@ -376,12 +376,16 @@ pub fn read_ranges(
         let message = match result {
             Ok(message) => message,
             Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
-                // An end event before a `to` offset means the range asks for records that do
-                // not exist (yet): the caller's range is past the end, say so.
+                // At the end before the `to` offset, the range asks for records that do not
+                // exist (yet): say so. The position, not the last record read, decides, since a
+                // transaction marker can take the offset just before `to`.
                 if let Some(Some(to)) = open.get(&partition) {
-                    return Err(format!(
-                        "{topic}[{partition}] ends before offset {to} (range past the end)"
-                    ));
+                    let at = position(&consumer, topic, partition)?;
+                    if at < *to {
+                        return Err(format!(
+                            "{topic}[{partition}] ends at offset {at}, before {to} (range past the end)"
+                        ));
+                    }
                 }
                 open.remove(&partition);
                 continue;
@@ -417,6 +421,20 @@ pub fn read_ranges(
         }
     }
     Ok(records)
+}
+
+/// Where `consumer` will read `topic[partition]` next.
+fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, String> {
+    let positions = consumer
+        .position()
+        .map_err(|e| format!("position in {topic}[{partition}]: {e}"))?;
+    match positions
+        .find_partition(topic, partition)
+        .map(|p| p.offset())
+    {
+        Some(Offset::Offset(at)) => Ok(at),
+        other => Err(format!("no position in {topic}[{partition}]: {other:?}")),
+    }
 }
 
 /// Every record of `topic` a reader of `isolation` sees now, from offset 0 of every partition
