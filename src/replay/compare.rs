@@ -294,9 +294,11 @@ pub fn audit(topic: &str, replayed: &[Replayed], written: &Written) -> Audit {
     let index = Index::new(written);
     let mut audit = Audit::default();
     audit.summary.unreadable = index.unreadable;
+    // Distinct ids: one detector alert can name many orders of the range.
+    let mut detector_alerts = BTreeSet::new();
     for record in replayed {
         let (verdict, order_id) = match &record.outcome {
-            Ok(decision) => judge_decision(topic, record, decision, &index, &mut audit.summary),
+            Ok(decision) => judge_decision(topic, record, decision, &index, &mut detector_alerts),
             Err(rejected) => (judge_rejection(topic, record, rejected, &index), None),
         };
         let summary = &mut audit.summary;
@@ -318,6 +320,7 @@ pub fn audit(topic: &str, replayed: &[Replayed], written: &Written) -> Audit {
             verdict,
         });
     }
+    audit.summary.detector_alerts = detector_alerts.len();
     audit
 }
 
@@ -326,7 +329,7 @@ fn judge_decision(
     record: &Replayed,
     decision: &ReplayedDecision,
     index: &Index<'_>,
-    summary: &mut Summary,
+    detector_alerts: &mut BTreeSet<String>,
 ) -> (Verdict, Option<String>) {
     let ours: Value = serde_json::from_slice(&decision.conversion).unwrap_or(Value::Null);
     let order_id = text_field(&ours, "order_id").map(str::to_string);
@@ -350,15 +353,17 @@ fn judge_decision(
         };
         return (Verdict::Missing(why), order_id);
     };
-    // The detectors' alerts for this order are counted once per record, whatever the verdict.
+    // The detectors' alerts naming this order are counted, whatever the verdict.
     let order_alerts = order_id
         .as_ref()
         .and_then(|o| index.alerts_by_order.get(&(program.clone(), o.clone())));
-    summary.detector_alerts += order_alerts
-        .into_iter()
-        .flatten()
-        .filter(|(_, kind)| !is_per_order_kind(kind))
-        .count();
+    detector_alerts.extend(
+        order_alerts
+            .into_iter()
+            .flatten()
+            .filter(|(_, kind)| !is_per_order_kind(kind))
+            .map(|(id, _)| id.clone()),
+    );
     for payload in theirs {
         let value: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
         let reason = text_field(&value, "invalid_reason").unwrap_or_default();

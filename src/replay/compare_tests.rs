@@ -140,9 +140,16 @@ fn detector_alerts_are_counted_and_not_compared() {
         alerts: Some(vec![alert("v", "CODE_VELOCITY_SPIKE", "A", "1-aa")]),
         dead_letters: None,
     };
-    let audit = audit("orders", &[decided(0, "e1", c, vec![])], &written);
-    assert_eq!(labels(&audit), ["identical"]);
-    assert_eq!(audit.summary.detector_alerts, 1);
+    let replayed = [
+        decided(0, "e1", c.clone(), vec![]),
+        decided(1, "e1", c, vec![]),
+    ];
+    let audit = audit("orders", &replayed, &written);
+    assert_eq!(labels(&audit), ["identical", "identical"]);
+    assert_eq!(
+        audit.summary.detector_alerts, 1,
+        "one alert, however many records name it"
+    );
 }
 
 #[test]
