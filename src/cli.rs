@@ -39,6 +39,11 @@ pub enum Command {
     /// Small Kafka tools for demos and checks: create topics, produce a JSON-lines file, read a topic.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Re-decide a range of the input topic with a chosen code table, and audit the worker's outputs.
+    Replay(crate::replay::ReplayArgs),
+    /// Dead letters: send them back once their cause is fixed.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +116,9 @@ pub struct RunArgs {
     /// Validate the configuration, print it as TOML and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Decide into shadow topics with a group of its own and no detector state (kafka.shadow).
+    #[arg(long)]
+    pub shadow: bool,
 }
 
 impl RunArgs {
@@ -126,6 +134,7 @@ impl RunArgs {
             ("codes.codes_file", path(&self.codes)),
             ("codes.partners_file", path(&self.partners)),
             ("admin.listen", self.admin_listen.clone()),
+            ("kafka.shadow", self.shadow.then(|| "true".to_string())),
         ];
         self.set
             .iter()
@@ -212,6 +221,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => return run_worker(args),
         Command::Codes(args) => return crate::codes_cli::main(args),
         Command::Topics(command) => run_topics(command),
+        Command::Replay(args) => return crate::replay::main(args),
+        Command::Dlq(command) => return crate::dlq::main(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -285,7 +296,7 @@ fn run_worker(args: RunArgs) -> ExitCode {
     let sources =
         crate::settings::SettingsSources::with_process_env(args.config.clone(), args.overrides());
     let settings = match sources.load() {
-        Ok(settings) => settings,
+        Ok(settings) => settings.into_shadow_if_asked(),
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(crate::run::exit::CONFIG);

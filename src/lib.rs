@@ -19,6 +19,7 @@
 //! - [`redis`]: the code store, the live code sync, the detectors' shared state.
 //! - [`admin`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`offline`]: the engine over files (`attribute`), and [`explain`] for people.
+//! - [`replay`]: re-decide and audit a range of the input topic; [`dlq`]: send dead letters back.
 //! - [`table_source`]: the seam the worker reads the current code table through.
 //! - [`run`]: wiring of the worker; [`cli`]: the command line; `src/main.rs` only calls it.
 
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod codes;
 pub mod codes_cli;
 pub mod detectors;
+pub mod dlq;
 pub mod engine;
 pub mod explain;
 pub mod hugepages;
@@ -37,6 +39,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod offline;
 pub mod redis;
+pub mod replay;
 pub mod run;
 pub mod schema;
 pub mod settings;

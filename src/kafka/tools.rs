@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -79,25 +79,61 @@ impl RecordProducer {
                         .and_then(|id| id.as_str())
                         .map(str::to_string)
                 });
-            let mut record: BaseRecord<'_, str, [u8]> =
+            let mut record: BaseRecord<'_, [u8], [u8]> =
                 BaseRecord::to(topic).payload(payload.as_slice());
             if let Some(key) = &key {
-                record = record.key(key.as_str());
+                record = record.key(key.as_bytes());
             }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                        back,
-                    )) => {
-                        record = back;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(format!("produce: {e}")),
+            self.enqueue(record)?;
+        }
+        self.await_acks(topic, records.len())
+    }
+
+    /// Sends records exactly as given (key, value and headers, each possibly absent), in order,
+    /// and returns once all are acknowledged: for tools that put records back where they came
+    /// from, such as `dlq replay`.
+    pub fn send_raw(&self, topic: &str, records: &[RawRecord]) -> Result<usize, String> {
+        for raw in records {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(key) = &raw.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &raw.payload {
+                record = record.payload(payload.as_slice());
+            }
+            if !raw.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(raw.headers.len());
+                for (key, value) in &raw.headers {
+                    headers = headers.insert(Header {
+                        key: key.as_str(),
+                        value: value.as_deref(),
+                    });
                 }
+                record = record.headers(headers);
+            }
+            self.enqueue(record)?;
+        }
+        self.await_acks(topic, records.len())
+    }
+
+    /// Enqueues one record, waiting for room when the local queue is full.
+    fn enqueue(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), String> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(format!("produce: {e}")),
             }
         }
+    }
+
+    fn await_acks(&self, topic: &str, sent: usize) -> Result<usize, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.producer.in_flight_count() > 0 {
             if Instant::now() >= deadline {
@@ -108,7 +144,7 @@ impl RecordProducer {
             }
             self.producer.poll(Duration::from_millis(1));
         }
-        Ok(records.len())
+        Ok(sent)
     }
 }
 
@@ -174,17 +210,24 @@ pub fn end_offsets(
     Ok(offsets)
 }
 
+/// A consumer that reads without a group (it never commits, assigns partitions itself).
+fn reader_config(brokers: &str, isolation: Isolation) -> ClientConfig {
+    let mut config = client(brokers);
+    config
+        .set("group.id", "promo-attribution-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", isolation.property());
+    config
+}
+
 /// A group-less consumer for reading `topic` at `isolation`, and the topic's partitions.
 fn reader(
     brokers: &str,
     topic: &str,
     isolation: Isolation,
 ) -> Result<(BaseConsumer, Vec<i32>), String> {
-    let consumer: BaseConsumer = client(brokers)
-        .set("group.id", "promo-attribution-reader")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", isolation.property())
+    let consumer: BaseConsumer = reader_config(brokers, isolation)
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
     let metadata = consumer
@@ -244,4 +287,171 @@ pub fn read_topic_as(
         });
     }
     Ok(records)
+}
+
+/// One record read with everything a tool may need to send it again or place it in time: its
+/// headers in their order (repeats kept, a null value distinct from an empty one) and its
+/// timestamp (ms since the epoch; `None` when the broker gave none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Where to read one partition: from `from` (inclusive) to `to` (exclusive), or to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub partition: i32,
+    pub from: i64,
+    pub to: Option<i64>,
+}
+
+/// The partitions of `topic`, sorted.
+pub fn partitions(brokers: &str, topic: &str) -> Result<Vec<i32>, String> {
+    let (_, mut partitions) = reader(brokers, topic, Isolation::ReadCommitted)?;
+    partitions.sort_unstable();
+    if partitions.is_empty() {
+        return Err(format!("topic {topic} does not exist or has no partitions"));
+    }
+    Ok(partitions)
+}
+
+/// Reads each range of `topic` at explicit offsets (never `Offset::Beginning`: see
+/// [`read_topic_as`]) until its `to` offset, or, without one, until the partition's end as the
+/// reader sees it (librdkafka's end-of-partition event; for read_committed, the last stable
+/// offset). `quiet` bounds the wait for a partition that sends neither records nor an end event;
+/// a range that stops that way short of its `to` is an error, not a silently short read.
+pub fn read_ranges(
+    brokers: &str,
+    topic: &str,
+    ranges: &[PartitionRange],
+    isolation: Isolation,
+    quiet: Duration,
+) -> Result<Vec<RawRecord>, String> {
+    let consumer: BaseConsumer = reader_config(brokers, isolation)
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut open: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+    for range in ranges {
+        if range.to.is_some_and(|to| to <= range.from) {
+            continue;
+        }
+        assignment
+            .add_partition_offset(topic, range.partition, Offset::Offset(range.from))
+            .map_err(|e| format!("assign: {e}"))?;
+        open.insert(range.partition, range.to);
+    }
+    let mut records = Vec::new();
+    if open.is_empty() {
+        return Ok(records);
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| format!("assign {topic}: {e}"))?;
+    let mut last_news = Instant::now();
+    while !open.is_empty() {
+        if last_news.elapsed() >= quiet {
+            let waiting: Vec<String> = open
+                .iter()
+                .map(|(p, to)| match to {
+                    Some(to) => format!("{topic}[{p}] before offset {to}"),
+                    None => format!("{topic}[{p}] (no end-of-partition event)"),
+                })
+                .collect();
+            return Err(format!(
+                "nothing more arrived within {quiet:?} for {}",
+                waiting.join(", ")
+            ));
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        last_news = Instant::now();
+        let message = match result {
+            Ok(message) => message,
+            Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                // At the end before the `to` offset, the range asks for records that do not
+                // exist (yet): say so. The position, not the last record read, decides, since a
+                // transaction marker can take the offset just before `to`.
+                if let Some(Some(to)) = open.get(&partition) {
+                    let at = position(&consumer, topic, partition)?;
+                    if at < *to {
+                        return Err(format!(
+                            "{topic}[{partition}] ends at offset {at}, before {to} (range past the end)"
+                        ));
+                    }
+                }
+                open.remove(&partition);
+                continue;
+            }
+            Err(e) => return Err(format!("read {topic}: {e}")),
+        };
+        let partition = message.partition();
+        let Some(to) = open.get(&partition).copied() else {
+            continue;
+        };
+        if to.is_some_and(|to| message.offset() >= to) {
+            open.remove(&partition);
+            continue;
+        }
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(RawRecord {
+            partition,
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+        if to.is_some_and(|to| message.offset() + 1 >= to) {
+            open.remove(&partition);
+        }
+    }
+    Ok(records)
+}
+
+/// Where `consumer` will read `topic[partition]` next.
+fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, String> {
+    let positions = consumer
+        .position()
+        .map_err(|e| format!("position in {topic}[{partition}]: {e}"))?;
+    match positions
+        .find_partition(topic, partition)
+        .map(|p| p.offset())
+    {
+        Some(Offset::Offset(at)) => Ok(at),
+        other => Err(format!("no position in {topic}[{partition}]: {other:?}")),
+    }
+}
+
+/// Every record of `topic` a reader of `isolation` sees now, from offset 0 of every partition
+/// to its end.
+pub fn read_all(
+    brokers: &str,
+    topic: &str,
+    isolation: Isolation,
+    quiet: Duration,
+) -> Result<Vec<RawRecord>, String> {
+    let ranges: Vec<PartitionRange> = partitions(brokers, topic)?
+        .into_iter()
+        .map(|partition| PartitionRange {
+            partition,
+            from: 0,
+            to: None,
+        })
+        .collect();
+    read_ranges(brokers, topic, &ranges, isolation, quiet)
 }

@@ -3,6 +3,7 @@
 //! file (or no file) is a valid configuration for the offline mode.
 
 pub mod detectors;
+mod shadow;
 mod sources;
 mod store;
 mod worker;

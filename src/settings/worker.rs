@@ -46,6 +46,10 @@ pub struct KafkaSettings {
     /// `batch_max_ms`, plus a detector step bounded by `store.io_timeout_ms`, plus the commit),
     /// far below this; librdkafka also caps each output's delivery time at it.
     pub transaction_timeout_ms: u64,
+    /// Shadow mode (`run --shadow`): decide into `<topic><shadow_suffix>` outputs as group
+    /// `<group_id><shadow_suffix>`, without the stateful detectors (see `settings::shadow`).
+    pub shadow: bool,
+    pub shadow_suffix: String,
     /// librdkafka properties for both clients (security.protocol, sasl.*, ssl.*, ...).
     pub common: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only; they override ours.
@@ -72,6 +76,8 @@ impl Default for KafkaSettings {
             // not below librdkafka's request timeout (30 s), so a slow produce during a broker
             // bounce is not cut short (Kafka's own transaction system test uses the same rule).
             transaction_timeout_ms: 30_000,
+            shadow: false,
+            shadow_suffix: ".shadow".into(),
             common: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -96,6 +102,11 @@ impl KafkaSettings {
         let outputs = [&self.conversions_topic, &self.alerts_topic, &self.dlq_topic];
         if outputs.contains(&&self.input_topic) {
             problems.push("kafka.input_topic must differ from the output topics (the worker would read its own output)".into());
+        }
+        if self.shadow && self.shadow_suffix.trim().is_empty() {
+            problems.push(
+                "kafka.shadow_suffix must not be empty in shadow mode (the worker would write to the production topics)".into(),
+            );
         }
         if self.batch_max_records == 0 {
             problems.push("kafka.batch_max_records must be greater than 0".into());
