@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod crash;
 pub mod redis;
 mod rng;
 pub use rng::Rng;
@@ -38,8 +39,50 @@ use serde_json::{Value, json};
 /// The broker address, after making sure the local services run. `scripts/services up` is
 /// idempotent and takes a lock, so parallel test binaries may all call it; within one binary it
 /// runs once. A broker that cannot be started fails the test: it is never silently skipped.
+///
+/// The memory broker, unless the test binary called [`use_durable_broker`] first or the
+/// environment has `PROMO_TEST_BROKER=durable` (to run any test against the durable broker).
 pub fn brokers() -> &'static str {
-    service_address("PROMO_KAFKA_BROKERS")
+    if durable() {
+        service_address("PROMO_DURABLE_KAFKA_BROKERS")
+    } else {
+        service_address("PROMO_KAFKA_BROKERS")
+    }
+}
+
+static DURABLE: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`brokers`] the durable broker (`scripts/services up --durable`: tansu on S3 storage)
+/// for the whole test binary; call it before anything talks to a broker.
+pub fn use_durable_broker() {
+    DURABLE.store(true, Ordering::SeqCst);
+}
+
+pub fn durable() -> bool {
+    DURABLE.load(Ordering::SeqCst)
+        || std::env::var("PROMO_TEST_BROKER").is_ok_and(|b| b.trim() == "durable")
+}
+
+/// `scripts/services restart-broker`: SIGKILL the durable broker and start it again on the same
+/// storage. Returns how long the broker took to answer again.
+pub fn restart_durable_broker() -> Duration {
+    assert!(durable(), "restart_durable_broker needs the durable broker");
+    let _ = brokers();
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/services"))
+        .arg("restart-broker")
+        .current_dir(repo())
+        .output()
+        .expect("run scripts/services restart-broker");
+    assert!(
+        out.status.success(),
+        "scripts/services restart-broker failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
 }
 
 /// The URL of the Redis that `scripts/services up` runs (never the machine's own on 6379).
@@ -56,9 +99,12 @@ fn service_address(name: &str) -> &'static str {
     static ENV: OnceLock<String> = OnceLock::new();
     let text = ENV.get_or_init(|| {
         let script = repo().join("scripts/services");
-        let up = Command::new("bash")
-            .arg(&script)
-            .arg("up")
+        let mut up = Command::new("bash");
+        up.arg(&script).arg("up");
+        if durable() {
+            up.arg("--durable");
+        }
+        let up = up
             .current_dir(repo())
             .output()
             .expect("run scripts/services up");
@@ -415,6 +461,13 @@ impl Drop for ChildWorker {
 
 // ---------------------------------------------------------------------------------------------
 // Topics
+
+/// Produces `records` to `topic` (keyed by order id) and waits until all are acknowledged.
+pub fn produce(topic: &str, records: &[Vec<u8>]) {
+    let produced =
+        tools::produce_records(brokers(), topic, records).expect("produce the test records");
+    assert_eq!(produced, records.len(), "every record produced");
+}
 
 /// Reads `topic` until `expected` records arrived or `timeout` passed (see `tools::read_topic`).
 pub fn read(topic: &str, expected: usize, timeout: Duration) -> Vec<ReadRecord> {
