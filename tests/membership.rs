@@ -1,7 +1,9 @@
 //! How fast partitions move when a worker joins, leaves (SIGTERM) or dies (SIGKILL), with the
 //! worker's own group settings (session timeout 10 s, heartbeat 1 s, cooperative-sticky, static
 //! membership on or off), on the local broker. The bounds are loose — the times are what the
-//! run prints and the README records.
+//! run prints and the README records. A measurement of about a minute each, so not in the
+//! suite: `cargo test --test membership -- --ignored --nocapture` (the defaults themselves are
+//! checked by the unit tests of `kafka::consumer_config`).
 
 mod support;
 
@@ -107,6 +109,7 @@ fn check(times: &Times) {
 }
 
 #[test]
+#[ignore = "measurement of about a minute; run with --ignored"]
 fn membership_changes_take_seconds() {
     let times = measure("members-dynamic", false);
     eprintln!("dynamic membership: {times:?}");
