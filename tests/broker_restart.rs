@@ -110,24 +110,8 @@ fn worker_resumes_after_the_broker_is_killed() {
 #[ignore = "evidence about the broker, not a check of the worker; run with --ignored"]
 fn survivor_commits_everything_once_the_dead_instance_is_fenced_durable() {
     use_durable_broker();
-    let report = crash::kill_one_of_two("durable-crash-fenced", true, Duration::from_secs(90));
-    eprintln!(
-        "durable: all {PARTITIONS} partitions after {:?}, everything committed {:?} after the last order, \
-         dead member left a transaction open: {}",
-        report.all_partitions_after, report.committed_after, report.left_open
-    );
-    assert!(
-        report.all_partitions_after.is_some(),
-        "the survivor never owned every partition; log:\n{}",
-        report.survivor_log
-    );
-    assert!(
-        report.committed_after.is_some(),
-        "the group's committed offsets {:?} never reached the input's ends {:?}; survivor log:\n{}",
-        report.committed,
-        report.ends,
-        report.survivor_log
-    );
+    crash::kill_one_of_two("durable-crash-fenced", true, Duration::from_secs(90))
+        .assert_complete("survivor_commits_everything_once_the_dead_instance_is_fenced_durable");
 }
 
 /// Broker evidence, as in `tests/group_crash.rs`: without a fence the dead instance's open
@@ -136,17 +120,6 @@ fn survivor_commits_everything_once_the_dead_instance_is_fenced_durable() {
 #[ignore = "evidence about the broker, not a check of the worker; run with --ignored"]
 fn survivor_commits_everything_when_a_member_dies_for_good_durable() {
     use_durable_broker();
-    let report = crash::kill_one_of_two("durable-crash-unfenced", false, Duration::from_secs(90));
-    eprintln!(
-        "durable, unfenced: all {PARTITIONS} partitions after {:?}, everything committed {:?} after the last order, \
-         dead member left a transaction open: {}",
-        report.all_partitions_after, report.committed_after, report.left_open
-    );
-    assert!(
-        report.committed_after.is_some(),
-        "the group's committed offsets {:?} never reached the input's ends {:?} (dead member left a transaction open: {})",
-        report.committed,
-        report.ends,
-        report.left_open
-    );
+    crash::kill_one_of_two("durable-crash-unfenced", false, Duration::from_secs(90))
+        .assert_complete("survivor_commits_everything_when_a_member_dies_for_good_durable");
 }

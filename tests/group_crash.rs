@@ -6,31 +6,15 @@ mod support;
 
 use std::time::Duration;
 
-use support::crash::{self, PARTITIONS};
+use support::crash;
 
 /// Once the dead instance's transaction is aborted — by a restarted instance with its id, or
 /// by an operator (`promo-attribution topics fence`) — the survivor owns every partition and
 /// the group commits every input record.
 #[test]
 fn survivor_commits_everything_once_the_dead_instance_is_fenced() {
-    let report = crash::kill_one_of_two("crash-fenced", true, Duration::from_secs(60));
-    eprintln!(
-        "survivor_commits_everything_once_the_dead_instance_is_fenced: all {PARTITIONS} partitions after {:?}, \
-         everything committed after {:?}, dead member left a transaction open: {}",
-        report.all_partitions_after, report.committed_after, report.left_open
-    );
-    assert!(
-        report.all_partitions_after.is_some(),
-        "the survivor never owned every partition; log:\n{}",
-        report.survivor_log
-    );
-    assert!(
-        report.committed_after.is_some(),
-        "the group's committed offsets {:?} never reached the input's ends {:?}; survivor log:\n{}",
-        report.committed,
-        report.ends,
-        report.survivor_log
-    );
+    crash::kill_one_of_two("crash-fenced", true, Duration::from_secs(60))
+        .assert_complete("survivor_commits_everything_once_the_dead_instance_is_fenced");
 }
 
 /// What a correct broker does without anyone's help: it aborts the dead instance's transaction
@@ -40,17 +24,6 @@ fn survivor_commits_everything_once_the_dead_instance_is_fenced() {
 #[test]
 #[ignore = "evidence about the broker, not a check of the worker; run with --ignored"]
 fn survivor_commits_everything_when_a_member_dies_for_good() {
-    let report = crash::kill_one_of_two("crash-unfenced", false, Duration::from_secs(90));
-    eprintln!(
-        "survivor_commits_everything_when_a_member_dies_for_good: all {PARTITIONS} partitions after {:?}, \
-         everything committed after {:?}, dead member left a transaction open: {}",
-        report.all_partitions_after, report.committed_after, report.left_open
-    );
-    assert!(
-        report.committed_after.is_some(),
-        "the group's committed offsets {:?} never reached the input's ends {:?} (dead member left a transaction open: {})",
-        report.committed,
-        report.ends,
-        report.left_open
-    );
+    crash::kill_one_of_two("crash-unfenced", false, Duration::from_secs(90))
+        .assert_complete("survivor_commits_everything_when_a_member_dies_for_good");
 }

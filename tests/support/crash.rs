@@ -34,6 +34,32 @@ pub struct Takeover {
     pub survivor_log: String,
 }
 
+impl Takeover {
+    /// Prints the times, then fails unless the survivor owned every partition and the group
+    /// committed every input record.
+    pub fn assert_complete(&self, test: &str) {
+        eprintln!(
+            "{test}: all {PARTITIONS} partitions after {:?}, everything committed {:?} after the \
+             last order, dead member left a transaction open: {}",
+            self.all_partitions_after, self.committed_after, self.left_open
+        );
+        assert!(
+            self.all_partitions_after.is_some(),
+            "the survivor never owned every partition; log:\n{}",
+            self.survivor_log
+        );
+        assert!(
+            self.committed_after.is_some(),
+            "the group's committed offsets {:?} never reached the input's ends {:?} (dead member \
+             left a transaction open: {}); survivor log:\n{}",
+            self.committed,
+            self.ends,
+            self.left_open,
+            self.survivor_log
+        );
+    }
+}
+
 /// The partitions `log` says its worker owns now: the assigned ones minus the revoked ones,
 /// from the worker's "partitions assigned" / "partitions revoked" lines in order.
 pub fn owned_partitions(log: &Path) -> BTreeSet<i32> {
