@@ -69,19 +69,7 @@ pub fn restart_durable_broker() -> Duration {
     assert!(durable(), "restart_durable_broker needs the durable broker");
     let _ = brokers();
     let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/services"))
-        .arg("restart-broker")
-        .current_dir(repo())
-        .output()
-        .expect("run scripts/services restart-broker");
-    assert!(
-        out.status.success(),
-        "scripts/services restart-broker failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    services(&["restart-broker"]);
     started.elapsed()
 }
 
@@ -95,34 +83,33 @@ pub fn unique_prefix(test: &str) -> String {
     format!("{}:", unique(test))
 }
 
+/// Runs `scripts/services ARGS`, fails the test unless it succeeds, and returns its stdout.
+fn services(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/services"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/services {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/services {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn service_address(name: &str) -> &'static str {
     static ENV: OnceLock<String> = OnceLock::new();
     let text = ENV.get_or_init(|| {
-        let script = repo().join("scripts/services");
-        let mut up = Command::new("bash");
-        up.arg(&script).arg("up");
-        if durable() {
-            up.arg("--durable");
-        }
-        let up = up
-            .current_dir(repo())
-            .output()
-            .expect("run scripts/services up");
-        assert!(
-            up.status.success(),
-            "scripts/services up failed ({}):\n{}{}",
-            up.status,
-            String::from_utf8_lossy(&up.stdout),
-            String::from_utf8_lossy(&up.stderr)
-        );
-        let env = Command::new("bash")
-            .arg(&script)
-            .arg("env")
-            .current_dir(repo())
-            .output()
-            .expect("run scripts/services env");
-        assert!(env.status.success(), "scripts/services env failed");
-        String::from_utf8(env.stdout).expect("scripts/services env prints UTF-8")
+        services(if durable() {
+            &["up", "--durable"]
+        } else {
+            &["up"]
+        });
+        String::from_utf8(services(&["env"])).expect("scripts/services env prints UTF-8")
     });
     let prefix = format!("export {name}=");
     text.lines()
