@@ -66,6 +66,22 @@ pub enum TopicsCommand {
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
     },
+    /// Abort what a worker instance that will not come back left open, and fence it: runs
+    /// init_transactions with its transactional id, as its restart would. For a pod lost for
+    /// good (docs/operations.md); never for an instance that is still running (it exits 1).
+    Fence {
+        #[arg(long)]
+        brokers: String,
+        /// The lost instance's kafka.transactional_id.
+        #[arg(long)]
+        transactional_id: String,
+        /// Any librdkafka property as key=value (security.protocol, sasl.*, ...); repeatable.
+        #[arg(long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+        /// How long to wait for the broker.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
     /// Print the records of a topic (read_committed, from the beginning) as lines.
     Read {
         #[arg(long)]
@@ -373,6 +389,29 @@ fn run_topics(command: TopicsCommand) -> Result<(), CliError> {
             let produced =
                 tools::produce_records(&brokers, &topic, &records).map_err(CliError::Kafka)?;
             eprintln!("produced {produced} records to {topic}");
+            Ok(())
+        }
+        TopicsCommand::Fence {
+            brokers,
+            transactional_id,
+            properties,
+            timeout_secs,
+        } => {
+            let mut pairs = Vec::with_capacity(properties.len());
+            for property in &properties {
+                let (key, value) = property.split_once('=').ok_or_else(|| {
+                    CliError::Kafka(format!("--property {property:?} is not KEY=VALUE"))
+                })?;
+                pairs.push((key.trim(), value));
+            }
+            tools::fence(
+                &brokers,
+                &transactional_id,
+                &pairs,
+                std::time::Duration::from_secs(timeout_secs),
+            )
+            .map_err(CliError::Kafka)?;
+            eprintln!("fenced {transactional_id}: whatever it left open is aborted");
             Ok(())
         }
         TopicsCommand::Read {

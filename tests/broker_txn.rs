@@ -251,6 +251,57 @@ fn a_quiet_member_can_leave_the_other_members_commit_invisible() {
     );
 }
 
+/// A read_committed reader must skip the records of an aborted transaction: Kafka lists
+/// aborted transactions in fetch responses for that. tansu (memory and `s3://` storage alike:
+/// both are its dynostore engine, whose `aborted_transactions` returns nothing) does not, so
+/// this fails there. `PROMO_TEST_BROKER=durable` runs it on the durable broker.
+#[test]
+#[ignore = "evidence about the broker, not a check of the worker; run with --ignored"]
+fn aborted_transactions_are_hidden_from_read_committed() {
+    let names = Names::new("broker-abort");
+    tools::create_topics(brokers(), &[&names.conversions], 1).expect("topic");
+    let topic = names.conversions.as_str();
+    let producer = transactional(&names.transactional_id);
+    let send = |payload: &str| {
+        producer
+            .send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(0)
+                    .key("k")
+                    .payload(payload),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+        while producer.in_flight_count() > 0 {
+            producer.poll(Duration::from_millis(1));
+        }
+    };
+    producer.begin_transaction().expect("begin");
+    send("aborted");
+    producer
+        .abort_transaction(Duration::from_secs(30))
+        .expect("abort");
+    producer.begin_transaction().expect("begin");
+    send("committed");
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .expect("commit");
+    let read = tools::read_topic_as(
+        brokers(),
+        topic,
+        2,
+        Duration::from_secs(5),
+        Isolation::ReadCommitted,
+    )
+    .expect("read");
+    let payloads: Vec<String> = read
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    eprintln!("read_committed reader got {payloads:?}");
+    assert_eq!(payloads, ["committed"], "only the committed record");
+}
+
 /// Two transactional producers write 20 records each to partition 0 of a new topic at the same
 /// moment.
 fn concurrent_writers(topic: &str) {

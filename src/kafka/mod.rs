@@ -36,6 +36,12 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // arrives on an idle partition is seen (where the broker does not answer as soon as data
         // arrives), at the cost of more fetch requests while idle.
         .set("fetch.wait.max.ms", "10")
+        // Membership changes within seconds: a silent member's partitions move after 10 s
+        // (librdkafka's 45 s default kept them idle for most of a minute); heartbeats at a tenth
+        // of that leave room for a few lost ones. Real Kafka accepts session timeouts from 6 s
+        // (group.min.session.timeout.ms).
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
         .set("queued.min.messages", "20000");
     apply(&mut config, &kafka.common);
     apply(&mut config, &kafka.consumer);
@@ -44,6 +50,11 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         .set("group.id", &kafka.group_id)
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed");
+    // A restarted instance comes back under the same id and gets its partitions without a
+    // rebalance; see `KafkaSettings::static_membership` for what that costs.
+    if let Some(instance) = kafka.effective_group_instance_id() {
+        config.set("group.instance.id", instance);
+    }
     // Exactly-once: offsets travel inside the transaction, an auto-commit would move them outside
     // it. At-least-once: offsets are stored and committed once their batch is acknowledged.
     config.set("enable.auto.commit", "false");
@@ -96,6 +107,11 @@ mod tests {
         assert_eq!(consumer.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        assert_eq!(
+            consumer.get("group.instance.id"),
+            kafka.effective_group_instance_id().as_deref()
+        );
+        assert_eq!(consumer.get("session.timeout.ms"), Some("10000"));
         let producer = producer_config(&kafka, "tx-1");
         assert_eq!(producer.get("transactional.id"), Some("tx-1"));
         kafka.delivery = Delivery::AtLeastOnce;

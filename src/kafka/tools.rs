@@ -148,6 +148,30 @@ impl RecordProducer {
     }
 }
 
+/// Fences the instance with `transactional_id` and aborts the transaction it left open:
+/// `init_transactions` under its id, what its own restart would do first. For an instance lost
+/// for good, whose open transaction otherwise holds back read_committed readers of its outputs
+/// (and, on Kafka, the offsets of its partitions) until the broker times it out.
+pub fn fence(
+    brokers: &str,
+    transactional_id: &str,
+    properties: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut config = client(brokers);
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    let producer: BaseProducer = config
+        .set("bootstrap.servers", brokers)
+        .set("transactional.id", transactional_id)
+        .create()
+        .map_err(|e| format!("producer: {e}"))?;
+    producer
+        .init_transactions(timeout)
+        .map_err(|e| format!("init_transactions for {transactional_id}: {e}"))
+}
+
 /// One record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRecord {

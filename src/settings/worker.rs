@@ -34,6 +34,17 @@ pub struct KafkaSettings {
     /// predecessor) and unique among the instances of a group. Kubernetes: the pod name of a
     /// StatefulSet. Empty = `<group_id>-<hostname>`.
     pub transactional_id: String,
+    /// Static group membership (`group.instance.id`, KIP-345): a member that restarts within
+    /// the session timeout gets its partitions back without a rebalance. The price: a member
+    /// that stops — killed, or on SIGTERM, since a static member does not leave the group —
+    /// keeps its partitions until its session times out. Off by default because the local
+    /// broker (tansu) mishandles static members (partitions are revoked and never handed
+    /// over); the Kubernetes StatefulSet turns it on for real Kafka.
+    pub static_membership: bool,
+    /// `group.instance.id` with `static_membership`; stable per instance and unique in the
+    /// group, like the transactional id. Empty = the effective transactional id (the pod name
+    /// in a StatefulSet).
+    pub group_instance_id: String,
     pub batch_max_records: usize,
     pub batch_max_ms: u64,
     /// A batch is committed as soon as the consumer has nothing more ready, but not before it is
@@ -69,13 +80,16 @@ impl Default for KafkaSettings {
             dlq_topic: "promo.dlq".into(),
             delivery: Delivery::ExactlyOnce,
             transactional_id: String::new(),
+            static_membership: false,
+            group_instance_id: String::new(),
             batch_max_records: 2000,
             batch_max_ms: 100,
             batch_min_ms: 10,
-            // 30 s: the dead instance's transaction is aborted within half a minute, yet it stays
-            // not below librdkafka's request timeout (30 s), so a slow produce during a broker
-            // bounce is not cut short (Kafka's own transaction system test uses the same rule).
-            transaction_timeout_ms: 30_000,
+            // 15 s: on Kafka a dead instance's open transaction holds back its partitions' last
+            // stable offset until the coordinator aborts it after this long (a pod lost for
+            // good, see docs/operations.md); Kafka Streams uses 10 s for the same reason.
+            // librdkafka lowers its message and socket timeouts to fit under it.
+            transaction_timeout_ms: 15_000,
             shadow: false,
             shadow_suffix: ".shadow".into(),
             common: BTreeMap::new(),
@@ -123,6 +137,9 @@ impl KafkaSettings {
         if self.transaction_timeout_ms < 1000 {
             problems.push("kafka.transaction_timeout_ms must be at least 1000".into());
         }
+        if self.static_membership && self.group_instance_id.trim() != self.group_instance_id {
+            problems.push("kafka.group_instance_id must not start or end with spaces".into());
+        }
         for (section, map) in [
             ("common", &self.common),
             ("consumer", &self.consumer),
@@ -136,6 +153,18 @@ impl KafkaSettings {
                 }
             }
         }
+    }
+
+    /// The `group.instance.id` to use: none without static membership, else the configured
+    /// one, else the effective transactional id.
+    pub fn effective_group_instance_id(&self) -> Option<String> {
+        if !self.static_membership {
+            return None;
+        }
+        if !self.group_instance_id.trim().is_empty() {
+            return Some(self.group_instance_id.clone());
+        }
+        Some(self.effective_transactional_id())
     }
 
     /// The transactional id to use: the configured one, else `<group>-<hostname>`.
@@ -158,7 +187,7 @@ impl KafkaSettings {
 
 /// Properties whose values carry the delivery guarantees; letting a passthrough map change them
 /// would silently break exactly-once.
-pub const RESERVED_PROPERTIES: [&str; 7] = [
+pub const RESERVED_PROPERTIES: [&str; 8] = [
     "enable.auto.commit",
     "enable.auto.offset.store",
     "isolation.level",
@@ -166,6 +195,8 @@ pub const RESERVED_PROPERTIES: [&str; 7] = [
     "enable.idempotence",
     "group.id",
     "bootstrap.servers",
+    // kafka.static_membership / kafka.group_instance_id decide it.
+    "group.instance.id",
 ];
 
 /// Where the worker's code table comes from.
@@ -279,6 +310,26 @@ impl WorkerSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_instance_id_follows_the_transactional_id_unless_set() {
+        let mut kafka = KafkaSettings {
+            transactional_id: "promo-0".into(),
+            static_membership: true,
+            ..KafkaSettings::default()
+        };
+        assert_eq!(
+            kafka.effective_group_instance_id().as_deref(),
+            Some("promo-0")
+        );
+        kafka.group_instance_id = "pod-a".into();
+        assert_eq!(
+            kafka.effective_group_instance_id().as_deref(),
+            Some("pod-a")
+        );
+        kafka.static_membership = false;
+        assert_eq!(kafka.effective_group_instance_id(), None);
+    }
 
     #[test]
     fn batch_min_ms_may_not_exceed_batch_max_ms() {

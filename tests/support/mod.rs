@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod chaos;
+pub mod crash;
 pub mod redis;
 mod rng;
 pub mod store;
@@ -40,8 +41,38 @@ use serde_json::{Value, json};
 /// The broker address, after making sure the local services run. `scripts/services up` is
 /// idempotent and takes a lock, so parallel test binaries may all call it; within one binary it
 /// runs once. A broker that cannot be started fails the test: it is never silently skipped.
+///
+/// The memory broker, unless the test binary called [`use_durable_broker`] first or the
+/// environment has `PROMO_TEST_BROKER=durable` (to run any test against the durable broker).
 pub fn brokers() -> &'static str {
-    service_address("PROMO_KAFKA_BROKERS")
+    if durable() {
+        service_address("PROMO_DURABLE_KAFKA_BROKERS")
+    } else {
+        service_address("PROMO_KAFKA_BROKERS")
+    }
+}
+
+static DURABLE: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`brokers`] the durable broker (`scripts/services up --durable`: tansu on S3 storage)
+/// for the whole test binary; call it before anything talks to a broker.
+pub fn use_durable_broker() {
+    DURABLE.store(true, Ordering::SeqCst);
+}
+
+pub fn durable() -> bool {
+    DURABLE.load(Ordering::SeqCst)
+        || std::env::var("PROMO_TEST_BROKER").is_ok_and(|b| b.trim() == "durable")
+}
+
+/// `scripts/services restart-broker`: SIGKILL the durable broker and start it again on the same
+/// storage. Returns how long the broker took to answer again.
+pub fn restart_durable_broker() -> Duration {
+    assert!(durable(), "restart_durable_broker needs the durable broker");
+    let _ = brokers();
+    let started = Instant::now();
+    services(&["restart-broker"]);
+    started.elapsed()
 }
 
 /// The URL of the Redis that `scripts/services up` runs (never the machine's own on 6379).
@@ -54,31 +85,33 @@ pub fn unique_prefix(test: &str) -> String {
     format!("{}:", unique(test))
 }
 
+/// Runs `scripts/services ARGS`, fails the test unless it succeeds, and returns its stdout.
+fn services(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/services"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/services {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/services {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn service_address(name: &str) -> &'static str {
     static ENV: OnceLock<String> = OnceLock::new();
     let text = ENV.get_or_init(|| {
-        let script = repo().join("scripts/services");
-        let up = Command::new("bash")
-            .arg(&script)
-            .arg("up")
-            .current_dir(repo())
-            .output()
-            .expect("run scripts/services up");
-        assert!(
-            up.status.success(),
-            "scripts/services up failed ({}):\n{}{}",
-            up.status,
-            String::from_utf8_lossy(&up.stdout),
-            String::from_utf8_lossy(&up.stderr)
-        );
-        let env = Command::new("bash")
-            .arg(&script)
-            .arg("env")
-            .current_dir(repo())
-            .output()
-            .expect("run scripts/services env");
-        assert!(env.status.success(), "scripts/services env failed");
-        String::from_utf8(env.stdout).expect("scripts/services env prints UTF-8")
+        services(if durable() {
+            &["up", "--durable"]
+        } else {
+            &["up"]
+        });
+        String::from_utf8(services(&["env"])).expect("scripts/services env prints UTF-8")
     });
     let prefix = format!("export {name}=");
     text.lines()
@@ -417,6 +450,13 @@ impl Drop for ChildWorker {
 
 // ---------------------------------------------------------------------------------------------
 // Topics
+
+/// Produces `records` to `topic` (keyed by order id) and waits until all are acknowledged.
+pub fn produce(topic: &str, records: &[Vec<u8>]) {
+    let produced =
+        tools::produce_records(brokers(), topic, records).expect("produce the test records");
+    assert_eq!(produced, records.len(), "every record produced");
+}
 
 /// Reads `topic` until `expected` records arrived or `timeout` passed (see `tools::read_topic`).
 pub fn read(topic: &str, expected: usize, timeout: Duration) -> Vec<ReadRecord> {

@@ -1,0 +1,125 @@
+//! The worker against the durable local broker (`scripts/services up --durable`: tansu with its
+//! `s3://` storage on a local moto S3 server; started here when it is not up): the broker is
+//! killed with SIGKILL mid-stream and restarted on the same storage, and the worker resumes by
+//! itself with every order converted once; and the post-crash case of `tests/group_crash.rs` on
+//! this broker.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use promo_attribution::settings::Settings;
+use support::crash::{self, PARTITIONS};
+use support::{
+    ChildWorker, Names, assert_same_records, group_by, offline_reference, order_ids, orders,
+    produce, read, read_outputs, restart_durable_broker, text, use_durable_broker,
+};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+#[test]
+fn worker_resumes_after_the_broker_is_killed() {
+    use_durable_broker();
+    let t0 = Instant::now();
+    let names = Names::new("broker-restart");
+    names.create_topics(PARTITIONS);
+    let records = orders("R", 3000, 29);
+    let ids = order_ids(&records);
+    let expected = offline_reference(&records, &Settings::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("worker.log");
+    let (before, after) = records.split_at(records.len() * 2 / 3);
+    produce(&names.input, before);
+    let mut worker = ChildWorker::spawn(
+        &names,
+        &names.transactional_id,
+        &["kafka.batch_max_records=50"],
+        &log,
+    );
+    assert!(
+        !read(&names.conversions, 1, DEADLINE).is_empty(),
+        "first conversions; log:\n{}",
+        worker.log_tail()
+    );
+    // Mid-stream: the worker is still deciding the first part when the broker dies.
+    let at_kill = read(&names.conversions, before.len(), Duration::from_millis(200)).len();
+    let down_for = restart_durable_broker();
+    produce(&names.input, after);
+
+    let outputs = read_outputs(&names.conversions, "order_id", &ids, DEADLINE);
+    assert_eq!(
+        worker.exited(),
+        None,
+        "the worker rode out the broker restart; log:\n{}",
+        worker.log_tail()
+    );
+    let by_order = group_by(&outputs.records, "order_id");
+    let seen: BTreeSet<&String> = by_order.keys().collect();
+    let missing: Vec<&String> = ids
+        .iter()
+        .filter(|id| !seen.contains(id))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "orders without a conversion (first 10): {missing:?}; log:\n{}",
+        worker.log_tail()
+    );
+    let mut firsts = Vec::new();
+    let mut repeats = 0;
+    for (id, copies) in &by_order {
+        for copy in &copies[1..] {
+            assert_eq!(
+                text(copy),
+                text(&copies[0]),
+                "conversion of {id} written twice with different bytes"
+            );
+        }
+        repeats += copies.len() - 1;
+        firsts.push(copies[0].clone());
+    }
+    assert_same_records(
+        &firsts,
+        &expected.conversions,
+        "distinct conversions vs offline",
+    );
+    let status = worker.terminate(Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the worker drains on SIGTERM after the restart; log:\n{}",
+        worker.log_tail()
+    );
+    eprintln!(
+        "worker_resumes_after_the_broker_is_killed: {} orders, {at_kill} conversions before the kill, \
+         broker back in {down_for:?}, {} conversion records ({repeats} byte-identical repeats, read {:?}), in {:?}",
+        records.len(),
+        outputs.records.len(),
+        outputs.isolation,
+        t0.elapsed()
+    );
+}
+
+/// As `tests/group_crash.rs`: once the dead instance is fenced, the survivor should commit
+/// everything. On the durable broker it did not within 90 s (1 run of 1): the survivor owned
+/// every partition after 5 s and decided every order, but its commits stayed unfinished — the
+/// overlapping-transaction defect of tansu (docs/dev-notes/2026-12-06-post-crash-stall.md),
+/// which the slower storage makes likelier. Kept as evidence.
+#[test]
+#[ignore = "evidence about the broker, not a check of the worker; run with --ignored"]
+fn survivor_commits_everything_once_the_dead_instance_is_fenced_durable() {
+    use_durable_broker();
+    crash::kill_one_of_two("durable-crash-fenced", true, Duration::from_secs(90))
+        .assert_complete("survivor_commits_everything_once_the_dead_instance_is_fenced_durable");
+}
+
+/// Broker evidence, as in `tests/group_crash.rs`: without a fence the dead instance's open
+/// transaction holds back every later commit that overlaps it, on durable storage too.
+#[test]
+#[ignore = "evidence about the broker, not a check of the worker; run with --ignored"]
+fn survivor_commits_everything_when_a_member_dies_for_good_durable() {
+    use_durable_broker();
+    crash::kill_one_of_two("durable-crash-unfenced", false, Duration::from_secs(90))
+        .assert_complete("survivor_commits_everything_when_a_member_dies_for_good_durable");
+}
