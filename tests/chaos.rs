@@ -13,67 +13,13 @@ use std::time::{Duration, Instant};
 use promo_attribution::offline;
 use promo_attribution::redis::store::Store;
 use promo_attribution::settings::Settings;
-use support::chaos::{Expected, Stream, report, verify};
-use support::redis::{PrivateRedis, detector_sets, offline_run};
+use support::chaos::{
+    Expected, SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn,
+    verify, when_produced,
+};
+use support::redis::{PrivateRedis, detector_sets};
 use support::store::{codes, import_samples, ok, store_settings};
 use support::{ChildWorker, Names, orders, unique_prefix, wait_until};
-
-/// How long the outputs of a scenario may take to appear after the faults end.
-const SETTLE_DEADLINE: Duration = Duration::from_secs(180);
-const STOP: Duration = Duration::from_secs(30);
-
-fn chaos_orders() -> usize {
-    std::env::var("CHAOS_ORDERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000)
-}
-
-/// Records that are not orders, each different, so each must come out as its own dead letter.
-fn poison(tag: &str, count: usize) -> Vec<Vec<u8>> {
-    (0..count)
-        .map(|i| format!(r#"{{"order_id":"{tag}-poison-{i}","program_id":"#).into_bytes())
-        .collect()
-}
-
-/// The valid orders with the poison records spread among them.
-fn interleaved(valid: &[Vec<u8>], poison: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let every = (valid.len() / poison.len().max(1)).max(1);
-    let mut bad = poison.iter();
-    let mut out = Vec::with_capacity(valid.len() + poison.len());
-    for (i, record) in valid.iter().enumerate() {
-        out.push(record.clone());
-        if i % every == every / 2
-            && let Some(b) = bad.next()
-        {
-            out.push(b.clone());
-        }
-    }
-    out.extend(bad.cloned());
-    out
-}
-
-/// The stream of a scenario: `count` orders plus poison, produced in about 200 chunks over
-/// `spread`, and what the offline engine makes of it with `settings`.
-fn scenario_stream(
-    tag: &str,
-    count: usize,
-    seed: u64,
-    settings: &Settings,
-) -> (Vec<Vec<u8>>, Expected) {
-    let valid = orders(tag, count, seed);
-    let poison = poison(tag, (count / 1000).max(3));
-    let (conversions, alerts) = offline_run(&valid, settings);
-    let all = interleaved(&valid, &poison);
-    (
-        all,
-        Expected {
-            conversions,
-            alerts,
-            poison,
-        },
-    )
-}
 
 /// The offline expectation when the worker reads its table from the store under `prefix`: the
 /// table is the store's current version, named as the worker names it.
@@ -105,31 +51,6 @@ fn expected_from_store(
         alerts: lines(&run.alerts),
         poison: Vec::new(),
     }
-}
-
-fn spawn(names: &Names, id: &str, sets: &[String], log: &std::path::Path) -> ChildWorker {
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-    ChildWorker::spawn(names, id, &sets, log)
-}
-
-/// Waits (polling) until the stream has produced `fraction` of its records.
-fn when_produced(stream: &Stream, total: usize, fraction: f64) {
-    let target = (total as f64 * fraction) as usize;
-    assert!(
-        wait_until(SETTLE_DEADLINE, || stream.produced() >= target),
-        "the stream stalled at {} of {total}",
-        stream.produced()
-    );
-}
-
-fn drained(worker: &mut ChildWorker) {
-    let status = worker.terminate(STOP);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "the worker drains on SIGTERM; log:\n{}",
-        worker.log_tail()
-    );
 }
 
 /// Kills the worker `kills` times while the stream flows (restarting it at once with the same
@@ -327,6 +248,33 @@ fn store_redis_killed_then_wiped_and_reimported() {
         &format!(
             "store Redis kill -9 at 30 %, back at 40 %, FLUSHALL at 60 %, re-import at 70 % ({} versions after)",
             history.lines().count()
+        ),
+    );
+}
+
+/// A member of an exactly-once group SIGKILLed mid-transaction and never restarted (a pod lost
+/// during a scale-in), then fenced as docs/operations.md says: the survivor takes every
+/// partition and the group commits every record (`support::crash`, which also checks one
+/// distinct conversion per order, equal to offline mode). Without the fence tansu never ends
+/// the dead transaction (docs/dev-notes/2026-12-06-post-crash-stall.md).
+#[test]
+#[ignore = "minutes; run by scripts/chaos"]
+fn instance_lost_for_good_then_fenced() {
+    let started = Instant::now();
+    let takeover = support::crash::kill_one_of_two("chaos-lost", true, SETTLE_DEADLINE);
+    takeover.assert_complete("chaos instance_lost_for_good_then_fenced");
+    let verdict = support::chaos::Verdict {
+        orders: 6000,
+        ..Default::default()
+    };
+    report(
+        "instance-lost-for-good-fenced",
+        &verdict,
+        started,
+        &format!(
+            "2 workers, 6 partitions, one SIGKILLed for good and fenced; survivor owned all after {:?}, all committed {:?} after the last order",
+            takeover.all_partitions_after.unwrap_or_default(),
+            takeover.committed_after.unwrap_or_default()
         ),
     );
 }

@@ -12,7 +12,13 @@ use std::time::{Duration, Instant};
 
 use promo_attribution::kafka::tools;
 
-use super::{Names, brokers, field, payloads, read_outputs, read_settled_as, text};
+use promo_attribution::settings::Settings;
+
+use super::redis::offline_run;
+use super::{
+    ChildWorker, Names, brokers, field, orders, payloads, read_outputs, read_settled_as, text,
+    wait_until,
+};
 
 /// Records produced in the background, `per_chunk` at a time with `pause` between chunks, so
 /// faults land while the stream flows rather than after it.
@@ -215,4 +221,89 @@ pub fn report(scenario: &str, verdict: &Verdict, started: Instant, notes: &str) 
         started.elapsed().as_secs_f64(),
     );
     assert!(verdict.clean(), "{scenario}: {verdict:?} ({notes})");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario building blocks
+
+/// How long the outputs of a scenario may take to appear after the faults end.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(180);
+pub const STOP: Duration = Duration::from_secs(30);
+
+pub fn chaos_orders() -> usize {
+    std::env::var("CHAOS_ORDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// Records that are not orders, each different, so each must come out as its own dead letter.
+pub fn poison(tag: &str, count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| format!(r#"{{"order_id":"{tag}-poison-{i}","program_id":"#).into_bytes())
+        .collect()
+}
+
+/// The valid orders with the poison records spread among them.
+pub fn interleaved(valid: &[Vec<u8>], poison: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let every = (valid.len() / poison.len().max(1)).max(1);
+    let mut bad = poison.iter();
+    let mut out = Vec::with_capacity(valid.len() + poison.len());
+    for (i, record) in valid.iter().enumerate() {
+        out.push(record.clone());
+        if i % every == every / 2
+            && let Some(b) = bad.next()
+        {
+            out.push(b.clone());
+        }
+    }
+    out.extend(bad.cloned());
+    out
+}
+
+/// The stream of a scenario: `count` orders plus poison, produced in about 200 chunks over
+/// `spread`, and what the offline engine makes of it with `settings`.
+pub fn scenario_stream(
+    tag: &str,
+    count: usize,
+    seed: u64,
+    settings: &Settings,
+) -> (Vec<Vec<u8>>, Expected) {
+    let valid = orders(tag, count, seed);
+    let poison = poison(tag, (count / 1000).max(3));
+    let (conversions, alerts) = offline_run(&valid, settings);
+    let all = interleaved(&valid, &poison);
+    (
+        all,
+        Expected {
+            conversions,
+            alerts,
+            poison,
+        },
+    )
+}
+
+pub fn spawn(names: &Names, id: &str, sets: &[String], log: &std::path::Path) -> ChildWorker {
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    ChildWorker::spawn(names, id, &sets, log)
+}
+
+/// Waits (polling) until the stream has produced `fraction` of its records.
+pub fn when_produced(stream: &Stream, total: usize, fraction: f64) {
+    let target = (total as f64 * fraction) as usize;
+    assert!(
+        wait_until(SETTLE_DEADLINE, || stream.produced() >= target),
+        "the stream stalled at {} of {total}",
+        stream.produced()
+    );
+}
+
+pub fn drained(worker: &mut ChildWorker) {
+    let status = worker.terminate(STOP);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the worker drains on SIGTERM; log:\n{}",
+        worker.log_tail()
+    );
 }

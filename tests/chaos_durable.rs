@@ -1,0 +1,56 @@
+//! The chaos suite's scenario on the durable local broker (tansu on S3 storage, started through
+//! `scripts/services up --durable` when it is not up): the broker is killed -9 and restarted
+//! several times while orders stream, and the workers ride it out. A binary of its own, because
+//! pointing the shared helpers at the durable broker is a per-process choice.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::chaos::{
+    SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn, verify,
+    when_produced,
+};
+use support::{Names, restart_durable_broker, use_durable_broker};
+
+#[test]
+#[ignore = "minutes; run by scripts/chaos"]
+fn broker_killed_three_times_durable() {
+    use_durable_broker();
+    let started = Instant::now();
+    let names = Names::new("chaos-broker-restart");
+    names.create_topics(6);
+    let settings = names.settings(&names.transactional_id, &[]);
+    // The durable broker drains about a quarter as fast as the memory one.
+    let count = chaos_orders() / 2;
+    let (records, expected) = scenario_stream("broker", count, 53, &settings);
+    let total = records.len();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sets = vec!["kafka.batch_max_records=500".to_string()];
+    let mut worker = spawn(
+        &names,
+        &names.transactional_id,
+        &sets,
+        &dir.path().join("w.log"),
+    );
+    let stream = Stream::start(
+        &names.input,
+        records,
+        (total / 200).max(1),
+        Duration::from_millis(50),
+    );
+    let mut downtime = Vec::new();
+    for step in 1..=3 {
+        when_produced(&stream, total, step as f64 / 4.0);
+        downtime.push(restart_durable_broker());
+    }
+    stream.join();
+    let verdict = verify(&names, &expected, SETTLE_DEADLINE);
+    drained(&mut worker);
+    report(
+        "broker-killed-x3-durable",
+        &verdict,
+        started,
+        &format!("durable broker kill -9 and restart at 25/50/75 %, down {downtime:?}"),
+    );
+}
