@@ -19,6 +19,7 @@
 //! - [`redis`]: the code store, the live code sync, the detectors' shared state.
 //! - [`admin`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`offline`]: the engine over files (`attribute`), and [`explain`] for people.
+//! - [`report`]: performance by promo code from conversion records (`report`).
 //! - [`table_source`]: the seam the worker reads the current code table through.
 //! - [`run`]: wiring of the worker; [`cli`]: the command line; `src/main.rs` only calls it.
 
@@ -37,6 +38,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod offline;
 pub mod redis;
+pub mod report;
 pub mod run;
 pub mod schema;
 pub mod settings;

@@ -219,3 +219,96 @@ pub fn read_topic_as(
     }
     Ok(records)
 }
+
+/// Reads every partition of `topic` from offset 0 up to its end as of this call (for
+/// read_committed, the last stable offset), handing each record's payload to `each`; returns
+/// the number of records read. `each` gets (partition, offset, payload). Records written after the call are not read. A partition that
+/// makes no progress for `idle_timeout` before its end is an error naming it.
+///
+/// Offset 0 rather than `Offset::Beginning` for the reason in [`read_topic_as`]. A partition is
+/// done when a record at or past its end arrives, or when the broker says there is nothing more
+/// (partition EOF): the end offset can lie past the last record a reader gets (transaction
+/// markers, aborted records), and tansu's ListOffsets answer is not exact (see [`end_offsets`]).
+pub fn read_to_end(
+    brokers: &str,
+    topic: &str,
+    isolation: Isolation,
+    idle_timeout: Duration,
+    mut each: impl FnMut(i32, i64, &[u8]),
+) -> Result<u64, String> {
+    let ends = end_offsets(brokers, topic, isolation)?;
+    if ends.is_empty() {
+        return Err(format!("topic {topic} has no partitions (does it exist?)"));
+    }
+    let consumer: BaseConsumer = client(brokers)
+        .set("group.id", "promo-attribution-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation.property())
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &(partition, _, end) in &ends {
+        if end > 0 {
+            pending.insert(partition, end);
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(0))
+                .map_err(|e| format!("assign: {e}"))?;
+        }
+    }
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| format!("assign {topic}: {e}"))?;
+    let mut read = 0u64;
+    let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_progress = Instant::now();
+    while !pending.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                let partition = message.partition();
+                let Some(&end) = pending.get(&partition) else {
+                    continue;
+                };
+                reached.insert(partition, message.offset() + 1);
+                if message.offset() < end {
+                    each(
+                        partition,
+                        message.offset(),
+                        message.payload().unwrap_or_default(),
+                    );
+                    read += 1;
+                }
+                if message.offset() + 1 >= end {
+                    pending.remove(&partition);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                last_progress = Instant::now();
+                pending.remove(&partition);
+            }
+            Some(Err(e)) => return Err(format!("read {topic}: {e}")),
+            None if last_progress.elapsed() > idle_timeout => {
+                let stuck: Vec<String> = pending
+                    .iter()
+                    .map(|(p, end)| {
+                        let at = reached.get(p).copied().unwrap_or(0);
+                        format!("{topic}[{p}] at offset {at} of {end}")
+                    })
+                    .collect();
+                return Err(format!(
+                    "no progress for {} s: {}",
+                    idle_timeout.as_secs(),
+                    stuck.join(", ")
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(read)
+}

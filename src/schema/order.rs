@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer};
 
+use super::number::JsonNumber;
 use crate::settings::InputLimits;
 use crate::timefmt::{Instant, parse_rfc3339};
 
@@ -34,10 +35,11 @@ pub struct Order<'a> {
     pub customer: Option<Customer<'a>>,
     #[serde(default, borrow)]
     pub risk: Option<Risk<'a>>,
-    #[serde(default)]
-    pub amount: Option<f64>,
-    #[serde(default)]
-    pub discount: Option<f64>,
+    /// Kept as the producer's exact number text, for the conversion (see `number.rs`).
+    #[serde(default, borrow)]
+    pub amount: Option<JsonNumber<'a>>,
+    #[serde(default, borrow)]
+    pub discount: Option<JsonNumber<'a>>,
     #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub currency: Option<Cow<'a, str>>,
 }
@@ -106,7 +108,9 @@ where
     Ok(list.into_iter().map(|s| s.0).collect())
 }
 
-fn borrowed_opt<'de: 'a, 'a, D>(deserializer: D) -> Result<Option<Cow<'a, str>>, D::Error>
+pub(crate) fn borrowed_opt<'de: 'a, 'a, D>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error>
 where
     D: Deserializer<'de>,
 {
