@@ -69,10 +69,21 @@ fn report_json(args: &[&str], stdin: Option<&[u8]>) -> (Value, String) {
     (value, stderr)
 }
 
-/// What the sample table and orders give per code: checked by hand against the decisions
-/// README's worked examples describe.
+/// What the sample table and orders give per code, checked by hand: ANNA10 credits A-1
+/// (120.0, discount 12.0) and A-10 (60.00, 6.00), so 180.00 and 18.00 at the larger scale;
+/// PODCAST15 credits A-2 (19.99) and invalidates A-4; A-11 has no currency and A-13 no money.
+/// A-5 is credited on the click (its SPRING25 is not yet active), so no code row counts it.
 fn expected_sample_report() -> Value {
-    json!([])
+    json!([
+        {"program_id": "1001", "code_id": "LI:ANNA10", "code": "ANNA10", "owner_partner_id": "2001", "currency": "USD", "credited": 2, "revenue": "180.00", "discount": "18.00", "credited_without_amount": 0, "invalid": 0, "invalid_by_reason": {}},
+        {"program_id": "1001", "code_id": "LI:DEALS20", "code": "DEALS20", "owner_partner_id": "2003", "currency": "USD", "credited": 0, "revenue": "0", "discount": "0", "credited_without_amount": 0, "invalid": 1, "invalid_by_reason": {"CODE_OWNED_BY_OTHER_PARTNER": 1}},
+        {"program_id": "1001", "code_id": "LI:GONE5", "code": "GONE5", "owner_partner_id": "2006", "currency": null, "credited": 0, "revenue": "0", "discount": "0", "credited_without_amount": 0, "invalid": 1, "invalid_by_reason": {"PARTNER_CONTRACT_INACTIVE": 1}},
+        {"program_id": "1001", "code_id": "LI:OLDCODE", "code": "OLDCODE", "owner_partner_id": "2002", "currency": "USD", "credited": 0, "revenue": "0", "discount": "0", "credited_without_amount": 0, "invalid": 1, "invalid_by_reason": {"CODE_INACTIVE": 1}},
+        {"program_id": "1001", "code_id": "LI:PODCAST15", "code": "PODCAST15", "owner_partner_id": "2002", "currency": "USD", "credited": 1, "revenue": "19.99", "discount": "3.00", "credited_without_amount": 0, "invalid": 1, "invalid_by_reason": {"CODE_OWNER_NOT_INVOLVED": 1}},
+        {"program_id": "1001", "code_id": "LI:STAFF50", "code": "STAFF50", "owner_partner_id": null, "currency": "USD", "credited": 0, "revenue": "0", "discount": "0", "credited_without_amount": 0, "invalid": 1, "invalid_by_reason": {"CODE_RESTRICTED": 1}},
+        {"program_id": "1001", "code_id": "RE:^(?i)(ANNA).*", "code": "^(?i)(ANNA).*", "owner_partner_id": "2001", "currency": null, "credited": 1, "revenue": "0", "discount": "0", "credited_without_amount": 1, "invalid": 0, "invalid_by_reason": {}},
+        {"program_id": "1001", "code_id": "RE:^(SUMMER).*", "code": "^(SUMMER).*", "owner_partner_id": "2004", "currency": "EUR", "credited": 1, "revenue": "80.5", "discount": "8.05", "credited_without_amount": 0, "invalid": 0, "invalid_by_reason": {}}
+    ])
 }
 
 #[test]
@@ -121,10 +132,13 @@ fn filters_formats_and_chart() {
     let (none, stderr) = report_json(&["--conversions", path, "--program", "9999"], None);
     assert_eq!(none, json!([]));
     assert!(stderr.contains("12 outside the selection"), "{stderr}");
+    // Only A-5 is in July: credited to 3001 on the click, its `1e2` summed as 100.
     let (july, _) = report_json(
         &[
             "--conversions",
             path,
+            "--by",
+            "partner",
             "--from",
             "2026-07-01T00:00:00Z",
             "--to",
@@ -132,13 +146,12 @@ fn filters_formats_and_chart() {
         ],
         None,
     );
-    let codes: Vec<&str> = july
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|row| row["code"].as_str())
-        .collect();
-    assert_eq!(codes, ["SPRING25"]);
+    assert_eq!(
+        july,
+        json!([{"program_id": "1001", "partner_id": "3001", "currency": "EUR", "credited": 1,
+                "revenue": "100", "discount": "25", "credited_without_amount": 0, "invalid": 0,
+                "invalid_by_reason": {}}])
+    );
 
     let chart = dir.path().join("codes.svg");
     let table = run(

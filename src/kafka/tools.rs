@@ -220,15 +220,17 @@ pub fn read_topic_as(
     Ok(records)
 }
 
-/// Reads every partition of `topic` from offset 0 up to its end as of this call (for
-/// read_committed, the last stable offset), handing each record's payload to `each`; returns
-/// the number of records read. `each` gets (partition, offset, payload). Records written after the call are not read. A partition that
-/// makes no progress for `idle_timeout` before its end is an error naming it.
+/// Reads every partition of `topic` from offset 0 to its end, handing each record to `each`
+/// as (partition, offset, payload); returns the number of records read. A partition is done
+/// when the broker reports its end to this reader (partition EOF) and the reader's position is
+/// at least the partition's end offset when the call began (for read_committed, the last stable
+/// offset): everything committed before the call is read, and records committed while it reads
+/// may be read too. A partition that makes no progress for `idle_timeout` is an error naming it.
 ///
-/// Offset 0 rather than `Offset::Beginning` for the reason in [`read_topic_as`]. A partition is
-/// done when a record at or past its end arrives, or when the broker says there is nothing more
-/// (partition EOF): the end offset can lie past the last record a reader gets (transaction
-/// markers, aborted records), and tansu's ListOffsets answer is not exact (see [`end_offsets`]).
+/// Offset 0 rather than `Offset::Beginning` for the reason in [`read_topic_as`]. The end offsets
+/// alone cannot say when to stop: tansu answers ListOffsets(LATEST) with one past the base offset
+/// of the newest batch, below the true end when that batch holds several records (see
+/// [`end_offsets`]), while the end a fetch reports, which EOF is based on, is exact.
 pub fn read_to_end(
     brokers: &str,
     topic: &str,
@@ -251,64 +253,62 @@ pub fn read_to_end(
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for &(partition, _, end) in &ends {
-        if end > 0 {
-            pending.insert(partition, end);
-            assignment
-                .add_partition_offset(topic, partition, Offset::Offset(0))
-                .map_err(|e| format!("assign: {e}"))?;
-        }
-    }
-    if pending.is_empty() {
-        return Ok(0);
+        pending.insert(partition, end);
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(0))
+            .map_err(|e| format!("assign: {e}"))?;
     }
     consumer
         .assign(&assignment)
         .map_err(|e| format!("assign {topic}: {e}"))?;
     let mut read = 0u64;
-    let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_progress = Instant::now();
     while !pending.is_empty() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 last_progress = Instant::now();
-                let partition = message.partition();
-                let Some(&end) = pending.get(&partition) else {
-                    continue;
-                };
-                reached.insert(partition, message.offset() + 1);
-                if message.offset() < end {
-                    each(
-                        partition,
-                        message.offset(),
-                        message.payload().unwrap_or_default(),
-                    );
+                if pending.contains_key(&message.partition()) {
+                    let payload = message.payload().unwrap_or_default();
+                    each(message.partition(), message.offset(), payload);
                     read += 1;
-                }
-                if message.offset() + 1 >= end {
-                    pending.remove(&partition);
                 }
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
                 last_progress = Instant::now();
-                pending.remove(&partition);
+                let end = pending.get(&partition).copied().unwrap_or(0);
+                if position(&consumer, topic, partition)? >= end {
+                    pending.remove(&partition);
+                }
             }
             Some(Err(e)) => return Err(format!("read {topic}: {e}")),
             None if last_progress.elapsed() > idle_timeout => {
-                let stuck: Vec<String> = pending
-                    .iter()
-                    .map(|(p, end)| {
-                        let at = reached.get(p).copied().unwrap_or(0);
-                        format!("{topic}[{p}] at offset {at} of {end}")
-                    })
-                    .collect();
+                let mut stuck = Vec::new();
+                for (&partition, end) in &pending {
+                    let at = position(&consumer, topic, partition)?;
+                    stuck.push(format!("{topic}[{partition}] at offset {at}, end {end}"));
+                }
                 return Err(format!(
                     "no progress for {} s: {}",
                     idle_timeout.as_secs(),
-                    stuck.join(", ")
+                    stuck.join("; ")
                 ));
             }
             None => {}
         }
     }
     Ok(read)
+}
+
+/// The reader's next offset in `partition` (0 before it has read anything).
+fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, String> {
+    let positions = consumer
+        .position()
+        .map_err(|e| format!("position in {topic}: {e}"))?;
+    Ok(positions
+        .find_partition(topic, partition)
+        .and_then(|p| match p.offset() {
+            Offset::Offset(at) => Some(at),
+            _ => None,
+        })
+        .unwrap_or(0))
 }

@@ -333,6 +333,31 @@ mod tests {
     }
 
     #[test]
+    fn money_keeps_its_text_and_non_numbers_are_rejected_as_before() {
+        let base = r#""order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z""#;
+        let raw = format!(r#"{{{base},"amount":100.10,"discount":1e-7,"currency":"EUR"}}"#);
+        let order = parse_order(raw.as_bytes(), &limits()).expect("valid").order;
+        assert_eq!(
+            order.amount.as_ref().map(JsonNumber::as_str),
+            Some("100.10")
+        );
+        assert_eq!(
+            order.discount.as_ref().map(JsonNumber::as_str),
+            Some("1e-7")
+        );
+        // What an f64 field rejected before is still a schema violation.
+        for money in [
+            r#""amount":"12.50""#,
+            r#""amount":1e400"#,
+            r#""discount":true"#,
+        ] {
+            let raw = format!("{{{base},{money}}}");
+            let err = parse_order(raw.as_bytes(), &limits()).expect_err(money);
+            assert_eq!(err.reason(), "schema_violation", "{money}: {err}");
+        }
+    }
+
+    #[test]
     fn strings_borrow_from_the_record_unless_escaped() {
         let raw = br#"{"order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z","promo_codes":["SAVE10","A\"B"],"event_id":"e","customer":{"id":"c"}}"#;
         let order = parse_order(raw, &limits()).expect("valid").order;
