@@ -107,7 +107,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("conversions.jsonl");
     let mut rng = Rng(SEED);
-    let mut lines = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
     {
         let mut out = BufWriter::new(std::fs::File::create(&path).expect("create"));
         let mut written = 0;

@@ -154,10 +154,21 @@ fn reader(
     topic: &str,
     isolation: Isolation,
 ) -> Result<(BaseConsumer, Vec<i32>), String> {
+    reader_with(brokers, topic, isolation, false)
+}
+
+/// [`reader`], optionally told by the client when it reaches a partition's end.
+fn reader_with(
+    brokers: &str,
+    topic: &str,
+    isolation: Isolation,
+    partition_eof: bool,
+) -> Result<(BaseConsumer, Vec<i32>), String> {
     let consumer: BaseConsumer = client(brokers)
         .set("group.id", "promo-attribution-reader")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", partition_eof.to_string())
         .set("isolation.level", isolation.property())
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
@@ -172,6 +183,26 @@ fn reader(
     Ok((consumer, partitions))
 }
 
+/// Assigns every partition at offset 0, not `Offset::Beginning`: tansu answers
+/// ListOffsets(EARLIEST) with the batch written longest ago, which is not the first one when two
+/// producers' puts finish out of order, and the reader would silently skip the batches before
+/// it. Where offset 0 is gone (retention), `auto.offset.reset` falls back to the earliest.
+fn assign_from_zero(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<(), String> {
+    let mut assignment = TopicPartitionList::new();
+    for &partition in partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(0))
+            .map_err(|e| format!("assign: {e}"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| format!("assign {topic}: {e}"))
+}
+
 /// [`read_topic`] with a chosen isolation level.
 pub fn read_topic_as(
     brokers: &str,
@@ -181,19 +212,7 @@ pub fn read_topic_as(
     isolation: Isolation,
 ) -> Result<Vec<ReadRecord>, String> {
     let (consumer, partitions) = reader(brokers, topic, isolation)?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in partitions {
-        // Offset 0, not `Offset::Beginning`: tansu answers ListOffsets(EARLIEST) with the
-        // batch written longest ago, which is not the first one when two producers' puts
-        // finish out of order, and the reader would silently skip the batches before it.
-        // Where offset 0 is gone (retention), `auto.offset.reset` falls back to the earliest.
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(0))
-            .map_err(|e| format!("assign: {e}"))?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| format!("assign {topic}: {e}"))?;
+    assign_from_zero(&consumer, topic, &partitions)?;
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
     while records.len() < expected && Instant::now() < deadline {
@@ -227,7 +246,7 @@ pub fn read_topic_as(
 /// offset): everything committed before the call is read, and records committed while it reads
 /// may be read too. A partition that makes no progress for `idle_timeout` is an error naming it.
 ///
-/// Offset 0 rather than `Offset::Beginning` for the reason in [`read_topic_as`]. The end offsets
+/// Offset 0 rather than `Offset::Beginning` for the reason in [`assign_from_zero`]. The end offsets
 /// alone cannot say when to stop: tansu answers ListOffsets(LATEST) with one past the base offset
 /// of the newest batch, below the true end when that batch holds several records (see
 /// [`end_offsets`]), while the end a fetch reports, which EOF is based on, is exact.
@@ -242,25 +261,10 @@ pub fn read_to_end(
     if ends.is_empty() {
         return Err(format!("topic {topic} has no partitions (does it exist?)"));
     }
-    let consumer: BaseConsumer = client(brokers)
-        .set("group.id", "promo-attribution-reader")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", isolation.property())
-        .create()
-        .map_err(|e| format!("consumer: {e}"))?;
-    let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &(partition, _, end) in &ends {
-        pending.insert(partition, end);
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(0))
-            .map_err(|e| format!("assign: {e}"))?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| format!("assign {topic}: {e}"))?;
+    let (consumer, _) = reader_with(brokers, topic, isolation, true)?;
+    let mut pending: BTreeMap<i32, i64> = ends.iter().map(|&(p, _, end)| (p, end)).collect();
+    let partitions: Vec<i32> = pending.keys().copied().collect();
+    assign_from_zero(&consumer, topic, &partitions)?;
     let mut read = 0u64;
     let mut last_progress = Instant::now();
     while !pending.is_empty() {

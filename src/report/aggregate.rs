@@ -289,6 +289,47 @@ impl Aggregator {
         at
     }
 
+    /// Adds the counts of `other`, an aggregator of the same report over records none of which
+    /// shares an `event_id` with this one's (see `parallel.rs`).
+    pub fn merge(&mut self, other: Aggregator) -> Result<(), AddError> {
+        for row in other.rows {
+            let at = self.row(
+                &row.program_id,
+                row.subject.as_deref(),
+                row.currency.as_deref(),
+            );
+            let mine = &mut self.rows[at];
+            if !row.owner_event_time.is_empty() {
+                update_owner(mine, row.owner_partner_id.as_deref(), &row.owner_event_time);
+            }
+            mine.credited += row.credited;
+            mine.without_amount += row.without_amount;
+            mine.invalid += row.invalid;
+            for (reason, count) in row.invalid_by_reason {
+                *mine.invalid_by_reason.entry(reason).or_default() += count;
+            }
+            let overflow = |field: &'static str, value: Decimal| AddError::Money {
+                event_id: "(sum of two parts)".into(),
+                field,
+                value: value.to_string(),
+            };
+            mine.revenue = (mine.revenue.checked_add(row.revenue))
+                .ok_or_else(|| overflow("revenue", row.revenue))?;
+            mine.discount = (mine.discount.checked_add(row.discount))
+                .ok_or_else(|| overflow("discount", row.discount))?;
+        }
+        let (s, o) = (&mut self.stats, other.stats);
+        s.records += o.records;
+        s.repeats += o.repeats;
+        s.conflicting += o.conflicting;
+        s.unreadable += o.unreadable;
+        s.outside += o.outside;
+        s.credited += o.credited;
+        s.invalid += o.invalid;
+        s.unattributed += o.unattributed;
+        Ok(())
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -26,42 +26,28 @@ pub fn code_of(code_id: &str) -> &str {
 }
 
 /// The fields of a row, in contract order.
-pub fn columns(by: By) -> &'static [&'static str] {
-    match by {
-        By::Code => &[
-            "program_id",
-            "code_id",
-            "code",
-            "owner_partner_id",
-            "currency",
-            "credited",
-            "revenue",
-            "discount",
-            "credited_without_amount",
-            "invalid",
-            "invalid_by_reason",
-        ],
-        By::Partner => &[
-            "program_id",
-            "partner_id",
-            "currency",
-            "credited",
-            "revenue",
-            "discount",
-            "credited_without_amount",
-            "invalid",
-            "invalid_by_reason",
-        ],
-        By::Reason => &[
-            "program_id",
-            "invalid_reason",
-            "currency",
-            "invalid",
-            "amount",
-            "discount",
-            "without_amount",
-        ],
-    }
+pub fn columns(by: By) -> Vec<&'static str> {
+    const CREDIT: [&str; 6] = [
+        "credited",
+        "revenue",
+        "discount",
+        "credited_without_amount",
+        "invalid",
+        "invalid_by_reason",
+    ];
+    let (subject, tail): (&[&str], &[&str]) = match by {
+        By::Code => (&["code_id", "code", "owner_partner_id"], &CREDIT),
+        By::Partner => (&["partner_id"], &CREDIT),
+        By::Reason => (
+            &["invalid_reason"],
+            &["invalid", "amount", "discount", "without_amount"],
+        ),
+    };
+    let mut all = vec!["program_id"];
+    all.extend_from_slice(subject);
+    all.push("currency");
+    all.extend_from_slice(tail);
+    all
 }
 
 /// One row's values, index-aligned with [`columns`].
@@ -86,7 +72,7 @@ fn values(by: By, row: &Row) -> Vec<Value> {
 }
 
 /// A row as a JSON object whose keys keep the contract order.
-struct Ordered<'a>(&'static [&'static str], &'a [Value]);
+struct Ordered<'a>(&'a [&'static str], &'a [Value]);
 
 impl serde::Serialize for Ordered<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -103,13 +89,14 @@ pub fn write(out: &mut dyn Write, by: By, format: Format, rows: &[Row]) -> std::
     match format {
         Format::Json => {
             let all: Vec<Vec<Value>> = rows.iter().map(|r| values(by, r)).collect();
-            let array: Vec<Ordered<'_>> = all.iter().map(|v| Ordered(columns(by), v)).collect();
+            let names = columns(by);
+            let array: Vec<Ordered<'_>> = all.iter().map(|v| Ordered(&names, v)).collect();
             serde_json::to_writer_pretty(&mut *out, &array)?;
             writeln!(out)
         }
         Format::Csv => {
             let mut csv = csv::Writer::from_writer(out);
-            csv.write_record(columns(by))?;
+            csv.write_record(&columns(by))?;
             for row in rows {
                 csv.write_record(values(by, row).iter().map(cell))?;
             }
