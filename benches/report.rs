@@ -86,7 +86,7 @@ fn conversion(rng: &mut Rng, n: u64) -> String {
     };
     format!(
         r#"{{"schema_version":1,"event_id":"{n:032x}","order_id":"order-{n}","program_id":"{program}","event_type":"sale","event_time":"2026-05-10T12:00:00Z","amount":{amount},"discount":{discount},"currency":{currency},"status":"{status}","basis":{basis},"partner_id":{partner},"invalid_reason":{reason},"invalid_partner_id":{invalid_partner},"overridden_partner_id":null,"code":{code_json},"winning_click":{click_json},"involved_partners":[{involved}],"unknown_codes":[],"code_table_version":"file-d61d937a46bbf7a2"}}"#,
-        discount = if cents % 3 == 0 {
+        discount = if cents.is_multiple_of(3) {
             "null".to_string()
         } else {
             format!("{}.50", cents / 1000)

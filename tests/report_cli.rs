@@ -2,7 +2,6 @@
 //! reported from that file and from a real topic holding repeats (the local broker, started
 //! by `scripts/services up` like every broker test).
 
-#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};

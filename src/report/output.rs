@@ -96,7 +96,7 @@ pub fn write(out: &mut dyn Write, by: By, format: Format, rows: &[Row]) -> std::
         }
         Format::Csv => {
             let mut csv = csv::Writer::from_writer(out);
-            csv.write_record(&columns(by))?;
+            csv.write_record(columns(by))?;
             for row in rows {
                 csv.write_record(values(by, row).iter().map(cell))?;
             }

@@ -96,7 +96,7 @@ fn shard(line: &[u8], shards: usize) -> usize {
 
 /// Counts every line of `blocks` on `threads` threads. `add` counts one line into a thread's
 /// aggregator (and reports what it skips); its first error stops that thread and is returned.
-pub fn aggregate<E: Send>(
+pub fn aggregate<E>(
     by: By,
     selection: &Selection,
     blocks: impl Iterator<Item = io::Result<Block>>,
@@ -105,7 +105,7 @@ pub fn aggregate<E: Send>(
     io_error: impl Fn(io::Error) -> E,
 ) -> Result<Aggregator, E>
 where
-    E: From<AddError>,
+    E: From<AddError> + Send,
 {
     let threads = threads.max(1);
     std::thread::scope(|scope| {
