@@ -54,15 +54,28 @@ fn blocks_of(mut input: impl Read, size: usize) -> impl Iterator<Item = io::Resu
         bytes.truncate(filled);
         if !done {
             // Keep the partial last line for the next block.
-            let cut = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let cut = memchr::memrchr(b'\n', &bytes).map_or(0, |i| i + 1);
             carry = bytes.split_off(cut);
         }
         if bytes.is_empty() && done {
             return None;
         }
         let first_line = next_line;
-        next_line += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+        next_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
         Some(Ok(Block { first_line, bytes }))
+    })
+}
+
+/// The lines of a block, found with SIMD: every thread scans every block, so a byte-at-a-time
+/// split would cost each of them a pass over the whole input.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', bytes);
+    std::iter::from_fn(move || {
+        let end = ends.next().or((start < bytes.len()).then_some(bytes.len()))?;
+        let line = &bytes[start..end];
+        start = end + 1;
+        Some(line)
     })
 }
 
@@ -71,9 +84,7 @@ fn blocks_of(mut input: impl Read, size: usize) -> impl Iterator<Item = io::Resu
 /// `event_id` go to shard 0, which reports them.
 fn shard(line: &[u8], shards: usize) -> usize {
     const KEY: &[u8] = b"\"event_id\":\"";
-    let id = line
-        .windows(KEY.len())
-        .position(|w| w == KEY)
+    let id = memchr::memmem::find(line, KEY)
         .map(|at| &line[at + KEY.len()..])
         .and_then(|rest| {
             let end = rest.iter().position(|b| *b == b'"' || *b == b'\\')?;
@@ -120,8 +131,7 @@ where
             workers.push(scope.spawn(move || {
                 let mut agg = Aggregator::new(by, selection);
                 for block in rx {
-                    let lines = block.bytes.split(|b| *b == b'\n');
-                    for (number, line) in (block.first_line..).zip(lines) {
+                    for (number, line) in (block.first_line..).zip(lines(&block.bytes)) {
                         let line = line.trim_ascii_end();
                         if !line.is_empty() && shard(line, threads) == me {
                             add(&mut agg, line, number)?;
