@@ -6,6 +6,7 @@
 //! first record seen is the one that counts.
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
@@ -171,15 +172,19 @@ impl Aggregator {
         }
         let id = id_key(&record.event_id);
         let content = xxhash_rust::xxh3::xxh3_128(bytes);
-        if let Some(first) = self.seen.insert(id, content) {
-            // Keep the first record's hash, so every later differing copy is a conflict.
-            self.seen.insert(id, first);
-            if first == content {
-                self.stats.repeats += 1;
-            } else {
-                self.stats.conflicting += 1;
+        match self.seen.entry(id) {
+            // The first record's hash stays, so every later differing copy is a conflict.
+            Entry::Occupied(first) => {
+                if *first.get() == content {
+                    self.stats.repeats += 1;
+                } else {
+                    self.stats.conflicting += 1;
+                }
+                return Ok(());
             }
-            return Ok(());
+            Entry::Vacant(slot) => {
+                slot.insert(content);
+            }
         }
         match record.status {
             Status::Credited => self.stats.credited += 1,

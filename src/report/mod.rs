@@ -30,10 +30,11 @@ pub struct ReportArgs {
     /// Conversions, one JSON object per line; stdin when neither this nor --topic is given.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["brokers", "topic"])]
     pub conversions: Option<PathBuf>,
-    /// Read the conversions topic instead (read_committed, every partition from offset 0 to
-    /// its end when the report starts).
+    /// Kafka bootstrap servers, to read the conversions from --topic instead of a file.
     #[arg(long, requires = "topic")]
     pub brokers: Option<String>,
+    /// Conversions topic: read read_committed, every partition from offset 0 to its end (at
+    /// least the end it had when the report started).
     #[arg(long, requires = "brokers")]
     pub topic: Option<String>,
     /// Only conversions whose event_time (the order's) is at or after this RFC 3339 instant.

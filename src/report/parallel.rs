@@ -72,7 +72,9 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
     let mut ends = memchr::memchr_iter(b'\n', bytes);
     std::iter::from_fn(move || {
-        let end = ends.next().or((start < bytes.len()).then_some(bytes.len()))?;
+        let end = ends
+            .next()
+            .or((start < bytes.len()).then_some(bytes.len()))?;
         let line = &bytes[start..end];
         start = end + 1;
         Some(line)
