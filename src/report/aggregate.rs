@@ -8,7 +8,6 @@
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -137,9 +136,9 @@ pub struct Aggregator {
     selection: Selection,
     /// event_id → hash of the bytes first seen with it.
     seen: FastMap<u128, u128>,
-    index: FastMap<String, usize>,
+    index: FastMap<Vec<u8>, usize>,
     rows: Vec<Row>,
-    key: String,
+    key: Vec<u8>,
     stats: Stats,
 }
 
@@ -151,7 +150,7 @@ impl Aggregator {
             seen: FastMap::default(),
             index: FastMap::default(),
             rows: Vec::new(),
-            key: String::new(),
+            key: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -265,15 +264,18 @@ impl Aggregator {
     fn row(&mut self, program: &str, subject: Option<&str>, currency: Option<&str>) -> usize {
         self.key.clear();
         for part in [Some(program), subject, currency] {
-            // Length-prefixed, so no text inside a part can make two keys equal.
+            // Length-prefixed (a null has no length), so no text inside a part can make two
+            // keys equal.
             match part {
                 Some(text) => {
-                    let _ = write!(self.key, "{}:{text}", text.len());
+                    self.key.push(1);
+                    self.key.extend_from_slice(&text.len().to_le_bytes());
+                    self.key.extend_from_slice(text.as_bytes());
                 }
-                None => self.key.push('-'),
+                None => self.key.push(0),
             }
         }
-        if let Some(&at) = self.index.get(self.key.as_str()) {
+        if let Some(&at) = self.index.get(self.key.as_slice()) {
             return at;
         }
         let at = self.rows.len();

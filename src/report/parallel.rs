@@ -83,27 +83,30 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// The shard of a record: from the text of its `event_id` where the record is written the way
 /// the engine writes it, else from a parse of that one field. Records without a readable
-/// `event_id` go to shard 0, which reports them.
+/// `event_id` go to shard 0, which reports them. Runs on every line in every thread, so the
+/// engine's own layout is recognised by its prefix and nothing is allocated.
 fn shard(line: &[u8], shards: usize) -> usize {
     const KEY: &[u8] = b"\"event_id\":\"";
-    let id = memchr::memmem::find(line, KEY)
-        .map(|at| &line[at + KEY.len()..])
-        .and_then(|rest| {
-            let end = rest.iter().position(|b| *b == b'"' || *b == b'\\')?;
-            (rest[end] == b'"').then(|| rest[..end].to_vec())
-        })
-        .or_else(|| {
-            #[derive(serde::Deserialize)]
-            struct Id {
-                event_id: String,
-            }
-            serde_json::from_slice::<Id>(line)
-                .ok()
-                .map(|r| r.event_id.into_bytes())
-        });
-    match id {
-        Some(id) => (xxhash_rust::xxh3::xxh3_64(&id) % shards as u64) as usize,
-        None => 0,
+    const ENGINE_PREFIX: &[u8] = b"{\"schema_version\":1,\"event_id\":\"";
+    let of = |id: &[u8]| (xxhash_rust::xxh3::xxh3_64(id) % shards as u64) as usize;
+    let start = if line.starts_with(ENGINE_PREFIX) {
+        Some(ENGINE_PREFIX.len())
+    } else {
+        memchr::memmem::find(line, KEY).map(|at| at + KEY.len())
+    };
+    if let Some(rest) = start.map(|at| &line[at..])
+        && let Some(end) = memchr::memchr2(b'"', b'\\', rest)
+        && rest[end] == b'"'
+    {
+        return of(&rest[..end]);
+    }
+    #[derive(serde::Deserialize)]
+    struct Id {
+        event_id: String,
+    }
+    match serde_json::from_slice::<Id>(line) {
+        Ok(record) => of(record.event_id.as_bytes()),
+        Err(_) => 0,
     }
 }
 
