@@ -36,6 +36,8 @@ pub enum Command {
     Run(RunArgs),
     /// Manage the code table in the Redis store: import, expire, list, export, history, rollback.
     Codes(crate::codes_cli::CodesArgs),
+    /// Performance by promo code (or partner, or invalid reason) from conversions: a file or a topic.
+    Report(crate::report::ReportArgs),
     /// Small Kafka tools for demos and checks: create topics, produce a JSON-lines file, read a topic.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -236,6 +238,7 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => run_explain(args),
         Command::Run(args) => return run_worker(args),
         Command::Codes(args) => return crate::codes_cli::main(args),
+        Command::Report(args) => return crate::report::main(args),
         Command::Topics(command) => run_topics(command),
         Command::Replay(args) => return crate::replay::main(args),
         Command::Dlq(command) => return crate::dlq::main(command),

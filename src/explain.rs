@@ -48,6 +48,18 @@ pub fn explain(record: &[u8], table: &CodeTable, settings: &Settings) -> String 
         o.event_time,
         format_instant(&at)
     );
+    if o.amount.is_some() || o.discount.is_some() || o.currency.is_some() {
+        let number = |n: &Option<crate::schema::JsonNumber<'_>>| {
+            n.as_ref().map_or("null", |n| n.as_str()).to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "Money, carried to the conversion as written: amount {}, discount {}, currency {}",
+            number(&o.amount),
+            number(&o.discount),
+            o.currency.as_deref().unwrap_or("null")
+        );
+    }
     let _ = writeln!(out, "Code table version {}\n", table.version());
 
     let _ = writeln!(out, "1. Promo codes ({} entered)", o.promo_codes.len());

@@ -20,6 +20,7 @@
 //! - [`admin`], [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`offline`]: the engine over files (`attribute`), and [`explain`] for people.
 //! - [`replay`]: re-decide and audit a range of the input topic; [`dlq`]: send dead letters back.
+//! - [`report`]: performance by promo code from conversion records (`report`).
 //! - [`table_source`]: the seam the worker reads the current code table through.
 //! - [`run`]: wiring of the worker; [`cli`]: the command line; `src/main.rs` only calls it.
 
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod offline;
 pub mod redis;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod schema;
 pub mod settings;

@@ -719,7 +719,7 @@ fn conversion_schema_rejects_documents_that_break_the_contract() {
         ),
         (
             "an extra field",
-            with(&example, &[("amount", json!(120.0))]),
+            with(&example, &[("order_total", json!(120.0))]),
         ),
         (
             "null involved_partners",
@@ -862,4 +862,85 @@ fn alert_schema_rejects_documents_that_break_the_contract() {
     for (label, document) in &cases {
         assert_rejected(&validator, document, label);
     }
+}
+
+/// Money goes from the order to its conversion as the same JSON number text: no float on the
+/// way, so `19.99`, `100.10` and `1e2` are written exactly as the order had them.
+#[test]
+fn conversions_carry_the_orders_money_as_written() {
+    let cases = [
+        ("0.1", "0.1"),
+        ("19.99", "19.99"),
+        ("100.10", "-0.00"),
+        ("1e2", "1E+2"),
+        ("1e-7", "0"),
+        ("123456789012345678901234567890.12", "5e-324"),
+    ];
+    let mut orders = String::new();
+    for (i, (amount, discount)) in cases.iter().enumerate() {
+        orders.push_str(&format!(
+            r#"{{"order_id":"M-{i}","program_id":"1001","event_type":"sale","event_time":"2026-05-10T12:00:00Z","promo_codes":["ANNA10"],"amount": {amount} ,"discount":{discount},"currency":"EUR"}}"#
+        ));
+        orders.push('\n');
+    }
+    orders.push_str(r#"{"order_id":"M-none","program_id":"1001","event_type":"sale","event_time":"2026-05-10T12:00:00Z","amount":null}"#);
+    orders.push('\n');
+    let table = offline::load_table(
+        &repo_path("samples/codes.csv"),
+        Some(&repo_path("samples/partners.csv")),
+        BuildOptions::default(),
+    )
+    .expect("the sample table loads");
+    let run = offline::attribute_captured(orders.as_bytes(), "money", &table, &Settings::default())
+        .expect("writing to memory cannot fail");
+    let text = String::from_utf8(run.conversions).expect("UTF-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), cases.len() + 1, "{text}");
+    for ((amount, discount), line) in cases.iter().zip(&lines) {
+        let expected = format!(r#","amount":{amount},"discount":{discount},"currency":"EUR","#);
+        assert!(line.contains(&expected), "{expected} not in {line}");
+    }
+    assert!(
+        lines[cases.len()].contains(r#""amount":null,"discount":null,"currency":null,"#),
+        "{}",
+        lines[cases.len()]
+    );
+    let validator = validator("conversion");
+    for line in &lines {
+        let document: Value = serde_json::from_str(line).expect("JSON");
+        assert_valid(&validator, &document, line);
+    }
+}
+
+#[test]
+fn sample_conversions_carry_their_orders_money_and_older_records_stay_valid() {
+    let run = sample_run(&Settings::default());
+    let orders: Vec<Value> = read_text("samples/orders.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for conversion in &run.conversions {
+        let order = orders
+            .iter()
+            .find(|o| o["order_id"] == conversion["order_id"])
+            .expect("the order of every conversion");
+        for field in ["amount", "discount", "currency"] {
+            assert_eq!(
+                conversion[field], order[field],
+                "{field} of {}",
+                conversion["order_id"]
+            );
+            assert!(conversion.get(field).is_some(), "{field} is always written");
+        }
+    }
+    // Conversions written before the money fields existed are still version 1 records.
+    let validator = validator("conversion");
+    let mut older = read_json("schema/examples/conversion.json");
+    for field in ["amount", "discount", "currency"] {
+        older.as_object_mut().expect("object").remove(field);
+    }
+    assert_valid(&validator, &older, "a conversion without the money fields");
+    let mut string_amount = read_json("schema/examples/conversion.json");
+    string_amount["amount"] = json!("120.00");
+    assert_rejected(&validator, &string_amount, "an amount written as a string");
 }

@@ -14,7 +14,7 @@ use crate::codes::normalize::trim_entered;
 use crate::codes::{CodeEntry, CodeState, CodeTable, CodeType, CreditPolicy, EntryId};
 use crate::ids::conversion_event_id;
 use crate::schema::{
-    Alert, Basis, ClickRef, CodeRef, Conversion, InvalidReason, Status, ValidOrder,
+    Alert, Basis, ClickRef, CodeRef, Conversion, InvalidReason, JsonNumber, Status, ValidOrder,
 };
 use crate::settings::{AttributionSettings, ForeignCodeRule};
 use crate::timefmt::Instant;
@@ -216,6 +216,9 @@ pub fn decide<'a>(
         program_id: Cow::Borrowed(&order.order.program_id),
         event_type: Cow::Borrowed(&order.order.event_type),
         event_time: Cow::Borrowed(&order.order.event_time),
+        amount: order.order.amount.as_ref().map(JsonNumber::borrowed),
+        discount: order.order.discount.as_ref().map(JsonNumber::borrowed),
+        currency: order.order.currency.as_deref().map(Cow::Borrowed),
         status: outcome.status,
         basis: outcome.basis,
         partner_id: outcome.partner.map(Cow::Borrowed),

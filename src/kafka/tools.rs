@@ -265,6 +265,26 @@ fn reader(
     Ok((consumer, partitions))
 }
 
+/// Assigns every partition at offset 0, not `Offset::Beginning`: tansu answers
+/// ListOffsets(EARLIEST) with the batch written longest ago, which is not the first one when two
+/// producers' puts finish out of order, and the reader would silently skip the batches before
+/// it. Where offset 0 is gone (retention), `auto.offset.reset` falls back to the earliest.
+fn assign_from_zero(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<(), String> {
+    let mut assignment = TopicPartitionList::new();
+    for &partition in partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(0))
+            .map_err(|e| format!("assign: {e}"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| format!("assign {topic}: {e}"))
+}
+
 /// [`read_topic`] with a chosen isolation level.
 pub fn read_topic_as(
     brokers: &str,
@@ -274,19 +294,7 @@ pub fn read_topic_as(
     isolation: Isolation,
 ) -> Result<Vec<ReadRecord>, String> {
     let (consumer, partitions) = reader(brokers, topic, isolation)?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in partitions {
-        // Offset 0, not `Offset::Beginning`: tansu answers ListOffsets(EARLIEST) with the
-        // batch written longest ago, which is not the first one when two producers' puts
-        // finish out of order, and the reader would silently skip the batches before it.
-        // Where offset 0 is gone (retention), `auto.offset.reset` falls back to the earliest.
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(0))
-            .map_err(|e| format!("assign: {e}"))?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| format!("assign {topic}: {e}"))?;
+    assign_from_zero(&consumer, topic, &partitions)?;
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
     while records.len() < expected && Instant::now() < deadline {
@@ -478,4 +486,72 @@ pub fn read_all(
         })
         .collect();
     read_ranges(brokers, topic, &ranges, isolation, quiet)
+}
+
+/// Reads every partition of `topic` from offset 0 to its end, handing each record to `each`
+/// as (partition, offset, payload); returns the number of records read. A partition is done
+/// when the broker reports its end to this reader (partition EOF) and the reader's position is
+/// at least the partition's end offset when the call began (for read_committed, the last stable
+/// offset): everything committed before the call is read, and records committed while it reads
+/// may be read too. A partition that makes no progress for `idle_timeout` is an error naming it.
+///
+/// Offset 0 rather than `Offset::Beginning` for the reason in [`assign_from_zero`]. The end offsets
+/// alone cannot say when to stop: tansu answers ListOffsets(LATEST) with one past the base offset
+/// of the newest batch, below the true end when that batch holds several records (see
+/// [`end_offsets`]), while the end a fetch reports, which EOF is based on, is exact.
+pub fn read_to_end(
+    brokers: &str,
+    topic: &str,
+    isolation: Isolation,
+    idle_timeout: Duration,
+    mut each: impl FnMut(i32, i64, &[u8]),
+) -> Result<u64, String> {
+    let ends = end_offsets(brokers, topic, isolation)?;
+    if ends.is_empty() {
+        return Err(format!("topic {topic} has no partitions (does it exist?)"));
+    }
+    let consumer: BaseConsumer = reader_config(brokers, isolation)
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let mut pending: BTreeMap<i32, i64> = ends.iter().map(|&(p, _, end)| (p, end)).collect();
+    let partitions: Vec<i32> = pending.keys().copied().collect();
+    assign_from_zero(&consumer, topic, &partitions)?;
+    let mut read = 0u64;
+    let mut last_progress = Instant::now();
+    while !pending.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                if pending.contains_key(&message.partition()) {
+                    let payload = message.payload().unwrap_or_default();
+                    each(message.partition(), message.offset(), payload);
+                    read += 1;
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                last_progress = Instant::now();
+                let end = pending.get(&partition).copied().unwrap_or(0);
+                if position(&consumer, topic, partition)? >= end {
+                    pending.remove(&partition);
+                }
+            }
+            Some(Err(e)) => return Err(format!("read {topic}: {e}")),
+            None if last_progress.elapsed() > idle_timeout => {
+                let mut stuck = Vec::new();
+                for (&partition, end) in &pending {
+                    let at = position(&consumer, topic, partition)
+                        .map_or_else(|e| e, |at| format!("at offset {at}"));
+                    stuck.push(format!("{topic}[{partition}] {at}, end {end}"));
+                }
+                return Err(format!(
+                    "no progress for {} s: {}",
+                    idle_timeout.as_secs(),
+                    stuck.join("; ")
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(read)
 }

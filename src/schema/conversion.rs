@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::json_out::ObjectWriter;
+use super::number::JsonNumber;
 use crate::codes::{CreditGroup, CreditPolicy, MatchType};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -125,6 +126,13 @@ pub struct Conversion<'a> {
     pub event_type: Cow<'a, str>,
     #[serde(borrow)]
     pub event_time: Cow<'a, str>,
+    /// The order's `amount`, `discount` and `currency` as the order gave them (null when absent).
+    #[serde(borrow)]
+    pub amount: Option<JsonNumber<'a>>,
+    #[serde(borrow)]
+    pub discount: Option<JsonNumber<'a>>,
+    #[serde(borrow)]
+    pub currency: Option<Cow<'a, str>>,
     pub status: Status,
     pub basis: Option<Basis>,
     #[serde(borrow)]
@@ -186,6 +194,9 @@ impl Conversion<'_> {
         o.str("program_id", &self.program_id)?;
         o.str("event_type", &self.event_type)?;
         o.str("event_time", &self.event_time)?;
+        o.opt_number("amount", self.amount.as_ref());
+        o.opt_number("discount", self.discount.as_ref());
+        o.opt_str("currency", self.currency.as_deref())?;
         o.str("status", self.status.as_str())?;
         o.opt_str("basis", self.basis.map(Basis::as_str))?;
         o.opt_str("partner_id", self.partner_id.as_deref())?;
@@ -280,6 +291,13 @@ mod tests {
             })
     }
 
+    /// JSON number texts in the spellings producers use: `19.99`, `100.10`, `1e2`, `-0.5E-3`.
+    fn number() -> impl Strategy<Value = JsonNumber<'static>> {
+        r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,10})?([eE][+-]?[0-9]{1,2})?".prop_map(|text| {
+            JsonNumber::parse(text).expect("the pattern is the JSON number grammar, in range")
+        })
+    }
+
     fn click_ref() -> impl Strategy<Value = ClickRef<'static>> {
         (text(), text(), text(), 0..3u8).prop_map(|(partner_id, click_id, ts, group)| ClickRef {
             partner_id,
@@ -305,6 +323,8 @@ mod tests {
             winning_click in of(click_ref()),
             involved_partners in proptest::collection::vec(text(), 0..3),
             unknown_codes in proptest::collection::vec(text(), 0..3),
+            money in proptest::collection::vec(of(number()), 2),
+            currency in of(text()),
         ) -> Conversion<'static> {
             Conversion {
                 schema_version,
@@ -313,6 +333,9 @@ mod tests {
                 program_id: ids[2].clone(),
                 event_type: ids[3].clone(),
                 event_time: ids[4].clone(),
+                amount: money[0].clone(),
+                discount: money[1].clone(),
+                currency,
                 status: [Status::Credited, Status::Invalid, Status::Unattributed]
                     [usize::from(status)],
                 basis: basis.map(|b| {

@@ -7,6 +7,8 @@
 //! serde's per-field machinery and the byte-by-byte escape scan of strings that have nothing to
 //! escape, which is nearly all of them (ids, codes, timestamps).
 
+use super::number::JsonNumber;
+
 /// A JSON object being written: `{"key":value,...}` with the separators placed for the caller.
 pub(crate) struct ObjectWriter<'b> {
     out: &'b mut Vec<u8>,
@@ -47,6 +49,15 @@ impl<'b> ObjectWriter<'b> {
                 self.null(key);
                 Ok(())
             }
+        }
+    }
+
+    /// A number as its exact JSON text (already checked by `JsonNumber::parse`), as serde_json
+    /// writes a `RawValue`.
+    pub(crate) fn opt_number(&mut self, key: &str, value: Option<&JsonNumber<'_>>) {
+        match value {
+            Some(n) => self.key(key).extend_from_slice(n.as_str().as_bytes()),
+            None => self.null(key),
         }
     }
 

@@ -3,8 +3,10 @@
 pub mod alert;
 pub mod conversion;
 mod json_out;
+pub mod number;
 pub mod order;
 
 pub use alert::{Alert, AlertKind, Severity};
 pub use conversion::{Basis, ClickRef, CodeRef, Conversion, InvalidReason, Status};
+pub use number::JsonNumber;
 pub use order::{Order, OrderError, Touchpoint, TouchpointKind, ValidOrder, parse_order};

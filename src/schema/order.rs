@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer};
 
+use super::number::JsonNumber;
 use crate::settings::InputLimits;
 use crate::timefmt::{Instant, parse_rfc3339};
 
@@ -34,10 +35,11 @@ pub struct Order<'a> {
     pub customer: Option<Customer<'a>>,
     #[serde(default, borrow)]
     pub risk: Option<Risk<'a>>,
-    #[serde(default)]
-    pub amount: Option<f64>,
-    #[serde(default)]
-    pub discount: Option<f64>,
+    /// Kept as the producer's exact number text, for the conversion (see `number.rs`).
+    #[serde(default, borrow)]
+    pub amount: Option<JsonNumber<'a>>,
+    #[serde(default, borrow)]
+    pub discount: Option<JsonNumber<'a>>,
     #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub currency: Option<Cow<'a, str>>,
 }
@@ -106,7 +108,9 @@ where
     Ok(list.into_iter().map(|s| s.0).collect())
 }
 
-fn borrowed_opt<'de: 'a, 'a, D>(deserializer: D) -> Result<Option<Cow<'a, str>>, D::Error>
+pub(crate) fn borrowed_opt<'de: 'a, 'a, D>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error>
 where
     D: Deserializer<'de>,
 {
@@ -325,6 +329,31 @@ mod tests {
         for (raw, reason) in cases {
             let err = parse_order(raw, &limits()).expect_err("must be rejected");
             assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn money_keeps_its_text_and_non_numbers_are_rejected_as_before() {
+        let base = r#""order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z""#;
+        let raw = format!(r#"{{{base},"amount":100.10,"discount":1e-7,"currency":"EUR"}}"#);
+        let order = parse_order(raw.as_bytes(), &limits()).expect("valid").order;
+        assert_eq!(
+            order.amount.as_ref().map(JsonNumber::as_str),
+            Some("100.10")
+        );
+        assert_eq!(
+            order.discount.as_ref().map(JsonNumber::as_str),
+            Some("1e-7")
+        );
+        // What an f64 field rejected before is still a schema violation.
+        for money in [
+            r#""amount":"12.50""#,
+            r#""amount":1e400"#,
+            r#""discount":true"#,
+        ] {
+            let raw = format!("{{{base},{money}}}");
+            let err = parse_order(raw.as_bytes(), &limits()).expect_err(money);
+            assert_eq!(err.reason(), "schema_violation", "{money}: {err}");
         }
     }
 
