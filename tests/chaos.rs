@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use promo_attribution::offline;
 use promo_attribution::redis::store::Store;
 use promo_attribution::settings::Settings;
+use support::admin::{get, strip_ansi};
 use support::chaos::{
     Expected, SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn,
     verify, when_produced,
@@ -53,6 +54,31 @@ fn expected_from_store(
     }
 }
 
+/// The admin address of the `incarnation`-th worker that logged to `log` (they all append to
+/// one file), once it has logged it.
+fn latest_admin_address(log: &std::path::Path, incarnation: usize) -> String {
+    let mut address = None;
+    let logged = wait_until(SETTLE_DEADLINE, || {
+        let text = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("admin endpoints"))
+            .collect();
+        address = (lines.len() >= incarnation)
+            .then(|| lines.last())
+            .flatten()
+            .and_then(|line| line.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
+        address.is_some()
+    });
+    assert!(
+        logged,
+        "worker {incarnation} never logged its admin address"
+    );
+    address.unwrap_or_default()
+}
+
 /// Kills the worker `kills` times while the stream flows (restarting it at once with the same
 /// transactional id), optionally with the detectors on against a persistent private Redis that
 /// is also hung (SIGSTOP) for `redis_pause` once, at two thirds of the stream.
@@ -86,15 +112,31 @@ fn kill_loop(scenario: &str, count: usize, kills: usize, detectors: bool, redis_
         worker.kill();
         worker = spawn(&names, &names.transactional_id, &sets, &log);
     }
+    let mut readiness = String::new();
     if detectors && !redis_pause.is_zero() {
         when_produced(&stream, total, 2.0 / 3.0);
+        let address = latest_admin_address(&log, kills + 1);
         redis.pause(true);
-        let until = Instant::now() + redis_pause;
+        let hung_at = Instant::now();
+        // The worker needs a detector step to time out and its retry to begin before it can
+        // know; after that, every probe during the hang must say "not ready".
+        let grace = (redis_pause / 2).min(Duration::from_secs(5));
+        let mut answers: Vec<u16> = Vec::new();
         // Held on a deadline, not a sleep for synchronisation: the fault lasts this long.
         wait_until(redis_pause + Duration::from_secs(1), || {
-            Instant::now() >= until
+            if hung_at.elapsed() >= grace {
+                answers.push(get(&address, "/readyz").0);
+            }
+            hung_at.elapsed() >= redis_pause
         });
         redis.pause(false);
+        let ready = answers.iter().filter(|&&status| status == 200).count();
+        assert!(
+            !answers.is_empty() && ready == 0,
+            "{scenario}: /readyz answered 200 in {ready} of {} probes while Redis was hung",
+            answers.len()
+        );
+        readiness = format!(", /readyz 503 in all {} probes of the hang", answers.len());
     }
     stream.join();
     eprintln!("{scenario}: stream produced after {:?}", started.elapsed());
@@ -111,7 +153,7 @@ fn kill_loop(scenario: &str, count: usize, kills: usize, detectors: bool, redis_
             if redis_pause.is_zero() {
                 String::new()
             } else {
-                format!(", Redis hung {} s", redis_pause.as_secs())
+                format!(", Redis hung {} s{readiness}", redis_pause.as_secs())
             }
         ),
     );
