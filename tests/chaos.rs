@@ -16,7 +16,7 @@ use promo_attribution::settings::Settings;
 use support::admin::{get, strip_ansi};
 use support::chaos::{
     Expected, SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn,
-    verify, when_produced,
+    verify, when_converted,
 };
 use support::redis::{PrivateRedis, detector_sets};
 use support::store::{codes, import_samples, ok, store_settings};
@@ -107,14 +107,16 @@ fn kill_loop(scenario: &str, count: usize, kills: usize, detectors: bool, redis_
         (total / 200).max(1),
         Duration::from_millis(50),
     );
+    let converting = expected.conversions.len();
     for kill in 0..kills {
-        when_produced(&stream, total, (kill + 1) as f64 / (kills + 1) as f64);
+        // Each incarnation is killed only after it has written conversions of its own.
+        when_converted(&names, converting, (kill + 1) as f64 / (kills + 2) as f64);
         worker.kill();
         worker = spawn(&names, &names.transactional_id, &sets, &log);
     }
     let mut readiness = String::new();
     if detectors && !redis_pause.is_zero() {
-        when_produced(&stream, total, 2.0 / 3.0);
+        when_converted(&names, converting, (kills + 1) as f64 / (kills + 2) as f64);
         let address = latest_admin_address(&log, kills + 1);
         redis.pause(true);
         let hung_at = Instant::now();
@@ -207,14 +209,15 @@ fn scale_1_3_1() {
         (total / 200).max(1),
         Duration::from_millis(50),
     );
-    when_produced(&stream, total, 0.25);
+    let converting = expected.conversions.len();
+    when_converted(&names, converting, 0.25);
     let mut others: Vec<ChildWorker> = (2..=3)
         .map(|i| {
             let id = format!("{}-{i}", names.transactional_id);
             spawn(&names, &id, &sets, &dir.path().join(format!("w{i}.log")))
         })
         .collect();
-    when_produced(&stream, total, 0.6);
+    when_converted(&names, converting, 0.6);
     for worker in &mut others {
         drained(worker);
     }
@@ -268,16 +271,17 @@ fn store_redis_killed_then_wiped_and_reimported() {
         (total / 200).max(1),
         Duration::from_millis(50),
     );
-    when_produced(&stream, total, 0.3);
+    let converting = expected.conversions.len();
+    when_converted(&names, converting, 0.3);
     redis.stop();
-    when_produced(&stream, total, 0.4);
+    when_converted(&names, converting, 0.4);
     redis.start();
-    when_produced(&stream, total, 0.6);
+    when_converted(&names, converting, 0.6);
     let mut connection = support::redis::connect(&url);
     let () = ::redis::cmd("FLUSHALL")
         .query(&mut connection)
         .expect("wipe the store");
-    when_produced(&stream, total, 0.7);
+    when_converted(&names, converting, 0.7);
     import_samples(&url, &prefix);
     let history = ok(&codes(&url, &prefix, &["history"]));
     stream.join();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::chaos::{
     SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn, verify,
-    when_produced,
+    when_converted,
 };
 use support::{Names, restart_durable_broker, use_durable_broker};
 
@@ -41,11 +41,14 @@ fn broker_killed_three_times_durable() {
     );
     let mut downtime = Vec::new();
     for step in 1..=3 {
-        when_produced(&stream, total, step as f64 / 4.0);
+        when_converted(&names, expected.conversions.len(), step as f64 / 4.0);
         downtime.push(restart_durable_broker());
     }
     stream.join();
     let verdict = verify(&names, &expected, SETTLE_DEADLINE);
+    if !verdict.clean() {
+        eprintln!("worker log (tail):\n{}", worker.log_tail());
+    }
     drained(&mut worker);
     report(
         "broker-killed-x3-durable",

@@ -288,13 +288,27 @@ pub fn spawn(names: &Names, id: &str, sets: &[String], log: &std::path::Path) ->
     ChildWorker::spawn(names, id, &sets, log)
 }
 
-/// Waits (polling) until the stream has produced `fraction` of its records.
-pub fn when_produced(stream: &Stream, total: usize, fraction: f64) {
-    let target = (total as f64 * fraction) as usize;
+/// Conversion records written so far (committed or not): how far the workers have got.
+pub fn conversions_written(names: &Names) -> usize {
+    tools::end_offsets(
+        brokers(),
+        &names.conversions,
+        tools::Isolation::ReadUncommitted,
+    )
+    .map(|ends| ends.iter().map(|(_, _, high)| *high).sum::<i64>())
+    .unwrap_or(0)
+    .max(0) as usize
+}
+
+/// Waits (polling) until the workers have written `fraction` of `expected` conversions, so a
+/// fault lands while they work, whatever the backlog: timing faults by what the stream has
+/// produced lets a fast producer finish before the workers have started.
+pub fn when_converted(names: &Names, expected: usize, fraction: f64) {
+    let target = (expected as f64 * fraction) as usize;
     assert!(
-        wait_until(SETTLE_DEADLINE, || stream.produced() >= target),
-        "the stream stalled at {} of {total}",
-        stream.produced()
+        wait_until(SETTLE_DEADLINE, || conversions_written(names) >= target),
+        "the workers stalled at {} of {target} conversions",
+        conversions_written(names)
     );
 }
 
