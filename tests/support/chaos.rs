@@ -129,11 +129,22 @@ pub fn verify(names: &Names, expected: &Expected, deadline: Duration) -> Verdict
         alerts.records.len(),
         alerts.isolation,
     ));
-    let dead_letters = payloads(&read_settled_as(
-        &names.dlq,
-        expected.poison.len(),
-        tools::Isolation::ReadUncommitted,
-    ));
+    // Dead letters repeat too after a kill; read the whole topic rather than a count.
+    let mut dead_letters: Vec<Vec<u8>> = Vec::new();
+    let poison: BTreeSet<&[u8]> = expected.poison.iter().map(Vec::as_slice).collect();
+    wait_until(deadline, || {
+        dead_letters.clear();
+        tools::read_to_end(
+            brokers(),
+            &names.dlq,
+            tools::Isolation::ReadUncommitted,
+            Duration::from_secs(30),
+            |_, _, payload| dead_letters.push(payload.to_vec()),
+        )
+        .unwrap_or_else(|e| panic!("read {}: {e}", names.dlq));
+        let seen: BTreeSet<&[u8]> = dead_letters.iter().map(Vec::as_slice).collect();
+        poison.is_subset(&seen)
+    });
 
     let mut verdict = Verdict {
         orders: order_ids.len() + expected.poison.len(),
@@ -153,11 +164,16 @@ pub fn verify(names: &Names, expected: &Expected, deadline: Duration) -> Verdict
     verdict.mismatches += mismatches;
     verdict.missing_alerts += missing;
     let letters: BTreeSet<&[u8]> = dead_letters.iter().map(Vec::as_slice).collect();
-    verdict.lost += expected
+    let unlettered: Vec<String> = expected
         .poison
         .iter()
         .filter(|p| !letters.contains(p.as_slice()))
-        .count();
+        .map(|p| text(p))
+        .collect();
+    if !unlettered.is_empty() {
+        eprintln!("poison records without a dead letter: {unlettered:?}");
+    }
+    verdict.lost += unlettered.len();
     verdict
 }
 
@@ -180,6 +196,9 @@ fn judge(actual: &[Vec<u8>], expected: &[Vec<u8>], key: &str) -> (usize, usize, 
     for (id, want) in &wanted {
         let Some(copies) = written.get(id) else {
             missing += 1;
+            if missing <= 10 {
+                eprintln!("no {key} {id} was written");
+            }
             continue;
         };
         let distinct: BTreeSet<Vec<u8>> = copies.iter().map(|r| r.to_vec()).collect();
