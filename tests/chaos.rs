@@ -10,7 +10,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use promo_attribution::offline;
 use promo_attribution::redis::store::Store;
 use promo_attribution::settings::Settings;
 use support::admin::{get, strip_ansi};
@@ -18,7 +17,7 @@ use support::chaos::{
     Expected, SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn,
     verify, when_converted,
 };
-use support::redis::{PrivateRedis, detector_sets};
+use support::redis::{PrivateRedis, detector_sets, offline_with};
 use support::store::{codes, import_samples, ok, store_settings};
 use support::{ChildWorker, Names, orders, unique_prefix, wait_until};
 
@@ -39,17 +38,10 @@ fn expected_from_store(
         .expect("the version decodes")
         .build(&stored.table_version(), "chaos")
         .expect("the version builds");
-    let run = offline::attribute_captured(&valid.join(&b'\n'), "chaos", &table, settings)
-        .expect("offline run");
-    let lines = |b: &[u8]| -> Vec<Vec<u8>> {
-        b.split(|c| *c == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect()
-    };
+    let (conversions, alerts) = offline_with(valid, &table, settings);
     Expected {
-        conversions: lines(&run.conversions),
-        alerts: lines(&run.alerts),
+        conversions,
+        alerts,
         poison: Vec::new(),
     }
 }
@@ -98,15 +90,9 @@ fn kill_loop(scenario: &str, count: usize, kills: usize, detectors: bool, redis_
     let set_refs: Vec<&str> = sets.iter().map(String::as_str).collect();
     let settings = names.settings(&names.transactional_id, &set_refs);
     let (records, expected) = scenario_stream(scenario, count, 41, &settings);
-    let total = records.len();
     let log = dir.path().join("worker.log");
     let mut worker = spawn(&names, &names.transactional_id, &sets, &log);
-    let stream = Stream::start(
-        &names.input,
-        records,
-        (total / 200).max(1),
-        Duration::from_millis(50),
-    );
+    let stream = Stream::paced(&names.input, records);
     let converting = expected.conversions.len();
     for kill in 0..kills {
         // Each incarnation is killed only after it has written conversions of its own.
@@ -194,7 +180,6 @@ fn scale_1_3_1() {
     names.create_topics(6);
     let settings = names.settings(&names.transactional_id, &[]);
     let (records, expected) = scenario_stream("scale", chaos_orders(), 43, &settings);
-    let total = records.len();
     let dir = tempfile::tempdir().expect("temp dir");
     let sets = vec!["kafka.batch_max_records=200".to_string()];
     let mut first = spawn(
@@ -203,12 +188,7 @@ fn scale_1_3_1() {
         &sets,
         &dir.path().join("w1.log"),
     );
-    let stream = Stream::start(
-        &names.input,
-        records,
-        (total / 200).max(1),
-        Duration::from_millis(50),
-    );
+    let stream = Stream::paced(&names.input, records);
     let converting = expected.conversions.len();
     when_converted(&names, converting, 0.25);
     let mut others: Vec<ChildWorker> = (2..=3)
@@ -258,19 +238,13 @@ fn store_redis_killed_then_wiped_and_reimported() {
     let settings = names.settings(&names.transactional_id, &set_refs);
     let valid = orders("store", chaos_orders(), 47);
     let expected = expected_from_store(&url, &prefix, &valid, &settings);
-    let total = valid.len();
     let mut worker = spawn(
         &names,
         &names.transactional_id,
         &sets,
         &dir.path().join("w.log"),
     );
-    let stream = Stream::start(
-        &names.input,
-        valid,
-        (total / 200).max(1),
-        Duration::from_millis(50),
-    );
+    let stream = Stream::paced(&names.input, valid);
     let converting = expected.conversions.len();
     when_converted(&names, converting, 0.3);
     redis.stop();

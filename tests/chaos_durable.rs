@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::chaos::{
     SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn, verify,
@@ -24,7 +24,6 @@ fn broker_killed_three_times_durable() {
     // The durable broker drains about a quarter as fast as the memory one.
     let count = chaos_orders() / 2;
     let (records, expected) = scenario_stream("broker", count, 53, &settings);
-    let total = records.len();
     let dir = tempfile::tempdir().expect("temp dir");
     let sets = vec!["kafka.batch_max_records=500".to_string()];
     let mut worker = spawn(
@@ -33,12 +32,7 @@ fn broker_killed_three_times_durable() {
         &sets,
         &dir.path().join("w.log"),
     );
-    let stream = Stream::start(
-        &names.input,
-        records,
-        (total / 200).max(1),
-        Duration::from_millis(50),
-    );
+    let stream = Stream::paced(&names.input, records);
     let mut downtime = Vec::new();
     for step in 1..=3 {
         when_converted(&names, expected.conversions.len(), step as f64 / 4.0);

@@ -53,6 +53,12 @@ impl Stream {
         }
     }
 
+    /// The suite's usual pace: the records in about 200 chunks, 50 ms apart.
+    pub fn paced(topic: &str, records: Vec<Vec<u8>>) -> Stream {
+        let per_chunk = (records.len() / 200).max(1);
+        Stream::start(topic, records, per_chunk, Duration::from_millis(50))
+    }
+
     pub fn produced(&self) -> usize {
         self.produced.load(Ordering::SeqCst)
     }

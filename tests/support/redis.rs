@@ -187,7 +187,16 @@ pub fn offline_run(records: &[Vec<u8>], settings: &Settings) -> (Vec<Vec<u8>>, V
         BuildOptions::default(),
     )
     .expect("test table loads");
-    let run = offline::attribute_captured(&records.join(&b'\n'), "test", &table, settings)
+    offline_with(records, &table, settings)
+}
+
+/// The offline engine over `records` with `table`: conversions, alerts, one record each.
+pub fn offline_with(
+    records: &[Vec<u8>],
+    table: &promo_attribution::codes::CodeTable,
+    settings: &Settings,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let run = offline::attribute_captured(&records.join(&b'\n'), "test", table, settings)
         .expect("offline run");
     let lines = |b: &[u8]| -> Vec<Vec<u8>> {
         b.split(|c| *c == b'\n')
