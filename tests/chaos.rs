@@ -17,7 +17,7 @@ use support::chaos::{
     Expected, SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn,
     verify, when_converted,
 };
-use support::redis::{PrivateRedis, detector_sets, offline_with};
+use support::redis::{PrivateRedis, detector_sets, offline_with, produce};
 use support::store::{codes, import_samples, ok, store_settings};
 use support::{ChildWorker, Names, orders, unique_prefix, wait_until};
 
@@ -89,7 +89,14 @@ fn kill_loop(scenario: &str, count: usize, kills: usize, detectors: bool, redis_
     }
     let set_refs: Vec<&str> = sets.iter().map(String::as_str).collect();
     let settings = names.settings(&names.transactional_id, &set_refs);
-    let (records, expected) = scenario_stream(scenario, count, 41, &settings);
+    let (mut records, expected) = scenario_stream(scenario, count, 41, &settings);
+    // With a Redis hang, the last records go in only once Redis hangs, so records are certain
+    // to wait during it whatever the worker's pace: that is when readiness must fail.
+    let held_back = if redis_pause.is_zero() {
+        Vec::new()
+    } else {
+        records.split_off(records.len() - 20)
+    };
     let log = dir.path().join("worker.log");
     let mut worker = spawn(&names, &names.transactional_id, &sets, &log);
     let stream = Stream::paced(&names.input, records);
@@ -106,27 +113,41 @@ fn kill_loop(scenario: &str, count: usize, kills: usize, detectors: bool, redis_
         let address = latest_admin_address(&log, kills + 1);
         redis.pause(true);
         let hung_at = Instant::now();
-        // The worker needs a detector step to time out and its retry to begin before it can
-        // know; after that, every probe during the hang must say "not ready".
-        let grace = (redis_pause / 2).min(Duration::from_secs(5));
-        let mut answers: Vec<u16> = Vec::new();
+        produce(&names.input, &held_back);
+        // The worker learns of the hang only when a detector step times out and its batch is
+        // aborted; from then until Redis answers again, every probe must say "not ready".
+        let mut detected: Option<Duration> = None;
+        let (mut probes, mut ready) = (0usize, 0usize);
         // Held on a deadline, not a sleep for synchronisation: the fault lasts this long.
         wait_until(redis_pause + Duration::from_secs(1), || {
-            if hung_at.elapsed() >= grace {
-                answers.push(get(&address, "/readyz").0);
+            let status = get(&address, "/readyz").0;
+            match detected {
+                None if status == 503 => detected = Some(hung_at.elapsed()),
+                None => {}
+                Some(_) => {
+                    probes += 1;
+                    ready += usize::from(status == 200);
+                }
             }
             hung_at.elapsed() >= redis_pause
         });
         redis.pause(false);
-        let ready = answers.iter().filter(|&&status| status == 200).count();
-        assert!(
-            !answers.is_empty() && ready == 0,
-            "{scenario}: /readyz answered 200 in {ready} of {} probes while Redis was hung",
-            answers.len()
+        let detected = detected.unwrap_or_else(|| {
+            panic!("{scenario}: /readyz never said 503 during a {redis_pause:?} Redis hang")
+        });
+        assert_eq!(
+            ready, 0,
+            "{scenario}: /readyz answered 200 in {ready} of {probes} probes after it first failed, while Redis was still hung"
         );
-        readiness = format!(", /readyz 503 in all {} probes of the hang", answers.len());
+        readiness = format!(
+            ", /readyz 503 from {:.1} s into the hang and in all {probes} probes after",
+            detected.as_secs_f64()
+        );
     }
     stream.join();
+    if !detectors || redis_pause.is_zero() {
+        produce(&names.input, &held_back);
+    }
     eprintln!("{scenario}: stream produced after {:?}", started.elapsed());
     let verdict = verify(&names, &expected, SETTLE_DEADLINE);
     eprintln!("{scenario}: verified after {:?}", started.elapsed());
