@@ -157,18 +157,13 @@ pub fn verify(names: &Names, expected: &Expected, deadline: Duration) -> Verdict
         alerts: alert_ids.len(),
         ..Verdict::default()
     };
-    let (repeats, non_identical, mismatches, missing) =
-        judge(&conversions, &expected.conversions, "order_id");
-    verdict.repeats += repeats;
-    verdict.non_identical += non_identical;
-    verdict.mismatches += mismatches;
-    verdict.lost += missing;
-    let (repeats, non_identical, mismatches, missing) =
-        judge(&alerts, &expected.alerts, "alert_id");
-    verdict.repeats += repeats;
-    verdict.non_identical += non_identical;
-    verdict.mismatches += mismatches;
-    verdict.missing_alerts += missing;
+    verdict.lost += judge(
+        &conversions,
+        &expected.conversions,
+        "order_id",
+        &mut verdict,
+    );
+    verdict.missing_alerts += judge(&alerts, &expected.alerts, "alert_id", &mut verdict);
     let letters: BTreeSet<&[u8]> = dead_letters.iter().map(Vec::as_slice).collect();
     let unlettered: Vec<String> = expected
         .poison
@@ -183,10 +178,12 @@ pub fn verify(names: &Names, expected: &Expected, deadline: Duration) -> Verdict
     verdict
 }
 
-/// (identical repeats, keys written with different bytes, distinct records unlike the
-/// expected one, expected keys never written). Per key the set of distinct records is compared:
-/// a detector alert is written again as its count grows, each update with the same id.
-fn judge(actual: &[Vec<u8>], expected: &[Vec<u8>], key: &str) -> (usize, usize, usize, usize) {
+/// Adds to `verdict` the identical repeats, the keys written with different bytes and the
+/// distinct records unlike the expected ones; returns how many expected keys were never written
+/// (lost orders or missing alerts, as the caller counts them). Per key the set of distinct
+/// records is compared: a detector alert is written again as its count grows, each update with
+/// the same id.
+fn judge(actual: &[Vec<u8>], expected: &[Vec<u8>], key: &str, verdict: &mut Verdict) -> usize {
     let mut written: BTreeMap<String, Vec<&Vec<u8>>> = BTreeMap::new();
     for record in actual {
         written.entry(field(record, key)).or_default().push(record);
@@ -228,7 +225,10 @@ fn judge(actual: &[Vec<u8>], expected: &[Vec<u8>], key: &str) -> (usize, usize, 
         .keys()
         .filter(|id| !wanted.contains_key(*id))
         .count();
-    (repeats, non_identical, mismatches, missing)
+    verdict.repeats += repeats;
+    verdict.non_identical += non_identical;
+    verdict.mismatches += mismatches;
+    missing
 }
 
 /// Prints the scenario's row for `scripts/chaos` and fails the test unless the verdict is
