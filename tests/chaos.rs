@@ -14,7 +14,7 @@ use promo_attribution::redis::store::Store;
 use promo_attribution::settings::Settings;
 use support::admin::{get, strip_ansi};
 use support::chaos::{
-    Expected, SETTLE_DEADLINE, Stream, chaos_orders, drained, report, scenario_stream, spawn,
+    Expected, Stream, chaos_orders, drained, report, scenario_stream, settle_deadline, spawn,
     verify, when_converted,
 };
 use support::redis::{PrivateRedis, detector_sets, offline_with, produce};
@@ -50,7 +50,7 @@ fn expected_from_store(
 /// one file), once it has logged it.
 fn latest_admin_address(log: &std::path::Path, incarnation: usize) -> String {
     let mut address = None;
-    let logged = wait_until(SETTLE_DEADLINE, || {
+    let logged = wait_until(settle_deadline(), || {
         let text = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
         let lines: Vec<&str> = text
             .lines()
@@ -149,7 +149,7 @@ fn kill_loop(scenario: &str, count: usize, kills: usize, detectors: bool, redis_
         produce(&names.input, &held_back);
     }
     eprintln!("{scenario}: stream produced after {:?}", started.elapsed());
-    let verdict = verify(&names, &expected, SETTLE_DEADLINE);
+    let verdict = verify(&names, &expected, settle_deadline());
     eprintln!("{scenario}: verified after {:?}", started.elapsed());
     drained(&mut worker);
     report(
@@ -223,7 +223,7 @@ fn scale_1_3_1() {
         drained(worker);
     }
     stream.join();
-    let verdict = verify(&names, &expected, SETTLE_DEADLINE);
+    let verdict = verify(&names, &expected, settle_deadline());
     drained(&mut first);
     report(
         "scale-1-3-1",
@@ -280,7 +280,7 @@ fn store_redis_killed_then_wiped_and_reimported() {
     import_samples(&url, &prefix);
     let history = ok(&codes(&url, &prefix, &["history"]));
     stream.join();
-    let verdict = verify(&names, &expected, SETTLE_DEADLINE);
+    let verdict = verify(&names, &expected, settle_deadline());
     drained(&mut worker);
     report(
         "store-redis-killed-wiped-reimported",
@@ -302,7 +302,7 @@ fn store_redis_killed_then_wiped_and_reimported() {
 #[ignore = "minutes; run by scripts/chaos"]
 fn instance_lost_for_good_then_fenced() {
     let started = Instant::now();
-    let takeover = support::crash::kill_one_of_two("chaos-lost", true, SETTLE_DEADLINE);
+    let takeover = support::crash::kill_one_of_two("chaos-lost", true, settle_deadline());
     takeover.assert_complete("chaos instance_lost_for_good_then_fenced");
     let verdict = support::chaos::Verdict {
         orders: 6000,

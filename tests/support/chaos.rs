@@ -16,8 +16,8 @@ use promo_attribution::settings::Settings;
 
 use super::redis::offline_run;
 use super::{
-    ChildWorker, Names, brokers, field, orders, payloads, read_outputs, read_settled_as, text,
-    wait_until,
+    ChildWorker, GroupOffsets, Names, brokers, field, orders, payloads, read_outputs,
+    read_settled_as, text, wait_until,
 };
 
 /// Records produced in the background, `per_chunk` at a time with `pause` between chunks, so
@@ -35,12 +35,27 @@ impl Stream {
         let counter = produced.clone();
         let topic = topic.to_string();
         let thread = std::thread::spawn(move || {
-            let producer = tools::RecordProducer::new(brokers())
-                .unwrap_or_else(|e| panic!("a producer for {topic}: {e}"));
+            let new_producer = || {
+                tools::RecordProducer::new(brokers())
+                    .unwrap_or_else(|e| panic!("a producer for {topic}: {e}"))
+            };
+            let mut producer = new_producer();
             for chunk in records.chunks(per_chunk.max(1)) {
-                let sent = producer
-                    .send_all(&topic, chunk)
-                    .unwrap_or_else(|e| panic!("produce to {topic}: {e}"));
+                // A broker restart can leave the idempotent producer fatally failed (the broker
+                // forgot its sequence numbers); an upstream producer would start a new one and
+                // send the chunk again, repeats included, and so does this one.
+                let mut attempts = 0;
+                let sent = loop {
+                    match producer.send_all(&topic, chunk) {
+                        Ok(sent) => break sent,
+                        Err(e) if attempts < 5 => {
+                            attempts += 1;
+                            eprintln!("produce to {topic} failed ({e}); new producer, resending");
+                            producer = new_producer();
+                        }
+                        Err(e) => panic!("produce to {topic}: {e}"),
+                    }
+                };
                 assert_eq!(sent, chunk.len(), "every record of a chunk produced");
                 counter.fetch_add(sent, Ordering::SeqCst);
                 std::thread::sleep(pause);
@@ -252,7 +267,13 @@ pub fn report(scenario: &str, verdict: &Verdict, started: Instant, notes: &str) 
 // Scenario building blocks
 
 /// How long the outputs of a scenario may take to appear after the faults end.
-pub const SETTLE_DEADLINE: Duration = Duration::from_secs(180);
+/// How long a scenario waits for the workers to get somewhere (the next fault's progress, the
+/// outputs to settle). The durable broker moves a paced stream about ten times slower than the
+/// memory broker on a loaded machine (each produced chunk and each fetch goes through the S3
+/// server), so it gets longer.
+pub fn settle_deadline() -> Duration {
+    Duration::from_secs(if super::durable() { 600 } else { 180 })
+}
 pub const STOP: Duration = Duration::from_secs(30);
 
 pub fn chaos_orders() -> usize {
@@ -331,7 +352,7 @@ pub fn conversions_written(names: &Names) -> usize {
 pub fn when_converted(names: &Names, expected: usize, fraction: f64) {
     let target = (expected as f64 * fraction) as usize;
     assert!(
-        wait_until(SETTLE_DEADLINE, || conversions_written(names) >= target),
+        wait_until(settle_deadline(), || conversions_written(names) >= target),
         "the workers stalled at {} of {target} conversions",
         conversions_written(names)
     );
@@ -345,4 +366,77 @@ pub fn drained(worker: &mut ChildWorker) {
         "the worker drains on SIGTERM; log:\n{}",
         worker.log_tail()
     );
+}
+
+/// Prints, every `every`, how far a scenario has got at each stage: records produced, conversions
+/// written (read_uncommitted end), conversions visible to read_committed readers (the last
+/// stable offsets) and input offsets the group has committed. Where a run stalls, these say
+/// which stage stopped: the worker's writes, the broker's completion of transactions, or the
+/// group's offsets. Stops when dropped.
+pub struct ProgressTrace {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProgressTrace {
+    pub fn start(names: &Names, stream: &Stream, every: Duration) -> ProgressTrace {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (names, produced, flag) = (names.clone(), stream.produced.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let group = GroupOffsets::new(&names.group);
+            let sum = |ends: Result<Vec<(i32, i64, i64)>, String>| {
+                ends.map(|e| e.iter().map(|(_, _, high)| *high).sum::<i64>().to_string())
+                    .unwrap_or_else(|e| format!("? ({e})"))
+            };
+            while !flag.load(Ordering::SeqCst) {
+                let input_partitions = tools::partitions(brokers(), &names.input)
+                    .map(|p| p.len() as i32)
+                    .unwrap_or(0);
+                let written = sum(tools::end_offsets(
+                    brokers(),
+                    &names.conversions,
+                    tools::Isolation::ReadUncommitted,
+                ));
+                let stable = sum(tools::end_offsets(
+                    brokers(),
+                    &names.conversions,
+                    tools::Isolation::ReadCommitted,
+                ));
+                let committed = group
+                    .as_ref()
+                    .map_err(String::clone)
+                    .and_then(|g| g.fetch(&names.input, input_partitions))
+                    .map(|o| {
+                        o.iter()
+                            .map(|(_, at)| (*at).max(0))
+                            .sum::<i64>()
+                            .to_string()
+                    })
+                    .unwrap_or_else(|e| format!("? ({e})"));
+                eprintln!(
+                    "PROGRESS|{:.1}s|produced {}|written {written}|stable {stable}|group committed {committed}",
+                    started.elapsed().as_secs_f64(),
+                    produced.load(Ordering::SeqCst),
+                );
+                let next = Instant::now() + every;
+                while Instant::now() < next && !flag.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        ProgressTrace {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProgressTrace {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

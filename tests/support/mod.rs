@@ -376,8 +376,14 @@ impl ChildWorker {
             "kafka.consumer.session.timeout.ms=3000".into(),
             "kafka.consumer.heartbeat.interval.ms=500".into(),
         ];
+        // tansu on S3 storage gives up a fetch, empty, once `fetch.wait.max.ms` has passed while
+        // it lists the partition's batch objects; our 10 ms default is shorter than one such
+        // listing in the local S3 server, so the worker would fetch nothing forever
+        // (docs/dev-notes/2026-12-06-durable-broker-fetch-livelock.md).
+        let durable_fetch = durable().then(|| "kafka.consumer.fetch.wait.max.ms=500".to_string());
         for set in sets
             .iter()
+            .chain(durable_fetch.iter())
             .map(String::as_str)
             .chain(extra_sets.iter().copied())
         {
@@ -462,6 +468,13 @@ pub fn produce(topic: &str, records: &[Vec<u8>]) {
 pub fn read(topic: &str, expected: usize, timeout: Duration) -> Vec<ReadRecord> {
     tools::read_topic(brokers(), topic, expected, timeout)
         .unwrap_or_else(|e| panic!("read {topic}: {e}"))
+}
+
+/// How long one attempt to read a whole output topic may take before the caller counts what it
+/// has and tries again. The durable broker fetches far slower (each fetch lists the partition's
+/// stored batches in the S3 server): thousands of records take it minutes, not seconds.
+fn read_window() -> Duration {
+    Duration::from_secs(if durable() { 120 } else { 10 })
 }
 
 /// How long a read that expects nothing more waits for a surplus record to show up.
@@ -567,7 +580,7 @@ pub fn wait_for_keys(
     let mut want = wanted.len();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let records = read(topic, want, left.min(Duration::from_secs(10)));
+        let records = read(topic, want, left.min(read_window()));
         let seen: BTreeSet<String> = group_by(&records, name).into_keys().collect();
         let missing = wanted.difference(&seen).count();
         if missing == 0 || Instant::now() >= deadline {
@@ -765,30 +778,43 @@ pub fn assert_same_records(actual: &[Vec<u8>], expected: &[Vec<u8>], what: &str)
 // ---------------------------------------------------------------------------------------------
 // Diagnosis of a run that lost or stalled outputs
 
-/// The group's committed offsets on `topic`, per partition, from a short-lived consumer (leaked:
-/// dropping a consumer after `committed_offsets` has hung on tansu).
+/// The group's committed offsets on `topic`, per partition, from a short-lived consumer.
 pub fn group_offsets(group: &str, topic: &str, partitions: i32) -> Result<Vec<(i32, i64)>, String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| format!("consumer: {e}"))?;
-    let mut list = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(topic, p);
+    GroupOffsets::new(group)?.fetch(topic, partitions)
+}
+
+/// A consumer that asks the broker for a group's committed offsets without joining the group.
+/// Never dropped (dropping a consumer after `committed_offsets` has hung on tansu), so reuse one
+/// for repeated questions rather than leaking one per question.
+pub struct GroupOffsets(std::mem::ManuallyDrop<rdkafka::consumer::BaseConsumer>);
+
+impl GroupOffsets {
+    pub fn new(group: &str) -> Result<GroupOffsets, String> {
+        let consumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| format!("consumer: {e}"))?;
+        Ok(GroupOffsets(std::mem::ManuallyDrop::new(consumer)))
     }
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .map_err(|e| format!("committed offsets: {e}"))?;
-    let offsets = committed
-        .elements()
-        .iter()
-        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
-        .collect();
-    std::mem::forget(consumer);
-    Ok(offsets)
+
+    pub fn fetch(&self, topic: &str, partitions: i32) -> Result<Vec<(i32, i64)>, String> {
+        use rdkafka::consumer::Consumer;
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(topic, p);
+        }
+        let committed = self
+            .0
+            .committed_offsets(list, Duration::from_secs(10))
+            .map_err(|e| format!("committed offsets: {e}"))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+            .collect())
+    }
 }
 
 /// What a reader sees of the outputs when conversions are missing: end offsets for both
@@ -922,7 +948,7 @@ pub fn read_outputs(
             brokers(),
             topic,
             want,
-            left.min(Duration::from_secs(10)),
+            left.min(read_window()),
             Isolation::ReadUncommitted,
         )
         .unwrap_or_else(|e| panic!("read {topic}: {e}"));
@@ -933,7 +959,7 @@ pub fn read_outputs(
         }
         want = records.len() + missing;
     };
-    let committed = read(topic, uncommitted.len(), Duration::from_secs(10));
+    let committed = read(topic, uncommitted.len(), read_window());
     if committed.len() >= uncommitted.len() {
         return Outputs {
             records: committed,
