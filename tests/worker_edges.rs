@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::admin::{admin_address, get};
+use support::admin::{admin_address, get, metric_value, strip_ansi, wait_for};
 use support::{ChildWorker, Names, wait_until};
 
 const NOWHERE: &str = "127.0.0.1:1";
@@ -154,4 +154,98 @@ fn slow_and_idle_admin_connections_are_closed_and_cost_nothing_lasting() {
     );
     drop(flood);
     healthz_within(&address, Duration::from_secs(3));
+}
+
+/// Warning and error lines of the log, and those among them saying no broker is reachable.
+fn warnings(worker: &ChildWorker) -> (Vec<String>, Vec<String>) {
+    let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
+    let loud: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .map(str::to_owned)
+        .collect();
+    let no_broker = loud
+        .iter()
+        .filter(|l| l.contains("no Kafka broker reachable"))
+        .cloned()
+        .collect();
+    (loud, no_broker)
+}
+
+#[test]
+fn an_unreachable_broker_is_logged_sparingly_named_by_readiness_and_sigterm_exits_at_once() {
+    let started = Instant::now();
+    let (mut worker, address, _dir) = worker("no-broker", &["worker.repeated_warning_secs=2"]);
+
+    let (held, status, body) = wait_for(&address, "/readyz", DEADLINE, |status, body| {
+        status == 503 && body.contains("broker unreachable")
+    });
+    assert!(held, "readiness: {status} {body}\n{}", worker.log_tail());
+    assert!(
+        body.contains(NOWHERE),
+        "the reason names the brokers: {body}"
+    );
+    assert_eq!(
+        metric_value(
+            &address,
+            r#"promo_worker_state{state="broker_unreachable"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(&address, "/healthz").0,
+        200,
+        "waiting for a broker is alive"
+    );
+
+    // The first warning, then a summary carrying the repeats in between.
+    let mut summary = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            summary = warnings(&worker).1.into_iter().find(|l| {
+                l.split("repeats=")
+                    .nth(1)
+                    .and_then(|n| n.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            });
+            summary.is_some()
+        }),
+        "no summary line with a repeat count:\n{}",
+        worker.log_tail()
+    );
+    let (loud, no_broker) = warnings(&worker);
+    let elapsed = started.elapsed().as_secs() + 1;
+    // One line per kind at most every 2 s (plus the first); a handful of kinds: librdkafka's
+    // connection failure, its error event, and ours.
+    let per_kind = (1 + elapsed / 2 + 1) as usize;
+    assert!(
+        no_broker.len() <= per_kind,
+        "{} 'no broker' lines in {elapsed} s:\n{}",
+        no_broker.len(),
+        no_broker.join("\n")
+    );
+    assert!(
+        loud.len() <= 4 * per_kind,
+        "{} warning lines in {elapsed} s:\n{}",
+        loud.len(),
+        loud.join("\n")
+    );
+    eprintln!(
+        "{} warning lines ({} about the broker) in {elapsed} s",
+        loud.len(),
+        no_broker.len()
+    );
+
+    // Nothing read, nothing in flight: SIGTERM exits well inside the 30 s drain deadline.
+    let stopping = Instant::now();
+    let exited = worker.terminate(Duration::from_secs(10));
+    assert_eq!(
+        exited.and_then(|s| s.code()),
+        Some(0),
+        "exit after SIGTERM ({:?}):\n{}",
+        stopping.elapsed(),
+        worker.log_tail()
+    );
+    eprintln!("SIGTERM to exit: {:?}", stopping.elapsed());
 }

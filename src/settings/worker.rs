@@ -309,6 +309,9 @@ pub struct WorkerSettings {
     pub shutdown_deadline_secs: u64,
     /// Longest pause between retries of a transient failure.
     pub max_backoff_ms: u64,
+    /// A warning that repeats (an unreachable broker, a failing accept) is logged the first
+    /// time, then at most once per this long with the count of the repeats not logged.
+    pub repeated_warning_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -318,6 +321,7 @@ impl Default for WorkerSettings {
             log_filter: "info".into(),
             shutdown_deadline_secs: 30,
             max_backoff_ms: 5000,
+            repeated_warning_secs: 10,
         }
     }
 }
@@ -326,6 +330,9 @@ impl WorkerSettings {
     pub(super) fn check(&self, problems: &mut Vec<String>) {
         if self.shutdown_deadline_secs == 0 {
             problems.push("worker.shutdown_deadline_secs must be greater than 0".into());
+        }
+        if self.repeated_warning_secs == 0 {
+            problems.push("worker.repeated_warning_secs must be greater than 0".into());
         }
         if self.max_backoff_ms < 10 {
             problems.push("worker.max_backoff_ms must be at least 10".into());
