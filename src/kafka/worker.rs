@@ -55,7 +55,7 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
     let producer: BaseProducer<DeliveryTracker> = producer_config(kafka, &transactional_id)
         .create_with_context(DeliveryTracker::new(events.clone()))
         .map_err(|e| Failure::Fatal(format!("cannot create the producer: {e}")))?;
-    if !wait_for_broker(&producer, &events, &deps, &heartbeat) {
+    if !wait_for_broker(&producer, &events, &deps, &heartbeat)? {
         // Asked to stop before any broker answered: nothing was read, so nothing to drain.
         tracing::info!("stopped before any broker answered");
         return Ok(WorkerExit::Drained);
@@ -108,22 +108,27 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
 /// Before `init_transactions`, which blocks for up to twice the transaction timeout and cannot be
 /// interrupted, waits until a broker answers: until then the health says the broker is
 /// unreachable, the log says so (rate-limited), and a stop request ends the wait at once —
-/// nothing has been read, so nothing is at stake. Returns false when asked to stop.
+/// nothing has been read, so nothing is at stake. Returns false when asked to stop; a refusal
+/// that waiting cannot cure (authentication, authorization) is fatal, as it was from
+/// `init_transactions`.
 fn wait_for_broker(
     producer: &BaseProducer<DeliveryTracker>,
     events: &ClientEvents,
     deps: &WorkerDeps,
     heartbeat: &Heartbeat,
-) -> bool {
+) -> Result<bool, Failure> {
     let started = Instant::now();
     while !deps.shutdown.load(Ordering::SeqCst) {
         heartbeat.beat();
         match producer.client().fetch_metadata(None, BROKER_PROBE) {
             Ok(_) => {
                 events.broker_answered();
-                return true;
+                return Ok(true);
             }
             Err(e) => {
+                if let Failure::Fatal(message) = Failure::from_client("metadata request", &e) {
+                    return Err(Failure::Fatal(message));
+                }
                 // Hands librdkafka's error events (all brokers down, with the reason) to the
                 // events; a broker that accepts connections but never answers sends none.
                 producer.poll(Duration::ZERO);
@@ -136,7 +141,7 @@ fn wait_for_broker(
             }
         }
     }
-    false
+    Ok(false)
 }
 
 /// How long one metadata request at start may take; also how often a stop request is checked.
