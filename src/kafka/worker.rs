@@ -210,7 +210,7 @@ fn poll_once(
             // librdkafka recovers from broker-side consume errors by itself; they are reported
             // so operators see them, not because the batch is wrong.
             _ => {
-                events.error(&err, "consume");
+                events.error(&err, &format!("consume: {err}"));
                 Ok(false)
             }
         },
