@@ -16,15 +16,24 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
+use crate::repeated::Repeated;
+use crate::settings::AdminSettings;
 
 pub mod health;
 pub use health::{Backlog, DEFAULT_STALL_AFTER, Health, Heartbeat, POLL_LOOP, WorkerState};
@@ -35,6 +44,15 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// How long shutdown waits for in-flight admin requests before dropping them; a scraper holding
 /// a connection open must not hold up the worker's exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Connections the kernel queues before the accept loop takes them.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// After a failed accept (out of file descriptors), wait this long before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// At most one warning about failing accepts per this long, with the count of the others.
+const ACCEPT_FAILURE_SUMMARY: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct AdminState {
@@ -81,17 +99,128 @@ fn probe_response(result: Result<(), String>, ok_body: &'static str) -> Response
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` completes, then waits for in-flight
-/// requests. For callers that already have a runtime; the worker uses [`spawn_admin`].
+/// What the admin port tolerates from a client; see `AdminSettings` for the reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits::from(&AdminSettings::default())
+    }
+}
+
+impl From<&AdminSettings> for AdminLimits {
+    fn from(settings: &AdminSettings) -> Self {
+        AdminLimits {
+            header_timeout: Duration::from_secs(settings.header_timeout_secs),
+            max_connections: settings.max_connections.max(1),
+            max_header_bytes: settings.max_header_bytes,
+        }
+    }
+}
+
+/// No endpoint reads a body; one announced is refused before it is read, and hyper closes the
+/// connection rather than drain it.
+async fn refuse_bodies(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let announced = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if announced {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the admin endpoints take no request body\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` completes, then lets open requests
+/// finish. For callers that already have a runtime; the worker uses [`spawn_admin`].
+///
+/// The accept loop is our own rather than `axum::serve`, which has no header timeout and no
+/// connection cap: every connection gets hyper's header-read timeout (which also closes idle
+/// kept-alive connections), and past `max_connections` the oldest connection is closed to make
+/// room. Evicting rather than refusing keeps the port answering probes while idle sockets pile
+/// up; a probe's connection lives milliseconds, so it is never the oldest.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    limits: AdminLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, router(metrics, health))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(metrics, health).layer(middleware::from_fn(refuse_bodies));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_header_bytes);
+    let (closing_tx, closing) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    // Oldest first; a sender whose connection ended is closed and skipped.
+    let mut evict: VecDeque<oneshot::Sender<()>> = VecDeque::new();
+    let mut accept_failures = Repeated::new(ACCEPT_FAILURE_SUMMARY);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, mostly: let connections end before retrying.
+                    if let Some(suppressed) = accept_failures.occurred() {
+                        tracing::warn!(error = %e, suppressed, "admin port cannot accept a connection");
+                    }
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            },
+        };
+        while connections.len() >= limits.max_connections {
+            match evict.pop_front() {
+                Some(oldest) if !oldest.is_closed() => {
+                    let _ = oldest.send(());
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        if evict.len() > limits.max_connections.saturating_mul(2) {
+            evict.retain(|sender| !sender.is_closed());
+        }
+        let (evict_tx, evicted) = oneshot::channel();
+        evict.push_back(evict_tx);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let mut closing = closing.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let closing = async move {
+                let _ = closing.wait_for(|closing| *closing).await;
+            };
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                // Dropping the connection closes the socket.
+                _ = evicted => {}
+                () = closing => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// A running admin server on its own thread. Dropping it also stops the server and joins the
@@ -149,16 +278,8 @@ pub fn spawn_admin(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    limits: AdminLimits,
 ) -> io::Result<AdminHandle> {
-    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("admin server cannot listen on {addr}: {e}"),
-        )
-    })?;
-    std_listener.set_nonblocking(true)?;
-    let local_addr = std_listener.local_addr()?;
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -167,13 +288,19 @@ pub fn spawn_admin(
         // Registering the socket needs the runtime's reactor, which is only reachable from
         // inside it.
         let _guard = runtime.enter();
-        TcpListener::from_std(std_listener)?
+        listen(addr).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("admin server cannot listen on {addr}: {e}"),
+            )
+        })?
     };
+    let local_addr = listener.local_addr()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("admin".to_owned())
-        .spawn(move || runtime.block_on(run(listener, metrics, health, stop_rx)))?;
+        .spawn(move || runtime.block_on(run(listener, metrics, health, limits, stop_rx)))?;
 
     Ok(AdminHandle {
         local_addr,
@@ -182,15 +309,31 @@ pub fn spawn_admin(
     })
 }
 
+/// A listener whose accept queue holds a burst of connections beyond the connection cap: the
+/// standard library's 128 lets a burst of idle sockets get probes refused by the kernel before
+/// the accept loop can evict anything.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As the standard library does: a restarted worker can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 async fn run(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    limits: AdminLimits,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut signal = stop.clone();
     // An error means the handle is gone, which is also a reason to stop.
-    let server = serve(listener, metrics, health, async move {
+    let server = serve(listener, metrics, health, limits, async move {
         let _ = signal.wait_for(|stop| *stop).await;
     });
     tokio::pin!(server);
@@ -210,273 +353,5 @@ async fn run(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::Instant;
-
-    use super::*;
-
-    struct Reply {
-        status: u16,
-        head: String,
-        body: String,
-    }
-
-    impl Reply {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.head.lines().skip(1).find_map(|line| {
-                let (n, v) = line.split_once(':')?;
-                n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-            })
-        }
-    }
-
-    fn get(addr: SocketAddr, path: &str) -> Reply {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write request");
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).expect("read response");
-        let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
-        Reply {
-            status,
-            head: head.to_owned(),
-            body: body.to_owned(),
-        }
-    }
-
-    /// Polls `check` until it holds; the deadline only bounds a failing test.
-    fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn start() -> (AdminHandle, Arc<Metrics>, Arc<Health>) {
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let health = Arc::new(Health::new());
-        let handle = spawn_admin(
-            "127.0.0.1:0".parse().expect("addr"),
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-        )
-        .expect("spawn admin");
-        (handle, metrics, health)
-    }
-
-    #[test]
-    fn readiness_needs_assignment_table_and_a_turning_loop() {
-        let (admin, _metrics, health) = start();
-        let addr = admin.local_addr();
-
-        let r = get(addr, "/readyz");
-        assert_eq!(r.status, 503);
-        assert!(r.body.contains("no partitions assigned"), "{}", r.body);
-        assert!(r.body.contains("code table not loaded"), "{}", r.body);
-        assert!(r.body.contains("poll loop not started"), "{}", r.body);
-
-        health.set_assigned_partitions(3);
-        let poll_loop = health.register(POLL_LOOP);
-        poll_loop.beat();
-        let r = get(addr, "/readyz");
-        assert_eq!(r.status, 503);
-        assert!(!r.body.contains("no partitions assigned"), "{}", r.body);
-        assert!(r.body.contains("code table not loaded"), "{}", r.body);
-
-        health.set_table_loaded(true);
-        let r = get(addr, "/readyz");
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body, "ready\n");
-
-        health.set_assigned(false);
-        let r = get(addr, "/readyz");
-        assert_eq!(r.status, 503);
-        assert!(r.body.contains("no partitions assigned"), "{}", r.body);
-
-        admin.shutdown().expect("clean shutdown");
-    }
-
-    #[test]
-    fn healthz_is_ok_during_startup_grace() {
-        let (admin, _metrics, _health) = start();
-        let r = get(admin.local_addr(), "/healthz");
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body, "ok\n");
-        admin.shutdown().expect("clean shutdown");
-    }
-
-    #[test]
-    fn metrics_endpoint_renders_with_content_type() {
-        let (admin, metrics, _health) = start();
-        metrics.inc_orders_consumed(5);
-        let r = get(admin.local_addr(), "/metrics");
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("content-type"), Some(METRICS_CONTENT_TYPE));
-        assert!(
-            r.body.contains("promo_orders_consumed_total 5"),
-            "{}",
-            r.body
-        );
-        assert_eq!(get(admin.local_addr(), "/nope").status, 404);
-        admin.shutdown().expect("clean shutdown");
-    }
-
-    #[test]
-    fn stalled_poll_loop_fails_readiness_then_liveness_and_recovers() {
-        let (admin, _metrics, health) = start();
-        let addr = admin.local_addr();
-        health.set_assigned_partitions(1);
-        health.set_table_loaded(true);
-        let poll_loop = health.register(POLL_LOOP);
-        poll_loop.beat();
-        assert_eq!(get(addr, "/readyz").status, 200);
-
-        health.set_stall_after(Duration::from_millis(20));
-        wait_until("readyz to report the stall", || {
-            get(addr, "/readyz").status == 503
-        });
-        let r = get(addr, "/readyz");
-        assert!(r.body.contains("poll loop not turning"), "{}", r.body);
-        wait_until("healthz to report the hang", || {
-            get(addr, "/healthz").status == 503
-        });
-        let r = get(addr, "/healthz");
-        assert!(
-            r.body.contains("poll loop thread not turning"),
-            "{}",
-            r.body
-        );
-
-        health.set_stall_after(Duration::from_secs(60));
-        poll_loop.beat();
-        assert_eq!(get(addr, "/readyz").status, 200);
-        assert_eq!(get(addr, "/healthz").status, 200);
-
-        admin.shutdown().expect("clean shutdown");
-    }
-
-    #[test]
-    fn metrics_export_the_worker_state_one_hot() {
-        let (admin, _metrics, health) = start();
-        let addr = admin.local_addr();
-        let r = get(addr, "/metrics");
-        for state in WorkerState::ALL {
-            let value = if state == WorkerState::Starting { 1 } else { 0 };
-            let line = format!("promo_worker_state{{state=\"{}\"}} {value}", state.as_str());
-            assert!(r.body.lines().any(|l| l == line), "{line} in:\n{}", r.body);
-        }
-        health.set_assigned_partitions(1);
-        health.set_table_loaded(true);
-        let poll_loop = health.register(POLL_LOOP);
-        poll_loop.beat();
-        health.pass(true);
-        let r = get(addr, "/metrics");
-        assert!(
-            r.body
-                .lines()
-                .any(|l| l == r#"promo_worker_state{state="idle"} 1"#),
-            "{}",
-            r.body
-        );
-        assert!(
-            r.body
-                .lines()
-                .any(|l| l == r#"promo_worker_state{state="starting"} 0"#),
-            "{}",
-            r.body
-        );
-        admin.shutdown().expect("clean shutdown");
-    }
-
-    #[test]
-    fn shutdown_closes_the_listener_and_joins() {
-        let (admin, _metrics, _health) = start();
-        let addr = admin.local_addr();
-        assert_eq!(get(addr, "/healthz").status, 200);
-        admin.shutdown().expect("clean shutdown");
-        assert!(TcpStream::connect(addr).is_err(), "still accepting");
-    }
-
-    #[test]
-    fn shutdown_is_not_held_up_by_an_idle_connection() {
-        let (admin, _metrics, _health) = start();
-        let addr = admin.local_addr();
-        let idle = TcpStream::connect(addr).expect("connect");
-        // Make sure the server has accepted the connection before shutting down.
-        assert_eq!(get(addr, "/healthz").status, 200);
-        let started = Instant::now();
-        admin.shutdown().expect("clean shutdown");
-        assert!(started.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(5));
-        drop(idle);
-    }
-
-    #[test]
-    fn dropping_the_handle_stops_the_server() {
-        let (admin, _metrics, _health) = start();
-        let addr = admin.local_addr();
-        drop(admin);
-        assert!(TcpStream::connect(addr).is_err(), "still accepting");
-    }
-
-    #[test]
-    fn port_in_use_is_a_clear_error() {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = taken.local_addr().expect("addr");
-        let err = match spawn_admin(
-            addr,
-            Arc::new(Metrics::new().expect("metrics")),
-            Arc::new(Health::new()),
-        ) {
-            Ok(_) => panic!("bound a taken port"),
-            Err(e) => e,
-        };
-        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
-        assert!(err.to_string().contains(&addr.to_string()), "{err}");
-    }
-
-    #[test]
-    fn serve_runs_on_an_outer_runtime_too() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let health = Arc::new(Health::new());
-            health.set_assigned_partitions(1);
-            health.set_table_loaded(true);
-            let poll_loop = health.register(POLL_LOOP);
-            poll_loop.beat();
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(serve(
-                listener,
-                Arc::new(Metrics::new().expect("metrics")),
-                health,
-                async move {
-                    let _ = rx.await;
-                },
-            ));
-            let status = tokio::task::spawn_blocking(move || get(addr, "/readyz").status)
-                .await
-                .expect("client");
-            assert_eq!(status, 200);
-            tx.send(()).expect("signal");
-            server.await.expect("join").expect("serve");
-        });
-    }
-}
+#[path = "admin/server_tests.rs"]
+mod tests;

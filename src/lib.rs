@@ -40,6 +40,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod offline;
 pub mod redis;
+pub mod repeated;
 pub mod replay;
 pub mod report;
 pub mod run;

@@ -219,7 +219,7 @@ impl Metrics {
         let worker_state = IntGaugeVec::new(
             Opts::new(
                 "promo_worker_state",
-                "1 for what the worker is doing now (starting, unassigned, idle, processing, retrying, paused_stale_table, stalled), 0 for the others; worked out at each scrape.",
+                "1 for what the worker is doing now (broker_unreachable, starting, unassigned, idle, processing, retrying, paused_stale_table, stalled), 0 for the others; worked out at each scrape.",
             ),
             &["state"],
         )?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::admin::{Health, spawn_admin};
+use crate::admin::{AdminLimits, Health, spawn_admin};
 use crate::kafka::worker::WorkerDeps;
 use crate::kafka::{WorkerExit, run_worker};
 use crate::metrics::Metrics;
@@ -61,8 +61,13 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
         .map_err(|e| (exit::CONFIG, e))?;
     let mut admin = match admin_addr {
         Some(addr) => Some(
-            spawn_admin(addr, metrics.clone(), health.clone())
-                .map_err(|e| (exit::CONFIG, e.to_string()))?,
+            spawn_admin(
+                addr,
+                metrics.clone(),
+                health.clone(),
+                AdminLimits::from(&settings.admin),
+            )
+            .map_err(|e| (exit::CONFIG, e.to_string()))?,
         ),
         None => None,
     };

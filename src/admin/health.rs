@@ -30,6 +30,11 @@ pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(60);
 /// `init_transactions`), when that is longer than twice the stall threshold.
 pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(120);
 
+/// librdkafka reports all brokers down for a moment when idle connections are closed by the
+/// broker and reopened on demand; a report is believed once it has held this long, which is
+/// more than the statistics interval (5 s) whose next report of a connected broker clears it.
+pub const BROKER_DOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The name the poll loop registers under; readiness needs it, not only liveness.
 pub const POLL_LOOP: &str = "poll loop";
 
@@ -39,6 +44,9 @@ const NEVER: u64 = u64::MAX;
 /// What the worker is doing, exported one-hot as `promo_worker_state{state}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
+    /// No broker answers (librdkafka reports all brokers down, or none answered at start);
+    /// nothing can be read or committed until one does.
+    BrokerUnreachable,
     /// Loading the code table or creating the clients; the poll loop has not turned yet.
     Starting,
     /// Running, but the group gave it no partition.
@@ -57,7 +65,8 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
-    pub const ALL: [WorkerState; 7] = [
+    pub const ALL: [WorkerState; 8] = [
+        WorkerState::BrokerUnreachable,
         WorkerState::Starting,
         WorkerState::Unassigned,
         WorkerState::Idle,
@@ -69,6 +78,7 @@ impl WorkerState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            WorkerState::BrokerUnreachable => "broker_unreachable",
             WorkerState::Starting => "starting",
             WorkerState::Unassigned => "unassigned",
             WorkerState::Idle => "idle",
@@ -166,6 +176,8 @@ pub struct Health {
     /// Start of the current run of idle passes.
     idle_since_ms: AtomicU64,
     failing: Mutex<Option<Failing>>,
+    /// No broker answers: why, and since when.
+    broker_down: Mutex<Option<Failing>>,
     backlog_records: AtomicI64,
     backlog_unpositioned: AtomicUsize,
 }
@@ -210,6 +222,7 @@ impl Health {
             last_commit_ms: AtomicU64::new(NEVER),
             idle_since_ms: AtomicU64::new(NEVER),
             failing: Mutex::new(None),
+            broker_down: Mutex::new(None),
             backlog_records: AtomicI64::new(0),
             backlog_unpositioned: AtomicUsize::new(0),
         }
@@ -278,6 +291,22 @@ impl Health {
         self.last_commit_ms.store(now, Ordering::Relaxed);
         self.idle_since_ms.store(NEVER, Ordering::Relaxed);
         *lock(&self.failing) = None;
+    }
+
+    /// No broker answers; `reason` is librdkafka's (or ours) and names the brokers.
+    pub fn broker_unreachable(&self, reason: &str) {
+        let now = self.clock.now_ms();
+        let mut down = lock(&self.broker_down);
+        let since_ms = down.as_ref().map_or(now, |d| d.since_ms);
+        *down = Some(Failing {
+            reason: reason.to_owned(),
+            since_ms,
+        });
+    }
+
+    /// A broker answered.
+    pub fn broker_reachable(&self) {
+        *lock(&self.broker_down) = None;
     }
 
     /// A batch failed and will be redone.
@@ -385,6 +414,16 @@ impl Health {
             }
         }
 
+        if let Some(down) = lock(&self.broker_down).as_ref()
+            && now.saturating_sub(down.since_ms) >= duration_ms(BROKER_DOWN_GRACE)
+        {
+            not_ready.push(format!(
+                "broker unreachable for {}: {}",
+                fmt_ms(now.saturating_sub(down.since_ms)),
+                down.reason
+            ));
+            states.push(WorkerState::BrokerUnreachable);
+        }
         if !self.table_loaded.load(Ordering::Relaxed) {
             not_ready.push("code table not loaded".to_owned());
             states.push(WorkerState::Starting);

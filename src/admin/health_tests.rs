@@ -248,3 +248,35 @@ fn a_thread_registered_again_replaces_its_ended_predecessor() {
     again.beat();
     assert_eq!(health.is_alive(), Ok(()));
 }
+
+#[test]
+fn an_unreachable_broker_is_named_until_a_broker_answers_or_a_batch_commits() {
+    let (health, clock, poll_loop) = running(5_000);
+    let names_the_broker = |health: &Health| {
+        health
+            .is_ready()
+            .err()
+            .is_some_and(|why| why.contains("broker"))
+    };
+    health.broker_unreachable("0/1 brokers are down (127.0.0.1:1)");
+    at(&clock, 14_999);
+    // A moment's report (an idle connection closed by the broker) is not believed yet.
+    assert!(!names_the_broker(&health));
+    at(&clock, 15_600);
+    poll_loop.beat();
+    health.broker_unreachable("1/1 brokers are down (127.0.0.1:1)");
+    assert!(names_the_broker(&health));
+    let verdict = health.verdict();
+    assert_eq!(verdict.state, WorkerState::BrokerUnreachable);
+    let why = verdict.not_ready.join("; ");
+    assert!(
+        why.contains("broker unreachable for 10.600s: 1/1 brokers are down (127.0.0.1:1)"),
+        "{why}"
+    );
+    assert_eq!(health.is_alive(), Ok(()));
+    health.broker_reachable();
+    assert_ne!(health.state(), WorkerState::BrokerUnreachable);
+    health.broker_unreachable("down again");
+    health.batch_committed();
+    assert!(!names_the_broker(&health));
+}

@@ -41,6 +41,21 @@ impl SortedSet {
             .count() as u64
     }
 
+    /// `ZUNIONSTORE this 2 this other AGGREGATE MIN`.
+    fn merge(&mut self, other: BTreeSet<(i64, String)>) {
+        for (score, member) in other {
+            match self.scores.get(&member).copied() {
+                Some(mine) if mine <= score => {}
+                Some(mine) => {
+                    self.order.remove(&(mine, member.clone()));
+                    self.scores.insert(member.clone(), score);
+                    self.order.insert((score, member));
+                }
+                None => self.add(score, &member),
+            }
+        }
+    }
+
     fn trim_below(&mut self, bound: i64) {
         let kept = self.order.split_off(&(bound, String::new()));
         for (_, member) in std::mem::replace(&mut self.order, kept) {
@@ -66,13 +81,21 @@ impl MemoryState {
             match op {
                 Op::Add {
                     key,
+                    merge_from,
                     members,
                     trim_below,
                     ranges,
                     evidence,
                     ..
                 } => {
+                    let previous = merge_from
+                        .as_ref()
+                        .and_then(|from| self.sets.get(from))
+                        .map(|from| from.order.clone());
                     let set = self.sets.entry(key.clone()).or_default();
+                    if let Some(previous) = previous {
+                        set.merge(previous);
+                    }
                     if let Some(bound) = trim_below {
                         set.trim_below(*bound);
                     }
@@ -166,6 +189,7 @@ mod tests {
     fn add(key: &str, members: &[(i64, &str)], ranges: &[(i64, i64)]) -> Op {
         Op::Add {
             key: key.into(),
+            merge_from: None,
             ttl_secs: 60,
             members: members.iter().map(|(s, m)| (*s, m.to_string())).collect(),
             trim_below: None,
@@ -221,6 +245,26 @@ mod tests {
             state.apply(&[changed]).expect("memory"),
             [StepOutcome::Duplicate]
         );
+    }
+
+    #[test]
+    fn a_merged_set_counts_its_members_once_whatever_the_repeats() {
+        let mut state = MemoryState::new();
+        state.run(&[add("old", &[(1, "o1"), (2, "o2")], &[(0, 100)])]);
+        let mut op = add("new", &[(3, "o3")], &[(0, 100)]);
+        if let Op::Add { merge_from, .. } = &mut op {
+            *merge_from = Some("old".into());
+        }
+        let out = state.run(std::slice::from_ref(&op));
+        assert_eq!(
+            (out[0].before.clone(), out[0].after.clone()),
+            (vec![2], vec![3])
+        );
+        // A worker still on the old key adds there; the next merge takes it, once.
+        state.run(&[add("old", &[(4, "o4"), (3, "o3")], &[(0, 100)])]);
+        let out = state.run(std::slice::from_ref(&op));
+        assert_eq!(out[0].after, [4], "o1..o4, each once");
+        assert_eq!(state.sets["new"].scores["o3"], 3);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Detectors {
     /// `<store.key_prefix>d:` — every detector key starts with it.
     prefix: String,
     mac: Hmac<Sha256>,
+    /// The key being rotated out, while `customer_hmac_previous_key` is set.
+    previous: Option<Hmac<Sha256>>,
 }
 
 impl std::fmt::Debug for Detectors {
@@ -59,12 +61,14 @@ impl Detectors {
     pub fn new(settings: &DetectorSettings, key_prefix: &str) -> Detectors {
         // HMAC takes keys of any length (hashing long ones), so this cannot fail; an empty key
         // only reaches here when the detectors are off or in tests.
-        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(settings.customer_hmac_key.as_bytes())
-            .unwrap_or_else(|_| unreachable_key());
+        let mac = keyed(&settings.customer_hmac_key);
+        let previous = (!settings.customer_hmac_previous_key.is_empty())
+            .then(|| keyed(&settings.customer_hmac_previous_key));
         Detectors {
             settings: settings.clone(),
             prefix: format!("{key_prefix}d:"),
             mac,
+            previous,
         }
     }
 
@@ -82,12 +86,15 @@ impl Detectors {
     /// `kind:value`, truncated to 128 bits (32 hex digits). Without the key it cannot be linked
     /// back to the identifier by guessing.
     pub fn pseudonym(&self, kind: &str, value: &str) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(kind.as_bytes());
-        mac.update(b":");
-        mac.update(value.trim().as_bytes());
-        let digest = mac.finalize().into_bytes();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        pseudonym_with(&self.mac, kind, value)
+    }
+
+    /// The same pseudonym under the key being rotated out, during a rotation: where this
+    /// identifier's state was kept until now.
+    pub fn previous_pseudonym(&self, kind: &str, value: &str) -> Option<String> {
+        self.previous
+            .as_ref()
+            .map(|mac| pseudonym_with(mac, kind, value))
     }
 
     /// Lists the state changes of one order.
@@ -107,6 +114,19 @@ impl Detectors {
     ) {
         report::finish(self, plan, outcome, order, decision, table);
     }
+}
+
+fn pseudonym_with(mac: &Hmac<Sha256>, kind: &str, value: &str) -> String {
+    let mut mac = mac.clone();
+    mac.update(kind.as_bytes());
+    mac.update(b":");
+    mac.update(value.trim().as_bytes());
+    let digest = mac.finalize().into_bytes();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn keyed(key: &str) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes()).unwrap_or_else(|_| unreachable_key())
 }
 
 fn unreachable_key() -> Hmac<Sha256> {

@@ -137,6 +137,10 @@ pub enum Op {
     /// evidence range in (score, member) order.
     Add {
         key: String,
+        /// The same set under the customer HMAC key being rotated out: its members are merged
+        /// into `key` first (a member in both keeps its lower score). Set union is idempotent,
+        /// so a redone or replayed step counts the same.
+        merge_from: Option<String>,
         ttl_secs: u64,
         members: Vec<(i64, String)>,
         /// Members scored below this are dropped first (keeps a window's set bounded).

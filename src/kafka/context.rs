@@ -1,5 +1,5 @@
 //! Consumer callbacks: rebalances (finish the batch before partitions move), statistics (lag per
-//! partition), and librdkafka's own log and error events routed to `tracing`.
+//! partition), and librdkafka's own log and error events, handed to [`ClientEvents`].
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,6 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 
+use super::events::ClientEvents;
 use super::pipeline::Pipeline;
 use crate::admin::{Backlog, Health};
 use crate::metrics::Metrics;
@@ -20,30 +21,20 @@ pub struct WorkerContext {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub input_topic: String,
+    pub events: Arc<ClientEvents>,
 }
 
 impl ClientContext for WorkerContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility, message)
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, message),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility, message)
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, message),
-        }
+        self.events.log(level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, reason, "client error");
+        self.events.error(&error, reason);
     }
 
     fn stats(&self, statistics: Statistics) {
+        self.events.statistics(&statistics);
         let mut backlog = Backlog::default();
         if let Some(topic) = statistics.topics.get(&self.input_topic) {
             for (partition, stats) in &topic.partitions {

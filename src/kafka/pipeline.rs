@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -28,6 +29,7 @@ use rewind::{offsets_list, retry_resumable};
 
 use super::Failure;
 use super::context::WorkerContext;
+use super::events::ClientEvents;
 use super::outputs::{Source, dlq_headers};
 use crate::detectors::DetectorState;
 use crate::engine::{Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
@@ -37,13 +39,31 @@ use crate::table_source::TableHandle;
 
 /// Counts deliveries that failed after librdkafka's own retries; at-least-once mode must not
 /// store offsets past a record whose output was lost.
-#[derive(Default)]
 pub struct DeliveryTracker {
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    events: Arc<ClientEvents>,
 }
 
-impl ClientContext for DeliveryTracker {}
+impl DeliveryTracker {
+    pub fn new(events: Arc<ClientEvents>) -> DeliveryTracker {
+        DeliveryTracker {
+            failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            events,
+        }
+    }
+}
+
+impl ClientContext for DeliveryTracker {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.events.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.events.error(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();

@@ -13,6 +13,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::util::Timeout;
 
 use super::context::WorkerContext;
+use super::events::ClientEvents;
 use super::pipeline::{DeliveryTracker, Pipeline};
 use super::{Failure, consumer_config, producer_config};
 use crate::admin::{Health, Heartbeat, POLL_LOOP};
@@ -46,9 +47,19 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
     let settings = deps.settings.clone();
     let kafka = &settings.kafka;
     let transactional_id = kafka.effective_transactional_id();
+    let events = Arc::new(ClientEvents::new(
+        deps.health.clone(),
+        &kafka.brokers,
+        Duration::from_secs(settings.worker.repeated_warning_secs),
+    ));
     let producer: BaseProducer<DeliveryTracker> = producer_config(kafka, &transactional_id)
-        .create_with_context(DeliveryTracker::default())
+        .create_with_context(DeliveryTracker::new(events.clone()))
         .map_err(|e| Failure::Fatal(format!("cannot create the producer: {e}")))?;
+    if !wait_for_broker(&producer, &events, &deps, &heartbeat)? {
+        // Asked to stop before any broker answered: nothing was read, so nothing to drain.
+        tracing::info!("stopped before any broker answered");
+        return Ok(WorkerExit::Drained);
+    }
     if kafka.delivery == Delivery::ExactlyOnce {
         // Completes or aborts whatever a previous incarnation with this id left open, and fences it.
         let timeout = Duration::from_millis(kafka.transaction_timeout_ms.saturating_mul(2));
@@ -67,6 +78,7 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
         metrics: deps.metrics.clone(),
         health: deps.health.clone(),
         input_topic: kafka.input_topic.clone(),
+        events: events.clone(),
     };
     let consumer: BaseConsumer<WorkerContext> = consumer_config(kafka)
         .create_with_context(context)
@@ -83,7 +95,7 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
         "worker started"
     );
 
-    let outcome = poll_loop(&consumer, &pipeline, &deps, &heartbeat)
+    let outcome = poll_loop(&consumer, &pipeline, &deps, &heartbeat, &events)
         .and_then(|()| drain(&consumer, &pipeline, &settings));
     if outcome.is_err() {
         // Dropping the consumer runs the revoke callback, which would otherwise commit whatever
@@ -92,6 +104,48 @@ pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
     }
     outcome.map(|()| WorkerExit::Drained)
 }
+
+/// Before `init_transactions`, which blocks for up to twice the transaction timeout and cannot be
+/// interrupted, waits until a broker answers: until then the health says the broker is
+/// unreachable, the log says so (rate-limited), and a stop request ends the wait at once —
+/// nothing has been read, so nothing is at stake. Returns false when asked to stop; a refusal
+/// that waiting cannot cure (authentication, authorization) is fatal, as it was from
+/// `init_transactions`.
+fn wait_for_broker(
+    producer: &BaseProducer<DeliveryTracker>,
+    events: &ClientEvents,
+    deps: &WorkerDeps,
+    heartbeat: &Heartbeat,
+) -> Result<bool, Failure> {
+    let started = Instant::now();
+    while !deps.shutdown.load(Ordering::SeqCst) {
+        heartbeat.beat();
+        match producer.client().fetch_metadata(None, BROKER_PROBE) {
+            Ok(_) => {
+                events.broker_answered();
+                return Ok(true);
+            }
+            Err(e) => {
+                if let Failure::Fatal(message) = Failure::from_client("metadata request", &e) {
+                    return Err(Failure::Fatal(message));
+                }
+                // Hands librdkafka's error events (all brokers down, with the reason) to the
+                // events; a broker that accepts connections but never answers sends none.
+                producer.poll(Duration::ZERO);
+                if started.elapsed() >= BROKER_PROBE.saturating_mul(3) {
+                    events.no_broker(&format!(
+                        "no answer to a metadata request for {:.0?}: {e}",
+                        started.elapsed()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// How long one metadata request at start may take; also how often a stop request is checked.
+const BROKER_PROBE: Duration = Duration::from_millis(500);
 
 /// What one pass of the loop did.
 enum Pass {
@@ -106,6 +160,7 @@ fn poll_loop(
     pipeline: &Pipeline,
     deps: &WorkerDeps,
     heartbeat: &Heartbeat,
+    events: &ClientEvents,
 ) -> Result<(), Failure> {
     let mut backoff = Backoff::new(Duration::from_millis(deps.settings.worker.max_backoff_ms));
     while !deps.shutdown.load(Ordering::SeqCst) {
@@ -116,7 +171,7 @@ fn poll_loop(
             recover(consumer, pipeline, deps, failure, &mut backoff, heartbeat)?;
             continue;
         }
-        let step = poll_once(consumer, pipeline).and_then(|idle| {
+        let step = poll_once(consumer, pipeline, events).and_then(|idle| {
             if pipeline.is_due(idle)? {
                 pipeline.commit(consumer).map(|()| Pass::Committed)
             } else if idle && !pipeline.is_open() {
@@ -141,7 +196,11 @@ fn poll_loop(
 }
 
 /// Polls once; returns whether nothing was ready.
-fn poll_once(consumer: &BaseConsumer<WorkerContext>, pipeline: &Pipeline) -> Result<bool, Failure> {
+fn poll_once(
+    consumer: &BaseConsumer<WorkerContext>,
+    pipeline: &Pipeline,
+    events: &ClientEvents,
+) -> Result<bool, Failure> {
     let timeout = pipeline.time_to_due().min(POLL_SLICE);
     match consumer.poll(timeout) {
         None | Some(Err(KafkaError::PartitionEOF(_))) => Ok(true),
@@ -150,8 +209,8 @@ fn poll_once(consumer: &BaseConsumer<WorkerContext>, pipeline: &Pipeline) -> Res
             Failure::Fatal(message) => Err(Failure::Fatal(message)),
             // librdkafka recovers from broker-side consume errors by itself; they are reported
             // so operators see them, not because the batch is wrong.
-            other => {
-                tracing::warn!(error = %other, "consumer error");
+            _ => {
+                events.error(&err, &format!("consume: {err}"));
                 Ok(false)
             }
         },

@@ -34,16 +34,18 @@ const PLACEHOLDER_WIDTH: usize = 9;
 /// Ranges per bitmask argument: a Lua number is a double, exact below 2^53.
 const MASK_BITS: usize = 50;
 
-/// An add's shape is `members + SHAPE * ranges` (the script's `SHAPE`): an add's members are the
-/// order and its codes, far below 2^20, and the sum stays exact in a double.
+/// An add's shape is `members + SHAPE * ranges + SHAPE² * merges` (the script's `SHAPE`;
+/// `merges` is 1 when the add merges a set first): an add's members are the order and its
+/// codes, far below 2^20, and the sum stays below 2^41, exact in a double.
 const SHAPE: u64 = 1 << 20;
 
 /// Arguments, after the evidence limit and the number of orders, per order:
 ///
 /// - memo key (index into `KEYS`), fingerprint, memo TTL, number of operations, and how many
 ///   arguments those operations take (a replay or a duplicate jumps over them unread);
-/// - an add: its shape (`members + SHAPE * ranges`), key index, TTL, trim bound (`(<score>`, or
-///   empty), then per member its score, the member and its ranges as bitmasks of [`MASK_BITS`]
+/// - an add: its shape (`members + SHAPE * ranges + SHAPE² * merges`), key index, TTL, trim
+///   bound (`(<score>`, or empty), the index of the key to merge from when it merges, then per
+///   member its score, the member and its ranges as bitmasks of [`MASK_BITS`]
 ///   (bit j: whether the score is in range j, so the script never compares numbers), then per
 ///   range its bounds in `ZCOUNT` syntax, then its evidence ranges' bounds as one text
 ///   (`<min> <max> ...`, read only when the gate fires), then the gate;
@@ -249,18 +251,27 @@ impl<'s> Call<'s> {
                 match op {
                     Op::Add {
                         key: name,
+                        merge_from,
                         ttl_secs,
                         members,
                         trim_below,
                         ranges,
                         evidence,
                     } => {
-                        args.number(members.len() as u64 + SHAPE * ranges.len() as u64);
+                        let merges = u64::from(merge_from.is_some());
+                        args.number(
+                            members.len() as u64
+                                + SHAPE * ranges.len() as u64
+                                + SHAPE * SHAPE * merges,
+                        );
                         args.number(key(name));
                         args.number(ttl_secs.max(&1));
                         match trim_below {
                             Some(bound) => args.number(format_args!("({bound}")),
                             None => args.text(""),
+                        }
+                        if let Some(from) = merge_from {
+                            args.number(key(from));
                         }
                         for (score, member) in members {
                             args.number(score);

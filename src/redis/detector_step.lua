@@ -140,11 +140,23 @@ for o = 1, orders do
       end
       first[i] = flat
       if shape >= 0 then
-        -- An add: shape = members + SHAPE * ranges.
+        -- An add: shape = members + SHAPE * ranges + SHAPE * SHAPE * merges.
         local members = shape % SHAPE
-        local nr = (shape - members) / SHAPE
+        local rest = (shape - members) / SHAPE
+        local nr = rest % SHAPE
         local trim = ARGV[pos + 3]
         pos = pos + 4
+        if rest >= SHAPE then
+          -- The same set under the customer key being rotated out: merged in first, so its
+          -- members count here once (a union is idempotent, so a redo counts the same). The
+          -- union replaces the key, dropping its time to live: set it again at once.
+          local from = KEYS[ARGV[pos] + 0]
+          pos = pos + 1
+          if call('EXISTS', from) == 1 then
+            call('ZUNIONSTORE', key, 2, key, from, 'AGGREGATE', 'MIN')
+            call('EXPIRE', key, ttl)
+          end
+        end
         if trim ~= '' then call('ZREMRANGEBYSCORE', key, '-inf', trim) end
         for j = 1, nr do delta[j] = 0 end
         -- Each member: score, member, then its ranges as bitmasks of MASK_BITS (bit j - 1 of

@@ -166,8 +166,16 @@ pub struct DetectorSettings {
     #[serde(serialize_with = "redact")]
     pub customer_hmac_key: String,
     /// Written next to every customer reference, so references made with a rotated key are
-    /// recognisable (per-customer counts restart on rotation).
+    /// recognisable.
     pub customer_hmac_key_id: String,
+    /// During a key rotation, the key being replaced (secret, like the key:
+    /// `PROMO__DETECTORS__CUSTOMER_HMAC_PREVIOUS_KEY`). Per-customer state kept under its
+    /// pseudonyms is merged into the new key's as each customer is seen, so counts carry over;
+    /// empty outside a rotation. See docs/operations.md, "Rotate the customer HMAC key".
+    #[serde(serialize_with = "redact")]
+    pub customer_hmac_previous_key: String,
+    /// The id of `customer_hmac_previous_key` (the `customer_hmac_key_id` it was used with).
+    pub customer_hmac_previous_key_id: String,
     /// How long an order's recorded outcome is kept: a replay within this time gives the same
     /// outputs, and a different record with the same order id within it is a DUPLICATE_ORDER_ID.
     /// Should cover the input topic's retention if offsets may be reset.
@@ -186,6 +194,8 @@ impl Default for DetectorSettings {
             enabled: false,
             customer_hmac_key: String::new(),
             customer_hmac_key_id: "1".into(),
+            customer_hmac_previous_key: String::new(),
+            customer_hmac_previous_key_id: String::new(),
             replay_ttl_secs: 7 * 86_400,
             limit_ttl_secs: 400 * 86_400,
             grace_secs: 86_400,
@@ -204,15 +214,29 @@ impl DetectorSettings {
                 "detectors.customer_hmac_key must be set, at least {MIN_HMAC_KEY_BYTES} bytes, when detectors.enabled is true (set it from a secret: PROMO__DETECTORS__CUSTOMER_HMAC_KEY)"
             ));
         }
-        if self.customer_hmac_key_id.is_empty()
-            || !self
-                .customer_hmac_key_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !valid_key_id(&self.customer_hmac_key_id) {
             problems.push(
                 "detectors.customer_hmac_key_id must be non-empty letters, digits, - or _".into(),
             );
+        }
+        if !self.customer_hmac_previous_key.is_empty() {
+            if self.customer_hmac_previous_key.len() < MIN_HMAC_KEY_BYTES {
+                problems.push(format!(
+                    "detectors.customer_hmac_previous_key must be at least {MIN_HMAC_KEY_BYTES} bytes"
+                ));
+            }
+            if self.customer_hmac_previous_key == self.customer_hmac_key {
+                problems.push(
+                    "detectors.customer_hmac_previous_key is the same as customer_hmac_key; leave it empty outside a rotation".into(),
+                );
+            }
+            if !valid_key_id(&self.customer_hmac_previous_key_id)
+                || self.customer_hmac_previous_key_id == self.customer_hmac_key_id
+            {
+                problems.push(
+                    "detectors.customer_hmac_previous_key_id must name the previous key (letters, digits, - or _), differently from customer_hmac_key_id".into(),
+                );
+            }
         }
         for (name, value) in [
             ("replay_ttl_secs", self.replay_ttl_secs),
@@ -231,6 +255,13 @@ impl DetectorSettings {
     }
 }
 
+fn valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Secrets never leave the process through `--check-config` or any other serialization.
 fn redact<S: Serializer>(value: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(if value.is_empty() { "" } else { "<redacted>" })
@@ -239,6 +270,37 @@ fn redact<S: Serializer>(value: &str, serializer: S) -> Result<S::Ok, S::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_previous_key_needs_its_own_id_and_is_never_printed() {
+        let mut settings = DetectorSettings {
+            enabled: true,
+            customer_hmac_key: "new-key-0123456789".into(),
+            customer_hmac_key_id: "2".into(),
+            customer_hmac_previous_key: "old-key-0123456789".into(),
+            ..DetectorSettings::default()
+        };
+        let mut problems = Vec::new();
+        settings.check(&mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("customer_hmac_previous_key_id"),
+            "{problems:?}"
+        );
+        settings.customer_hmac_previous_key_id = "1".into();
+        let mut problems = Vec::new();
+        settings.check(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let shown = serde_json::to_string(&settings).expect("serialize");
+        assert!(!shown.contains("old-key"), "{shown}");
+        settings.customer_hmac_previous_key = settings.customer_hmac_key.clone();
+        let mut problems = Vec::new();
+        settings.check(&mut problems);
+        assert!(
+            problems[0].contains("the same as customer_hmac_key"),
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn program_overrides_only_what_they_name() {

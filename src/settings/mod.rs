@@ -140,6 +140,7 @@ impl Settings {
         if self.admin.stall_after_secs == 0 {
             problems.push("admin.stall_after_secs must be greater than 0".into());
         }
+        self.admin.check_limits(&mut problems);
         for (name, value) in [
             ("limits.max_message_bytes", limits.max_message_bytes),
             ("limits.max_codes_per_order", limits.max_codes_per_order),

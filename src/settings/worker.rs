@@ -239,6 +239,16 @@ pub struct AdminSettings {
     /// Without progress of the poll loop for this long, `/readyz` fails; for twice as long,
     /// `/healthz` fails too, so the supervisor restarts a hung worker.
     pub stall_after_secs: u64,
+    /// A connection must deliver a request's whole header within this time, the first request
+    /// and each later one on a kept-alive connection alike, or it is closed: this is both the
+    /// slow-header and the idle timeout.
+    pub header_timeout_secs: u64,
+    /// Open connections at most; a new one beyond that closes the oldest, so a flood of idle
+    /// sockets cannot lock out the kubelet's probes.
+    pub max_connections: usize,
+    /// Largest request header (request line included); larger gets 431. Bodies are refused (413):
+    /// no endpoint takes one.
+    pub max_header_bytes: usize,
 }
 
 impl Default for AdminSettings {
@@ -246,11 +256,27 @@ impl Default for AdminSettings {
         AdminSettings {
             listen: "127.0.0.1:9464".into(),
             stall_after_secs: 60,
+            header_timeout_secs: 5,
+            max_connections: 64,
+            max_header_bytes: 8192,
         }
     }
 }
 
 impl AdminSettings {
+    pub(super) fn check_limits(&self, problems: &mut Vec<String>) {
+        if self.header_timeout_secs == 0 {
+            problems.push("admin.header_timeout_secs must be greater than 0".into());
+        }
+        if self.max_connections == 0 {
+            problems.push("admin.max_connections must be greater than 0".into());
+        }
+        // A probe's request is ~100 bytes; below 1 KiB even a curl with a few headers fails.
+        if self.max_header_bytes < 1024 {
+            problems.push("admin.max_header_bytes must be at least 1024".into());
+        }
+    }
+
     pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
         if self.listen.trim().is_empty() {
             return Ok(None);
@@ -283,6 +309,9 @@ pub struct WorkerSettings {
     pub shutdown_deadline_secs: u64,
     /// Longest pause between retries of a transient failure.
     pub max_backoff_ms: u64,
+    /// A warning that repeats (an unreachable broker, a failing accept) is logged the first
+    /// time, then at most once per this long with the count of the repeats not logged.
+    pub repeated_warning_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -292,6 +321,7 @@ impl Default for WorkerSettings {
             log_filter: "info".into(),
             shutdown_deadline_secs: 30,
             max_backoff_ms: 5000,
+            repeated_warning_secs: 10,
         }
     }
 }
@@ -300,6 +330,9 @@ impl WorkerSettings {
     pub(super) fn check(&self, problems: &mut Vec<String>) {
         if self.shutdown_deadline_secs == 0 {
             problems.push("worker.shutdown_deadline_secs must be greater than 0".into());
+        }
+        if self.repeated_warning_secs == 0 {
+            problems.push("worker.repeated_warning_secs must be greater than 0".into());
         }
         if self.max_backoff_ms < 10 {
             problems.push("worker.max_backoff_ms must be at least 10".into());

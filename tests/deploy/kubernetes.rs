@@ -288,6 +288,61 @@ fn kubernetes_manifests_have_the_required_fields() {
         "the PodMonitor's jobLabel gives job=promo-attribution, which the rules select"
     );
 
+    // Only Prometheus reaches the pods, and only on the admin port (the node's kubelet always
+    // may): a policy selecting these pods for ingress whose every rule names its peers.
+    let policy = manifests.only("NetworkPolicy");
+    assert!(
+        seq(kustomization, &["resources"])
+            .iter()
+            .any(|r| r.as_str() == Some("networkpolicy.yaml")),
+        "the kustomization applies the NetworkPolicy"
+    );
+    for (k, v) in at(policy, &["spec", "podSelector", "matchLabels"])
+        .as_mapping()
+        .expect("NetworkPolicy podSelector")
+    {
+        assert_eq!(
+            &pod_labels[k.as_str().expect("label")],
+            v,
+            "the NetworkPolicy selects the pods"
+        );
+    }
+    assert!(
+        seq(policy, &["spec", "policyTypes"])
+            .iter()
+            .any(|t| t.as_str() == Some("Ingress")),
+        "the NetworkPolicy restricts ingress"
+    );
+    let rules = seq(policy, &["spec", "ingress"]);
+    assert!(!rules.is_empty(), "Prometheus must be let in");
+    for rule in rules {
+        let peers = seq(rule, &["from"]);
+        assert!(
+            !peers.is_empty(),
+            "an ingress rule without `from` lets everyone in"
+        );
+        for peer in peers {
+            let pods = &peer["podSelector"]["matchLabels"];
+            assert!(
+                pods.as_mapping().is_some_and(|m| !m.is_empty()) && peer["ipBlock"].is_null(),
+                "each peer is a labelled set of pods (Prometheus), not an address range: {peer:?}"
+            );
+        }
+        let ports = seq(rule, &["ports"]);
+        assert!(!ports.is_empty(), "a rule without ports opens every port");
+        for p in ports {
+            let allowed = match &p["port"] {
+                Yaml::Number(n) => n.as_u64() == Some(u64::from(port)),
+                Yaml::String(s) => *s == admin_name,
+                _ => false,
+            };
+            assert!(
+                allowed,
+                "the NetworkPolicy opens {p:?}, not only the admin port"
+            );
+        }
+    }
+
     // The PrometheusRule carries exactly deploy/prometheus/rules.yml.
     let rule = manifests.only("PrometheusRule");
     assert_eq!(

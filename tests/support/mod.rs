@@ -352,6 +352,17 @@ impl ChildWorker {
         extra_sets: &[&str],
         log: &Path,
     ) -> ChildWorker {
+        ChildWorker::spawn_on(brokers(), names, transactional_id, extra_sets, log)
+    }
+
+    /// As [`ChildWorker::spawn`], against `brokers` rather than the test broker.
+    pub fn spawn_on(
+        brokers: &str,
+        names: &Names,
+        transactional_id: &str,
+        extra_sets: &[&str],
+        log: &Path,
+    ) -> ChildWorker {
         let log_file = File::options()
             .create(true)
             .append(true)
@@ -360,7 +371,7 @@ impl ChildWorker {
         let mut command = Command::new(env!("CARGO_BIN_EXE_promo-attribution"));
         command
             .arg("run")
-            .args(["--brokers", brokers()])
+            .args(["--brokers", brokers])
             .args(["--group", &names.group])
             .args(["--input-topic", &names.input])
             .args(["--transactional-id", transactional_id])

@@ -17,6 +17,22 @@ pub struct IdentityRef {
     /// `customer_id`, `email`, `device` or `ip`.
     pub kind: &'static str,
     pub reference: String,
+    /// The reference under the key being rotated out, during a rotation.
+    pub previous: Option<String>,
+}
+
+impl IdentityRef {
+    pub(in crate::detectors) fn new(
+        detectors: &Detectors,
+        kind: &'static str,
+        value: &str,
+    ) -> IdentityRef {
+        IdentityRef {
+            kind,
+            reference: detectors.pseudonym(kind, value),
+            previous: detectors.previous_pseudonym(kind, value),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -33,10 +49,7 @@ pub(in crate::detectors) fn customer_refs(
     let mut refs = Vec::new();
     if let Some(customer) = &order.order.customer {
         if let Some(id) = customer.id.as_deref().filter(|v| !v.trim().is_empty()) {
-            refs.push(IdentityRef {
-                kind: "customer_id",
-                reference: detectors.pseudonym("customer_id", id),
-            });
+            refs.push(IdentityRef::new(detectors, "customer_id", id));
         }
         if let Some(email) = customer
             .email_sha256
@@ -44,10 +57,7 @@ pub(in crate::detectors) fn customer_refs(
             .filter(|v| !v.trim().is_empty())
         {
             let email = email.to_ascii_lowercase();
-            refs.push(IdentityRef {
-                kind: "email",
-                reference: detectors.pseudonym("email", &email),
-            });
+            refs.push(IdentityRef::new(detectors, "email", &email));
         }
     }
     refs
@@ -66,9 +76,10 @@ pub(in crate::detectors) fn plan(
     customers
         .iter()
         .map(|customer| {
-            let key = format!("{}c:{code_id}:{}", p.base, customer.reference);
+            let key = |reference: &str| format!("{}c:{code_id}:{reference}", p.base);
+            let merge_from = customer.previous.as_deref().map(key);
             CustomerCount {
-                count: LimitCount::plan(p, key, limit),
+                count: LimitCount::plan(p, key(&customer.reference), merge_from, limit),
                 customer: customer.clone(),
             }
         })

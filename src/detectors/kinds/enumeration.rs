@@ -43,10 +43,11 @@ fn actor_refs(
             ("ip", risk.ip_hash.as_deref()),
         ] {
             if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
-                refs.push(IdentityRef {
+                refs.push(IdentityRef::new(
+                    detectors,
                     kind,
-                    reference: detectors.pseudonym(kind, &value.to_ascii_lowercase()),
-                });
+                    &value.to_ascii_lowercase(),
+                ));
             }
         }
     }
@@ -87,8 +88,10 @@ pub(in crate::detectors) fn plan(
         // order.
         let mut members = codes.clone();
         members.push((p.event_ms.max(ORDERS.min), p.order_id.to_string()));
+        let key = |reference: &str| format!("{}a:{reference}:{start}", p.base);
         p.push(Op::Add {
-            key: format!("{}a:{}:{start}", p.base, actor.reference),
+            key: key(&actor.reference),
+            merge_from: actor.previous.as_deref().map(key),
             ttl_secs: p.window_ttl(t.enumeration_window_secs),
             members,
             trim_below: None,

@@ -30,9 +30,15 @@ pub(in crate::detectors) struct LimitUses<'r> {
 }
 
 impl LimitCount {
-    /// Adds the order to the lifetime set at `key`, with the gate of an excess over `limit`
-    /// (evidence: the first uses by event time).
-    pub(in crate::detectors) fn plan(p: &mut Planner<'_>, key: String, limit: u64) -> LimitCount {
+    /// Adds the order to the lifetime set at `key` (merging `merge_from` into it first: the
+    /// same set under a rotated-out key), with the gate of an excess over `limit` (evidence:
+    /// the first uses by event time).
+    pub(in crate::detectors) fn plan(
+        p: &mut Planner<'_>,
+        key: String,
+        merge_from: Option<String>,
+        limit: u64,
+    ) -> LimitCount {
         let op = p.next_op();
         let gate = Gate::Excess {
             count: CountRef { op, range: 0 },
@@ -40,6 +46,7 @@ impl LimitCount {
         };
         p.push(Op::Add {
             key,
+            merge_from,
             ttl_secs: p.settings.limit_ttl_secs,
             members: vec![p.this_order()],
             trim_below: None,

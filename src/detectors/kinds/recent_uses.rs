@@ -108,6 +108,7 @@ pub(in crate::detectors) fn plan(
     });
     p.push(Op::Add {
         key: format!("{}w:{code_id}", p.base),
+        merge_from: None,
         ttl_secs: p.window_ttl(horizon),
         members: vec![p.this_order()],
         trim_below: p.trim_below(oldest),
@@ -168,6 +169,7 @@ fn plan_cold(
     };
     p.push(Op::Add {
         key: format!("{}k:{code_id}", p.base),
+        merge_from: None,
         ttl_secs: p.window_ttl(t.cold_window_secs),
         members,
         trim_below: p.trim_below(start),

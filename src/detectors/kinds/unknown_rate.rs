@@ -50,6 +50,7 @@ pub(in crate::detectors) fn plan(
     };
     p.push(Op::Add {
         key: format!("{}n:{start}", p.base),
+        merge_from: None,
         ttl_secs: ttl,
         members: vec![(i64::from(all_unknown), p.order_id.to_string())],
         trim_below: None,

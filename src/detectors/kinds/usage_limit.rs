@@ -19,7 +19,7 @@ pub(in crate::detectors) fn plan(
     }
     let limit = u64::from(entry.usage_limit?);
     let key = format!("{}u:{code_id}", p.base);
-    Some(LimitCount::plan(p, key, limit))
+    Some(LimitCount::plan(p, key, None, limit))
 }
 
 /// Adds the finding when the gate fires; returns the reason to invalidate when this order went
