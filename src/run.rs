@@ -52,7 +52,10 @@ pub fn run(settings: Settings) -> ExitCode {
 }
 
 fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
-    let metrics = Arc::new(Metrics::new().map_err(|e| (exit::FATAL, format!("metrics: {e}")))?);
+    let metrics = Arc::new(
+        Metrics::for_source(settings.codes.effective_source())
+            .map_err(|e| (exit::FATAL, format!("metrics: {e}")))?,
+    );
     let health = Arc::new(Health::new());
     health.set_stall_after(Duration::from_secs(settings.admin.stall_after_secs));
     let admin_addr = settings
@@ -87,8 +90,12 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
             })?;
             let current = table.current();
             metrics.set_code_table(current.version(), current.len());
-            let aged = table.clone();
-            metrics.set_code_table_age_source(Box::new(move || aged.age().as_secs_f64()));
+            // Loaded once and never stale: the load time is the truthful gauge here, not an age
+            // that grows forever (which the staleness alert would take for a stuck sync).
+            let loaded_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics.set_code_table_loaded_at(loaded_at);
             health.set_table_loaded(true);
             tracing::info!(
                 version = current.version(),

@@ -105,7 +105,10 @@ impl ConsumerContext for WorkerContext {
                 }
             }
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = %partition_ids(partitions), "partitions assigned")
+                tracing::info!(partitions = %partition_ids(partitions), "partitions assigned");
+                for element in partitions.elements() {
+                    self.metrics.init_lag(element.topic(), element.partition());
+                }
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }

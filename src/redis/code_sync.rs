@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{Health, Heartbeat};
 use crate::codes::CodeTable;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadOutcome};
 use crate::redis::store::snapshot::decode_delta;
 use crate::redis::store::{Pointer, Store, StoreError, VersionMeta};
 use crate::settings::StoreSettings;
@@ -436,14 +436,15 @@ impl Follower {
                 );
                 handle.replace(table);
                 self.refused = None;
-                self.metrics.record_code_table_reload(true);
+                self.metrics.record_code_table_reload(ReloadOutcome::Loaded);
                 self.publish_metrics(handle);
                 Ok(())
             }
             // Redis trouble is retried by the caller; a broken version is not, and the table in
             // force is not confirmed either, so the worker pauses once it is too old.
             Err(StoreError::Corrupt { version, reason }) => {
-                self.metrics.record_code_table_reload(false);
+                self.metrics
+                    .record_code_table_reload(ReloadOutcome::Refused);
                 tracing::error!(version, %reason, "cannot use the current code table version; keeping the previous one");
                 self.refused = Some(pointer);
                 Ok(())

@@ -82,7 +82,7 @@ fn dashboard_covers_what_operators_need() {
             "promo_conversions_total",
         ),
         ("alerts by kind", "promo_alerts_total"),
-        ("lag", "promo_consumer_lag"),
+        ("lag", "promo_consumer_lag_records"),
         (
             "end-to-end latency percentiles",
             "promo_end_to_end_latency_seconds_bucket",

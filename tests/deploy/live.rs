@@ -232,7 +232,7 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
             consumed(&metrics) >= Some(records.len() as f64)
                 && metrics.contains("promo_dlq_records_total{")
                 && metrics.contains("promo_alerts_total{")
-                && metrics.contains("promo_consumer_lag{")
+                && metrics.contains("promo_consumer_lag_records{")
         }),
         "the worker processed the {} sample orders within {DATA_DEADLINE:?}; log:\n{}",
         records.len(),
