@@ -22,6 +22,7 @@
 //! - [`replay`]: re-decide and audit a range of the input topic; [`dlq`]: send dead letters back.
 //! - [`report`]: performance by promo code from conversion records (`report`).
 //! - [`table_source`]: the seam the worker reads the current code table through.
+//! - [`telemetry`]: the log output (text or flat JSON, colour only on a terminal).
 //! - [`run`]: wiring of the worker; [`cli`]: the command line; `src/main.rs` only calls it.
 
 pub mod admin;
@@ -47,4 +48,5 @@ pub mod schema;
 pub mod settings;
 pub mod supervise;
 pub mod table_source;
+pub mod telemetry;
 pub mod timefmt;

@@ -11,7 +11,7 @@ use crate::kafka::worker::WorkerDeps;
 use crate::kafka::{WorkerExit, run_worker};
 use crate::metrics::Metrics;
 use crate::redis::code_sync::{self, StartError};
-use crate::settings::{CodeSource, LogFormat, Settings, redacted_url};
+use crate::settings::{CodeSource, Settings, redacted_url};
 use crate::supervise::{self, Ended, Watched};
 use crate::table_source::{SourceError, load_from_files};
 
@@ -27,14 +27,7 @@ pub fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.worker.log_filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests running several workers in one process) is harmless.
-    let _ = match settings.worker.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    crate::telemetry::init(settings.worker.log_format, filter);
 }
 
 /// Runs the worker until SIGTERM/SIGINT (drain and exit 0) or a fatal failure (exit 1).
