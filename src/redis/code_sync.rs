@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::admin::{Health, Heartbeat};
+use crate::backoff::Backoff;
 use crate::codes::CodeTable;
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::redis::store::snapshot::decode_delta;
@@ -25,6 +26,7 @@ use crate::table_source::TableHandle;
 /// Longest wait for an announcement before looking at the clock (shutdown, poll interval, the
 /// age gauge).
 const TICK: Duration = Duration::from_millis(200);
+const FIRST_RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 /// How long after a full reload the replaced table's memory is handed back.
 const TRIM_DELAY: Duration = Duration::from_secs(2);
@@ -124,7 +126,7 @@ impl Follower {
     }
 
     fn initial_table(&mut self) -> Result<CodeTable, StartError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(FIRST_RECONNECT_BACKOFF, MAX_RECONNECT_BACKOFF);
         let mut last_report = None::<Instant>;
         loop {
             if self.stopping() {
@@ -162,8 +164,7 @@ impl Follower {
                 tracing::warn!(reason = %waiting_for, "waiting for the code table; not ready");
                 last_report = Some(Instant::now());
             }
-            self.sleep(backoff);
-            backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+            self.sleep(backoff.next_wait());
         }
     }
 
@@ -213,7 +214,7 @@ impl Follower {
 
     /// Runs until shutdown: follow the store, and reconnect with backoff whenever it fails.
     fn follow(mut self, handle: &TableHandle) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(FIRST_RECONNECT_BACKOFF, MAX_RECONNECT_BACKOFF);
         while !self.stopping() {
             let mut connected = false;
             match self.follow_connected(handle, &mut connected) {
@@ -221,19 +222,19 @@ impl Follower {
                 Err(e) => {
                     // A session that got going proves the trouble was over; start small again.
                     if connected {
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                     }
                     if matches!(e, StoreError::Redis { .. }) {
                         self.metrics.set_redis_up(false);
                     }
+                    let wait = backoff.next_wait();
                     tracing::warn!(
                         error = %e,
-                        retry_ms = backoff.as_millis() as u64,
+                        retry_ms = wait.as_millis() as u64,
                         table_version = handle.current().version(),
                         "code store check failed; serving the last good table"
                     );
-                    self.sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                    self.sleep(wait);
                 }
             }
         }
