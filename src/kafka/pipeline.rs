@@ -28,7 +28,7 @@ use rewind::{offsets_list, retry_resumable};
 
 use super::Failure;
 use super::context::WorkerContext;
-use super::outputs::{Source, dlq_headers};
+use super::outputs::{DlqWriter, Source, dlq_headers};
 use crate::detectors::DetectorState;
 use crate::engine::{Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
 use crate::metrics::{Metrics, TxOutcome};
@@ -138,6 +138,9 @@ pub struct Pipeline {
     /// Connected on first use, so a worker with the detectors on starts even while Redis is
     /// down (its batches then fail and are retried).
     state: Mutex<Option<Box<dyn DetectorState + Send>>>,
+    /// This instance's id, the task a dead letter names (worked out once: it may read the host
+    /// name).
+    transactional_id: String,
 }
 
 impl Pipeline {
@@ -149,6 +152,7 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             producer,
+            transactional_id: settings.kafka.effective_transactional_id(),
             engine: Engine::new(settings.clone()),
             settings,
             table,
@@ -303,7 +307,11 @@ impl Pipeline {
         let too_large = payload
             .map(<[u8]>::len)
             .filter(|&len| len > self.engine.max_output_bytes());
-        let mut headers: OwnedHeaders = dlq_headers(source, rejection);
+        let writer = DlqWriter {
+            connector: &self.settings.kafka.group_id,
+            task: &self.transactional_id,
+        };
+        let mut headers: OwnedHeaders = dlq_headers(source, rejection, writer);
         if let Some(len) = too_large {
             headers = headers.insert(Header {
                 key: super::outputs::dlq_header::PAYLOAD_OMITTED,
