@@ -7,6 +7,9 @@
 //! Label values for statuses, bases, reasons and alert kinds are the same SCREAMING_SNAKE_CASE
 //! spellings the output records use, so a dashboard can be checked against the topics directly.
 //!
+//! Notable events that are logged as well as counted are types in [`events`], whose `emit` does
+//! both.
+//!
 //! Every labelled series whose label values are known in advance exists, at 0, from the start:
 //! a panel or an alert over a counter that has not moved yet reads 0, not "no data". Metrics
 //! about a code source exist only where the worker has that source (see [`Metrics::for_source`]),
@@ -573,6 +576,8 @@ fn conversion_label_sets() -> impl Iterator<Item = (&'static str, &'static str, 
         .chain(invalid)
         .chain([(Status::Unattributed.as_str(), "", "")])
 }
+
+pub mod events;
 
 #[cfg(test)]
 mod tests;

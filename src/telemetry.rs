@@ -88,13 +88,13 @@ where
     }
 }
 
+/// What a subscriber writes, for tests here and of the events that log.
 #[cfg(test)]
-mod tests {
+pub(crate) mod capture {
     use std::sync::{Arc, Mutex};
 
     use super::*;
 
-    /// Collects what the subscriber writes.
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -108,17 +108,32 @@ mod tests {
         }
     }
 
-    fn logged(format: LogFormat, ansi: bool) -> String {
+    /// Runs `emit` under the worker's subscriber (`format`, `filter`, colour or not) and
+    /// returns what it wrote.
+    pub(crate) fn logged(
+        format: LogFormat,
+        filter: &str,
+        ansi: bool,
+        emit: impl FnOnce(),
+    ) -> String {
         let out = Captured::default();
         let writer = out.clone();
-        let subscriber = subscriber(format, EnvFilter::new("info"), ansi, move || writer.clone());
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::warn!(addr = "127.0.0.1:9464", partitions = 3, "admin endpoints");
-        });
+        let subscriber = subscriber(format, EnvFilter::new(filter), ansi, move || writer.clone());
+        tracing::subscriber::with_default(subscriber, emit);
         let bytes = out.0.lock().expect("lock").clone();
         String::from_utf8(bytes).expect("utf-8")
     }
+}
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged(format: LogFormat, ansi: bool) -> String {
+        capture::logged(format, "info", ansi, || {
+            tracing::warn!(addr = "127.0.0.1:9464", partitions = 3, "admin endpoints");
+        })
+    }
     #[test]
     fn json_lines_carry_service_and_version_with_the_event_fields_at_top_level() {
         let text = logged(LogFormat::Json, true);

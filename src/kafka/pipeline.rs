@@ -31,6 +31,7 @@ use super::context::WorkerContext;
 use super::outputs::{DlqWriter, Source, dlq_headers};
 use crate::detectors::DetectorState;
 use crate::engine::{Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
+use crate::metrics::events::{DeadLettered, InternalEvent};
 use crate::metrics::{Metrics, TxOutcome};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
@@ -327,7 +328,13 @@ impl Pipeline {
             record = record.payload(payload);
         }
         self.send(record)?;
-        self.metrics.record_dlq(rejection.reason);
+        DeadLettered {
+            reason: rejection.reason,
+            topic: source.topic,
+            partition: source.partition,
+            offset: source.offset,
+        }
+        .emit(&self.metrics);
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use super::{Failure, consumer_config, producer_config};
 use crate::admin::{Health, Heartbeat, POLL_LOOP};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::metrics::events::{BatchResumed, BatchRetrying, InternalEvent};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
 
@@ -185,9 +186,12 @@ fn recover(
     }
     deps.health.batch_failed(&failure.to_string());
     let wait = backoff.next_wait();
-    tracing::warn!(error = %failure, wait_ms = wait.as_millis() as u64, "aborting the batch and retrying");
+    BatchRetrying {
+        error: &failure,
+        wait,
+    }
+    .emit(&deps.metrics);
     let mut rewind = pipeline.abort_and_rewind(consumer)?;
-    deps.metrics.set_paused(true);
     let until = Instant::now() + wait;
     while Instant::now() < until && !deps.shutdown.load(Ordering::SeqCst) {
         heartbeat.beat();
@@ -204,7 +208,7 @@ fn recover(
         }
     }
     rewind.seek(consumer)?;
-    deps.metrics.set_paused(false);
+    BatchResumed.emit(&deps.metrics);
     Ok(())
 }
 

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use crate::admin::{Health, Heartbeat};
 use crate::backoff::Backoff;
 use crate::codes::CodeTable;
-use crate::metrics::{Metrics, ReloadOutcome};
+use crate::metrics::Metrics;
+use crate::metrics::events::{
+    CodeStoreCheckFailed, CodeTableApplied, CodeTableRefused, InternalEvent,
+};
 use crate::redis::store::snapshot::decode_delta;
 use crate::redis::store::{Pointer, Store, StoreError, VersionMeta};
 use crate::settings::StoreSettings;
@@ -224,16 +227,14 @@ impl Follower {
                     if connected {
                         backoff.reset();
                     }
-                    if matches!(e, StoreError::Redis { .. }) {
-                        self.metrics.set_redis_up(false);
-                    }
                     let wait = backoff.next_wait();
-                    tracing::warn!(
-                        error = %e,
-                        retry_ms = wait.as_millis() as u64,
-                        table_version = handle.current().version(),
-                        "code store check failed; serving the last good table"
-                    );
+                    CodeStoreCheckFailed {
+                        error: &e,
+                        redis_down: matches!(e, StoreError::Redis { .. }),
+                        retry: wait,
+                        table_version: handle.current().version(),
+                    }
+                    .emit(&self.metrics);
                     self.sleep(wait);
                 }
             }
@@ -424,29 +425,26 @@ impl Follower {
                     // its memory is free.
                     self.trim_at = Some(Instant::now() + TRIM_DELAY);
                 }
-                let lag = self.since_publish();
-                if let Some(seconds) = lag {
-                    self.metrics.observe_code_table_propagation(seconds);
+                CodeTableApplied {
+                    version: table.version(),
+                    patched_rows: table.patched_rows(),
+                    apply: started.elapsed(),
+                    since_publish: self.since_publish(),
                 }
-                tracing::info!(
-                    version = %table.version(),
-                    patched_rows = table.patched_rows(),
-                    apply_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    since_publish_ms = lag.map(|s| s * 1000.0),
-                    "code table version in force"
-                );
+                .emit(&self.metrics);
                 handle.replace(table);
                 self.refused = None;
-                self.metrics.record_code_table_reload(ReloadOutcome::Loaded);
                 self.publish_metrics(handle);
                 Ok(())
             }
             // Redis trouble is retried by the caller; a broken version is not, and the table in
             // force is not confirmed either, so the worker pauses once it is too old.
             Err(StoreError::Corrupt { version, reason }) => {
-                self.metrics
-                    .record_code_table_reload(ReloadOutcome::Refused);
-                tracing::error!(version, %reason, "cannot use the current code table version; keeping the previous one");
+                CodeTableRefused {
+                    version,
+                    reason: &reason,
+                }
+                .emit(&self.metrics);
                 self.refused = Some(pointer);
                 Ok(())
             }
