@@ -48,7 +48,7 @@ fn drain_rate(records: &[Vec<u8>], detectors: bool) -> (f64, f64) {
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let worker = InProcessWorker::start(names.settings(&names.transactional_id, &extra));
-    let committed = || worker.metric("promo_batch_size_sum") as usize;
+    let committed = || worker.metric("promo_batch_size_records_sum") as usize;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, usize, f64)> = None;
     let mut last = (Instant::now(), 0, 0.0);
@@ -67,9 +67,11 @@ fn drain_rate(records: &[Vec<u8>], detectors: bool) -> (f64, f64) {
     eprintln!(
         "  detectors {}: {} batches, commit (with the detector step) {:.1} ms/batch, detector step {:.1} ms/batch",
         if detectors { "on" } else { "off" },
-        sum("promo_batch_size_count"),
-        1000.0 * sum("promo_commit_latency_seconds_sum") / sum("promo_batch_size_count").max(1.0),
-        1000.0 * sum("promo_detector_step_seconds_sum") / sum("promo_batch_size_count").max(1.0),
+        sum("promo_batch_size_records_count"),
+        1000.0 * sum("promo_commit_latency_seconds_sum")
+            / sum("promo_batch_size_records_count").max(1.0),
+        1000.0 * sum("promo_detector_step_seconds_sum")
+            / sum("promo_batch_size_records_count").max(1.0),
     );
     let _ = worker.stop(Duration::from_secs(30));
     delete_prefix(&url, &prefix);

@@ -641,10 +641,10 @@ fn worker_batches(admin_port: u16) -> Option<(f64, f64)> {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
     };
-    let batches = value("promo_batch_size_count")?;
+    let batches = value("promo_batch_size_records_count")?;
     let commits = value("promo_commit_latency_seconds_count")?;
     Some((
-        value("promo_batch_size_sum")? / batches,
+        value("promo_batch_size_records_sum")? / batches,
         value("promo_commit_latency_seconds_sum")? / commits * 1e3,
     ))
 }

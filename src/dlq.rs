@@ -53,10 +53,13 @@ pub fn main(command: DlqCommand) -> ExitCode {
 }
 
 /// The headers the worker adds to a dead letter; everything else is the record's own.
-const OURS: [&str; 8] = [
+const OURS: [&str; 11] = [
     dlq_header::TOPIC,
     dlq_header::PARTITION,
     dlq_header::OFFSET,
+    dlq_header::CONNECTOR_NAME,
+    dlq_header::TASK_ID,
+    dlq_header::STAGE,
     dlq_header::CLASS,
     dlq_header::MESSAGE,
     dlq_header::REASON,
@@ -248,6 +251,9 @@ mod tests {
                 h(dlq_header::TOPIC, "orders"),
                 h(dlq_header::PARTITION, "2"),
                 h(dlq_header::OFFSET, &origin.to_string()),
+                h(dlq_header::CONNECTOR_NAME, "promo-attribution"),
+                h(dlq_header::TASK_ID, "promo-attribution-0"),
+                h(dlq_header::STAGE, "VALUE_CONVERTER"),
                 h(dlq_header::CLASS, "promo_attribution.x"),
                 h(dlq_header::MESSAGE, "bad"),
                 h(dlq_header::REASON, reason),

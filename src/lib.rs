@@ -22,10 +22,13 @@
 //! - [`replay`]: re-decide and audit a range of the input topic; [`dlq`]: send dead letters back.
 //! - [`report`]: performance by promo code from conversion records (`report`).
 //! - [`table_source`]: the seam the worker reads the current code table through.
+//! - [`backoff`]: exponential backoff with jitter for every retry loop.
+//! - [`telemetry`]: the log output (text or flat JSON, colour only on a terminal).
 //! - [`run`]: wiring of the worker; [`cli`]: the command line; `src/main.rs` only calls it.
 
 pub mod admin;
 pub mod attribution;
+pub mod backoff;
 pub mod cli;
 pub mod codes;
 pub mod codes_cli;
@@ -48,4 +51,5 @@ pub mod schema;
 pub mod settings;
 pub mod supervise;
 pub mod table_source;
+pub mod telemetry;
 pub mod timefmt;

@@ -6,6 +6,14 @@
 //!
 //! Label values for statuses, bases, reasons and alert kinds are the same SCREAMING_SNAKE_CASE
 //! spellings the output records use, so a dashboard can be checked against the topics directly.
+//!
+//! Notable events that are logged as well as counted are types in [`events`], whose `emit` does
+//! both.
+//!
+//! Every labelled series whose label values are known in advance exists, at 0, from the start:
+//! a panel or an alert over a counter that has not moved yet reads 0, not "no data". Metrics
+//! about a code source exist only where the worker has that source (see [`Metrics::for_source`]),
+//! so an alert about Redis cannot fire on a worker that never talks to it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,8 +24,14 @@ use prometheus::{
 };
 
 use crate::admin::WorkerState;
+use crate::engine::Rejection;
 use crate::schema::alert::AlertKind;
 use crate::schema::conversion::{Basis, InvalidReason, Status};
+use crate::settings::CodeSource;
+
+/// The commit the binary was built from (`build.rs`: `PROMO_BUILD_COMMIT`, else git, else
+/// `unknown`).
+pub const BUILD_COMMIT: &str = env!("PROMO_BUILD_COMMIT");
 
 /// How a Kafka transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,10 +41,49 @@ pub enum TxOutcome {
 }
 
 impl TxOutcome {
+    pub const ALL: [TxOutcome; 2] = [TxOutcome::Committed, TxOutcome::Aborted];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TxOutcome::Committed => "committed",
             TxOutcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// What became of a new code table version announced by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReloadOutcome {
+    /// Read, indexed and in force.
+    Loaded,
+    /// Unreadable or inconsistent; the previous table stays in force.
+    Refused,
+}
+
+impl ReloadOutcome {
+    pub const ALL: [ReloadOutcome; 2] = [ReloadOutcome::Loaded, ReloadOutcome::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Loaded => "loaded",
+            ReloadOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// How a batch's detector step in Redis ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepResult {
+    Applied,
+    /// Redis down or slow: the batch is aborted and redone.
+    Failed,
+}
+
+impl StepResult {
+    pub fn of<T, E>(result: &Result<T, E>) -> StepResult {
+        match result {
+            Ok(_) => StepResult::Applied,
+            Err(_) => StepResult::Failed,
         }
     }
 }
@@ -72,6 +125,9 @@ pub struct Metrics {
     /// label set; a lock rather than an atomic because the old and new set must change together.
     code_table_version: Mutex<Option<String>>,
     code_table_entries: IntGauge,
+    /// When the table in force was loaded (Unix seconds); exported for a file source only,
+    /// whose table never changes and so has no age to confirm.
+    code_table_loaded: Gauge,
     code_table_age: Gauge,
     /// Reads the age at scrape time, so the gauge keeps growing even if the thread that keeps
     /// the table fresh is stuck.
@@ -87,158 +143,226 @@ pub struct Metrics {
     worker_state: IntGaugeVec,
 }
 
-impl Metrics {
-    pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
+/// The metric names, in one place: the exposition, the tests and the docs agree on them.
+pub mod names {
+    pub const ORDERS_CONSUMED: &str = "promo_orders_consumed_total";
+    pub const CONVERSIONS: &str = "promo_conversions_total";
+    pub const ALERTS: &str = "promo_alerts_total";
+    pub const DLQ_RECORDS: &str = "promo_dlq_records_total";
+    /// Renamed from `promo_batch_size` to carry its unit (README, "Metrics and health").
+    pub const BATCH_SIZE: &str = "promo_batch_size_records";
+    pub const COMMIT_LATENCY: &str = "promo_commit_latency_seconds";
+    pub const END_TO_END_LATENCY: &str = "promo_end_to_end_latency_seconds";
+    /// Renamed from `promo_consumer_lag` to carry its unit.
+    pub const CONSUMER_LAG: &str = "promo_consumer_lag_records";
+    pub const TRANSACTIONS: &str = "promo_transactions_total";
+    pub const CODE_TABLE_INFO: &str = "promo_code_table_info";
+    pub const CODE_TABLE_ENTRIES: &str = "promo_code_table_entries";
+    pub const CODE_TABLE_LOADED: &str = "promo_code_table_loaded_timestamp_seconds";
+    pub const CODE_TABLE_AGE: &str = "promo_code_table_age_seconds";
+    pub const CODE_TABLE_RELOADS: &str = "promo_code_table_reloads_total";
+    pub const CODE_TABLE_PROPAGATION: &str = "promo_code_table_propagation_seconds";
+    pub const REDIS_UP: &str = "promo_redis_up";
+    pub const DETECTOR_STEP: &str = "promo_detector_step_seconds";
+    pub const DETECTOR_STEP_FAILURES: &str = "promo_detector_step_failures_total";
+    pub const ASSIGNED_PARTITIONS: &str = "promo_assigned_partitions";
+    pub const WORKER_PAUSED: &str = "promo_worker_paused";
+    pub const WORKER_STATE: &str = "promo_worker_state";
+    pub const BUILD_INFO: &str = "promo_build_info";
+}
 
-        let orders_consumed = IntCounter::new(
-            "promo_orders_consumed_total",
-            "Order records read from the input topic.",
-        )?;
+impl Metrics {
+    /// The metrics of a worker reading its codes from Redis (the default source).
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        Metrics::for_source(CodeSource::Redis)
+    }
+
+    /// The metrics of a worker whose code table comes from `source`. With Redis, the registry
+    /// exports `promo_redis_up`, the table's age and its propagation; with files it exports the
+    /// time the table was loaded instead, since nothing ever confirms or replaces it.
+    pub fn for_source(source: CodeSource) -> Result<Metrics, prometheus::Error> {
+        use names::*;
+        let registry = Registry::new();
+        let register =
+            |collector: Box<dyn prometheus::core::Collector>| registry.register(collector);
+
+        let orders_consumed =
+            IntCounter::new(ORDERS_CONSUMED, "Order records read from the input topic.")?;
         let conversions = IntCounterVec::new(
             Opts::new(
-                "promo_conversions_total",
+                CONVERSIONS,
                 "Conversions produced, by status, basis and invalid reason (empty when absent).",
             ),
             &["status", "basis", "reason"],
         )?;
         let alerts = IntCounterVec::new(
-            Opts::new("promo_alerts_total", "Misuse alerts produced, by kind."),
+            Opts::new(ALERTS, "Misuse alerts produced, by kind."),
             &["kind"],
         )?;
         let dlq_records = IntCounterVec::new(
             Opts::new(
-                "promo_dlq_records_total",
+                DLQ_RECORDS,
                 "Input records sent to the dead-letter topic, by reason.",
             ),
             &["reason"],
         )?;
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("promo_batch_size", "Records processed per batch.")
+            HistogramOpts::new(BATCH_SIZE, "Records processed per batch.")
                 .buckets(BATCH_SIZE_BUCKETS.to_vec()),
         )?;
         let commit_latency = Histogram::with_opts(
             HistogramOpts::new(
-                "promo_commit_latency_seconds",
+                COMMIT_LATENCY,
                 "Time to commit a Kafka transaction (offsets and output).",
             )
             .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
         )?;
         let detector_step = Histogram::with_opts(
             HistogramOpts::new(
-                "promo_detector_step_seconds",
+                DETECTOR_STEP,
                 "Time of a batch's detector step in Redis (one pipelined round trip).",
             )
             .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
         )?;
         let detector_step_failures = IntCounter::new(
-            "promo_detector_step_failures_total",
+            DETECTOR_STEP_FAILURES,
             "Detector steps that failed (Redis down or slow); each batch is aborted and redone.",
         )?;
         let end_to_end_latency = Histogram::with_opts(
             HistogramOpts::new(
-                "promo_end_to_end_latency_seconds",
+                END_TO_END_LATENCY,
                 "Time from an order's event time to its conversion being produced.",
             )
             .buckets(END_TO_END_BUCKETS.to_vec()),
         )?;
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
-                "promo_consumer_lag",
-                "Records between the committed position and the high watermark, per partition.",
+                CONSUMER_LAG,
+                "Records between the committed position and the high watermark, per assigned partition (0 until the first statistics).",
             ),
             &["topic", "partition"],
         )?;
         let transactions = IntCounterVec::new(
             Opts::new(
-                "promo_transactions_total",
+                TRANSACTIONS,
                 "Kafka transactions ended, by outcome (committed or aborted).",
             ),
             &["outcome"],
         )?;
         let code_table_info = IntGaugeVec::new(
             Opts::new(
-                "promo_code_table_info",
+                CODE_TABLE_INFO,
                 "Always 1, labelled with the version of the code table in use.",
             ),
             &["version"],
         )?;
-        let code_table_entries = IntGauge::new(
-            "promo_code_table_entries",
-            "Entries in the code table in use.",
+        let code_table_entries =
+            IntGauge::new(CODE_TABLE_ENTRIES, "Entries in the code table in use.")?;
+        let code_table_loaded = Gauge::new(
+            CODE_TABLE_LOADED,
+            "When the code table in use was read from its files (Unix time); a file table is loaded once and never goes stale.",
         )?;
         let code_table_age = Gauge::new(
-            "promo_code_table_age_seconds",
+            CODE_TABLE_AGE,
             "Seconds since the code table in use was last confirmed current against its source (the code store); the worker stops crediting past store.max_staleness_secs.",
         )?;
         let code_table_reloads = IntCounterVec::new(
             Opts::new(
-                "promo_code_table_reloads_total",
+                CODE_TABLE_RELOADS,
                 "New code table versions taken from the store, by outcome (loaded or refused).",
             ),
             &["outcome"],
         )?;
         let code_table_propagation = Histogram::with_opts(
             HistogramOpts::new(
-                "promo_code_table_propagation_seconds",
+                CODE_TABLE_PROPAGATION,
                 "Time from a code table version's publish to its use by this worker.",
             )
             .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
         )?;
         let redis_up = IntGauge::new(
-            "promo_redis_up",
+            REDIS_UP,
             "1 when the last Redis operation succeeded, 0 otherwise.",
         )?;
         let assigned_partitions = IntGauge::new(
-            "promo_assigned_partitions",
+            ASSIGNED_PARTITIONS,
             "Input partitions currently assigned to this worker.",
         )?;
         let worker_paused = IntGauge::new(
-            "promo_worker_paused",
+            WORKER_PAUSED,
             "1 while consumption is paused because of a transient error.",
         )?;
-
-        registry.register(Box::new(orders_consumed.clone()))?;
-        registry.register(Box::new(conversions.clone()))?;
-        registry.register(Box::new(alerts.clone()))?;
-        registry.register(Box::new(dlq_records.clone()))?;
-        registry.register(Box::new(batch_size.clone()))?;
-        registry.register(Box::new(commit_latency.clone()))?;
-        registry.register(Box::new(end_to_end_latency.clone()))?;
-        registry.register(Box::new(consumer_lag.clone()))?;
-        registry.register(Box::new(transactions.clone()))?;
-        registry.register(Box::new(code_table_info.clone()))?;
-        registry.register(Box::new(code_table_entries.clone()))?;
-        registry.register(Box::new(code_table_age.clone()))?;
-        registry.register(Box::new(code_table_reloads.clone()))?;
-        registry.register(Box::new(code_table_propagation.clone()))?;
-        registry.register(Box::new(redis_up.clone()))?;
-        registry.register(Box::new(detector_step.clone()))?;
-        registry.register(Box::new(detector_step_failures.clone()))?;
-        registry.register(Box::new(assigned_partitions.clone()))?;
         let worker_state = IntGaugeVec::new(
             Opts::new(
-                "promo_worker_state",
+                WORKER_STATE,
                 "1 for what the worker is doing now (broker_unreachable, starting, unassigned, idle, processing, retrying, paused_stale_table, stalled), 0 for the others; worked out at each scrape.",
             ),
             &["state"],
         )?;
-        registry.register(Box::new(worker_paused.clone()))?;
-        registry.register(Box::new(worker_state.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                BUILD_INFO,
+                "Always 1, labelled with the version and the commit this binary was built from.",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_COMMIT])
+            .set(1);
+
+        register(Box::new(orders_consumed.clone()))?;
+        register(Box::new(conversions.clone()))?;
+        register(Box::new(alerts.clone()))?;
+        register(Box::new(dlq_records.clone()))?;
+        register(Box::new(batch_size.clone()))?;
+        register(Box::new(commit_latency.clone()))?;
+        register(Box::new(end_to_end_latency.clone()))?;
+        register(Box::new(consumer_lag.clone()))?;
+        register(Box::new(transactions.clone()))?;
+        register(Box::new(code_table_info.clone()))?;
+        register(Box::new(code_table_entries.clone()))?;
+        register(Box::new(code_table_reloads.clone()))?;
+        register(Box::new(detector_step.clone()))?;
+        register(Box::new(detector_step_failures.clone()))?;
+        register(Box::new(assigned_partitions.clone()))?;
+        register(Box::new(worker_paused.clone()))?;
+        register(Box::new(worker_state.clone()))?;
+        register(Box::new(build_info))?;
+        match source {
+            CodeSource::Redis => {
+                register(Box::new(code_table_age.clone()))?;
+                register(Box::new(code_table_propagation.clone()))?;
+                register(Box::new(redis_up.clone()))?;
+            }
+            CodeSource::Files => register(Box::new(code_table_loaded.clone()))?,
+        }
+        // CPU, memory, open files and start time of this process, under the standard
+        // `process_*` names; the collector reads /proc, so Linux only.
+        #[cfg(target_os = "linux")]
+        register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
         // Every state exists from the start, so an alert on one reads 0, not "no data".
         for state in WorkerState::ALL {
             worker_state
                 .with_label_values(&[state.as_str()])
                 .set(i64::from(state == WorkerState::Starting));
         }
-
-        // Both outcomes exist from the start so that `rate()` over aborts reads 0, not "no data",
-        // until the first abort.
-        for outcome in [TxOutcome::Committed, TxOutcome::Aborted] {
+        for outcome in TxOutcome::ALL {
             transactions.with_label_values(&[outcome.as_str()]);
         }
-        for outcome in ["loaded", "refused"] {
-            code_table_reloads.with_label_values(&[outcome]);
+        for outcome in ReloadOutcome::ALL {
+            code_table_reloads.with_label_values(&[outcome.as_str()]);
+        }
+        for (status, basis, reason) in conversion_label_sets() {
+            conversions.with_label_values(&[status, basis, reason]);
+        }
+        for kind in AlertKind::ALL {
+            alerts.with_label_values(&[kind.as_str()]);
+        }
+        for reason in Rejection::REASONS {
+            dlq_records.with_label_values(&[reason]);
         }
 
         Ok(Metrics {
@@ -255,6 +379,7 @@ impl Metrics {
             code_table_info,
             code_table_version: Mutex::new(None),
             code_table_entries,
+            code_table_loaded,
             code_table_age,
             code_table_age_source: Mutex::new(None),
             code_table_reloads,
@@ -285,8 +410,8 @@ impl Metrics {
     ) {
         self.conversions
             .with_label_values(&[
-                status_label(status),
-                basis.map_or("", basis_label),
+                status.as_str(),
+                basis.map_or("", Basis::as_str),
                 reason.map_or("", InvalidReason::as_str),
             ])
             .inc();
@@ -311,9 +436,9 @@ impl Metrics {
     }
 
     /// One detector step: how long it took, and whether it failed.
-    pub fn observe_detector_step(&self, elapsed: Duration, failed: bool) {
+    pub fn observe_detector_step(&self, elapsed: Duration, result: StepResult) {
         self.detector_step.observe(elapsed.as_secs_f64());
-        if failed {
+        if result == StepResult::Failed {
             self.detector_step_failures.inc();
         }
     }
@@ -325,6 +450,13 @@ impl Metrics {
         if seconds >= 0.0 {
             self.end_to_end_latency.observe(seconds);
         }
+    }
+
+    /// A newly assigned partition: its lag series exists (at 0, or as last reported) before the
+    /// first statistics arrive, so the partition is visible at once.
+    pub fn init_lag(&self, topic: &str, partition: i32) {
+        self.consumer_lag
+            .with_label_values(&[topic, &partition.to_string()]);
     }
 
     pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
@@ -378,9 +510,15 @@ impl Metrics {
         *slot = Some(source);
     }
 
-    pub fn record_code_table_reload(&self, loaded: bool) {
-        let outcome = if loaded { "loaded" } else { "refused" };
-        self.code_table_reloads.with_label_values(&[outcome]).inc();
+    pub fn record_code_table_reload(&self, outcome: ReloadOutcome) {
+        self.code_table_reloads
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+
+    /// A file table was loaded at `unix_seconds`.
+    pub fn set_code_table_loaded_at(&self, unix_seconds: f64) {
+        self.code_table_loaded.set(unix_seconds);
     }
 
     pub fn observe_code_table_propagation(&self, seconds: f64) {
@@ -425,23 +563,21 @@ impl Metrics {
     }
 }
 
-/// Kept beside the enum's serde spelling (checked in tests) because `Status` has no `as_str`.
-fn status_label(status: Status) -> &'static str {
-    match status {
-        Status::Credited => "CREDITED",
-        Status::Invalid => "INVALID",
-        Status::Unattributed => "UNATTRIBUTED",
-    }
+/// The (status, basis, reason) label sets a conversion can have: a basis only when credited, a
+/// reason only when invalid.
+fn conversion_label_sets() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    let credited = Basis::ALL
+        .into_iter()
+        .map(|basis| (Status::Credited.as_str(), basis.as_str(), ""));
+    let invalid = InvalidReason::ALL
+        .into_iter()
+        .map(|reason| (Status::Invalid.as_str(), "", reason.as_str()));
+    credited
+        .chain(invalid)
+        .chain([(Status::Unattributed.as_str(), "", "")])
 }
 
-fn basis_label(basis: Basis) -> &'static str {
-    match basis {
-        Basis::CodeAlways => "CODE_ALWAYS",
-        Basis::CodeInvolved => "CODE_INVOLVED",
-        Basis::CodeWinner => "CODE_WINNER",
-        Basis::Click => "CLICK",
-    }
-}
+pub mod events;
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,6 @@ use crate::codes::{CodeTable, LoadProblems};
 use crate::detectors::MemoryState;
 use crate::engine::{Engine, Outputs, WriteKind};
 use crate::ids::content_version;
-use crate::schema::Status;
 use crate::settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +89,6 @@ impl std::fmt::Display for RunSummary {
             write!(f, ", {n} {reason}")?;
         }
         Ok(())
-    }
-}
-
-fn status_label(status: Status) -> &'static str {
-    match status {
-        Status::Credited => "CREDITED",
-        Status::Invalid => "INVALID",
-        Status::Unattributed => "UNATTRIBUTED",
     }
 }
 
@@ -197,7 +188,7 @@ fn write_outputs(
                 summary.orders += 1;
                 *summary
                     .by_status
-                    .entry(status_label(decided.status))
+                    .entry(decided.status.as_str())
                     .or_default() += 1;
             }
             Err(rejection) => {

@@ -11,7 +11,7 @@ use crate::kafka::worker::WorkerDeps;
 use crate::kafka::{WorkerExit, run_worker};
 use crate::metrics::Metrics;
 use crate::redis::code_sync::{self, StartError};
-use crate::settings::{CodeSource, LogFormat, Settings, redacted_url};
+use crate::settings::{CodeSource, Settings, redacted_url};
 use crate::supervise::{self, Ended, Watched};
 use crate::table_source::{SourceError, load_from_files};
 
@@ -27,14 +27,7 @@ pub fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.worker.log_filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests running several workers in one process) is harmless.
-    let _ = match settings.worker.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    crate::telemetry::init(settings.worker.log_format, filter);
 }
 
 /// Runs the worker until SIGTERM/SIGINT (drain and exit 0) or a fatal failure (exit 1).
@@ -52,7 +45,10 @@ pub fn run(settings: Settings) -> ExitCode {
 }
 
 fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
-    let metrics = Arc::new(Metrics::new().map_err(|e| (exit::FATAL, format!("metrics: {e}")))?);
+    let metrics = Arc::new(
+        Metrics::for_source(settings.codes.effective_source())
+            .map_err(|e| (exit::FATAL, format!("metrics: {e}")))?,
+    );
     let health = Arc::new(Health::new());
     health.set_stall_after(Duration::from_secs(settings.admin.stall_after_secs));
     let admin_addr = settings
@@ -92,8 +88,12 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
             })?;
             let current = table.current();
             metrics.set_code_table(current.version(), current.len());
-            let aged = table.clone();
-            metrics.set_code_table_age_source(Box::new(move || aged.age().as_secs_f64()));
+            // Loaded once and never stale: the load time is the truthful gauge here, not an age
+            // that grows forever (which the staleness alert would take for a stuck sync).
+            let loaded_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            metrics.set_code_table_loaded_at(loaded_at);
             health.set_table_loaded(true);
             tracing::info!(
                 version = current.version(),

@@ -176,12 +176,12 @@ fn a_stale_table_pauses_readiness_an_idle_worker_stays_ready() {
     drains(worker);
 }
 
-/// The sum of the worker's `promo_consumer_lag` and its committed transactions.
+/// The sum of the worker's `promo_consumer_lag_records` and its committed transactions.
 fn lag_and_commits(address: &str) -> (f64, f64) {
     let text = scrape(address);
     let lag = text
         .lines()
-        .filter(|l| l.starts_with("promo_consumer_lag{"))
+        .filter(|l| l.starts_with("promo_consumer_lag_records{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     let commits = support::metric(&text, r#"promo_transactions_total{outcome="committed"}"#)

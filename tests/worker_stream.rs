@@ -672,6 +672,8 @@ fn poison_goes_to_dlq() {
     let records = interleave(good.clone(), &bad);
     let expected = offline_reference(&good, &settings);
     produce(&names.input, &records);
+    let connector = settings.kafka.group_id.clone();
+    let task = settings.kafka.effective_transactional_id();
 
     let worker = InProcessWorker::start(settings);
     let dead = read(&names.dlq, poison.len(), PROCESS_DEADLINE);
@@ -742,6 +744,9 @@ fn poison_goes_to_dlq() {
             format!("promo_attribution.{reason}")
         );
         assert!(!header("__connect.errors.exception.message").is_empty());
+        assert_eq!(header("__connect.errors.connector.name"), connector);
+        assert_eq!(header("__connect.errors.task.id"), task);
+        assert_eq!(header("__connect.errors.stage"), "VALUE_CONVERTER");
         assert_eq!(letter.key, original.key, "key of {:?} kept", text(bytes));
     }
     let expected_reasons = multiset(&poison.iter().map(|(r, _)| *r).collect::<Vec<_>>());
@@ -931,6 +936,14 @@ fn oversized_outputs_are_dead_lettered_not_retried() {
         wide_letter.payload.as_deref(),
         Some(wide.as_slice()),
         "with its original bytes"
+    );
+    assert_eq!(
+        wide_letter
+            .headers
+            .get("__connect.errors.stage")
+            .map(|v| text(v)),
+        Some("KAFKA_PRODUCE".to_owned()),
+        "an output too large failed where it is produced"
     );
     let huge_letter = dead
         .iter()

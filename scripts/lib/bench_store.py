@@ -115,14 +115,14 @@ worker = subprocess.Popen(
     env=env, stderr=open(log_path, "w"), stdout=subprocess.DEVNULL)
 loaded_at = None
 while time.monotonic() - started < 60:
-    if any(e.get("fields", {}).get("message") == "code table loaded from the store" for e in log_events(log_path)):
+    if any(e.get("message") == "code table loaded from the store" for e in log_events(log_path)):
         loaded_at = time.monotonic() - started
         break
     time.sleep(0.02)
 if loaded_at is None:
     worker.kill()
     sys.exit("the worker did not load the table within 60 s")
-load_ms = next(e["fields"]["millis"] for e in log_events(log_path) if e.get("fields", {}).get("message") == "code table loaded from the store")
+load_ms = next(e["millis"] for e in log_events(log_path) if e.get("message") == "code table loaded from the store")
 time.sleep(1)
 rss_after_load = rss_kib(worker.pid, "VmRSS")
 hwm_after_load = rss_kib(worker.pid, "VmHWM")
@@ -130,7 +130,7 @@ print(f"cold start: table in force {loaded_at:.2f} s after spawn (load+index {lo
 
 
 def propagation_since(count_before):
-    events = [e for e in log_events(log_path) if e.get("fields", {}).get("message") == "code table version in force"]
+    events = [e for e in log_events(log_path) if e.get("message") == "code table version in force"]
     return events[count_before:]
 
 
@@ -149,9 +149,9 @@ for i in range(EDITS):
     while in_force_count() < before + i + 1 and time.monotonic() < deadline:
         time.sleep(0.01)
 edits = propagation_since(before)
-edit_lat = [e["fields"]["since_publish_ms"] for e in edits if "since_publish_ms" in e["fields"]]
-patched = sum(1 for e in edits if e["fields"].get("patched_rows", 0) > 0)
-apply_ms = [e["fields"]["apply_ms"] for e in edits]
+edit_lat = [e["since_publish_ms"] for e in edits if "since_publish_ms" in e]
+patched = sum(1 for e in edits if e.get("patched_rows", 0) > 0)
+apply_ms = [e["apply_ms"] for e in edits]
 
 # Bulk changes: a full reload of the table.
 extra = os.path.join(OUT, "one-more.csv")
@@ -166,9 +166,9 @@ for i in range(RELOADS):
     while in_force_count() < before + i + 1 and time.monotonic() < deadline:
         time.sleep(0.01)
 for e in propagation_since(before):
-    if "since_publish_ms" in e["fields"]:
-        reload_lat.append(e["fields"]["since_publish_ms"])
-    reload_apply.append(e["fields"]["apply_ms"])
+    if "since_publish_ms" in e:
+        reload_lat.append(e["since_publish_ms"])
+    reload_apply.append(e["apply_ms"])
 rss_end = rss_kib(worker.pid, "VmRSS")
 hwm_end = rss_kib(worker.pid, "VmHWM")
 worker.terminate()

@@ -19,6 +19,23 @@ pub struct Rejection {
     pub message: String,
 }
 
+impl Rejection {
+    /// Every reason a record can be rejected for: [`OrderError::reason`]'s and the engine's own.
+    pub const REASONS: [&'static str; 11] = [
+        "oversize",
+        "invalid_utf8",
+        "malformed_json",
+        "schema_violation",
+        "unsupported_schema_version",
+        "bad_timestamp",
+        "too_many_codes",
+        "too_many_touchpoints",
+        "code_too_long",
+        "empty_record",
+        "output_too_large",
+    ];
+}
+
 impl From<&OrderError> for Rejection {
     fn from(err: &OrderError) -> Rejection {
         Rejection {

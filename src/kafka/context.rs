@@ -13,6 +13,7 @@ use super::events::ClientEvents;
 use super::pipeline::Pipeline;
 use crate::admin::{Backlog, Health};
 use crate::metrics::Metrics;
+use crate::metrics::events::{InternalEvent, PartitionsAssigned, PartitionsRevoked};
 
 pub struct WorkerContext {
     /// Set right after the consumer is created: the pipeline owns the producer, which must exist
@@ -83,21 +84,16 @@ impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(partitions) => {
-                tracing::info!(
-                    partitions = %partition_ids(partitions),
-                    lost = consumer.assignment_lost(),
-                    "partitions revoked"
-                );
+                PartitionsRevoked {
+                    partitions,
+                    lost: consumer.assignment_lost(),
+                }
+                .emit(&self.metrics);
                 if let Some(pipeline) = self.pipeline.get() {
                     pipeline.on_revoke(consumer);
                 }
-                for element in partitions.elements() {
-                    self.metrics.clear_lag(element.topic(), element.partition());
-                }
             }
-            Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = %partition_ids(partitions), "partitions assigned")
-            }
+            Rebalance::Assign(partitions) => PartitionsAssigned { partitions }.emit(&self.metrics),
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
     }
@@ -107,14 +103,4 @@ impl ConsumerContext for WorkerContext {
         self.metrics.set_assigned_partitions(assigned);
         self.health.set_assigned_partitions(assigned);
     }
-}
-
-/// "2,5" for the log: which partitions moved, not only how many.
-fn partition_ids(partitions: &rdkafka::TopicPartitionList) -> String {
-    partitions
-        .elements()
-        .iter()
-        .map(|e| e.partition().to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }

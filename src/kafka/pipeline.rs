@@ -30,9 +30,10 @@ use rewind::{offsets_list, retry_resumable};
 use super::Failure;
 use super::context::WorkerContext;
 use super::events::ClientEvents;
-use super::outputs::{Source, dlq_headers};
+use super::outputs::{DlqWriter, Source, dlq_headers};
 use crate::detectors::DetectorState;
 use crate::engine::{Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
+use crate::metrics::events::{DeadLettered, InternalEvent};
 use crate::metrics::{Metrics, TxOutcome};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
@@ -158,6 +159,9 @@ pub struct Pipeline {
     /// Connected on first use, so a worker with the detectors on starts even while Redis is
     /// down (its batches then fail and are retried).
     state: Mutex<Option<Box<dyn DetectorState + Send>>>,
+    /// This instance's id, the task a dead letter names (worked out once: it may read the host
+    /// name).
+    transactional_id: String,
 }
 
 impl Pipeline {
@@ -169,6 +173,7 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             producer,
+            transactional_id: settings.kafka.effective_transactional_id(),
             engine: Engine::new(settings.clone()),
             settings,
             table,
@@ -323,7 +328,11 @@ impl Pipeline {
         let too_large = payload
             .map(<[u8]>::len)
             .filter(|&len| len > self.engine.max_output_bytes());
-        let mut headers: OwnedHeaders = dlq_headers(source, rejection);
+        let writer = DlqWriter {
+            connector: &self.settings.kafka.group_id,
+            task: &self.transactional_id,
+        };
+        let mut headers: OwnedHeaders = dlq_headers(source, rejection, writer);
         if let Some(len) = too_large {
             headers = headers.insert(Header {
                 key: super::outputs::dlq_header::PAYLOAD_OMITTED,
@@ -339,7 +348,13 @@ impl Pipeline {
             record = record.payload(payload);
         }
         self.send(record)?;
-        self.metrics.record_dlq(rejection.reason);
+        DeadLettered {
+            reason: rejection.reason,
+            topic: source.topic,
+            partition: source.partition,
+            offset: source.offset,
+        }
+        .emit(&self.metrics);
         Ok(())
     }
 

@@ -17,7 +17,9 @@ use super::events::ClientEvents;
 use super::pipeline::{DeliveryTracker, Pipeline};
 use super::{Failure, consumer_config, producer_config};
 use crate::admin::{Health, Heartbeat, POLL_LOOP};
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::metrics::events::{BatchResumed, BatchRetrying, InternalEvent};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
 
@@ -39,6 +41,8 @@ pub enum WorkerExit {
 
 /// Longest single poll, so shutdown requests and batch deadlines are noticed promptly.
 const POLL_SLICE: Duration = Duration::from_millis(100);
+/// The first wait after a failed batch; it doubles up to `worker.max_backoff_ms`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 pub fn run_worker(deps: WorkerDeps) -> Result<WorkerExit, Failure> {
     // Registered before the clients are created: from here on a hang (in init_transactions as
@@ -162,7 +166,10 @@ fn poll_loop(
     heartbeat: &Heartbeat,
     events: &ClientEvents,
 ) -> Result<(), Failure> {
-    let mut backoff = Backoff::new(Duration::from_millis(deps.settings.worker.max_backoff_ms));
+    let mut backoff = Backoff::new(
+        FIRST_BACKOFF,
+        Duration::from_millis(deps.settings.worker.max_backoff_ms),
+    );
     while !deps.shutdown.load(Ordering::SeqCst) {
         // A turn of the loop proves it is alive, not that it does anything useful: that is
         // reported separately (committed, idle, failing) for readiness.
@@ -237,10 +244,13 @@ fn recover(
         return Err(failure);
     }
     deps.health.batch_failed(&failure.to_string());
-    let wait = backoff.next();
-    tracing::warn!(error = %failure, wait_ms = wait.as_millis() as u64, "aborting the batch and retrying");
+    let wait = backoff.next_wait();
+    BatchRetrying {
+        error: &failure,
+        wait,
+    }
+    .emit(&deps.metrics);
     let mut rewind = pipeline.abort_and_rewind(consumer)?;
-    deps.metrics.set_paused(true);
     let until = Instant::now() + wait;
     while Instant::now() < until && !deps.shutdown.load(Ordering::SeqCst) {
         heartbeat.beat();
@@ -257,7 +267,7 @@ fn recover(
         }
     }
     rewind.seek(consumer)?;
-    deps.metrics.set_paused(false);
+    BatchResumed.emit(&deps.metrics);
     Ok(())
 }
 
@@ -288,45 +298,4 @@ fn drain(
         .flush(Timeout::After(Duration::from_secs(5)));
     tracing::info!("worker stopped");
     Ok(())
-}
-
-/// Exponential backoff from 50 ms up to the configured ceiling.
-struct Backoff {
-    current: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const START: Duration = Duration::from_millis(50);
-
-    fn new(max: Duration) -> Backoff {
-        Backoff {
-            current: Backoff::START,
-            max,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let now = self.current;
-        self.current = (self.current * 2).min(self.max);
-        now
-    }
-
-    fn reset(&mut self) {
-        self.current = Backoff::START;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_ceiling_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(300));
-        let waits: Vec<u128> = (0..5).map(|_| backoff.next().as_millis()).collect();
-        assert_eq!(waits, [50, 100, 200, 300, 300]);
-        backoff.reset();
-        assert_eq!(backoff.next().as_millis(), 50);
-    }
 }

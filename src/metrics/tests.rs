@@ -32,8 +32,8 @@ fn many_instances_do_not_clash() {
 #[test]
 fn detector_steps_are_timed_and_failures_counted() {
     let m = metrics();
-    m.observe_detector_step(Duration::from_millis(3), false);
-    m.observe_detector_step(Duration::from_millis(20), true);
+    m.observe_detector_step(Duration::from_millis(3), StepResult::Applied);
+    m.observe_detector_step(Duration::from_millis(20), StepResult::Failed);
     assert!(has_sample(&m, "promo_detector_step_seconds_count 2"));
     assert!(has_sample(&m, "promo_detector_step_failures_total 1"));
 }
@@ -62,10 +62,10 @@ fn every_metric_is_rendered_after_a_record_call() {
         "promo_conversions_total",
         "promo_alerts_total",
         "promo_dlq_records_total",
-        "promo_batch_size",
+        "promo_batch_size_records",
         "promo_commit_latency_seconds",
         "promo_end_to_end_latency_seconds",
-        "promo_consumer_lag",
+        "promo_consumer_lag_records",
         "promo_transactions_total",
         "promo_code_table_info",
         "promo_code_table_entries",
@@ -85,17 +85,17 @@ fn every_metric_is_rendered_after_a_record_call() {
         r#"promo_conversions_total{basis="CODE_ALWAYS",reason="",status="CREDITED"} 1"#,
         r#"promo_alerts_total{kind="EXPIRED_CODE_USED"} 1"#,
         r#"promo_dlq_records_total{reason="bad_json"} 1"#,
-        "promo_batch_size_count 1",
-        "promo_batch_size_sum 42",
-        r#"promo_batch_size_bucket{le="50"} 1"#,
-        r#"promo_batch_size_bucket{le="20"} 0"#,
+        "promo_batch_size_records_count 1",
+        "promo_batch_size_records_sum 42",
+        r#"promo_batch_size_records_bucket{le="50"} 1"#,
+        r#"promo_batch_size_records_bucket{le="20"} 0"#,
         "promo_commit_latency_seconds_count 1",
         r#"promo_commit_latency_seconds_bucket{le="0.01"} 1"#,
         r#"promo_commit_latency_seconds_bucket{le="0.005"} 0"#,
         "promo_end_to_end_latency_seconds_count 1",
         "promo_end_to_end_latency_seconds_sum 1.5",
         r#"promo_end_to_end_latency_seconds_bucket{le="3600"} 1"#,
-        r#"promo_consumer_lag{partition="3",topic="orders"} 17"#,
+        r#"promo_consumer_lag_records{partition="3",topic="orders"} 17"#,
         r#"promo_transactions_total{outcome="committed"} 1"#,
         r#"promo_transactions_total{outcome="aborted"} 0"#,
         r#"promo_code_table_info{version="v1"} 1"#,
@@ -134,24 +134,132 @@ fn conversion_labels_use_output_spellings_and_empty_when_absent() {
     ));
 }
 
+/// The enum values a JSON Schema allows at `pointer` (nulls left out).
+fn schema_enum(file: &str, pointer: &str) -> Vec<String> {
+    let path = format!("{}/schema/{file}", env!("CARGO_MANIFEST_DIR"));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read schema")).expect("json");
+    schema
+        .pointer(pointer)
+        .and_then(|v| v.as_array())
+        .unwrap_or_else(|| panic!("{file}{pointer} is not an enum"))
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
 #[test]
-fn labels_match_serde_spellings() {
-    fn serde_name<T: serde::Serialize>(v: T) -> String {
-        serde_json::to_string(&v)
-            .expect("serialize")
-            .trim_matches('"')
-            .to_owned()
+fn labelled_series_start_at_zero_for_every_value_the_outputs_can_carry() {
+    let m = metrics();
+    let lines = samples(&m);
+    let zero = |line: String| {
+        assert!(
+            lines.contains(&line),
+            "{line} missing at start:\n{}",
+            lines.join("\n")
+        );
+    };
+    for basis in schema_enum("conversion.schema.json", "/properties/basis/enum") {
+        zero(format!(
+            r#"promo_conversions_total{{basis="{basis}",reason="",status="CREDITED"}} 0"#
+        ));
     }
-    for s in [Status::Credited, Status::Invalid, Status::Unattributed] {
-        assert_eq!(status_label(s), serde_name(s));
+    for reason in schema_enum("conversion.schema.json", "/properties/invalid_reason/enum") {
+        zero(format!(
+            r#"promo_conversions_total{{basis="",reason="{reason}",status="INVALID"}} 0"#
+        ));
     }
-    for b in [
-        Basis::CodeAlways,
-        Basis::CodeInvolved,
-        Basis::CodeWinner,
-        Basis::Click,
+    zero(r#"promo_conversions_total{basis="",reason="",status="UNATTRIBUTED"} 0"#.to_owned());
+    for kind in schema_enum("alert.schema.json", "/properties/kind/enum") {
+        zero(format!(r#"promo_alerts_total{{kind="{kind}"}} 0"#));
+    }
+    for reason in [
+        "malformed_json",
+        "schema_violation",
+        "empty_record",
+        "output_too_large",
     ] {
-        assert_eq!(basis_label(b), serde_name(b));
+        zero(format!(r#"promo_dlq_records_total{{reason="{reason}"}} 0"#));
+    }
+    for outcome in ["loaded", "refused"] {
+        zero(format!(
+            r#"promo_code_table_reloads_total{{outcome="{outcome}"}} 0"#
+        ));
+    }
+    // Only combinations the outputs can carry: a basis only when credited.
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(r#"basis="CLICK",reason="",status="INVALID""#))
+    );
+}
+
+#[test]
+fn an_assigned_partition_has_a_lag_series_before_its_first_statistics() {
+    let m = metrics();
+    m.set_lag("orders", 1, 9);
+    m.init_lag("orders", 0);
+    m.init_lag("orders", 1);
+    assert!(has_sample(
+        &m,
+        r#"promo_consumer_lag_records{partition="0",topic="orders"} 0"#
+    ));
+    // A partition that already reported keeps its value.
+    assert!(has_sample(
+        &m,
+        r#"promo_consumer_lag_records{partition="1",topic="orders"} 9"#
+    ));
+}
+
+#[test]
+fn redis_gauges_exist_only_where_redis_is_the_code_source() {
+    let redis = Metrics::for_source(CodeSource::Redis).expect("metrics");
+    redis.set_redis_up(true);
+    redis.set_code_table_age_source(Box::new(|| 3.0));
+    let text = redis.render().expect("render");
+    assert!(text.contains("\npromo_redis_up 1\n"), "{text}");
+    assert!(
+        text.contains("\npromo_code_table_age_seconds 3\n"),
+        "{text}"
+    );
+    assert!(!text.contains("promo_code_table_loaded_timestamp_seconds"));
+
+    let files = Metrics::for_source(CodeSource::Files).expect("metrics");
+    files.set_redis_up(false);
+    files.set_code_table_age_source(Box::new(|| 1e9));
+    files.set_code_table_loaded_at(1_700_000_000.0);
+    let text = files.render().expect("render");
+    for absent in [
+        "promo_redis_up",
+        "promo_code_table_age_seconds",
+        "promo_code_table_propagation_seconds",
+    ] {
+        assert!(!text.contains(absent), "{absent} in file mode:\n{text}");
+    }
+    assert!(
+        text.contains("\npromo_code_table_loaded_timestamp_seconds 1700000000\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn build_info_and_process_metrics_are_exported() {
+    let m = metrics();
+    let text = m.render().expect("render");
+    let build = format!(
+        r#"promo_build_info{{commit="{BUILD_COMMIT}",version="{}"}} 1"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(has_sample(&m, &build), "{build} missing:\n{text}");
+    assert!(!BUILD_COMMIT.is_empty());
+    #[cfg(target_os = "linux")]
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
     }
 }
 
@@ -194,11 +302,11 @@ fn cleared_lag_disappears_and_others_stay() {
     m.clear_lag("orders", 9);
     let lag: Vec<String> = samples(&m)
         .into_iter()
-        .filter(|l| l.starts_with("promo_consumer_lag"))
+        .filter(|l| l.starts_with("promo_consumer_lag_records"))
         .collect();
     assert_eq!(
         lag,
-        vec![r#"promo_consumer_lag{partition="1",topic="orders"} 6"#.to_owned()]
+        vec![r#"promo_consumer_lag_records{partition="1",topic="orders"} 6"#.to_owned()]
     );
 }
 

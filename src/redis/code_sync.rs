@@ -15,8 +15,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::admin::{Health, Heartbeat};
+use crate::backoff::Backoff;
 use crate::codes::CodeTable;
 use crate::metrics::Metrics;
+use crate::metrics::events::{
+    CodeStoreCheckFailed, CodeTableApplied, CodeTableRefused, InternalEvent,
+};
 use crate::redis::store::snapshot::decode_delta;
 use crate::redis::store::{Pointer, Store, StoreError, VersionMeta};
 use crate::settings::StoreSettings;
@@ -25,6 +29,7 @@ use crate::table_source::TableHandle;
 /// Longest wait for an announcement before looking at the clock (shutdown, poll interval, the
 /// age gauge).
 const TICK: Duration = Duration::from_millis(200);
+const FIRST_RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 /// How long after a full reload the replaced table's memory is handed back.
 const TRIM_DELAY: Duration = Duration::from_secs(2);
@@ -124,7 +129,7 @@ impl Follower {
     }
 
     fn initial_table(&mut self) -> Result<CodeTable, StartError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(FIRST_RECONNECT_BACKOFF, MAX_RECONNECT_BACKOFF);
         let mut last_report = None::<Instant>;
         loop {
             if self.stopping() {
@@ -162,8 +167,7 @@ impl Follower {
                 tracing::warn!(reason = %waiting_for, "waiting for the code table; not ready");
                 last_report = Some(Instant::now());
             }
-            self.sleep(backoff);
-            backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+            self.sleep(backoff.next_wait());
         }
     }
 
@@ -213,7 +217,7 @@ impl Follower {
 
     /// Runs until shutdown: follow the store, and reconnect with backoff whenever it fails.
     fn follow(mut self, handle: &TableHandle) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(FIRST_RECONNECT_BACKOFF, MAX_RECONNECT_BACKOFF);
         while !self.stopping() {
             let mut connected = false;
             match self.follow_connected(handle, &mut connected) {
@@ -221,19 +225,17 @@ impl Follower {
                 Err(e) => {
                     // A session that got going proves the trouble was over; start small again.
                     if connected {
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                     }
-                    if matches!(e, StoreError::Redis { .. }) {
-                        self.metrics.set_redis_up(false);
+                    let wait = backoff.next_wait();
+                    CodeStoreCheckFailed {
+                        error: &e,
+                        redis_down: matches!(e, StoreError::Redis { .. }),
+                        retry: wait,
+                        table_version: handle.current().version(),
                     }
-                    tracing::warn!(
-                        error = %e,
-                        retry_ms = backoff.as_millis() as u64,
-                        table_version = handle.current().version(),
-                        "code store check failed; serving the last good table"
-                    );
-                    self.sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                    .emit(&self.metrics);
+                    self.sleep(wait);
                 }
             }
         }
@@ -423,28 +425,26 @@ impl Follower {
                     // its memory is free.
                     self.trim_at = Some(Instant::now() + TRIM_DELAY);
                 }
-                let lag = self.since_publish();
-                if let Some(seconds) = lag {
-                    self.metrics.observe_code_table_propagation(seconds);
+                CodeTableApplied {
+                    version: table.version(),
+                    patched_rows: table.patched_rows(),
+                    apply: started.elapsed(),
+                    since_publish: self.since_publish(),
                 }
-                tracing::info!(
-                    version = %table.version(),
-                    patched_rows = table.patched_rows(),
-                    apply_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    since_publish_ms = lag.map(|s| s * 1000.0),
-                    "code table version in force"
-                );
+                .emit(&self.metrics);
                 handle.replace(table);
                 self.refused = None;
-                self.metrics.record_code_table_reload(true);
                 self.publish_metrics(handle);
                 Ok(())
             }
             // Redis trouble is retried by the caller; a broken version is not, and the table in
             // force is not confirmed either, so the worker pauses once it is too old.
             Err(StoreError::Corrupt { version, reason }) => {
-                self.metrics.record_code_table_reload(false);
-                tracing::error!(version, %reason, "cannot use the current code table version; keeping the previous one");
+                CodeTableRefused {
+                    version,
+                    reason: &reason,
+                }
+                .emit(&self.metrics);
                 self.refused = Some(pointer);
                 Ok(())
             }

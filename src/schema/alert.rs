@@ -34,6 +34,26 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    pub const ALL: [AlertKind; 17] = [
+        AlertKind::ExpiredCodeUsed,
+        AlertKind::NotYetActiveCodeUsed,
+        AlertKind::InactiveCodeUsed,
+        AlertKind::RestrictedCodeUsed,
+        AlertKind::CodeOwnerContractInactive,
+        AlertKind::CodeUsedByUnauthorizedPartner,
+        AlertKind::MultiplePartnerCodes,
+        AlertKind::AmbiguousCodeMatch,
+        AlertKind::ColdCodeUseRate,
+        AlertKind::CodeVelocitySpike,
+        AlertKind::UsageLimitExceeded,
+        AlertKind::SingleUseCodeReused,
+        AlertKind::CustomerLimitExceeded,
+        AlertKind::CodeEnumerationSuspected,
+        AlertKind::UnknownCodeRate,
+        AlertKind::SelfReferralSuspected,
+        AlertKind::DuplicateOrderId,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::ExpiredCodeUsed => "EXPIRED_CODE_USED",

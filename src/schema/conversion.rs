@@ -22,6 +22,8 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 3] = [Status::Credited, Status::Invalid, Status::Unattributed];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Credited => "CREDITED",
@@ -41,6 +43,13 @@ pub enum Basis {
 }
 
 impl Basis {
+    pub const ALL: [Basis; 4] = [
+        Basis::CodeAlways,
+        Basis::CodeInvolved,
+        Basis::CodeWinner,
+        Basis::Click,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Basis::CodeAlways => "CODE_ALWAYS",
@@ -69,6 +78,20 @@ pub enum InvalidReason {
 }
 
 impl InvalidReason {
+    pub const ALL: [InvalidReason; 11] = [
+        InvalidReason::CodeOwnedByOtherPartner,
+        InvalidReason::CodeExpired,
+        InvalidReason::CodeNotYetActive,
+        InvalidReason::CodeInactive,
+        InvalidReason::CodeRestricted,
+        InvalidReason::CodeOwnerNotInvolved,
+        InvalidReason::CodeOwnerNotWinner,
+        InvalidReason::PartnerContractInactive,
+        InvalidReason::UsageLimitExceeded,
+        InvalidReason::CustomerLimitExceeded,
+        InvalidReason::DuplicateOrderId,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             InvalidReason::CodeOwnedByOtherPartner => "CODE_OWNED_BY_OTHER_PARTNER",
@@ -238,19 +261,7 @@ mod tests {
 
     use super::*;
 
-    const ALL_INVALID_REASONS: [InvalidReason; 11] = [
-        InvalidReason::CodeOwnedByOtherPartner,
-        InvalidReason::CodeExpired,
-        InvalidReason::CodeNotYetActive,
-        InvalidReason::CodeInactive,
-        InvalidReason::CodeRestricted,
-        InvalidReason::CodeOwnerNotInvolved,
-        InvalidReason::CodeOwnerNotWinner,
-        InvalidReason::PartnerContractInactive,
-        InvalidReason::UsageLimitExceeded,
-        InvalidReason::CustomerLimitExceeded,
-        InvalidReason::DuplicateOrderId,
-    ];
+    const ALL_INVALID_REASONS: [InvalidReason; 11] = InvalidReason::ALL;
 
     /// Any string, including ones `serde_json` must escape.
     fn text() -> impl Strategy<Value = Cow<'static, str>> {

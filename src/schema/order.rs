@@ -329,6 +329,8 @@ mod tests {
         for (raw, reason) in cases {
             let err = parse_order(raw, &limits()).expect_err("must be rejected");
             assert_eq!(err.reason(), reason, "{}", String::from_utf8_lossy(raw));
+            // The metrics start every known reason's dead-letter counter at 0.
+            assert!(crate::engine::Rejection::REASONS.contains(&reason));
         }
     }
 
@@ -413,6 +415,7 @@ mod tests {
         ] {
             let err = parse_order(raw.as_bytes(), &small).expect_err("must be rejected");
             assert_eq!(err.reason(), reason);
+            assert!(crate::engine::Rejection::REASONS.contains(&reason));
         }
     }
 }

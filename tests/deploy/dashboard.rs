@@ -44,11 +44,56 @@ pub(super) fn dashboard_queries() -> Vec<(String, String)> {
     queries
 }
 
-/// Grafana's built-in variables, replaced as Grafana would for a short time range.
+/// Grafana's built-in variables, replaced as Grafana would for a short time range, and the
+/// dashboard's own as "All" would (the job by the one the rules select on).
 pub(super) fn grafana_to_promql(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
         .replace("$__interval", "15s")
         .replace("$__range", "5m")
+        .replace("$job", "promo-attribution")
+        .replace("$namespace", ".*")
+        .replace("$instance", ".*")
+}
+
+/// The dashboard's scoping variables; every selector of every query uses all three, so two
+/// environments (or two jobs) in one Prometheus are never summed together.
+const SCOPES: [&str; 3] = ["job", "namespace", "instance"];
+
+#[test]
+fn every_query_is_scoped_by_job_namespace_and_instance() {
+    let dashboard = dashboard();
+    let variables: Vec<&Json> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .collect();
+    for scope in SCOPES {
+        let variable = variables
+            .iter()
+            .find(|v| v["name"] == scope)
+            .unwrap_or_else(|| panic!("no ${scope} variable"));
+        assert_eq!(variable["type"], "query", "${scope}");
+        assert_eq!(variable["includeAll"], true, "${scope} offers All");
+        let query = variable["definition"].as_str().expect("definition");
+        assert!(
+            query.starts_with("label_values(promo_build_info"),
+            "${scope} lists the values our workers have: {query}"
+        );
+    }
+    // Every metric selector: the name, then its matchers.
+    let selector = regex::Regex::new(r"\b(promo_[a-z0-9_]+|up)\b(\{[^}]*\})?").expect("regex");
+    for (title, expr) in dashboard_queries() {
+        for found in selector.captures_iter(&expr) {
+            let matchers = found.get(2).map_or("", |m| m.as_str());
+            for scope in SCOPES {
+                assert!(
+                    matchers.contains(&format!(r#"{scope}=~"${scope}""#)),
+                    "{title}: {} is not scoped by ${scope}: {expr}",
+                    &found[1]
+                );
+            }
+        }
+    }
 }
 
 /// The metric names an expression reads: ours all start with `promo_`, plus Prometheus' `up`.
@@ -82,7 +127,7 @@ fn dashboard_covers_what_operators_need() {
             "promo_conversions_total",
         ),
         ("alerts by kind", "promo_alerts_total"),
-        ("lag", "promo_consumer_lag"),
+        ("lag", "promo_consumer_lag_records"),
         (
             "end-to-end latency percentiles",
             "promo_end_to_end_latency_seconds_bucket",

@@ -2,7 +2,9 @@
 //! Redis, a worker with the compose worker's settings (addresses replaced) decides the sample
 //! orders, its `/metrics` passes `promtool check metrics`, and a real Prometheus scraping it
 //! answers every dashboard query and every metric of the alert rules with data, and evaluates
-//! the rules without errors.
+//! the rules without errors; every shipped alert stays silent on the worker's own series
+//! (`promtool test rules`). All of it twice: with the table from Redis, and from the sample
+//! files (`run --codes`), where the Redis-only metrics must be absent.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -11,12 +13,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use promo_attribution::kafka::tools;
+use promo_attribution::settings::CodeSource;
 use serde_json::Value as Json;
 
 use super::compose::{compose_loader_command, compose_worker_sets};
 use super::dashboard::{dashboard_queries, grafana_to_promql, metric_names};
 use super::helpers::{path, read_text, scripts_prometheus, succeeded, worker_binary};
 use super::prometheus_rules::{assert_promtool, rules};
+use super::quiet_rules::assert_rules_silent;
 use crate::support::{self, ChildWorker, Names, brokers, wait_until};
 
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
@@ -63,11 +67,11 @@ fn admin_addr(worker: &ChildWorker) -> Option<String> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<Json>(l).ok())
         .find(|l| {
-            l["fields"]["message"]
+            l["message"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("admin endpoints"))
         })
-        .and_then(|l| l["fields"]["addr"].as_str().map(str::to_owned))
+        .and_then(|l| l["addr"].as_str().map(str::to_owned))
 }
 
 fn metrics_text(admin: &str) -> String {
@@ -170,8 +174,30 @@ impl Drop for Prometheus {
     }
 }
 
+/// Exported only where Redis is the code source.
+const REDIS_ONLY: [&str; 3] = [
+    "promo_redis_up",
+    "promo_code_table_age_seconds",
+    "promo_code_table_propagation_seconds",
+];
+
+fn redis_only(name: &str) -> bool {
+    REDIS_ONLY
+        .iter()
+        .any(|only| name == *only || name.strip_prefix(only).is_some_and(|s| s.starts_with('_')))
+}
+
 #[test]
-fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
+fn live_worker_with_redis_codes_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
+    live_check(CodeSource::Redis);
+}
+
+#[test]
+fn live_worker_with_file_codes_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
+    live_check(CodeSource::Files);
+}
+
+fn live_check(source: CodeSource) {
     let t0 = Instant::now();
     let names = Names::new("deploy");
     names.create_topics(2);
@@ -200,6 +226,16 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
         // The admin address is read back from the JSON log.
         "worker.log_format=json".to_owned(),
     ]);
+    if source == CodeSource::Files {
+        sets.extend([
+            "codes.source=files".to_owned(),
+            format!("codes.codes_file={}", path("samples/codes.csv").display()),
+            format!(
+                "codes.partners_file={}",
+                path("samples/partners.csv").display()
+            ),
+        ]);
+    }
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let mut worker = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
 
@@ -232,7 +268,7 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
             consumed(&metrics) >= Some(records.len() as f64)
                 && metrics.contains("promo_dlq_records_total{")
                 && metrics.contains("promo_alerts_total{")
-                && metrics.contains("promo_consumer_lag{")
+                && metrics.contains("promo_consumer_lag_records{")
         }),
         "the worker processed the {} sample orders within {DATA_DEADLINE:?}; log:\n{}",
         records.len(),
@@ -241,11 +277,35 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
 
     let metrics = metrics_text(&admin);
     assert_promtool(&["check", "metrics"], Some(metrics.as_bytes()));
-    assert_eq!(
-        support::metric(&metrics, "promo_redis_up"),
-        Some(1.0),
-        "the worker reads its table from Redis, as in compose"
+    match source {
+        CodeSource::Redis => assert_eq!(
+            support::metric(&metrics, "promo_redis_up"),
+            Some(1.0),
+            "the worker reads its table from Redis, as in compose"
+        ),
+        CodeSource::Files => {
+            for name in REDIS_ONLY {
+                assert!(!exported(&metrics, name), "{name} exported in file mode");
+            }
+            assert!(
+                support::metric(&metrics, "promo_code_table_loaded_timestamp_seconds")
+                    .is_some_and(|t| t > 1.7e9),
+                "a file table's load time:\n{metrics}"
+            );
+        }
+    }
+    assert!(
+        metrics.contains("promo_build_info{") && metrics.contains("\nprocess_start_time_seconds "),
+        "build info and process metrics:\n{metrics}"
     );
+    // The JSON log lines carry the service and its version at top level.
+    let log = std::fs::read_to_string(&worker.log).expect("worker log");
+    let first: Json = serde_json::from_str(log.lines().next().expect("a log line")).expect("JSON");
+    assert_eq!(first["service"], "promo-attribution", "{first}");
+    assert_eq!(first["version"], env!("CARGO_PKG_VERSION"), "{first}");
+    assert!(!log.contains('\x1b'), "colour codes in the log");
+    // Every shipped alert stays silent on this healthy worker's series.
+    assert_rules_silent(&metrics);
     // What the compose health check and the Kubernetes probes ask.
     for endpoint in ["/healthz", "/readyz"] {
         let (status, body) = http_get(&admin, endpoint).expect("GET a health endpoint");
@@ -264,7 +324,15 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
     // Every dashboard query returns data. Rates need two scrapes after the counters moved, so
     // poll rather than ask once.
     let queries = dashboard_queries();
-    let mut without_data: Vec<(String, String)> = queries.clone();
+    // Panels on Redis-only metrics stay empty for a file-sourced worker: not waited for.
+    let mut without_data: Vec<(String, String)> = queries
+        .iter()
+        .filter(|(_, expr)| {
+            source == CodeSource::Redis || !metric_names(expr).iter().any(|n| redis_only(n))
+        })
+        .cloned()
+        .collect();
+    let redis_only_panels = queries.len() - without_data.len();
     wait_until(DATA_DEADLINE, || {
         without_data.retain(|(_, expr)| prometheus.query(&grafana_to_promql(expr)).is_empty());
         without_data.is_empty()
@@ -277,7 +345,9 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
         eprintln!("note: dashboard panel {title:?} has no data here: {expr}");
         for name in metric_names(expr) {
             assert!(
-                name == "up" || exported(&metrics, &name),
+                name == "up"
+                    || exported(&metrics, &name)
+                    || source == CodeSource::Files && redis_only(&name),
                 "dashboard panel {title:?} reads {name}, which the worker does not export"
             );
         }
@@ -285,7 +355,9 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
     let all_names: BTreeSet<String> = queries.iter().flat_map(|(_, e)| metric_names(e)).collect();
     for name in &all_names {
         assert!(
-            name == "up" || exported(&metrics, name),
+            name == "up"
+                || exported(&metrics, name)
+                || source == CodeSource::Files && redis_only(name),
             "the dashboard reads {name}, which the worker does not export"
         );
     }
@@ -293,6 +365,9 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
     // Every metric an alert rule reads exists as a series in Prometheus.
     for rule in rules() {
         for name in metric_names(&rule.expr) {
+            if source == CodeSource::Files && redis_only(&name) {
+                continue;
+            }
             assert!(
                 !prometheus.query(&name).is_empty(),
                 "{}: prometheus has no series {name}",
@@ -330,9 +405,9 @@ fn live_worker_feeds_promtool_prometheus_the_dashboard_and_the_rules() {
         worker.log_tail()
     );
     eprintln!(
-        "live check: {} dashboard queries ({} with data), {} rules, in {:?}",
+        "live check ({source:?}): {} dashboard queries ({} with data, {redis_only_panels} on Redis-only metrics), {} rules, in {:?}",
         queries.len(),
-        queries.len() - without_data.len(),
+        queries.len() - without_data.len() - redis_only_panels,
         self::rules().len(),
         t0.elapsed()
     );

@@ -7,3 +7,4 @@ mod helpers;
 mod kubernetes;
 mod live;
 mod prometheus_rules;
+mod quiet_rules;

@@ -10,7 +10,7 @@ use super::{Batch, Pipeline, engine_failure};
 use crate::detectors::{DetectorState, OrderStep, StateError, StepOutcome};
 use crate::kafka::Failure;
 use crate::kafka::outputs::Source;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StepResult};
 use crate::redis::detector_state::RedisState;
 
 /// A record waiting for the batch's detector step.
@@ -119,7 +119,7 @@ impl DetectorState for Timed<'_> {
         let started = std::time::Instant::now();
         let result = self.inner.apply(steps);
         self.metrics
-            .observe_detector_step(started.elapsed(), result.is_err());
+            .observe_detector_step(started.elapsed(), StepResult::of(&result));
         result
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::backoff::Backoff;
 use crate::kafka::Failure;
 use crate::kafka::context::WorkerContext;
 
@@ -82,12 +83,13 @@ pub(super) fn retry_resumable(
 ) -> Result<(), Failure> {
     const ATTEMPTS: u32 = 10;
     let mut attempt = 0;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     loop {
         match call() {
             Err(Failure::Retriable(message)) if attempt + 1 < ATTEMPTS => {
                 attempt += 1;
                 tracing::warn!(attempt, %message, "retrying a resumable transactional call");
-                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+                std::thread::sleep(backoff.next_wait());
             }
             Err(Failure::Retriable(message)) => return Err(Failure::Transient(message)),
             other => return other,
