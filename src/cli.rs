@@ -140,29 +140,31 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The flags as overrides, after the generic `--set` ones so the specific flag wins.
-    fn overrides(&self) -> Vec<String> {
+    /// The settings' sources: file, environment, `--set`, then the dedicated flags.
+    fn sources(&self) -> crate::settings::SettingsSources {
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        let flags = [
-            ("kafka.brokers", self.brokers.clone()),
-            ("kafka.group_id", self.group.clone()),
-            ("kafka.input_topic", self.input_topic.clone()),
-            ("kafka.transactional_id", self.transactional_id.clone()),
-            ("kafka.delivery", self.delivery.clone()),
-            ("codes.codes_file", path(&self.codes)),
-            ("codes.partners_file", path(&self.partners)),
-            ("admin.listen", self.admin_listen.clone()),
-            ("kafka.shadow", self.shadow.then(|| "true".to_string())),
-        ];
-        self.set
-            .iter()
-            .cloned()
-            .chain(
-                flags
-                    .into_iter()
-                    .filter_map(|(key, value)| value.map(|v| format!("{key}={v}"))),
+        crate::settings::SettingsSources::with_process_env(self.config.clone(), self.set.clone())
+            .flag("--brokers", "kafka.brokers", self.brokers.clone())
+            .flag("--group", "kafka.group_id", self.group.clone())
+            .flag(
+                "--input-topic",
+                "kafka.input_topic",
+                self.input_topic.clone(),
             )
-            .collect()
+            .flag(
+                "--transactional-id",
+                "kafka.transactional_id",
+                self.transactional_id.clone(),
+            )
+            .flag("--delivery", "kafka.delivery", self.delivery.clone())
+            .flag("--codes", "codes.codes_file", path(&self.codes))
+            .flag("--partners", "codes.partners_file", path(&self.partners))
+            .flag("--admin-listen", "admin.listen", self.admin_listen.clone())
+            .flag(
+                "--shadow",
+                "kafka.shadow",
+                self.shadow.then(|| "true".into()),
+            )
     }
 }
 
@@ -175,9 +177,13 @@ pub struct TableArgs {
     /// Partners CSV (Partner Id, Status, Contract Start, Contract End, Referral Window Days, Credit Group).
     #[arg(long, value_name = "FILE")]
     pub partners: Option<PathBuf>,
-    /// Settings TOML (attribution rules, input limits).
-    #[arg(long, value_name = "FILE")]
-    pub settings: Option<PathBuf>,
+    /// Settings TOML (attribution rules, input limits, detectors); `PROMO__SECTION__KEY`
+    /// environment variables and `--set` override it.
+    #[arg(long = "config", alias = "settings", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Any setting as dotted.key=value (e.g. attribution.foreign_code=credit_click_winner); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -253,10 +259,9 @@ pub fn main() -> ExitCode {
 }
 
 fn load(args: &TableArgs) -> Result<(CodeTable, Settings), CliError> {
-    let settings = match &args.settings {
-        Some(path) => Settings::from_file(path)?,
-        None => Settings::default(),
-    };
+    let settings =
+        crate::settings::SettingsSources::with_process_env(args.config.clone(), args.set.clone())
+            .load()?;
     let table = offline::load_table(
         &args.codes,
         args.partners.as_deref(),
@@ -312,9 +317,7 @@ fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
 }
 
 fn run_worker(args: RunArgs) -> ExitCode {
-    let sources =
-        crate::settings::SettingsSources::with_process_env(args.config.clone(), args.overrides());
-    let settings = match sources.load() {
+    let settings = match args.sources().load() {
         Ok(settings) => settings.into_shadow_if_asked(),
         Err(err) => {
             eprintln!("error: {err}");
@@ -322,7 +325,7 @@ fn run_worker(args: RunArgs) -> ExitCode {
         }
     };
     if args.check_config {
-        return match toml::to_string_pretty(&redacted(&settings)) {
+        return match toml::to_string_pretty(&settings) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -334,25 +337,6 @@ fn run_worker(args: RunArgs) -> ExitCode {
         };
     }
     crate::run::run(settings)
-}
-
-/// The settings with the values of secret-looking librdkafka properties (passwords, secrets,
-/// keys) replaced, so `--check-config` output can be pasted into a ticket.
-fn redacted(settings: &crate::settings::Settings) -> crate::settings::Settings {
-    let mut copy = settings.clone();
-    copy.store.redis_url = crate::settings::redacted_url(&copy.store.redis_url);
-    let kafka = &mut copy.kafka;
-    for map in [&mut kafka.common, &mut kafka.consumer, &mut kafka.producer] {
-        for (key, value) in map.iter_mut() {
-            if ["password", "secret", ".key", "token"]
-                .iter()
-                .any(|s| key.contains(s))
-            {
-                *value = "<redacted>".into();
-            }
-        }
-    }
-    copy
 }
 
 fn run_topics(command: TopicsCommand) -> Result<(), CliError> {

@@ -204,14 +204,10 @@ impl CodesError {
 
 impl CodesArgs {
     fn store_settings(&self) -> Result<StoreSettings, CodesError> {
-        let mut overrides = self.set.clone();
-        if let Some(url) = &self.redis_url {
-            overrides.push(format!("store.redis_url={url}"));
-        }
-        if let Some(prefix) = &self.prefix {
-            overrides.push(format!("store.key_prefix={prefix}"));
-        }
-        let settings = SettingsSources::with_process_env(self.config.clone(), overrides).load()?;
+        let settings = SettingsSources::with_process_env(self.config.clone(), self.set.clone())
+            .flag("--redis-url", "store.redis_url", self.redis_url.clone())
+            .flag("--prefix", "store.key_prefix", self.prefix.clone())
+            .load()?;
         Ok(settings.store)
     }
 }

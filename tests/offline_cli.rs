@@ -13,8 +13,20 @@ fn samples() -> PathBuf {
 }
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    run_env(args, stdin, &[])
+}
+
+/// Runs with extra environment variables (and none of the caller's `PROMO__` ones).
+fn run_env(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
     use std::io::Write;
-    let mut child = binary()
+    let mut command = binary();
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PROMO__") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .envs(env.iter().copied())
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -211,4 +223,135 @@ fn explain_says_why_an_order_is_rejected() {
     );
     assert!(output.status.success());
     assert!(text(&output.stdout).contains("rejected before any decision (schema_violation)"));
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn settings_problems_name_every_key_with_its_source_at_once() {
+    let output = run(
+        &[
+            "run",
+            "--check-config",
+            "--set",
+            "kafka.delivery=exactly_once",
+            "--set",
+            "kafka.batch_max_records=-5",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    for expected in [
+        "kafka.delivery: unknown variant `exactly_once`, expected `exactly-once` or `at-least-once` (from flag --set kafka.delivery)",
+        "kafka.batch_max_records: invalid value: integer `-5`, expected usize (from flag --set kafka.batch_max_records)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("settings.toml");
+    std::fs::write(
+        &file,
+        "[kafka]\nbrokers = \"b:9092\"\n\nbatch_max_ms = \"soon\"\n",
+    )
+    .expect("written");
+    let output = run_env(
+        &["run", "--check-config", "--config", path(&file)],
+        None,
+        &[("PROMO__KAFKA__BATCH_MIN_MS", "later")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    for expected in [
+        "kafka.batch_max_ms: invalid type: string \"soon\", expected u64 (from ",
+        "settings.toml line 4)",
+        "kafka.batch_min_ms: \"later\" is not a whole number; expected digits such as 100 (from environment variable PROMO__KAFKA__BATCH_MIN_MS)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn attribute_and_explain_read_the_environment_and_set_like_every_command() {
+    let codes = samples().join("codes.csv");
+    let orders = samples().join("orders.jsonl");
+    let from_env = run_env(
+        &["explain", "--codes", path(&codes), "-"],
+        Some(b"{}"),
+        &[("PROMO__LIMITS__MAX_CODE_BYTES", "0")],
+    );
+    assert_eq!(from_env.status.code(), Some(2));
+    assert!(
+        text(&from_env.stderr).contains(
+            "limits.max_code_bytes must be greater than 0 (from environment variable PROMO__LIMITS__MAX_CODE_BYTES)"
+        ),
+        "{}",
+        text(&from_env.stderr)
+    );
+    let from_set = run(
+        &[
+            "attribute",
+            "--codes",
+            path(&codes),
+            "--orders",
+            path(&orders),
+            "--set",
+            "detectors.enabled=true",
+        ],
+        None,
+    );
+    assert_eq!(from_set.status.code(), Some(2));
+    assert!(
+        text(&from_set.stderr).contains("detectors.customer_hmac_key must be set"),
+        "{}",
+        text(&from_set.stderr)
+    );
+    // The message's own advice works.
+    let advised = run_env(
+        &[
+            "attribute",
+            "--codes",
+            path(&codes),
+            "--set",
+            "detectors.enabled=true",
+        ],
+        Some(b""),
+        &[(
+            "PROMO__DETECTORS__CUSTOMER_HMAC_KEY",
+            "0123456789abcdef-key",
+        )],
+    );
+    assert_eq!(advised.status.code(), Some(0), "{}", text(&advised.stderr));
+
+    // `--config` is the name everywhere; `--settings` still works but is not advertised.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("settings.toml");
+    std::fs::write(&file, "[limits]\nmax_codes_per_order = 0\n").expect("written");
+    for flag in ["--config", "--settings"] {
+        let output = run(
+            &["explain", "--codes", path(&codes), flag, path(&file), "-"],
+            Some(b"{}"),
+        );
+        assert_eq!(output.status.code(), Some(2), "{flag}");
+        assert!(
+            text(&output.stderr)
+                .contains("limits.max_codes_per_order must be greater than 0 (from "),
+            "{}",
+            text(&output.stderr)
+        );
+    }
+    let help = text(&run(&["attribute", "--help"], None).stdout);
+    assert!(
+        help.contains("--config") && !help.contains("--settings"),
+        "{help}"
+    );
 }

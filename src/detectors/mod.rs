@@ -59,8 +59,10 @@ impl Detectors {
     pub fn new(settings: &DetectorSettings, key_prefix: &str) -> Detectors {
         // HMAC takes keys of any length (hashing long ones), so this cannot fail; an empty key
         // only reaches here when the detectors are off or in tests.
-        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(settings.customer_hmac_key.as_bytes())
-            .unwrap_or_else(|_| unreachable_key());
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(
+            settings.customer_hmac_key.expose().as_bytes(),
+        )
+        .unwrap_or_else(|_| unreachable_key());
         Detectors {
             settings: settings.clone(),
             prefix: format!("{key_prefix}d:"),

@@ -162,14 +162,9 @@ fn run(args: &ReplayArgs) -> Result<u8, ToolError> {
 }
 
 fn settings(args: &ReplayArgs) -> Result<Settings, ToolError> {
-    let mut overrides = args.set.clone();
-    if let Some(url) = &args.redis_url {
-        overrides.push(format!("store.redis_url={url}"));
-    }
-    if let Some(prefix) = &args.prefix {
-        overrides.push(format!("store.key_prefix={prefix}"));
-    }
-    SettingsSources::with_process_env(args.config.clone(), overrides)
+    SettingsSources::with_process_env(args.config.clone(), args.set.clone())
+        .flag("--redis-url", "store.redis_url", args.redis_url.clone())
+        .flag("--prefix", "store.key_prefix", args.prefix.clone())
         .load()
         .map_err(|e| ToolError::usage(e.to_string()))
 }

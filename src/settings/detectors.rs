@@ -5,7 +5,7 @@
 //! environment variable or `--set` (which type values by the default's type) and compares
 //! exactly, with no float rounding between the stream and the offline mode.
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// Declares the per-program thresholds once: [`Thresholds`] holds the values in force,
 /// [`ProgramSettings`] the same names as optional overrides, so the two can never drift apart.
@@ -163,8 +163,7 @@ pub struct DetectorSettings {
     /// Key of the HMAC-SHA256 that turns customer, email, device and IP identifiers into the
     /// references used in Redis keys and alerts. Secret: set it with
     /// `PROMO__DETECTORS__CUSTOMER_HMAC_KEY`. Required (16+ bytes) when `enabled`.
-    #[serde(serialize_with = "redact")]
-    pub customer_hmac_key: String,
+    pub customer_hmac_key: super::Secret,
     /// Written next to every customer reference, so references made with a rotated key are
     /// recognisable (per-customer counts restart on rotation).
     pub customer_hmac_key_id: String,
@@ -184,7 +183,7 @@ impl Default for DetectorSettings {
     fn default() -> Self {
         DetectorSettings {
             enabled: false,
-            customer_hmac_key: String::new(),
+            customer_hmac_key: super::Secret::default(),
             customer_hmac_key_id: "1".into(),
             replay_ttl_secs: 7 * 86_400,
             limit_ttl_secs: 400 * 86_400,
@@ -199,7 +198,7 @@ pub const MIN_HMAC_KEY_BYTES: usize = 16;
 
 impl DetectorSettings {
     pub fn check(&self, problems: &mut Vec<String>) {
-        if self.enabled && self.customer_hmac_key.len() < MIN_HMAC_KEY_BYTES {
+        if self.enabled && self.customer_hmac_key.expose().len() < MIN_HMAC_KEY_BYTES {
             problems.push(format!(
                 "detectors.customer_hmac_key must be set, at least {MIN_HMAC_KEY_BYTES} bytes, when detectors.enabled is true (set it from a secret: PROMO__DETECTORS__CUSTOMER_HMAC_KEY)"
             ));
@@ -229,11 +228,6 @@ impl DetectorSettings {
     pub fn for_program(&self, program: Option<&ProgramSettings>) -> Thresholds {
         self.defaults.overridden_by(program)
     }
-}
-
-/// Secrets never leave the process through `--check-config` or any other serialization.
-fn redact<S: Serializer>(value: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(if value.is_empty() { "" } else { "<redacted>" })
 }
 
 #[cfg(test)]

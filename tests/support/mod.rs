@@ -202,6 +202,7 @@ impl Names {
             file: None,
             env: Vec::new(),
             overrides,
+            flags: Vec::new(),
         }
         .load()
         .expect("test settings are valid")
