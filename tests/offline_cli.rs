@@ -355,3 +355,59 @@ fn attribute_and_explain_read_the_environment_and_set_like_every_command() {
         "{help}"
     );
 }
+
+#[test]
+fn check_config_and_config_errors_never_show_a_secret() {
+    let mut args = vec!["run".to_string(), "--check-config".to_string()];
+    for property in [
+        "sasl.oauthbearer.config",
+        "sasl.password",
+        "sasl.username",
+        "ssl.key.pem",
+        "ssl.keystore.password",
+        "sasl.oauthbearer.client.secret",
+    ] {
+        args.push("--set".into());
+        args.push(format!("kafka.common.{property}=hunter2-{property}"));
+    }
+    args.extend(["--set".into(), "kafka.common.security.protocol=SASL_SSL".into()]);
+    args.extend([
+        "--set".into(),
+        "store.redis_url=redis://admin:hunter2@redis:6379/0".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_env(
+        &args,
+        None,
+        &[("PROMO__DETECTORS__CUSTOMER_HMAC_KEY", "hunter2-hmac-key-0123")],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    for expected in [
+        "\"sasl.oauthbearer.config\" = \"<redacted>\"",
+        "\"security.protocol\" = \"SASL_SSL\"",
+        "redis_url = \"redis://***@redis:6379/0\"",
+        "customer_hmac_key = \"<redacted>\"",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+
+    // A TOML syntax error names the line, not its text; a URL without "://" is still redacted.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("settings.toml");
+    std::fs::write(&file, "[kafka.common]\n\"sasl.password\" = hunter2-unquoted\n").expect("written");
+    let output = run(&["run", "--check-config", "--config", path(&file)], None);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("settings.toml line 2: "), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    let output = run(
+        &["run", "--check-config", "--set", "store.redis_url=admin:hunter2@redis:6379"],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("store.redis_url must start with redis://"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
