@@ -204,11 +204,59 @@ impl CodesError {
 
 impl CodesArgs {
     fn store_settings(&self) -> Result<StoreSettings, CodesError> {
-        let settings = SettingsSources::with_process_env(self.config.clone(), self.set.clone())
-            .flag("--redis-url", "store.redis_url", self.redis_url.clone())
-            .flag("--prefix", "store.key_prefix", self.prefix.clone())
-            .load()?;
-        Ok(settings.store)
+        let (settings, origins) =
+            SettingsSources::with_process_env(self.config.clone(), self.set.clone())
+                .flag("--redis-url", "store.redis_url", self.redis_url.clone())
+                .flag("--prefix", "store.key_prefix", self.prefix.clone())
+                .load_with_origins()?;
+        let store = settings.store;
+        let url_origin = origins.of("store.redis_url");
+        eprintln!("{}", store_line(&store, url_origin));
+        if url_origin.is_none() && self.command.writes() {
+            return Err(CodesError::Usage(format!(
+                "no code store configured, and this command writes: name the Redis it should change with \
+                 --redis-url redis://HOST:6379 (or the PROMO__STORE__REDIS_URL environment variable, or \
+                 redis_url in the [store] section of --config FILE); only read-only commands fall back to \
+                 the default {}",
+                store.redis_url
+            )));
+        }
+        Ok(store)
+    }
+}
+
+/// The store a command uses, for stderr: URL without password, prefix, and whether it was
+/// configured or is the default.
+pub fn store_line(store: &StoreSettings, url_origin: Option<&crate::settings::Origin>) -> String {
+    let source = match url_origin {
+        Some(origin) => format!("from {origin}"),
+        None => "the default: no store configured".to_string(),
+    };
+    format!(
+        "code store: {} prefix {:?} ({source})",
+        store.redis_url, store.key_prefix
+    )
+}
+
+impl CodesCommand {
+    /// Whether the command changes the store (a forgotten setting must not make it change
+    /// whatever Redis happens to listen on the default address).
+    fn writes(&self) -> bool {
+        match self {
+            CodesCommand::Import(args) => !args.dry_run,
+            CodesCommand::Expire(_)
+            | CodesCommand::Reactivate(_)
+            | CodesCommand::SetDates { .. }
+            | CodesCommand::Assign { .. }
+            | CodesCommand::Rollback { .. } => true,
+            CodesCommand::ProgramSettings(command) => {
+                !matches!(command, ProgramSettingsCommand::Show)
+            }
+            CodesCommand::List(_)
+            | CodesCommand::Export { .. }
+            | CodesCommand::Show { .. }
+            | CodesCommand::History { .. } => false,
+        }
     }
 }
 

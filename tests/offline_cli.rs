@@ -1,4 +1,5 @@
-//! The `attribute` and `explain` commands as a user runs them: real files, real process, exit
+//! The commands that need no running service (`attribute`, `explain`, settings checks, the
+//! `codes` CLI up to its first connection) as a user runs them: real files, real process, exit
 //! codes and stderr included.
 
 use std::path::{Path, PathBuf};
@@ -370,7 +371,10 @@ fn check_config_and_config_errors_never_show_a_secret() {
         args.push("--set".into());
         args.push(format!("kafka.common.{property}=hunter2-{property}"));
     }
-    args.extend(["--set".into(), "kafka.common.security.protocol=SASL_SSL".into()]);
+    args.extend([
+        "--set".into(),
+        "kafka.common.security.protocol=SASL_SSL".into(),
+    ]);
     args.extend([
         "--set".into(),
         "store.redis_url=redis://admin:hunter2@redis:6379/0".into(),
@@ -379,7 +383,10 @@ fn check_config_and_config_errors_never_show_a_secret() {
     let output = run_env(
         &args,
         None,
-        &[("PROMO__DETECTORS__CUSTOMER_HMAC_KEY", "hunter2-hmac-key-0123")],
+        &[(
+            "PROMO__DETECTORS__CUSTOMER_HMAC_KEY",
+            "hunter2-hmac-key-0123",
+        )],
     );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
@@ -390,24 +397,91 @@ fn check_config_and_config_errors_never_show_a_secret() {
         "redis_url = \"redis://***@redis:6379/0\"",
         "customer_hmac_key = \"<redacted>\"",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
 
     // A TOML syntax error names the line, not its text; a URL without "://" is still redacted.
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("settings.toml");
-    std::fs::write(&file, "[kafka.common]\n\"sasl.password\" = hunter2-unquoted\n").expect("written");
+    std::fs::write(
+        &file,
+        "[kafka.common]\n\"sasl.password\" = hunter2-unquoted\n",
+    )
+    .expect("written");
     let output = run(&["run", "--check-config", "--config", path(&file)], None);
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("settings.toml line 2: "), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
     let output = run(
-        &["run", "--check-config", "--set", "store.redis_url=admin:hunter2@redis:6379"],
+        &[
+            "run",
+            "--check-config",
+            "--set",
+            "store.redis_url=admin:hunter2@redis:6379",
+        ],
         None,
     );
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("store.redis_url must start with redis://"), "{stderr}");
+    assert!(
+        stderr.contains("store.redis_url must start with redis://"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn codes_commands_say_which_store_and_writing_ones_need_one_configured() {
+    let codes = samples().join("codes.csv");
+    let import = run(&["codes", "import", path(&codes)], None);
+    assert_eq!(import.status.code(), Some(2));
+    let stderr = text(&import.stderr);
+    for expected in [
+        "code store: redis://127.0.0.1:6379 prefix \"promo:\" (the default: no store configured)",
+        "error: no code store configured, and this command writes: name the Redis it should change with --redis-url redis://HOST:6379 (or the PROMO__STORE__REDIS_URL environment variable",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    for writing in [
+        vec!["expire", "ANNA10"],
+        vec!["set-dates", "ANNA10", "--end", "2026-06-01"],
+        vec!["rollback", "3"],
+    ] {
+        let mut args = vec!["codes"];
+        args.extend(writing.iter().copied());
+        let output = run(&args, None);
+        assert_eq!(output.status.code(), Some(2), "{writing:?}");
+        assert!(
+            text(&output.stderr).contains("no code store configured"),
+            "{writing:?}: {}",
+            text(&output.stderr)
+        );
+    }
+
+    // A configured store is named, password hidden (nothing listens on port 1: the connection
+    // fails after the store is announced).
+    let output = run_env(
+        &["codes", "--prefix", "{test}:", "list"],
+        None,
+        &[(
+            "PROMO__STORE__REDIS_URL",
+            "redis://admin:hunter2@127.0.0.1:1/0",
+        )],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(
+            "code store: redis://***@127.0.0.1:1/0 prefix \"{test}:\" (from environment variable PROMO__STORE__REDIS_URL)"
+        ),
+        "{stderr}"
+    );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }

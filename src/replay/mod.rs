@@ -129,9 +129,15 @@ pub fn main(args: ReplayArgs) -> ExitCode {
 }
 
 fn run(args: &ReplayArgs) -> Result<u8, ToolError> {
-    let mut settings = settings(args)?;
+    let (mut settings, origins) = settings(args)?;
     // Reproducible decisions only; see the module comment.
     settings.detectors.enabled = false;
+    if args.table_version.is_some() {
+        eprintln!(
+            "{}",
+            crate::codes_cli::store_line(&settings.store, origins.of("store.redis_url"))
+        );
+    }
     let table = table(args, &settings)?;
     let records = read_range(args)?;
     let engine = Engine::new(Arc::new(settings));
@@ -161,11 +167,11 @@ fn run(args: &ReplayArgs) -> Result<u8, ToolError> {
     })
 }
 
-fn settings(args: &ReplayArgs) -> Result<Settings, ToolError> {
+fn settings(args: &ReplayArgs) -> Result<(Settings, crate::settings::Origins), ToolError> {
     SettingsSources::with_process_env(args.config.clone(), args.set.clone())
         .flag("--redis-url", "store.redis_url", args.redis_url.clone())
         .flag("--prefix", "store.key_prefix", args.prefix.clone())
-        .load()
+        .load_with_origins()
         .map_err(|e| ToolError::usage(e.to_string()))
 }
 

@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use detectors::DetectorSettings;
+pub use origin::{Origin, Origins};
 pub use secret::{Properties, RedisUrl, Secret, redacted_url};
 pub use sources::{ENV_PREFIX, FlagOverride, SettingsSources};
 pub use store::StoreSettings;

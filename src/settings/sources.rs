@@ -73,6 +73,12 @@ impl SettingsSources {
     }
 
     pub fn load(&self) -> Result<Settings, SettingsError> {
+        self.load_with_origins().map(|(settings, _)| settings)
+    }
+
+    /// The settings and where each key that was set came from (keys left at their default
+    /// have no origin).
+    pub fn load_with_origins(&self) -> Result<(Settings, Origins), SettingsError> {
         let mut problems = Vec::new();
         let mut origins = Origins::default();
         let mut root = match &self.file {
@@ -152,7 +158,7 @@ impl SettingsSources {
             problems.extend(more.into_iter().map(|p| origins.annotate(p)));
         }
         if problems.is_empty() {
-            Ok(settings)
+            Ok((settings, origins))
         } else {
             Err(SettingsError::Problems(problems))
         }
