@@ -1,7 +1,9 @@
 //! The `promo-attribution` command line.
 //!
 //! Exit codes: 0 success; 1 the code table (or another input that must be valid as a whole) is
-//! invalid; 2 usage, configuration or I/O errors.
+//! invalid; 2 usage, configuration or I/O errors; 3 (`attribute`, `explain`) the run completed
+//! but at least one order was rejected before any decision (malformed or schema-violating; the
+//! rest were decided and written), so a script can tell "all decided" from "some refused".
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -205,10 +207,13 @@ pub struct AttributeArgs {
 pub struct ExplainArgs {
     #[command(flatten)]
     pub table: TableArgs,
-    /// One order as JSON; `-` reads stdin.
+    /// One order as JSON, or JSON lines (each line is explained); `-` reads stdin.
     #[arg(value_name = "ORDER.json")]
     pub order: PathBuf,
 }
+
+/// `attribute` and `explain`: some orders were rejected (see the module comment).
+pub const EXIT_REJECTED: u8 = 3;
 
 /// A failure that ends the command, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -221,12 +226,15 @@ pub enum CliError {
     Io { context: String, source: io::Error },
     #[error("{0}")]
     Kafka(String),
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Table(TableError::Invalid(_)) => 1,
+            CliError::Rejected(_) => EXIT_REJECTED,
             _ => 2,
         }
     }
@@ -313,6 +321,13 @@ fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
     let summary = offline::attribute(input, &origin, &table, &settings, sinks)
         .map_err(CliError::io("attribute"))?;
     eprintln!("{summary} (code table {})", table.version());
+    if summary.rejected_lines > 0 {
+        return Err(CliError::Rejected(format!(
+            "{} of {} order lines rejected (exit {EXIT_REJECTED})",
+            summary.rejected_lines,
+            summary.rejected_lines + summary.orders
+        )));
+    }
     Ok(())
 }
 
@@ -441,6 +456,41 @@ fn run_explain(args: ExplainArgs) -> Result<(), CliError> {
         )))?;
     }
     let record = record.trim_ascii_end();
-    print!("{}", crate::explain::explain(record, &table, &settings));
+    let orders = orders_in(record);
+    let mut rejected = 0;
+    for (i, (line, order)) in orders.iter().enumerate() {
+        if orders.len() > 1 {
+            if i > 0 {
+                println!();
+            }
+            println!("=== line {line} ===");
+        }
+        print!("{}", crate::explain::explain(order, &table, &settings));
+        if crate::schema::parse_order(order, &settings.limits).is_err() {
+            rejected += 1;
+        }
+    }
+    if rejected > 0 {
+        return Err(CliError::Rejected(format!(
+            "{rejected} of {} orders rejected (exit {EXIT_REJECTED})",
+            orders.len()
+        )));
+    }
     Ok(())
+}
+
+/// The orders of an `explain` input with their line numbers: one JSON document (however it is
+/// laid out), or JSON lines, each explained in turn.
+fn orders_in(record: &[u8]) -> Vec<(usize, &[u8])> {
+    let single = serde_json::from_slice::<serde::de::IgnoredAny>(record).is_ok();
+    let lines: Vec<(usize, &[u8])> = record
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim_ascii()))
+        .filter(|(_, line)| !line.is_empty())
+        .collect();
+    if single || lines.len() < 2 {
+        return vec![(1, record)];
+    }
+    lines
 }

@@ -75,9 +75,11 @@ fn attribute_writes_one_conversion_per_good_line_in_order_and_reports_bad_lines(
         None,
     );
     let stderr = text(&output.stderr);
+    // Every good line is decided and written; the rejected one makes the exit code 3.
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(
-        output.status.success(),
-        "bad lines must not fail the run: {stderr}"
+        stderr.contains("error: 1 of 13 order lines rejected (exit 3)"),
+        "{stderr}"
     );
     assert!(
         stderr.contains("orders.jsonl:12: malformed JSON"),
@@ -114,7 +116,11 @@ fn attribute_reads_stdin_and_writes_stdout_byte_identically_across_runs() {
     let args = ["attribute", "--codes", codes.to_str().expect("utf-8 path")];
     let first = run(&args, Some(&orders));
     let second = run(&args, Some(&orders));
-    assert!(first.status.success());
+    assert_eq!(
+        first.status.code(),
+        Some(3),
+        "the samples hold one malformed line"
+    );
     assert!(!first.stdout.is_empty());
     assert_eq!(
         first.stdout, second.stdout,
@@ -222,7 +228,8 @@ fn explain_says_why_an_order_is_rejected() {
         ],
         Some(br#"{"order_id":"X"}"#),
     );
-    assert!(output.status.success());
+    assert_eq!(output.status.code(), Some(3));
+    assert!(text(&output.stderr).contains("error: 1 of 1 orders rejected (exit 3)"));
     assert!(text(&output.stdout).contains("rejected before any decision (schema_violation)"));
 }
 
@@ -484,4 +491,37 @@ fn codes_commands_say_which_store_and_writing_ones_need_one_configured() {
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn explain_takes_json_lines_and_a_pretty_printed_order() {
+    let codes = samples().join("codes.csv");
+    let orders = samples().join("orders.jsonl");
+    let output = run(&["explain", "--codes", path(&codes), path(&orders)], None);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "line 12 of the samples is malformed"
+    );
+    assert!(!stdout.contains("trailing characters"), "{stdout}");
+    for expected in [
+        "=== line 1 ===",
+        "Order A-1 in program 1001",
+        "=== line 12 ===",
+        "=== line 13 ===",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let pretty = b"{\n  \"order_id\": \"P\",\n  \"program_id\": \"1001\",\n  \"event_type\": \"sale\",\n  \"event_time\": \"2026-05-10T12:00:00Z\",\n  \"promo_codes\": [\"ANNA10\"],\n  \"touchpoints\": []\n}\n";
+    let output = run(&["explain", "--codes", path(&codes), "-"], Some(pretty));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("Order P in program 1001") && !stdout.contains("=== line"),
+        "{stdout}"
+    );
 }
