@@ -54,19 +54,25 @@ pub enum Command {
 pub enum TopicsCommand {
     /// Create topics (existing ones are left alone).
     Create {
+        /// Kafka bootstrap servers (host:port,...).
         #[arg(long)]
         brokers: String,
+        /// Partitions of each new topic.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+        /// Names of the topics to create.
         #[arg(required = true)]
         topics: Vec<String>,
     },
     /// Produce each line of a file (or stdin) as one record, keyed by its order_id.
     Produce {
+        /// Kafka bootstrap servers (host:port,...).
         #[arg(long)]
         brokers: String,
+        /// Topic to produce to.
         #[arg(long)]
         topic: String,
+        /// JSON-lines file to produce; stdin when omitted.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
     },
@@ -74,6 +80,7 @@ pub enum TopicsCommand {
     /// init_transactions with its transactional id, as its restart would. For a pod lost for
     /// good (docs/operations.md); never for an instance that is still running (it exits 1).
     Fence {
+        /// Kafka bootstrap servers (host:port,...).
         #[arg(long)]
         brokers: String,
         /// The lost instance's kafka.transactional_id.
@@ -88,13 +95,15 @@ pub enum TopicsCommand {
     },
     /// Print the records of a topic (read_committed, from the beginning) as lines.
     Read {
+        /// Kafka bootstrap servers (host:port,...).
         #[arg(long)]
         brokers: String,
+        /// Topic to read.
         #[arg(long)]
         topic: String,
-        /// Stop after this many records.
-        #[arg(long, default_value_t = usize::MAX)]
-        count: usize,
+        /// Stop after this many records [default: every record found before --timeout-secs].
+        #[arg(long)]
+        count: Option<usize>,
         /// Stop after this long.
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
@@ -425,7 +434,7 @@ fn run_topics(command: TopicsCommand) -> Result<(), CliError> {
             let records = tools::read_topic(
                 &brokers,
                 &topic,
-                count,
+                count.unwrap_or(usize::MAX),
                 std::time::Duration::from_secs(timeout_secs),
             )
             .map_err(CliError::Kafka)?;

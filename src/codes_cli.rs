@@ -45,11 +45,14 @@ pub enum CodesCommand {
     /// Reactivate an expired code.
     Reactivate(CodeArgs),
     /// Change a code's schedule; times are read in the code's own time zone, "" clears a bound.
+    #[command(group(clap::ArgGroup::new("dates").required(true).multiple(true).args(["start", "end"])))]
     SetDates {
         #[command(flatten)]
         code: CodeArgs,
+        /// New start (inclusive), e.g. 2026-05-01 or 2026-05-01T09:00; "" removes it.
         #[arg(long)]
         start: Option<String>,
+        /// New end (exclusive), e.g. 2026-06-01 or 2026-06-01T00:00; "" removes it.
         #[arg(long)]
         end: Option<String>,
     },
@@ -57,6 +60,7 @@ pub enum CodesCommand {
     Assign {
         #[command(flatten)]
         code: CodeArgs,
+        /// The partner id that gets the code.
         #[arg(long)]
         partner: String,
     },
@@ -64,6 +68,7 @@ pub enum CodesCommand {
     List(ListArgs),
     /// Write the table as CSV that `codes import` reads back unchanged.
     Export {
+        /// Only this program's codes.
         #[arg(long)]
         program: Option<String>,
         /// Codes CSV destination (stdout when absent).
@@ -75,7 +80,9 @@ pub enum CodesCommand {
     },
     /// Which entry a code as a customer typed it matches, and why.
     Show {
+        /// The code as a customer typed it (case, spaces and all).
         raw: String,
+        /// Only this program's codes.
         #[arg(long)]
         program: Option<String>,
         /// RFC 3339 instant to judge the schedule at (default: now).
@@ -84,11 +91,15 @@ pub enum CodesCommand {
     },
     /// Published versions, newest first, with a one-line summary each.
     History {
+        /// Versions to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// Publish the content of an earlier version as a new version.
-    Rollback { version: u64 },
+    Rollback {
+        /// The version whose content to publish again (see `codes history`).
+        version: u64,
+    },
     /// Per-program settings (detector thresholds) published with the table.
     #[command(subcommand)]
     ProgramSettings(ProgramSettingsCommand),
@@ -96,6 +107,7 @@ pub enum CodesCommand {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
+    /// Codes in impact.com's bulk-upload CSV format.
     pub file: PathBuf,
     /// Partners CSV to publish with the codes.
     #[arg(long, value_name = "FILE")]
@@ -153,10 +165,13 @@ pub enum StateFilter {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Only this program's codes.
     #[arg(long)]
     pub program: Option<String>,
+    /// Only codes in this state at --at.
     #[arg(long, value_enum)]
     pub state: Option<StateFilter>,
+    /// Only this partner's codes.
     #[arg(long)]
     pub partner: Option<String>,
     /// RFC 3339 instant the state is judged at (default: now).
@@ -167,9 +182,17 @@ pub struct ListArgs {
 #[derive(Debug, Subcommand)]
 pub enum ProgramSettingsCommand {
     /// Publish a program's settings from a JSON file.
-    Set { program: String, file: PathBuf },
+    Set {
+        /// The program id.
+        program: String,
+        /// JSON object of detector thresholds (see docs).
+        file: PathBuf,
+    },
     /// Remove a program's settings (the worker-wide defaults apply again).
-    Clear { program: String },
+    Clear {
+        /// The program id.
+        program: String,
+    },
     /// Print every program's settings as JSON.
     Show,
 }

@@ -207,12 +207,29 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
         ],
     );
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
-    let set = ok(&codes(
+    let set = codes(
         url,
         &prefix,
         &["program-settings", "set", "1001", &path("settings.json")],
-    ));
-    assert!(set.contains("1 program settings changed"), "{set}");
+    );
+    assert!(ok(&set).contains("1 program settings changed"));
+    assert!(
+        !text(&set.stderr).contains("warning"),
+        "{}",
+        text(&set.stderr)
+    );
+    // Settings for a program without codes are published, with a warning (likely a typo).
+    let typo = codes(
+        url,
+        &prefix,
+        &["program-settings", "set", "10001", &path("settings.json")],
+    );
+    assert_eq!(typo.status.code(), Some(0));
+    assert!(
+        text(&typo.stderr).contains("warning: program 10001 has no codes in the table"),
+        "{}",
+        text(&typo.stderr)
+    );
     let shown = ok(&codes(url, &prefix, &["program-settings", "show"]));
     assert!(shown.contains("\"velocity_factor\": 3"), "{shown}");
 

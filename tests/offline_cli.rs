@@ -525,3 +525,55 @@ fn explain_takes_json_lines_and_a_pretty_printed_order() {
         "{stdout}"
     );
 }
+
+/// Every argument of every subcommand, with the path to it, that has no help text.
+fn args_without_help(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+    for arg in command.get_arguments() {
+        let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+        if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+            missing.push(format!("{path} {}", arg.get_id()));
+        }
+    }
+    for sub in command.get_subcommands() {
+        args_without_help(sub, &format!("{path} {}", sub.get_name()), missing);
+    }
+}
+
+#[test]
+fn every_argument_has_help_text() {
+    use clap::CommandFactory;
+    let mut missing = Vec::new();
+    args_without_help(
+        &promo_attribution::cli::Cli::command(),
+        "promo-attribution",
+        &mut missing,
+    );
+    assert!(
+        missing.is_empty(),
+        "arguments without help:\n{}",
+        missing.join("\n")
+    );
+    let help = text(&run(&["topics", "read", "--help"], None).stdout);
+    assert!(!help.contains("18446744073709551615"), "{help}");
+}
+
+#[test]
+fn set_dates_without_a_date_is_refused_before_touching_the_store() {
+    let output = run(
+        &[
+            "codes",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "set-dates",
+            "ANNA10",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("--start <START>|--end <END>"),
+        "{stderr}"
+    );
+}

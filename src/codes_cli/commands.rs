@@ -325,6 +325,13 @@ fn program_settings(
             }
             let command = format!("program-settings set {program}");
             publish_change(store, settings, Publish::new(&command), |base| {
+                if !base.entries.iter().any(|e| *e.program_id == *program) {
+                    eprintln!(
+                        "warning: program {program} has no codes in the table; its settings are \
+                         published but change nothing until codes of program {program} are \
+                         imported (a typo in the program id?)"
+                    );
+                }
                 let mut changed = base.clone();
                 changed.programs.insert(program.clone(), parsed.clone());
                 Ok(Changed::new(changed))

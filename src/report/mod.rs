@@ -43,11 +43,13 @@ pub struct ReportArgs {
     /// Only conversions whose event_time is before this RFC 3339 instant.
     #[arg(long, value_parser = instant)]
     pub to: Option<Instant>,
+    /// What to group the conversions by.
     #[arg(long, value_enum, default_value = "code")]
     pub by: By,
     /// Only this program.
     #[arg(long)]
     pub program: Option<String>,
+    /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// Also draw the top codes by revenue with their invalid share (SVG; with --by code).
