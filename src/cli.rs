@@ -48,6 +48,15 @@ pub enum Command {
     /// Dead letters: send them back once their cause is fixed.
     #[command(subcommand)]
     Dlq(crate::dlq::DlqCommand),
+    /// Ask a worker's admin port whether it is ready (exit 0) or not (exit 1); for images
+    /// without curl.
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
+    /// Print a shell completion script (e.g. `completions bash > /etc/bash_completion.d/promo-attribution`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +228,9 @@ pub struct ExplainArgs {
     /// One order as JSON, or JSON lines (each line is explained); `-` reads stdin.
     #[arg(value_name = "ORDER.json")]
     pub order: PathBuf,
+    /// Output format: the account as text, or per order its lines as JSON or CSV.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: crate::codes_cli::OutputFormat,
 }
 
 /// `attribute` and `explain`: some orders were rejected (see the module comment).
@@ -265,6 +277,15 @@ pub fn main() -> ExitCode {
         Command::Topics(command) => run_topics(command),
         Command::Replay(args) => return crate::replay::main(args),
         Command::Dlq(command) => return crate::dlq::main(command),
+        Command::Healthcheck(args) => return crate::healthcheck::main(&args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Into memory first: the generator panics on a write error such as a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "promo-attribution", &mut script);
+            let _ = io::stdout().lock().write_all(&script);
+            return ExitCode::SUCCESS;
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -467,18 +488,39 @@ fn run_explain(args: ExplainArgs) -> Result<(), CliError> {
     let record = record.trim_ascii_end();
     let orders = orders_in(record);
     let mut rejected = 0;
+    let mut text = String::new();
+    let mut json = Vec::new();
+    let mut rows = Vec::new();
     for (i, (line, order)) in orders.iter().enumerate() {
+        let account = crate::explain::explain(order, &table, &settings);
+        let refused = crate::schema::parse_order(order, &settings.limits).is_err();
+        rejected += usize::from(refused);
         if orders.len() > 1 {
             if i > 0 {
-                println!();
+                text.push('\n');
             }
-            println!("=== line {line} ===");
+            text.push_str(&format!("=== line {line} ===\n"));
         }
-        print!("{}", crate::explain::explain(order, &table, &settings));
-        if crate::schema::parse_order(order, &settings.limits).is_err() {
-            rejected += 1;
-        }
+        text.push_str(&account);
+        let lines: Vec<&str> = account.lines().filter(|l| !l.trim().is_empty()).collect();
+        rows.extend(
+            lines
+                .iter()
+                .map(|l| vec![line.to_string(), refused.to_string(), l.to_string()]),
+        );
+        json.push(serde_json::json!({"line": line, "rejected": refused, "explanation": lines}));
     }
+    let out = match args.format {
+        crate::codes_cli::OutputFormat::Table => text,
+        crate::codes_cli::OutputFormat::Json => {
+            serde_json::to_string_pretty(&json).unwrap_or_default() + "\n"
+        }
+        format => crate::codes_cli::format::render(format, &["LINE", "REJECTED", "TEXT"], &rows),
+    };
+    io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .map_err(CliError::io("stdout"))?;
     if rejected > 0 {
         return Err(CliError::Rejected(format!(
             "{rejected} of {} orders rejected (exit {EXIT_REJECTED})",

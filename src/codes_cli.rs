@@ -6,6 +6,7 @@
 //! configuration, I/O or Redis errors.
 
 mod commands;
+pub mod format;
 mod report;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use crate::codes::LoadProblems;
 use crate::codes::edit::EditError;
 use crate::redis::store::StoreError;
 use crate::settings::{SettingsSources, StoreSettings};
+pub use format::OutputFormat;
 
 #[derive(Debug, Args)]
 pub struct CodesArgs {
@@ -32,6 +34,12 @@ pub struct CodesArgs {
     /// Key prefix (store.key_prefix).
     #[arg(long, global = true)]
     pub prefix: Option<String>,
+    /// Who makes the change, recorded in `codes history` (default: $USER@host).
+    #[arg(long, global = true, env = "PROMO_AUTHOR")]
+    pub author: Option<String>,
+    /// Why the change is made, recorded in `codes history` (a ticket, a sentence).
+    #[arg(long, global = true)]
+    pub reason: Option<String>,
     #[command(subcommand)]
     pub command: CodesCommand,
 }
@@ -85,15 +93,22 @@ pub enum CodesCommand {
         /// Only this program's codes.
         #[arg(long)]
         program: Option<String>,
-        /// RFC 3339 instant to judge the schedule at (default: now).
+        /// Moment to judge the schedule at (default: now): 2026-05-01 (start of day, UTC),
+        /// 2026-05-01T09:00 (UTC) or with an offset.
         #[arg(long)]
         at: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
     },
     /// Published versions, newest first, with a one-line summary each.
     History {
         /// Versions to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
     },
     /// Publish the content of an earlier version as a new version.
     Rollback {
@@ -174,9 +189,13 @@ pub struct ListArgs {
     /// Only this partner's codes.
     #[arg(long)]
     pub partner: Option<String>,
-    /// RFC 3339 instant the state is judged at (default: now).
+    /// Moment the state is judged at (default: now): 2026-05-01 (start of day, UTC),
+    /// 2026-05-01T09:00 (UTC) or with an offset.
     #[arg(long)]
     pub at: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +303,7 @@ impl CodesCommand {
 }
 
 pub fn main(args: CodesArgs) -> ExitCode {
+    commands::sign(args.author.clone(), args.reason.clone().unwrap_or_default());
     let outcome = args
         .store_settings()
         .and_then(|settings| commands::run(&settings, args.command));

@@ -577,3 +577,112 @@ fn set_dates_without_a_date_is_refused_before_touching_the_store() {
         "{stderr}"
     );
 }
+
+#[test]
+fn explain_formats_completions_and_healthcheck() {
+    let codes = samples().join("codes.csv");
+    let orders = samples().join("orders.jsonl");
+    let output = run(
+        &[
+            "explain",
+            "--codes",
+            path(&codes),
+            "--format",
+            "json",
+            path(&orders),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(3));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json.as_array().map(Vec::len), Some(13));
+    assert_eq!(json[11]["rejected"], true);
+    assert_eq!(json[0]["line"], 1);
+    let csv = run(
+        &[
+            "explain",
+            "--codes",
+            path(&codes),
+            "--format",
+            "csv",
+            path(&orders),
+        ],
+        None,
+    );
+    assert!(
+        text(&csv.stdout).starts_with("LINE,REJECTED,TEXT\n1,false,\"Order A-1 in program 1001"),
+        "{}",
+        text(&csv.stdout)
+    );
+
+    let completions = run(&["completions", "bash"], None);
+    assert_eq!(completions.status.code(), Some(0));
+    let script = text(&completions.stdout);
+    assert!(
+        script.contains("complete -F") && script.contains("set-dates"),
+        "{script}"
+    );
+
+    // Nothing listens on port 1: not healthy, exit 1, and the reason said.
+    let down = run(&["healthcheck", "--address", "127.0.0.1:1"], None);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        text(&down.stderr).contains("127.0.0.1:1/readyz: cannot connect"),
+        "{}",
+        text(&down.stderr)
+    );
+}
+
+/// A one-shot HTTP server answering `status` once, on a free port.
+fn answer_once(status: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    address
+}
+
+#[test]
+fn healthcheck_exits_0_only_on_200() {
+    let ready = run(&["healthcheck", "--address", &answer_once("200 OK")], None);
+    assert_eq!(ready.status.code(), Some(0), "{}", text(&ready.stderr));
+    let address = answer_once("503 Service Unavailable");
+    let not_ready = run(
+        &["healthcheck", "--address", &address, "--path", "/healthz"],
+        None,
+    );
+    assert_eq!(not_ready.status.code(), Some(1));
+    assert!(
+        text(&not_ready.stderr).contains(&format!("{address}/healthz: 503")),
+        "{}",
+        text(&not_ready.stderr)
+    );
+}
+
+#[test]
+fn orders_may_join_date_and_time_with_a_space_and_outputs_use_t() {
+    let codes = samples().join("codes.csv");
+    let order = br#"{"order_id":"S-1","program_id":"1001","event_type":"sale","event_time":"2026-05-10 12:00:00Z","promo_codes":["ANNA10"],"touchpoints":[{"partner_id":"3001","click_id":"c1","ts":"2026-05-09 08:00:00+00:00"}]}"#;
+    let output = run(&["attribute", "--codes", path(&codes)], Some(order));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let conversion: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(conversion["event_time"], "2026-05-10T12:00:00Z");
+    assert_eq!(conversion["status"], "CREDITED");
+    assert!(
+        !text(&output.stdout).contains("2026-05-09 08"),
+        "{}",
+        text(&output.stdout)
+    );
+}

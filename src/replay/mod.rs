@@ -243,9 +243,9 @@ fn read_range(args: &ReplayArgs) -> Result<Vec<RawRecord>, ToolError> {
 
 fn parse_time(text: Option<&str>, flag: &str) -> Result<Option<i64>, ToolError> {
     text.map(|t| {
-        crate::timefmt::parse_rfc3339(t)
+        crate::timefmt::parse_cli_instant(t)
             .map(|at| at.timestamp_millis())
-            .ok_or_else(|| ToolError::usage(format!("{flag} {t:?} is not an RFC 3339 time")))
+            .map_err(|e| ToolError::usage(format!("{flag} {t:?}: {e}; without an offset, UTC")))
     })
     .transpose()
 }
