@@ -530,8 +530,13 @@ fn order_cases() -> Vec<(&'static str, Value, bool)> {
             false,
         ),
         (
-            "an event_time with a space for T",
+            "an event_time with a space for T (RFC 3339 5.6)",
             with(&order, &[("event_time", json!("2026-05-10 12:00:00Z"))]),
+            true,
+        ),
+        (
+            "an event_time with a space and an impossible hour",
+            with(&order, &[("event_time", json!("2026-05-10 25:00:00Z"))]),
             false,
         ),
         (
