@@ -2,6 +2,9 @@
 //! following the store while orders flow through the real broker. Every test has its own key
 //! prefix (and topics), so they run in parallel with each other and with the other suites.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,9 @@
 //! tallies, replays, duplicates); and replay records written by the previous script (results
 //! as `cjson` wrote them) still read as the results they recorded.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! `codes` CLI up to its first connection) as a user runs them: real files, real process, exit
 //! codes and stderr included.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -684,5 +687,39 @@ fn orders_may_join_date_and_time_with_a_space_and_outputs_use_t() {
         !text(&output.stdout).contains("2026-05-09 08"),
         "{}",
         text(&output.stdout)
+    );
+}
+
+#[test]
+fn guard_rails_are_in_the_manifest_and_settings_debug_hides_secrets() {
+    let manifest: toml::Table =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("Cargo.toml")
+            .parse()
+            .expect("Cargo.toml parses");
+    for lint in ["unwrap_used", "expect_used", "panic"] {
+        assert_eq!(
+            manifest["lints"]["clippy"][lint].as_str(),
+            Some("deny"),
+            "{lint}"
+        );
+    }
+    assert!(manifest["dependencies"].get("anyhow").is_none());
+
+    let settings = promo_attribution::settings::SettingsSources {
+        overrides: vec![
+            "detectors.customer_hmac_key=hunter2-hmac-key-0123".into(),
+            "store.redis_url=redis://u:hunter2@h:6379".into(),
+            "kafka.common.sasl.oauthbearer.config=hunter2".into(),
+        ],
+        ..Default::default()
+    }
+    .load()
+    .expect("valid settings");
+    let debug = format!("{settings:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert_eq!(
+        settings.detectors.customer_hmac_key.expose(),
+        "hunter2-hmac-key-0123"
     );
 }

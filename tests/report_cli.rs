@@ -2,6 +2,9 @@
 //! reported from that file and from a real topic holding repeats (the local broker, started
 //! by `scripts/services up` like every broker test).
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

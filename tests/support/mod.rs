@@ -4,6 +4,7 @@
 //!
 //! Included with `mod support;` by each test crate that needs it; not every crate uses every
 //! helper, hence the `dead_code` allowance.
+
 #![allow(dead_code)]
 
 pub mod admin;
