@@ -10,6 +10,9 @@
 //! BENCH_ORDERS=40000 BENCH_ROUNDS=3 cargo bench --bench detector_state
 //! ```
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 

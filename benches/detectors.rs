@@ -8,6 +8,9 @@
 //! BENCH_ORDERS=100000 cargo bench --bench detectors
 //! ```
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 

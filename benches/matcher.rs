@@ -3,6 +3,9 @@
 //! Run with `cargo bench --bench matcher`. Before criterion starts, the bench builds the table
 //! once and prints its build time and resident memory (criterion measures neither).
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/mod.rs"]
 mod support;
 

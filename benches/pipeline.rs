@@ -4,6 +4,9 @@
 //!
 //! Run with `cargo bench --bench pipeline`.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/mod.rs"]
 mod support;
 

@@ -6,6 +6,9 @@
 //!
 //! Run with `cargo bench --bench report` (PROMO_REPORT_BENCH_RECORDS changes the count).
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufWriter, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -42,6 +42,9 @@
 //! commit: that flush polls in steps of up to 100 ms, which costs ~100 ms per batch, while the
 //! broker's commit itself takes about 1 ms. That variant is the limit once the client is fixed.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/mod.rs"]
 mod support;
 

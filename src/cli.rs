@@ -1,7 +1,9 @@
 //! The `promo-attribution` command line.
 //!
 //! Exit codes: 0 success; 1 the code table (or another input that must be valid as a whole) is
-//! invalid; 2 usage, configuration or I/O errors.
+//! invalid; 2 usage, configuration or I/O errors; 3 (`attribute`, `explain`) the run completed
+//! but at least one order was rejected before any decision (malformed or schema-violating; the
+//! rest were decided and written), so a script can tell "all decided" from "some refused".
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -46,25 +48,40 @@ pub enum Command {
     /// Dead letters: send them back once their cause is fixed.
     #[command(subcommand)]
     Dlq(crate::dlq::DlqCommand),
+    /// Ask a worker's admin port whether it is ready (exit 0) or not (exit 1); for images
+    /// without curl.
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
+    /// Print a shell completion script (e.g. `completions bash > /etc/bash_completion.d/promo-attribution`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
     /// Create topics (existing ones are left alone).
     Create {
+        /// Kafka bootstrap servers (host:port,...).
         #[arg(long)]
         brokers: String,
+        /// Partitions of each new topic.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+        /// Names of the topics to create.
         #[arg(required = true)]
         topics: Vec<String>,
     },
     /// Produce each line of a file (or stdin) as one record, keyed by its order_id.
     Produce {
+        /// Kafka bootstrap servers (host:port,...).
         #[arg(long)]
         brokers: String,
+        /// Topic to produce to.
         #[arg(long)]
         topic: String,
+        /// JSON-lines file to produce; stdin when omitted.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
     },
@@ -72,6 +89,7 @@ pub enum TopicsCommand {
     /// init_transactions with its transactional id, as its restart would. For a pod lost for
     /// good (docs/operations.md); never for an instance that is still running (it exits 1).
     Fence {
+        /// Kafka bootstrap servers (host:port,...).
         #[arg(long)]
         brokers: String,
         /// The lost instance's kafka.transactional_id.
@@ -86,13 +104,15 @@ pub enum TopicsCommand {
     },
     /// Print the records of a topic (read_committed, from the beginning) as lines.
     Read {
+        /// Kafka bootstrap servers (host:port,...).
         #[arg(long)]
         brokers: String,
+        /// Topic to read.
         #[arg(long)]
         topic: String,
-        /// Stop after this many records.
-        #[arg(long, default_value_t = usize::MAX)]
-        count: usize,
+        /// Stop after this many records [default: every record found before --timeout-secs].
+        #[arg(long)]
+        count: Option<usize>,
         /// Stop after this long.
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
@@ -140,29 +160,31 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The flags as overrides, after the generic `--set` ones so the specific flag wins.
-    fn overrides(&self) -> Vec<String> {
+    /// The settings' sources: file, environment, `--set`, then the dedicated flags.
+    fn sources(&self) -> crate::settings::SettingsSources {
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        let flags = [
-            ("kafka.brokers", self.brokers.clone()),
-            ("kafka.group_id", self.group.clone()),
-            ("kafka.input_topic", self.input_topic.clone()),
-            ("kafka.transactional_id", self.transactional_id.clone()),
-            ("kafka.delivery", self.delivery.clone()),
-            ("codes.codes_file", path(&self.codes)),
-            ("codes.partners_file", path(&self.partners)),
-            ("admin.listen", self.admin_listen.clone()),
-            ("kafka.shadow", self.shadow.then(|| "true".to_string())),
-        ];
-        self.set
-            .iter()
-            .cloned()
-            .chain(
-                flags
-                    .into_iter()
-                    .filter_map(|(key, value)| value.map(|v| format!("{key}={v}"))),
+        crate::settings::SettingsSources::with_process_env(self.config.clone(), self.set.clone())
+            .flag("--brokers", "kafka.brokers", self.brokers.clone())
+            .flag("--group", "kafka.group_id", self.group.clone())
+            .flag(
+                "--input-topic",
+                "kafka.input_topic",
+                self.input_topic.clone(),
             )
-            .collect()
+            .flag(
+                "--transactional-id",
+                "kafka.transactional_id",
+                self.transactional_id.clone(),
+            )
+            .flag("--delivery", "kafka.delivery", self.delivery.clone())
+            .flag("--codes", "codes.codes_file", path(&self.codes))
+            .flag("--partners", "codes.partners_file", path(&self.partners))
+            .flag("--admin-listen", "admin.listen", self.admin_listen.clone())
+            .flag(
+                "--shadow",
+                "kafka.shadow",
+                self.shadow.then(|| "true".into()),
+            )
     }
 }
 
@@ -175,9 +197,13 @@ pub struct TableArgs {
     /// Partners CSV (Partner Id, Status, Contract Start, Contract End, Referral Window Days, Credit Group).
     #[arg(long, value_name = "FILE")]
     pub partners: Option<PathBuf>,
-    /// Settings TOML (attribution rules, input limits).
-    #[arg(long, value_name = "FILE")]
-    pub settings: Option<PathBuf>,
+    /// Settings TOML (attribution rules, input limits, detectors); `PROMO__SECTION__KEY`
+    /// environment variables and `--set` override it.
+    #[arg(long = "config", alias = "settings", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Any setting as dotted.key=value (e.g. attribution.foreign_code=credit_click_winner); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -199,10 +225,16 @@ pub struct AttributeArgs {
 pub struct ExplainArgs {
     #[command(flatten)]
     pub table: TableArgs,
-    /// One order as JSON; `-` reads stdin.
+    /// One order as JSON, or JSON lines (each line is explained); `-` reads stdin.
     #[arg(value_name = "ORDER.json")]
     pub order: PathBuf,
+    /// Output format: the account as text, or per order its lines as JSON or CSV.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: crate::codes_cli::OutputFormat,
 }
+
+/// `attribute` and `explain`: some orders were rejected (see the module comment).
+pub const EXIT_REJECTED: u8 = 3;
 
 /// A failure that ends the command, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -215,12 +247,15 @@ pub enum CliError {
     Io { context: String, source: io::Error },
     #[error("{0}")]
     Kafka(String),
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Table(TableError::Invalid(_)) => 1,
+            CliError::Rejected(_) => EXIT_REJECTED,
             _ => 2,
         }
     }
@@ -242,6 +277,15 @@ pub fn main() -> ExitCode {
         Command::Topics(command) => run_topics(command),
         Command::Replay(args) => return crate::replay::main(args),
         Command::Dlq(command) => return crate::dlq::main(command),
+        Command::Healthcheck(args) => return crate::healthcheck::main(&args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Into memory first: the generator panics on a write error such as a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "promo-attribution", &mut script);
+            let _ = io::stdout().lock().write_all(&script);
+            return ExitCode::SUCCESS;
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,10 +297,9 @@ pub fn main() -> ExitCode {
 }
 
 fn load(args: &TableArgs) -> Result<(CodeTable, Settings), CliError> {
-    let settings = match &args.settings {
-        Some(path) => Settings::from_file(path)?,
-        None => Settings::default(),
-    };
+    let settings =
+        crate::settings::SettingsSources::with_process_env(args.config.clone(), args.set.clone())
+            .load()?;
     let table = offline::load_table(
         &args.codes,
         args.partners.as_deref(),
@@ -308,13 +351,18 @@ fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
     let summary = offline::attribute(input, &origin, &table, &settings, sinks)
         .map_err(CliError::io("attribute"))?;
     eprintln!("{summary} (code table {})", table.version());
+    if summary.rejected_lines > 0 {
+        return Err(CliError::Rejected(format!(
+            "{} of {} order lines rejected (exit {EXIT_REJECTED})",
+            summary.rejected_lines,
+            summary.rejected_lines + summary.orders
+        )));
+    }
     Ok(())
 }
 
 fn run_worker(args: RunArgs) -> ExitCode {
-    let sources =
-        crate::settings::SettingsSources::with_process_env(args.config.clone(), args.overrides());
-    let settings = match sources.load() {
+    let settings = match args.sources().load() {
         Ok(settings) => settings.into_shadow_if_asked(),
         Err(err) => {
             eprintln!("error: {err}");
@@ -322,7 +370,7 @@ fn run_worker(args: RunArgs) -> ExitCode {
         }
     };
     if args.check_config {
-        return match toml::to_string_pretty(&redacted(&settings)) {
+        return match toml::to_string_pretty(&settings) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -334,25 +382,6 @@ fn run_worker(args: RunArgs) -> ExitCode {
         };
     }
     crate::run::run(settings)
-}
-
-/// The settings with the values of secret-looking librdkafka properties (passwords, secrets,
-/// keys) replaced, so `--check-config` output can be pasted into a ticket.
-fn redacted(settings: &crate::settings::Settings) -> crate::settings::Settings {
-    let mut copy = settings.clone();
-    copy.store.redis_url = crate::settings::redacted_url(&copy.store.redis_url);
-    let kafka = &mut copy.kafka;
-    for map in [&mut kafka.common, &mut kafka.consumer, &mut kafka.producer] {
-        for (key, value) in map.iter_mut() {
-            if ["password", "secret", ".key", "token"]
-                .iter()
-                .any(|s| key.contains(s))
-            {
-                *value = "<redacted>".into();
-            }
-        }
-    }
-    copy
 }
 
 fn run_topics(command: TopicsCommand) -> Result<(), CliError> {
@@ -426,7 +455,7 @@ fn run_topics(command: TopicsCommand) -> Result<(), CliError> {
             let records = tools::read_topic(
                 &brokers,
                 &topic,
-                count,
+                count.unwrap_or(usize::MAX),
                 std::time::Duration::from_secs(timeout_secs),
             )
             .map_err(CliError::Kafka)?;
@@ -457,6 +486,62 @@ fn run_explain(args: ExplainArgs) -> Result<(), CliError> {
         )))?;
     }
     let record = record.trim_ascii_end();
-    print!("{}", crate::explain::explain(record, &table, &settings));
+    let orders = orders_in(record);
+    let mut rejected = 0;
+    let mut text = String::new();
+    let mut json = Vec::new();
+    let mut rows = Vec::new();
+    for (i, (line, order)) in orders.iter().enumerate() {
+        let account = crate::explain::explain(order, &table, &settings);
+        let refused = crate::schema::parse_order(order, &settings.limits).is_err();
+        rejected += usize::from(refused);
+        if orders.len() > 1 {
+            if i > 0 {
+                text.push('\n');
+            }
+            text.push_str(&format!("=== line {line} ===\n"));
+        }
+        text.push_str(&account);
+        let lines: Vec<&str> = account.lines().filter(|l| !l.trim().is_empty()).collect();
+        rows.extend(
+            lines
+                .iter()
+                .map(|l| vec![line.to_string(), refused.to_string(), l.to_string()]),
+        );
+        json.push(serde_json::json!({"line": line, "rejected": refused, "explanation": lines}));
+    }
+    let out = match args.format {
+        crate::codes_cli::OutputFormat::Table => text,
+        crate::codes_cli::OutputFormat::Json => {
+            serde_json::to_string_pretty(&json).unwrap_or_default() + "\n"
+        }
+        format => crate::codes_cli::format::render(format, &["LINE", "REJECTED", "TEXT"], &rows),
+    };
+    io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .map_err(CliError::io("stdout"))?;
+    if rejected > 0 {
+        return Err(CliError::Rejected(format!(
+            "{rejected} of {} orders rejected (exit {EXIT_REJECTED})",
+            orders.len()
+        )));
+    }
     Ok(())
+}
+
+/// The orders of an `explain` input with their line numbers: one JSON document (however it is
+/// laid out), or JSON lines, each explained in turn.
+fn orders_in(record: &[u8]) -> Vec<(usize, &[u8])> {
+    let single = serde_json::from_slice::<serde::de::IgnoredAny>(record).is_ok();
+    let lines: Vec<(usize, &[u8])> = record
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim_ascii()))
+        .filter(|(_, line)| !line.is_empty())
+        .collect();
+    if single || lines.len() < 2 {
+        return vec![(1, record)];
+    }
+    lines
 }

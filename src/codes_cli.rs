@@ -6,6 +6,7 @@
 //! configuration, I/O or Redis errors.
 
 mod commands;
+pub mod format;
 mod report;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use crate::codes::LoadProblems;
 use crate::codes::edit::EditError;
 use crate::redis::store::StoreError;
 use crate::settings::{SettingsSources, StoreSettings};
+pub use format::OutputFormat;
 
 #[derive(Debug, Args)]
 pub struct CodesArgs {
@@ -32,6 +34,12 @@ pub struct CodesArgs {
     /// Key prefix (store.key_prefix).
     #[arg(long, global = true)]
     pub prefix: Option<String>,
+    /// Who makes the change, recorded in `codes history` (default: $USER@host).
+    #[arg(long, global = true, env = "PROMO_AUTHOR")]
+    pub author: Option<String>,
+    /// Why the change is made, recorded in `codes history` (a ticket, a sentence).
+    #[arg(long, global = true)]
+    pub reason: Option<String>,
     #[command(subcommand)]
     pub command: CodesCommand,
 }
@@ -45,11 +53,14 @@ pub enum CodesCommand {
     /// Reactivate an expired code.
     Reactivate(CodeArgs),
     /// Change a code's schedule; times are read in the code's own time zone, "" clears a bound.
+    #[command(group(clap::ArgGroup::new("dates").required(true).multiple(true).args(["start", "end"])))]
     SetDates {
         #[command(flatten)]
         code: CodeArgs,
+        /// New start (inclusive), e.g. 2026-05-01 or 2026-05-01T09:00; "" removes it.
         #[arg(long)]
         start: Option<String>,
+        /// New end (exclusive), e.g. 2026-06-01 or 2026-06-01T00:00; "" removes it.
         #[arg(long)]
         end: Option<String>,
     },
@@ -57,6 +68,7 @@ pub enum CodesCommand {
     Assign {
         #[command(flatten)]
         code: CodeArgs,
+        /// The partner id that gets the code.
         #[arg(long)]
         partner: String,
     },
@@ -64,6 +76,7 @@ pub enum CodesCommand {
     List(ListArgs),
     /// Write the table as CSV that `codes import` reads back unchanged.
     Export {
+        /// Only this program's codes.
         #[arg(long)]
         program: Option<String>,
         /// Codes CSV destination (stdout when absent).
@@ -75,20 +88,33 @@ pub enum CodesCommand {
     },
     /// Which entry a code as a customer typed it matches, and why.
     Show {
+        /// The code as a customer typed it (case, spaces and all).
         raw: String,
+        /// Only this program's codes.
         #[arg(long)]
         program: Option<String>,
-        /// RFC 3339 instant to judge the schedule at (default: now).
+        /// Moment to judge the schedule at (default: now): 2026-05-01 (start of day, UTC),
+        /// 2026-05-01T09:00 (UTC) or with an offset.
         #[arg(long)]
         at: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
     },
     /// Published versions, newest first, with a one-line summary each.
     History {
+        /// Versions to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
     },
     /// Publish the content of an earlier version as a new version.
-    Rollback { version: u64 },
+    Rollback {
+        /// The version whose content to publish again (see `codes history`).
+        version: u64,
+    },
     /// Per-program settings (detector thresholds) published with the table.
     #[command(subcommand)]
     ProgramSettings(ProgramSettingsCommand),
@@ -96,6 +122,7 @@ pub enum CodesCommand {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
+    /// Codes in impact.com's bulk-upload CSV format.
     pub file: PathBuf,
     /// Partners CSV to publish with the codes.
     #[arg(long, value_name = "FILE")]
@@ -153,23 +180,38 @@ pub enum StateFilter {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Only this program's codes.
     #[arg(long)]
     pub program: Option<String>,
+    /// Only codes in this state at --at.
     #[arg(long, value_enum)]
     pub state: Option<StateFilter>,
+    /// Only this partner's codes.
     #[arg(long)]
     pub partner: Option<String>,
-    /// RFC 3339 instant the state is judged at (default: now).
+    /// Moment the state is judged at (default: now): 2026-05-01 (start of day, UTC),
+    /// 2026-05-01T09:00 (UTC) or with an offset.
     #[arg(long)]
     pub at: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProgramSettingsCommand {
     /// Publish a program's settings from a JSON file.
-    Set { program: String, file: PathBuf },
+    Set {
+        /// The program id.
+        program: String,
+        /// JSON object of detector thresholds (see docs).
+        file: PathBuf,
+    },
     /// Remove a program's settings (the worker-wide defaults apply again).
-    Clear { program: String },
+    Clear {
+        /// The program id.
+        program: String,
+    },
     /// Print every program's settings as JSON.
     Show,
 }
@@ -204,19 +246,64 @@ impl CodesError {
 
 impl CodesArgs {
     fn store_settings(&self) -> Result<StoreSettings, CodesError> {
-        let mut overrides = self.set.clone();
-        if let Some(url) = &self.redis_url {
-            overrides.push(format!("store.redis_url={url}"));
+        let (settings, origins) =
+            SettingsSources::with_process_env(self.config.clone(), self.set.clone())
+                .flag("--redis-url", "store.redis_url", self.redis_url.clone())
+                .flag("--prefix", "store.key_prefix", self.prefix.clone())
+                .load_with_origins()?;
+        let store = settings.store;
+        let url_origin = origins.of("store.redis_url");
+        eprintln!("{}", store_line(&store, url_origin));
+        if url_origin.is_none() && self.command.writes() {
+            return Err(CodesError::Usage(format!(
+                "no code store configured, and this command writes: name the Redis it should change with \
+                 --redis-url redis://HOST:6379 (or the PROMO__STORE__REDIS_URL environment variable, or \
+                 redis_url in the [store] section of --config FILE); only read-only commands fall back to \
+                 the default {}",
+                store.redis_url
+            )));
         }
-        if let Some(prefix) = &self.prefix {
-            overrides.push(format!("store.key_prefix={prefix}"));
+        Ok(store)
+    }
+}
+
+/// The store a command uses, for stderr: URL without password, prefix, and whether it was
+/// configured or is the default.
+pub fn store_line(store: &StoreSettings, url_origin: Option<&crate::settings::Origin>) -> String {
+    let source = match url_origin {
+        Some(origin) => format!("from {origin}"),
+        None => "the default: no store configured".to_string(),
+    };
+    format!(
+        "code store: {} prefix {:?} ({source})",
+        store.redis_url, store.key_prefix
+    )
+}
+
+impl CodesCommand {
+    /// Whether the command changes the store (a forgotten setting must not make it change
+    /// whatever Redis happens to listen on the default address).
+    fn writes(&self) -> bool {
+        match self {
+            CodesCommand::Import(args) => !args.dry_run,
+            CodesCommand::Expire(_)
+            | CodesCommand::Reactivate(_)
+            | CodesCommand::SetDates { .. }
+            | CodesCommand::Assign { .. }
+            | CodesCommand::Rollback { .. } => true,
+            CodesCommand::ProgramSettings(command) => {
+                !matches!(command, ProgramSettingsCommand::Show)
+            }
+            CodesCommand::List(_)
+            | CodesCommand::Export { .. }
+            | CodesCommand::Show { .. }
+            | CodesCommand::History { .. } => false,
         }
-        let settings = SettingsSources::with_process_env(self.config.clone(), overrides).load()?;
-        Ok(settings.store)
     }
 }
 
 pub fn main(args: CodesArgs) -> ExitCode {
+    commands::sign(args.author.clone(), args.reason.clone().unwrap_or_default());
     let outcome = args
         .store_settings()
         .and_then(|settings| commands::run(&settings, args.command));

@@ -151,9 +151,11 @@ fn replay(args: &DlqReplayArgs) -> Result<u8, ToolError> {
         .since
         .as_deref()
         .map(|t| {
-            crate::timefmt::parse_rfc3339(t)
+            crate::timefmt::parse_cli_instant(t)
                 .map(|at| at.timestamp_millis())
-                .ok_or_else(|| ToolError::usage(format!("--since {t:?} is not an RFC 3339 time")))
+                .map_err(|e| {
+                    ToolError::usage(format!("--since {t:?}: {e}; without an offset, UTC"))
+                })
         })
         .transpose()?;
     let quiet = Duration::from_secs(args.quiet_secs);

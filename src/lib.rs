@@ -36,6 +36,7 @@ pub mod detectors;
 pub mod dlq;
 pub mod engine;
 pub mod explain;
+pub mod healthcheck;
 pub mod hugepages;
 pub mod ids;
 pub mod kafka;

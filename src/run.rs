@@ -11,7 +11,7 @@ use crate::kafka::worker::WorkerDeps;
 use crate::kafka::{WorkerExit, run_worker};
 use crate::metrics::Metrics;
 use crate::redis::code_sync::{self, StartError};
-use crate::settings::{CodeSource, Settings, redacted_url};
+use crate::settings::{CodeSource, Settings};
 use crate::supervise::{self, Ended, Watched};
 use crate::table_source::{SourceError, load_from_files};
 
@@ -104,7 +104,7 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
         }
         CodeSource::Redis => {
             tracing::info!(
-                redis = %redacted_url(&settings.store.redis_url),
+                redis = %settings.store.redis_url.redacted(),
                 prefix = %settings.store.key_prefix,
                 "loading the code table from the store"
             );

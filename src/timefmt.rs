@@ -1,7 +1,12 @@
 //! Reading the date-times of code tables and orders.
 //!
-//! Code tables follow impact.com's bulk upload: ISO 8601, with an offset or, without one, local
-//! time in the row's IANA time zone. Orders carry RFC 3339 instants with an offset, always.
+//! One reader for every date a person types ([`parse_table_datetime`]): the code table's CSV,
+//! `codes set-dates`, and the moments of the command line (`--at`, `--from`, `--to`, `--since`).
+//! ISO 8601 with an offset, or without one local time in a zone: the row's IANA time zone for
+//! the table and `set-dates`, UTC on the command line ([`parse_cli_instant`]). A date alone
+//! (`2026-05-01`) is the start of that day in the same zone. Orders carry RFC 3339 instants
+//! with an offset, always; the date and time may be joined by `T` or, as RFC 3339 allows, a
+//! space.
 
 use chrono::{DateTime, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -21,11 +26,11 @@ pub enum DateError {
 
 /// An RFC 3339 instant with an explicit offset, as orders carry them.
 ///
-/// Stricter than chrono's reader: the date and time must be joined by `T` and a leap second is
-/// refused, so that every accepted value is also a JSON Schema `date-time` and the instants
-/// echoed into conversions stay valid for downstream validators.
+/// Stricter than chrono's reader: the date and time must be joined by `T` or a space (RFC 3339
+/// section 5.6 allows it; [`with_t_separator`] rewrites it for outputs) and a leap second is
+/// refused.
 pub fn parse_rfc3339(text: &str) -> Option<Instant> {
-    if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
+    if !matches!(text.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
         return None;
     }
     let parsed = DateTime::parse_from_rfc3339(text).ok()?;
@@ -33,6 +38,18 @@ pub fn parse_rfc3339(text: &str) -> Option<Instant> {
         return None;
     }
     Some(parsed.with_timezone(&Utc))
+}
+
+/// The text with a space between date and time replaced by `T`, so an instant echoed into an
+/// output is a JSON Schema `date-time` whatever separator the input used.
+pub fn with_t_separator(text: &str) -> Option<String> {
+    (text.as_bytes().get(10) == Some(&b' ')).then(|| format!("{}T{}", &text[..10], &text[11..]))
+}
+
+/// A moment typed on the command line: [`parse_table_datetime`] in UTC, so `2026-05-01` is
+/// that day's start in UTC and `2026-05-01T09:00` is 09:00 UTC.
+pub fn parse_cli_instant(text: &str) -> Result<Instant, DateError> {
+    parse_table_datetime(text, Tz::UTC)
 }
 
 /// A table date: an offset in the text wins; otherwise the wall-clock time is read in `zone`.
@@ -141,7 +158,18 @@ mod tests {
             Err(DateError::Unparseable)
         );
         assert_eq!(parse_rfc3339("2026-06-30T00:00:00"), None);
-        assert_eq!(parse_rfc3339("2026-06-30 00:00:00Z"), None);
+        assert_eq!(
+            parse_rfc3339("2026-06-30 00:00:00Z"),
+            Some(utc("2026-06-30T00:00:00Z"))
+        );
+        assert_eq!(
+            with_t_separator("2026-06-30 00:00:00Z").as_deref(),
+            Some("2026-06-30T00:00:00Z")
+        );
+        assert_eq!(
+            parse_cli_instant("2026-05-01"),
+            Ok(utc("2026-05-01T00:00:00Z"))
+        );
         assert_eq!(parse_rfc3339("2026-06-30T23:59:60Z"), None);
         assert!(parse_rfc3339("2026-06-30t23:59:59.5+02:00").is_some());
     }

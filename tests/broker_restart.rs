@@ -4,6 +4,9 @@
 //! itself with every order converted once; and the post-crash case of `tests/group_crash.rs` on
 //! this broker.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -4,6 +4,9 @@
 //! our code: they assert what a correct broker does, so they fail on tansu 0.6.0 and are kept to
 //! re-check a newer broker (`cargo test --test broker_txn -- --ignored --nocapture`).
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::sync::{Arc, Barrier};

@@ -6,6 +6,9 @@
 //! run through `scripts/chaos` (release build, one at a time, ≥ 100,000 orders each; the size
 //! comes from `CHAOS_ORDERS`), which collects their `CHAOS|…` rows into docs/chaos-results.md.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::{Duration, Instant};

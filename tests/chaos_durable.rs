@@ -3,6 +3,9 @@
 //! several times while orders stream, and the workers ride it out. A binary of its own, because
 //! pointing the shared helpers at the durable broker is a per-process choice.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,9 @@
 //! following the store while orders flow through the real broker. Every test has its own key
 //! prefix (and topics), so they run in parallel with each other and with the other suites.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeMap;
@@ -152,6 +155,34 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
         "{list}"
     );
     assert!(!list.contains("PODCAST15"), "{list}");
+    // One date reader everywhere: a bare date is the start of that day (UTC on the command
+    // line). STORED (the State column) and SCHEDULE (the dates) are separate columns.
+    let on_day = ok(&codes(
+        url,
+        &prefix,
+        &["list", "--at", "2026-05-10", "--format", "csv"],
+    ));
+    assert!(
+        on_day.starts_with(
+            "PROGRAM,CODE,MODE,TYPE,OWNER,POLICY,START,END,STORED,SCHEDULE,IN_FORCE\n"
+        ),
+        "{on_day}"
+    );
+    let anna = on_day
+        .lines()
+        .find(|l| l.contains(",ANNA10,"))
+        .expect("ANNA10 listed");
+    assert!(anna.ends_with(",EXPIRED,IN_PERIOD,EXPIRED"), "{anna}");
+    let listed: serde_json::Value = serde_json::from_str(&ok(&codes(
+        url,
+        &prefix,
+        &["list", "--at", "2026-05-10T00:00:00Z", "--format", "json"],
+    )))
+    .expect("list JSON");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        on_day.lines().count().checked_sub(1)
+    );
     let by_partner = ok(&codes(url, &prefix, &["list", "--partner", "2009"]));
     assert!(
         by_partner.contains("PODCAST15") && by_partner.contains("1 of 11"),
@@ -170,7 +201,18 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
     );
 
     // Rollback publishes the old content as a new version, byte for byte the same table.
-    let rolled = ok(&codes(url, &prefix, &["rollback", "1"]));
+    let rolled = ok(&codes(
+        url,
+        &prefix,
+        &[
+            "rollback",
+            "1",
+            "--author",
+            "alice",
+            "--reason",
+            "TICKET-7 wrong dates",
+        ],
+    ));
     assert!(
         rolled.contains("published version 4: 0 added, 2 changed"),
         "{rolled}"
@@ -186,10 +228,15 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
     );
     let history = ok(&codes(url, &prefix, &["history"]));
     assert!(history.contains("expire ANNA10"), "{history}");
-    assert!(
-        history.contains("rollback to 1") && history.contains("[current]"),
-        "{history}"
-    );
+    assert!(history.contains("rollback to 1"), "{history}");
+    let history: serde_json::Value =
+        serde_json::from_str(&ok(&codes(url, &prefix, &["history", "--format", "json"])))
+            .expect("history JSON");
+    assert_eq!(history[0]["version"], "4");
+    assert_eq!(history[0]["author"], "alice");
+    assert_eq!(history[0]["reason"], "TICKET-7 wrong dates");
+    assert_eq!(history[0]["current"], "current");
+    assert_eq!(history[1]["reason"], "-");
     let missing = codes(url, &prefix, &["rollback", "99"]);
     assert_eq!(missing.status.code(), Some(1));
 
@@ -207,12 +254,29 @@ fn admin_cli_validates_everything_before_publishing_one_version() {
         ],
     );
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
-    let set = ok(&codes(
+    let set = codes(
         url,
         &prefix,
         &["program-settings", "set", "1001", &path("settings.json")],
-    ));
-    assert!(set.contains("1 program settings changed"), "{set}");
+    );
+    assert!(ok(&set).contains("1 program settings changed"));
+    assert!(
+        !text(&set.stderr).contains("warning"),
+        "{}",
+        text(&set.stderr)
+    );
+    // Settings for a program without codes are published, with a warning (likely a typo).
+    let typo = codes(
+        url,
+        &prefix,
+        &["program-settings", "set", "10001", &path("settings.json")],
+    );
+    assert_eq!(typo.status.code(), Some(0));
+    assert!(
+        text(&typo.stderr).contains("warning: program 10001 has no codes in the table"),
+        "{}",
+        text(&typo.stderr)
+    );
     let shown = ok(&codes(url, &prefix, &["program-settings", "show"]));
     assert!(shown.contains("\"velocity_factor\": 3"), "{shown}");
 

@@ -3,6 +3,9 @@
 //! numbers out again. These tests wipe and re-import a real store under their own key prefix and
 //! check that the name outputs carry, and the table a running worker holds, follow the content.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

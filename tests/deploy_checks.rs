@@ -18,5 +18,8 @@
 //! promtool and Prometheus are installed by `scripts/prometheus` when missing; like the broker
 //! and Redis, they are never a reason to skip.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod deploy;
 mod support;

@@ -1,6 +1,9 @@
 //! Every detector's thresholds and windows, through the engine with in-memory state (no
 //! services): a firing case and a near miss each, plus replays and duplicates.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use promo_attribution::attribution::decide;

@@ -4,6 +4,9 @@
 //! (results as `cjson` wrote them) still read as the results they recorded; and a customer HMAC
 //! key rotation with the previous key keeps per-customer counts (without it they restart).
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

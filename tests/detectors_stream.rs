@@ -3,6 +3,9 @@
 //! conversions and alerts equal the offline mode's, byte for byte. Replays and outages are in
 //! `detectors_replay.rs`.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeSet;

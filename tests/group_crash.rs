@@ -2,6 +2,9 @@
 //! (`PROMO_TEST_BROKER=durable` runs it on the durable one; `tests/broker_restart.rs` always
 //! does). See docs/dev-notes/2026-12-06-post-crash-stall.md for what stalls and whose it is.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

@@ -5,6 +5,9 @@
 //! suite: `cargo test --test membership -- --ignored --nocapture` (the defaults themselves are
 //! checked by the unit tests of `kafka::consumer_config`).
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! Properties that must hold for any input, not just the cases someone thought of.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use promo_attribution::attribution::decide;
 use promo_attribution::codes::CodeTable;
 use promo_attribution::codes::load::read_codes;

@@ -1,6 +1,9 @@
 //! `replay`, `dlq replay` and `run --shadow` against the real broker and Redis, with real
 //! workers (subprocesses of the built binary). Every test has its own topics and key prefix.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -9,6 +9,8 @@
 //!
 //! The broker is `127.0.0.1:1`, where nothing listens: none of this needs the test broker.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::io::{Read, Write};

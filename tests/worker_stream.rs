@@ -7,6 +7,9 @@
 //! `/work/shared/reference/broker.md`), so where a crash is involved the tests check that every
 //! repeat is byte-identical rather than that there is none.
 
+// Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -51,19 +51,24 @@ pub fn run(settings: &StoreSettings, command: CodesCommand) -> Result<(), CodesE
             }
             export(&snapshot, output.as_deref(), partners_output.as_deref())
         }
-        CodesCommand::Show { raw, program, at } => {
+        CodesCommand::Show {
+            raw,
+            program,
+            at,
+            format,
+        } => {
             let (version, snapshot) = current(&mut store)?;
             let table = build(snapshot, version)?;
-            report::show(&table, &raw, program.as_deref(), at.as_deref())
+            report::show(&table, &raw, program.as_deref(), at.as_deref(), format)
         }
-        CodesCommand::History { limit } => {
+        CodesCommand::History { limit, format } => {
             let current = store.current_version()?;
             let history = store.history(limit)?;
             let mut retained = Vec::with_capacity(history.len());
             for meta in &history {
                 retained.push(store.version_exists(meta.version)?);
             }
-            report::history(&history, &retained, current);
+            report::history(&history, &retained, current, format);
             Ok(())
         }
         CodesCommand::Rollback { version } => rollback(&mut store, settings, version),
@@ -325,6 +330,13 @@ fn program_settings(
             }
             let command = format!("program-settings set {program}");
             publish_change(store, settings, Publish::new(&command), |base| {
+                if !base.entries.iter().any(|e| *e.program_id == *program) {
+                    eprintln!(
+                        "warning: program {program} has no codes in the table; its settings are \
+                         published but change nothing until codes of program {program} are \
+                         imported (a typo in the program id?)"
+                    );
+                }
                 let mut changed = base.clone();
                 changed.programs.insert(program.clone(), parsed.clone());
                 Ok(Changed::new(changed))
@@ -442,6 +454,7 @@ fn publish_change(
         let meta = VersionMeta {
             published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             author: author(),
+            reason: reason(),
             command: command.unwrap_or_else(|| how.command.to_string()),
             summary: summary.to_string(),
             delta,
@@ -503,7 +516,21 @@ fn prune(store: &mut Store, settings: &StoreSettings) {
     }
 }
 
+/// Who publishes and why, from the command line; set once per process before any publish.
+static SIGNATURE: std::sync::OnceLock<(Option<String>, String)> = std::sync::OnceLock::new();
+
+pub fn sign(author: Option<String>, reason: String) {
+    let _ = SIGNATURE.set((author.filter(|a| !a.trim().is_empty()), reason));
+}
+
+fn reason() -> String {
+    SIGNATURE.get().map(|(_, r)| r.clone()).unwrap_or_default()
+}
+
 fn author() -> String {
+    if let Some((Some(author), _)) = SIGNATURE.get() {
+        return author.clone();
+    }
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())

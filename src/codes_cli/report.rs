@@ -3,44 +3,52 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
+use super::format::{OutputFormat, render};
 use super::{CodesError, ListArgs, StateFilter};
 use crate::codes::export::{code_type_name, match_mode_name, policy_name};
 use crate::codes::{CodeEntry, CodeState, CodeTable};
 use crate::explain::describe_code;
 use crate::redis::store::{Snapshot, VersionMeta};
-use crate::timefmt::{Instant, format_instant, parse_rfc3339};
+use crate::timefmt::{Instant, format_instant, parse_cli_instant};
 
 fn moment(at: Option<&str>) -> Result<Instant, CodesError> {
     match at {
         None => Ok(chrono::Utc::now()),
-        Some(text) => parse_rfc3339(text).ok_or_else(|| {
-            CodesError::Usage(format!(
-                "--at {text:?} is not an RFC 3339 instant like 2026-11-27T10:00:00Z"
-            ))
-        }),
+        Some(text) => parse_cli_instant(text)
+            .map_err(|e| CodesError::Usage(format!("--at {text:?}: {e}; without an offset, UTC"))),
     }
 }
 
-/// The code's schedule state at `at`: the State column first, then the dates.
-fn state_at(entry: &CodeEntry, at: Instant) -> StateFilter {
-    if entry.state == CodeState::Expired || entry.end.is_some_and(|end| at >= end) {
-        StateFilter::Expired
+/// Where `at` falls in the code's dates, whatever its stored State.
+fn schedule_at(entry: &CodeEntry, at: Instant) -> &'static str {
+    if entry.end.is_some_and(|end| at >= end) {
+        "ENDED"
     } else if entry.start.is_some_and(|start| at < start) {
-        StateFilter::Pending
+        "NOT_STARTED"
     } else {
-        StateFilter::Active
+        "IN_PERIOD"
     }
 }
 
+/// The code's state in force at `at`: the stored State first, then the dates.
+fn state_at(entry: &CodeEntry, at: Instant) -> StateFilter {
+    match (entry.state, schedule_at(entry, at)) {
+        (CodeState::Expired, _) | (_, "ENDED") => StateFilter::Expired,
+        (_, "NOT_STARTED") => StateFilter::Pending,
+        _ => StateFilter::Active,
+    }
+}
+
+const LIST_COLUMNS: [&str; 11] = [
+    "PROGRAM", "CODE", "MODE", "TYPE", "OWNER", "POLICY", "START", "END", "STORED", "SCHEDULE",
+    "IN_FORCE",
+];
+
+/// `codes list`: STORED is the table's State column (what `expire`/`reactivate` set),
+/// SCHEDULE where `--at` falls in the dates, IN_FORCE the two combined (what `--state` filters).
 pub fn list(snapshot: &Snapshot, args: &ListArgs) -> Result<(), CodesError> {
     let at = moment(args.at.as_deref())?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<10} {:<24} {:<4} {:<10} {:<12} {:<8} {:<21} {:<21} STATE",
-        "PROGRAM", "CODE", "MODE", "TYPE", "OWNER", "POLICY", "START", "END"
-    );
-    let mut shown = 0usize;
+    let mut rows = Vec::new();
     for entry in &snapshot.entries {
         let state = state_at(entry, at);
         let keep = args
@@ -55,32 +63,47 @@ pub fn list(snapshot: &Snapshot, args: &ListArgs) -> Result<(), CodesError> {
         if !keep {
             continue;
         }
-        shown += 1;
         let instant = |t: &Option<Instant>| t.as_ref().map(format_instant).unwrap_or("-".into());
-        let _ = writeln!(
-            out,
-            "{:<10} {:<24} {:<4} {:<10} {:<12} {:<8} {:<21} {:<21} {}",
-            entry.program_id,
-            entry.code,
-            match_mode_name(entry.match_type),
-            code_type_name(entry.code_type),
-            entry.owner_partner_id.as_deref().unwrap_or("-"),
-            entry.credit_policy.map(policy_name).unwrap_or("-"),
+        rows.push(vec![
+            entry.program_id.to_string(),
+            entry.code.to_string(),
+            match_mode_name(entry.match_type).to_string(),
+            code_type_name(entry.code_type).to_string(),
+            entry.owner_partner_id.as_deref().unwrap_or("-").to_string(),
+            entry
+                .credit_policy
+                .map(policy_name)
+                .unwrap_or("-")
+                .to_string(),
             instant(&entry.start),
             instant(&entry.end),
+            match entry.state {
+                CodeState::Active => "ACTIVE",
+                CodeState::Expired => "EXPIRED",
+            }
+            .to_string(),
+            schedule_at(entry, at).to_string(),
             match state {
                 StateFilter::Pending => "PENDING",
                 StateFilter::Active => "ACTIVE",
                 StateFilter::Expired => "EXPIRED",
             }
-        );
+            .to_string(),
+        ]);
     }
-    let _ = writeln!(
-        out,
-        "{shown} of {} codes at {}",
+    let count = format!(
+        "{} of {} codes at {}\n",
+        rows.len(),
         snapshot.entries.len(),
         format_instant(&at)
     );
+    let mut out = render(args.format, &LIST_COLUMNS, &rows);
+    // Machine-readable output stays pure; the count goes to stderr there.
+    if args.format == OutputFormat::Table {
+        out.push_str(&count);
+    } else {
+        eprint!("{count}");
+    }
     print_out(&out)
 }
 
@@ -89,6 +112,7 @@ pub fn show(
     raw: &str,
     program: Option<&str>,
     at: Option<&str>,
+    format: OutputFormat,
 ) -> Result<(), CodesError> {
     let at = moment(at)?;
     let mut programs: Vec<&str> = table
@@ -106,58 +130,88 @@ pub fn show(
             )));
         }
     }
-    let mut out = format!(
+    let heading = format!(
         "{raw:?} in code table version {}, judged at {}\n",
         table.version(),
         format_instant(&at)
     );
+    let mut out = heading.clone();
+    let mut rows = Vec::new();
     for program_id in programs {
-        let _ = writeln!(out, "program {program_id}:");
+        let mut text = String::new();
         describe_code(
-            &mut out,
+            &mut text,
             table,
             table.program(program_id),
             raw,
             at,
             "entered",
         );
-    }
-    print_out(&out)
-}
-
-pub fn history(history: &[VersionMeta], retained: &[bool], current: Option<u64>) {
-    let mut out = String::new();
-    for (meta, &kept) in history.iter().zip(retained) {
-        let marks = [
-            (Some(meta.version) == current).then_some("current"),
-            (!kept).then_some("content removed"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(", ");
-        let _ = writeln!(
-            out,
-            "{:>6}  {:<16}  {}  {:<20} {:<40} {}{}",
-            meta.version,
-            // The name outputs carry is `<version>-<fingerprint>`; versions published before
-            // fingerprints existed show a dash.
-            meta.fingerprint.as_deref().unwrap_or("-"),
-            meta.published_at,
-            meta.author,
-            meta.command,
-            meta.summary,
-            if marks.is_empty() {
-                String::new()
-            } else {
-                format!("  [{marks}]")
-            }
+        let _ = writeln!(out, "program {program_id}:");
+        out.push_str(&text);
+        rows.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| vec![program_id.to_string(), l.trim().to_string()]),
         );
     }
-    if history.is_empty() {
-        out.push_str("no version has been published\n");
+    if format == OutputFormat::Table {
+        return print_out(&out);
     }
-    let _ = print_out(&out);
+    eprint!("{heading}");
+    print_out(&render(format, &["PROGRAM", "LINE"], &rows))
+}
+
+const HISTORY_COLUMNS: [&str; 9] = [
+    "VERSION",
+    "FINGERPRINT",
+    "PUBLISHED",
+    "AUTHOR",
+    "COMMAND",
+    "REASON",
+    "SUMMARY",
+    "CURRENT",
+    "CONTENT",
+];
+
+pub fn history(
+    history: &[VersionMeta],
+    retained: &[bool],
+    current: Option<u64>,
+    format: OutputFormat,
+) {
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .zip(retained)
+        .map(|(meta, &kept)| {
+            vec![
+                meta.version.to_string(),
+                // The name outputs carry is `<version>-<fingerprint>`; versions published
+                // before fingerprints existed show a dash.
+                meta.fingerprint.clone().unwrap_or("-".into()),
+                meta.published_at.clone(),
+                meta.author.clone(),
+                meta.command.clone(),
+                if meta.reason.is_empty() {
+                    "-".into()
+                } else {
+                    meta.reason.clone()
+                },
+                meta.summary.clone(),
+                if Some(meta.version) == current {
+                    "current"
+                } else {
+                    ""
+                }
+                .to_string(),
+                if kept { "kept" } else { "removed" }.to_string(),
+            ]
+        })
+        .collect();
+    if history.is_empty() {
+        eprintln!("no version has been published");
+    }
+    let _ = print_out(&render(format, &HISTORY_COLUMNS, &rows));
 }
 
 fn print_out(text: &str) -> Result<(), CodesError> {

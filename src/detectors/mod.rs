@@ -61,9 +61,9 @@ impl Detectors {
     pub fn new(settings: &DetectorSettings, key_prefix: &str) -> Detectors {
         // HMAC takes keys of any length (hashing long ones), so this cannot fail; an empty key
         // only reaches here when the detectors are off or in tests.
-        let mac = keyed(&settings.customer_hmac_key);
+        let mac = keyed(settings.customer_hmac_key.expose());
         let previous = (!settings.customer_hmac_previous_key.is_empty())
-            .then(|| keyed(&settings.customer_hmac_previous_key));
+            .then(|| keyed(settings.customer_hmac_previous_key.expose()));
         Detectors {
             settings: settings.clone(),
             prefix: format!("{key_prefix}d:"),

@@ -249,7 +249,7 @@ impl Follower {
     ) -> Result<(), StoreError> {
         let mut store = Store::connect(&self.settings)?;
         let mut subscriber = Store::open_connection(&self.settings)?;
-        let url = crate::settings::redacted_url(&self.settings.redis_url);
+        let url = self.settings.redis_url.redacted();
         let redis_error = |source| StoreError::Redis {
             url: url.clone(),
             source,

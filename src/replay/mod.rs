@@ -129,9 +129,15 @@ pub fn main(args: ReplayArgs) -> ExitCode {
 }
 
 fn run(args: &ReplayArgs) -> Result<u8, ToolError> {
-    let mut settings = settings(args)?;
+    let (mut settings, origins) = settings(args)?;
     // Reproducible decisions only; see the module comment.
     settings.detectors.enabled = false;
+    if args.table_version.is_some() {
+        eprintln!(
+            "{}",
+            crate::codes_cli::store_line(&settings.store, origins.of("store.redis_url"))
+        );
+    }
     let table = table(args, &settings)?;
     let records = read_range(args)?;
     let engine = Engine::new(Arc::new(settings));
@@ -161,16 +167,11 @@ fn run(args: &ReplayArgs) -> Result<u8, ToolError> {
     })
 }
 
-fn settings(args: &ReplayArgs) -> Result<Settings, ToolError> {
-    let mut overrides = args.set.clone();
-    if let Some(url) = &args.redis_url {
-        overrides.push(format!("store.redis_url={url}"));
-    }
-    if let Some(prefix) = &args.prefix {
-        overrides.push(format!("store.key_prefix={prefix}"));
-    }
-    SettingsSources::with_process_env(args.config.clone(), overrides)
-        .load()
+fn settings(args: &ReplayArgs) -> Result<(Settings, crate::settings::Origins), ToolError> {
+    SettingsSources::with_process_env(args.config.clone(), args.set.clone())
+        .flag("--redis-url", "store.redis_url", args.redis_url.clone())
+        .flag("--prefix", "store.key_prefix", args.prefix.clone())
+        .load_with_origins()
         .map_err(|e| ToolError::usage(e.to_string()))
 }
 
@@ -242,9 +243,9 @@ fn read_range(args: &ReplayArgs) -> Result<Vec<RawRecord>, ToolError> {
 
 fn parse_time(text: Option<&str>, flag: &str) -> Result<Option<i64>, ToolError> {
     text.map(|t| {
-        crate::timefmt::parse_rfc3339(t)
+        crate::timefmt::parse_cli_instant(t)
             .map(|at| at.timestamp_millis())
-            .ok_or_else(|| ToolError::usage(format!("{flag} {t:?} is not an RFC 3339 time")))
+            .map_err(|e| ToolError::usage(format!("{flag} {t:?}: {e}; without an offset, UTC")))
     })
     .transpose()
 }

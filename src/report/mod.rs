@@ -23,7 +23,7 @@ use clap::Args;
 pub use aggregate::{AddError, Aggregator, By, Row, Selection, Stats};
 pub use output::Format;
 
-use crate::timefmt::{Instant, parse_rfc3339};
+use crate::timefmt::Instant;
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -43,11 +43,13 @@ pub struct ReportArgs {
     /// Only conversions whose event_time is before this RFC 3339 instant.
     #[arg(long, value_parser = instant)]
     pub to: Option<Instant>,
+    /// What to group the conversions by.
     #[arg(long, value_enum, default_value = "code")]
     pub by: By,
     /// Only this program.
     #[arg(long)]
     pub program: Option<String>,
+    /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// Also draw the top codes by revenue with their invalid share (SVG; with --by code).
@@ -59,7 +61,8 @@ pub struct ReportArgs {
 }
 
 fn instant(text: &str) -> Result<Instant, String> {
-    parse_rfc3339(text).ok_or_else(|| format!("{text:?} is not an RFC 3339 date-time with offset"))
+    crate::timefmt::parse_cli_instant(text)
+        .map_err(|e| format!("{text:?}: {e}; without an offset, UTC"))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::number::JsonNumber;
 use crate::settings::InputLimits;
-use crate::timefmt::{Instant, parse_rfc3339};
+use crate::timefmt::{Instant, parse_rfc3339, with_t_separator};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -201,7 +201,7 @@ pub fn parse_order<'a>(
     validate(order, limits)
 }
 
-fn validate<'a>(order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder<'a>, OrderError> {
+fn validate<'a>(mut order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder<'a>, OrderError> {
     if let Some(version) = order.schema_version
         && version != SCHEMA_VERSION
     {
@@ -265,6 +265,15 @@ fn validate<'a>(order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder<'a>
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Outputs echo these texts; a space separator is written as `T` (see timefmt).
+    if let Some(text) = with_t_separator(&order.event_time) {
+        order.event_time = Cow::Owned(text);
+    }
+    for touchpoint in &mut order.touchpoints {
+        if let Some(text) = with_t_separator(&touchpoint.ts) {
+            touchpoint.ts = Cow::Owned(text);
+        }
+    }
     Ok(ValidOrder {
         order,
         event_time,

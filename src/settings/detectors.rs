@@ -5,7 +5,7 @@
 //! environment variable or `--set` (which type values by the default's type) and compares
 //! exactly, with no float rounding between the stream and the offline mode.
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// Declares the per-program thresholds once: [`Thresholds`] holds the values in force,
 /// [`ProgramSettings`] the same names as optional overrides, so the two can never drift apart.
@@ -163,8 +163,7 @@ pub struct DetectorSettings {
     /// Key of the HMAC-SHA256 that turns customer, email, device and IP identifiers into the
     /// references used in Redis keys and alerts. Secret: set it with
     /// `PROMO__DETECTORS__CUSTOMER_HMAC_KEY`. Required (16+ bytes) when `enabled`.
-    #[serde(serialize_with = "redact")]
-    pub customer_hmac_key: String,
+    pub customer_hmac_key: super::Secret,
     /// Written next to every customer reference, so references made with a rotated key are
     /// recognisable.
     pub customer_hmac_key_id: String,
@@ -172,8 +171,7 @@ pub struct DetectorSettings {
     /// `PROMO__DETECTORS__CUSTOMER_HMAC_PREVIOUS_KEY`). Per-customer state kept under its
     /// pseudonyms is merged into the new key's as each customer is seen, so counts carry over;
     /// empty outside a rotation. See docs/operations.md, "Rotate the customer HMAC key".
-    #[serde(serialize_with = "redact")]
-    pub customer_hmac_previous_key: String,
+    pub customer_hmac_previous_key: super::Secret,
     /// The id of `customer_hmac_previous_key` (the `customer_hmac_key_id` it was used with).
     pub customer_hmac_previous_key_id: String,
     /// How long an order's recorded outcome is kept: a replay within this time gives the same
@@ -192,9 +190,9 @@ impl Default for DetectorSettings {
     fn default() -> Self {
         DetectorSettings {
             enabled: false,
-            customer_hmac_key: String::new(),
+            customer_hmac_key: super::Secret::default(),
             customer_hmac_key_id: "1".into(),
-            customer_hmac_previous_key: String::new(),
+            customer_hmac_previous_key: super::Secret::default(),
             customer_hmac_previous_key_id: String::new(),
             replay_ttl_secs: 7 * 86_400,
             limit_ttl_secs: 400 * 86_400,
@@ -209,7 +207,7 @@ pub const MIN_HMAC_KEY_BYTES: usize = 16;
 
 impl DetectorSettings {
     pub fn check(&self, problems: &mut Vec<String>) {
-        if self.enabled && self.customer_hmac_key.len() < MIN_HMAC_KEY_BYTES {
+        if self.enabled && self.customer_hmac_key.expose().len() < MIN_HMAC_KEY_BYTES {
             problems.push(format!(
                 "detectors.customer_hmac_key must be set, at least {MIN_HMAC_KEY_BYTES} bytes, when detectors.enabled is true (set it from a secret: PROMO__DETECTORS__CUSTOMER_HMAC_KEY)"
             ));
@@ -220,7 +218,7 @@ impl DetectorSettings {
             );
         }
         if !self.customer_hmac_previous_key.is_empty() {
-            if self.customer_hmac_previous_key.len() < MIN_HMAC_KEY_BYTES {
+            if self.customer_hmac_previous_key.expose().len() < MIN_HMAC_KEY_BYTES {
                 problems.push(format!(
                     "detectors.customer_hmac_previous_key must be at least {MIN_HMAC_KEY_BYTES} bytes"
                 ));
@@ -260,11 +258,6 @@ fn valid_key_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// Secrets never leave the process through `--check-config` or any other serialization.
-fn redact<S: Serializer>(value: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(if value.is_empty() { "" } else { "<redacted>" })
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! file (or no file) is a valid configuration for the offline mode.
 
 pub mod detectors;
+mod origin;
+pub mod secret;
 mod shadow;
 mod sources;
 mod store;
@@ -14,8 +16,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use detectors::DetectorSettings;
-pub use sources::{ENV_PREFIX, SettingsSources};
-pub use store::{StoreSettings, redacted_url};
+pub use origin::{Origin, Origins};
+pub use secret::{Properties, RedisUrl, Secret, redacted_url};
+pub use sources::{ENV_PREFIX, FlagOverride, SettingsSources};
+pub use store::StoreSettings;
 pub use worker::{
     AdminSettings, CodeSource, CodesSettings, Delivery, KafkaSettings, LogFormat, WorkerSettings,
 };
@@ -104,10 +108,17 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// Settings from TOML text alone. Errors give the line and message, never the text (a
+    /// line may hold a secret).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Settings, SettingsError> {
-        let settings: Settings = toml::from_str(text).map_err(|e| SettingsError::Invalid {
-            path: origin.to_string(),
-            message: e.to_string(),
+        let settings: Settings = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |span| {
+                text[..span.start.min(text.len())].lines().count().max(1)
+            });
+            SettingsError::Invalid {
+                path: origin.to_string(),
+                message: format!("line {line}: {}", e.message().trim()),
+            }
         })?;
         settings
             .check()
@@ -118,12 +129,13 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Settings from a file alone (no environment, no flags).
     pub fn from_file(path: &Path) -> Result<Settings, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Settings::from_toml_str(&text, &path.display().to_string())
+        SettingsSources {
+            file: Some(path.to_path_buf()),
+            ..SettingsSources::default()
+        }
+        .load()
     }
 
     /// Every value that parses but makes no sense, all at once.

@@ -2,12 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::secret::RedisUrl;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
     /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS. Carries the password, so
     /// set it from a secret (`PROMO__STORE__REDIS_URL`).
-    pub redis_url: String,
+    pub redis_url: RedisUrl,
     /// Prefix of every key; the part in braces is the Redis Cluster hash tag of the code store,
     /// so one atomic publish touches one slot.
     pub key_prefix: String,
@@ -46,14 +48,15 @@ impl Default for StoreSettings {
 
 impl StoreSettings {
     pub(super) fn check(&self, problems: &mut Vec<String>) {
-        if !(self.redis_url.starts_with("redis://")
-            || self.redis_url.starts_with("rediss://")
-            || self.redis_url.starts_with("redis+unix://")
-            || self.redis_url.starts_with("unix://"))
+        let url = self.redis_url.expose();
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
         {
             problems.push(format!(
                 "store.redis_url must start with redis://, rediss:// or unix://, got {:?}",
-                redacted_url(&self.redis_url)
+                self.redis_url.redacted()
             ));
         }
         if self.key_prefix.is_empty() {
@@ -75,29 +78,5 @@ impl StoreSettings {
                 "store.max_staleness_secs must be longer than store.poll_interval_ms (or 0)".into(),
             );
         }
-    }
-}
-
-/// The URL with any password replaced, for logs and error messages.
-pub fn redacted_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redacted_url("redis://user:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
     }
 }

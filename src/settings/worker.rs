@@ -1,7 +1,6 @@
 //! Settings of the stream worker: Kafka, where the code table comes from, the admin port,
 //! logging and shutdown.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -62,11 +61,11 @@ pub struct KafkaSettings {
     pub shadow: bool,
     pub shadow_suffix: String,
     /// librdkafka properties for both clients (security.protocol, sasl.*, ssl.*, ...).
-    pub common: BTreeMap<String, String>,
+    pub common: super::Properties,
     /// librdkafka properties for the consumer only; they override ours.
-    pub consumer: BTreeMap<String, String>,
+    pub consumer: super::Properties,
     /// librdkafka properties for the producer only; they override ours.
-    pub producer: BTreeMap<String, String>,
+    pub producer: super::Properties,
 }
 
 impl Default for KafkaSettings {
@@ -92,9 +91,9 @@ impl Default for KafkaSettings {
             transaction_timeout_ms: 15_000,
             shadow: false,
             shadow_suffix: ".shadow".into(),
-            common: BTreeMap::new(),
-            consumer: BTreeMap::new(),
-            producer: BTreeMap::new(),
+            common: super::Properties::default(),
+            consumer: super::Properties::default(),
+            producer: super::Properties::default(),
         }
     }
 }

@@ -368,7 +368,9 @@ fn compose_worker_settings_are_valid_and_match_probes_and_scraping() {
 
     let probe = serde_norway::to_string(&worker["healthcheck"]["test"]).expect("healthcheck");
     assert!(
-        probe.contains("/readyz") && probe.contains(&format!("/{port}")),
+        probe.contains("healthcheck")
+            && probe.contains("/readyz")
+            && probe.contains(&format!(":{port}")),
         "the worker healthcheck must probe /readyz on the admin port {port}:\n{probe}"
     );
 

@@ -4,6 +4,7 @@
 //!
 //! Included with `mod support;` by each test crate that needs it; not every crate uses every
 //! helper, hence the `dead_code` allowance.
+
 #![allow(dead_code)]
 
 pub mod admin;
@@ -202,6 +203,7 @@ impl Names {
             file: None,
             env: Vec::new(),
             overrides,
+            flags: Vec::new(),
         }
         .load()
         .expect("test settings are valid")

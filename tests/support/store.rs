@@ -39,7 +39,7 @@ pub fn ok(output: &Output) -> String {
 
 pub fn store_settings(url: &str, prefix: &str) -> StoreSettings {
     StoreSettings {
-        redis_url: url.to_string(),
+        redis_url: url.into(),
         key_prefix: prefix.to_string(),
         ..StoreSettings::default()
     }

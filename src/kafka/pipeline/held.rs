@@ -61,7 +61,7 @@ impl Pipeline {
             empty => {
                 let store = &self.settings.store;
                 let redis = RedisState::new(
-                    &store.redis_url,
+                    store.redis_url.expose(),
                     Duration::from_millis(store.connect_timeout_ms),
                     Duration::from_millis(store.io_timeout_ms),
                 )

@@ -37,7 +37,7 @@ use std::time::Duration;
 use redis::{Client, Commands, Connection, Script};
 
 use crate::ids::content_fingerprint;
-use crate::settings::{StoreSettings, redacted_url};
+use crate::settings::StoreSettings;
 pub use snapshot::{Encoded, Snapshot, VersionMeta};
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +183,7 @@ impl Store {
     pub fn connect(settings: &StoreSettings) -> Result<Store, StoreError> {
         let connection = Store::open_connection(settings)?;
         Ok(Store {
-            url: redacted_url(&settings.redis_url),
+            url: settings.redis_url.redacted(),
             keys: Keys::new(&settings.key_prefix),
             connection,
         })
@@ -543,12 +543,12 @@ impl Store {
     /// A connection to the store's server with the configured I/O timeouts, for the commands
     /// and for the pub/sub subscription (whose reads the subscriber shortens once subscribed).
     pub fn open_connection(settings: &StoreSettings) -> Result<Connection, StoreError> {
-        let url = redacted_url(&settings.redis_url);
+        let url = settings.redis_url.redacted();
         let wrap = |source| StoreError::Redis {
             url: url.clone(),
             source,
         };
-        let client = Client::open(settings.redis_url.as_str()).map_err(wrap)?;
+        let client = Client::open(settings.redis_url.expose()).map_err(wrap)?;
         let connection = client
             .get_connection_with_timeout(Duration::from_millis(settings.connect_timeout_ms))
             .map_err(wrap)?;

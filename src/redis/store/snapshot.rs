@@ -42,6 +42,9 @@ pub struct VersionMeta {
     pub published_at: String,
     pub author: String,
     pub command: String,
+    /// Why, as the author said it (`--reason`); absent in versions published without one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
     pub summary: String,
     pub codes: usize,
     pub partners: usize,
