@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use crate::codes::LoadProblems;
 use crate::codes::edit::EditError;
 use crate::redis::store::StoreError;
-use crate::settings::{SettingsSources, StoreSettings};
+use crate::settings::{Settings, SettingsSources};
 
 #[derive(Debug, Args)]
 pub struct CodesArgs {
@@ -203,7 +203,7 @@ impl CodesError {
 }
 
 impl CodesArgs {
-    fn store_settings(&self) -> Result<StoreSettings, CodesError> {
+    fn settings(&self) -> Result<Settings, CodesError> {
         let mut overrides = self.set.clone();
         if let Some(url) = &self.redis_url {
             overrides.push(format!("store.redis_url={url}"));
@@ -211,14 +211,13 @@ impl CodesArgs {
         if let Some(prefix) = &self.prefix {
             overrides.push(format!("store.key_prefix={prefix}"));
         }
-        let settings = SettingsSources::with_process_env(self.config.clone(), overrides).load()?;
-        Ok(settings.store)
+        Ok(SettingsSources::with_process_env(self.config.clone(), overrides).load()?)
     }
 }
 
 pub fn main(args: CodesArgs) -> ExitCode {
     let outcome = args
-        .store_settings()
+        .settings()
         .and_then(|settings| commands::run(&settings, args.command));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //!
 //! Pure data and validation; no I/O beyond reading CSV from a `Read` the caller opens.
 
+mod budget;
 pub mod edit;
 pub mod export;
 pub mod load;

@@ -16,7 +16,7 @@ use crate::codes::table::BuildOptions;
 use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
 use crate::redis::store::snapshot::decode_delta;
 use crate::redis::store::{Snapshot, Store, StoreError, VersionMeta};
-use crate::settings::StoreSettings;
+use crate::settings::Settings;
 use crate::settings::detectors::ProgramSettings;
 
 /// A publish that loses a race with another admin is redone from the new version this often.
@@ -24,8 +24,8 @@ const PUBLISH_ATTEMPTS: usize = 3;
 /// Files above this size get a progress bar (on a terminal).
 const PROGRESS_MIN_BYTES: u64 = 4 * 1024 * 1024;
 
-pub fn run(settings: &StoreSettings, command: CodesCommand) -> Result<(), CodesError> {
-    let mut store = Store::connect(settings)?;
+pub fn run(settings: &Settings, command: CodesCommand) -> Result<(), CodesError> {
+    let mut store = Store::connect(&settings.store)?;
     match command {
         CodesCommand::Import(args) => import(&mut store, settings, &args),
         CodesCommand::Expire(code) => edit_code(&mut store, settings, code, Edit::Expire),
@@ -53,7 +53,7 @@ pub fn run(settings: &StoreSettings, command: CodesCommand) -> Result<(), CodesE
         }
         CodesCommand::Show { raw, program, at } => {
             let (version, snapshot) = current(&mut store)?;
-            let table = build(snapshot, version)?;
+            let table = build(snapshot, version, settings.codes.build_options())?;
             report::show(&table, &raw, program.as_deref(), at.as_deref())
         }
         CodesCommand::History { limit } => {
@@ -88,9 +88,13 @@ fn current(store: &mut Store) -> Result<(u64, Snapshot), CodesError> {
     }
 }
 
-fn build(snapshot: Snapshot, version: u64) -> Result<CodeTable, CodesError> {
+fn build(snapshot: Snapshot, version: u64, options: BuildOptions) -> Result<CodeTable, CodesError> {
     snapshot
-        .build(&version.to_string(), &format!("store version {version}"))
+        .build_with(
+            &version.to_string(),
+            &format!("store version {version}"),
+            options,
+        )
         .map_err(CodesError::Invalid)
 }
 
@@ -135,7 +139,7 @@ fn header(bytes: &[u8]) -> Vec<String> {
 }
 
 /// Reads and checks the uploaded files on their own, so problems point at their lines.
-fn read_upload(args: &ImportArgs) -> Result<Upload, CodesError> {
+fn read_upload(args: &ImportArgs, options: BuildOptions) -> Result<Upload, CodesError> {
     let origin = args.file.display().to_string();
     let bytes = read_file(&args.file)?;
     let columns = header(&bytes);
@@ -167,13 +171,7 @@ fn read_upload(args: &ImportArgs) -> Result<Upload, CodesError> {
         }
     };
     // Duplicates and patterns within the file, reported against the file's own lines.
-    if let Err(more) = CodeTable::build(
-        entries.clone(),
-        Vec::new(),
-        "upload",
-        &origin,
-        BuildOptions::default(),
-    ) {
+    if let Err(more) = CodeTable::build(entries.clone(), Vec::new(), "upload", &origin, options) {
         problems.extend(more.0);
     }
     if !problems.is_empty() {
@@ -187,12 +185,8 @@ fn read_upload(args: &ImportArgs) -> Result<Upload, CodesError> {
     })
 }
 
-fn import(
-    store: &mut Store,
-    settings: &StoreSettings,
-    args: &ImportArgs,
-) -> Result<(), CodesError> {
-    let upload = read_upload(args)?;
+fn import(store: &mut Store, settings: &Settings, args: &ImportArgs) -> Result<(), CodesError> {
+    let upload = read_upload(args, settings.codes.build_options())?;
     let mode = if args.replace {
         ImportMode::Replace
     } else {
@@ -233,7 +227,7 @@ fn import(
 
 fn edit_code(
     store: &mut Store,
-    settings: &StoreSettings,
+    settings: &Settings,
     code: super::CodeArgs,
     change: Edit,
 ) -> Result<(), CodesError> {
@@ -267,7 +261,7 @@ fn edit_code(
     })
 }
 
-fn rollback(store: &mut Store, settings: &StoreSettings, version: u64) -> Result<(), CodesError> {
+fn rollback(store: &mut Store, settings: &Settings, version: u64) -> Result<(), CodesError> {
     let target = match store.load_version(version) {
         Err(StoreError::MissingVersion(v)) => {
             return Err(CodesError::Request(format!(
@@ -287,7 +281,7 @@ fn rollback(store: &mut Store, settings: &StoreSettings, version: u64) -> Result
 
 fn program_settings(
     store: &mut Store,
-    settings: &StoreSettings,
+    settings: &Settings,
     command: ProgramSettingsCommand,
 ) -> Result<(), CodesError> {
     match command {
@@ -393,7 +387,7 @@ impl<'c> Publish<'c> {
 /// between.
 fn publish_change(
     store: &mut Store,
-    settings: &StoreSettings,
+    settings: &Settings,
     how: Publish<'_>,
     change: impl Fn(&Snapshot) -> Result<Changed, CodesError>,
 ) -> Result<(), CodesError> {
@@ -413,7 +407,7 @@ fn publish_change(
             delta,
             command,
         } = change(&base)?;
-        verify_readable(&next, &delta)?;
+        verify_readable(&next, &delta, settings.codes.build_options())?;
         let programs_changed = next
             .programs
             .iter()
@@ -465,7 +459,11 @@ fn publish_change(
 /// Checks the new table the way a worker will read it, so that no version a worker would refuse
 /// is ever published: the changed rows of a single-row edit through the loader; a bulk change
 /// encoded, read back and indexed whole.
-fn verify_readable(next: &Snapshot, delta: &[Vec<String>]) -> Result<(), CodesError> {
+fn verify_readable(
+    next: &Snapshot,
+    delta: &[Vec<String>],
+    options: BuildOptions,
+) -> Result<(), CodesError> {
     let origin = "the resulting table";
     if !delta.is_empty() {
         // The other rows were read from the store and are unchanged; an edit cannot add a
@@ -483,14 +481,14 @@ fn verify_readable(next: &Snapshot, delta: &[Vec<String>]) -> Result<(), CodesEr
         &encoded.programs,
         origin,
     )
-    .and_then(|decoded| decoded.build("validation", origin).map(drop))
+    .and_then(|decoded| decoded.build_with("validation", origin, options).map(drop))
     .map_err(CodesError::Invalid)
 }
 
-fn prune(store: &mut Store, settings: &StoreSettings) {
+fn prune(store: &mut Store, settings: &Settings) {
     let removed = store.prune(
-        settings.keep_versions as usize,
-        Duration::from_secs(settings.grace_secs),
+        settings.store.keep_versions as usize,
+        Duration::from_secs(settings.store.grace_secs),
         chrono::Utc::now(),
     );
     match removed {

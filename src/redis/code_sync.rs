@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{Health, Heartbeat};
 use crate::codes::CodeTable;
+use crate::codes::table::BuildOptions;
 use crate::metrics::Metrics;
 use crate::redis::store::snapshot::decode_delta;
 use crate::redis::store::{Pointer, Store, StoreError, VersionMeta};
@@ -49,6 +50,7 @@ pub const THREAD: &str = "code-sync";
 /// the returned handle as fatal.
 pub fn start(
     settings: &StoreSettings,
+    options: BuildOptions,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: Arc<AtomicBool>,
@@ -56,6 +58,7 @@ pub fn start(
     let follower = Follower {
         heartbeat: health.register(THREAD),
         settings: settings.clone(),
+        options,
         metrics,
         shutdown,
         loaded: None,
@@ -70,6 +73,8 @@ pub fn start(
 struct Follower {
     heartbeat: Heartbeat,
     settings: StoreSettings,
+    /// The matcher budget a version must fit (a version over it is refused like a corrupt one).
+    options: BuildOptions,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     /// The table in force.
@@ -184,7 +189,7 @@ impl Follower {
         let table_version = stored.table_version();
         let snapshot = stored.snapshot()?;
         let table = snapshot
-            .build(&table_version, &origin)
+            .build_with(&table_version, &origin, self.options)
             .map_err(|problems| StoreError::Corrupt {
                 version,
                 reason: problems.to_string(),
@@ -446,6 +451,8 @@ impl Follower {
                 self.metrics.record_code_table_reload(false);
                 tracing::error!(version, %reason, "cannot use the current code table version; keeping the previous one");
                 self.refused = Some(pointer);
+                // Refusing a table over the matcher budget means building part of it first.
+                release_memory();
                 Ok(())
             }
             Err(StoreError::MissingVersion(_)) => Ok(()),

@@ -133,6 +133,7 @@ impl Settings {
         self.kafka.check(&mut problems);
         self.worker.check(&mut problems);
         self.store.check(&mut problems);
+        self.codes.check(&mut problems);
         self.detectors.check(&mut problems);
         if let Err(problem) = self.admin.listen_addr() {
             problems.push(problem);

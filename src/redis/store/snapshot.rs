@@ -151,13 +151,17 @@ impl Snapshot {
 
     /// Indexes the snapshot as table `version`, reporting duplicate codes and bad patterns.
     pub fn build(self, version: &str, origin: &str) -> Result<CodeTable, LoadProblems> {
-        let table = CodeTable::build(
-            self.entries,
-            self.partners,
-            version,
-            origin,
-            BuildOptions::default(),
-        )?;
+        self.build_with(version, origin, BuildOptions::default())
+    }
+
+    /// [`Snapshot::build`] under the given options (the matcher budget of the settings).
+    pub fn build_with(
+        self,
+        version: &str,
+        origin: &str,
+        options: BuildOptions,
+    ) -> Result<CodeTable, LoadProblems> {
+        let table = CodeTable::build(self.entries, self.partners, version, origin, options)?;
         Ok(table.with_program_settings(self.programs))
     }
 }
