@@ -234,7 +234,7 @@ impl Default for CodesSettings {
             codes_file: None,
             partners_file: None,
             program_settings_file: None,
-            // 10,000 `^(?i)(SUMMER1).*` rows take ~170 MiB; 1,000 `\w{5}Q1` rows ~420 MiB.
+            // 10,000 `^(?i)(SUMMER1).*` rows take ~180 MiB; 1,000 `\w{5}Q1` rows ~420 MiB.
             max_regex_bytes: 256 * 1024 * 1024,
             max_regex_rows_per_program: 10_000,
         }
