@@ -588,3 +588,50 @@ fn a_version_claiming_absurd_chunks_is_refused_not_a_panic() {
         .query(&mut connection)
         .expect("clean up");
 }
+
+/// Issue 13, item 5: a code a spreadsheet would run as a formula never reaches the store, by
+/// import or by edit, so `codes export` (verbatim, to round-trip) writes none.
+#[test]
+fn import_and_edits_refuse_cells_a_spreadsheet_would_run() {
+    let url = redis_url();
+    let prefix = unique_prefix("csv-injection");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hostile = dir.path().join("hostile.csv");
+    std::fs::write(
+        &hostile,
+        "Promo Code,Program Id,Media Id,Type,Credit Rule,Match Mode\n\
+         \"=cmd|' /C calc'!A0\",1001,2001,TRACKING,ALWAYS,LI\n\
+         @SUM(1+1),1001,2001,TRACKING,ALWAYS,LI\n\
+         +1+1,1001,2001,TRACKING,ALWAYS,LI\n",
+    )
+    .expect("write");
+    let out = codes(url, &prefix, &["import", &hostile.display().to_string()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for line in 2..=4 {
+        assert!(
+            stderr.contains(&format!(
+                "hostile.csv:{line}: column \"Promo Code\": starts with =, +, -, @, a tab or a carriage return"
+            )),
+            "{stderr}"
+        );
+    }
+    assert_eq!(current_version(url, &prefix), None);
+
+    import_samples(url, &prefix);
+    let out = codes(url, &prefix, &["assign", "ANNA10", "--partner", "=1+1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("CSV injection"),
+        "{}",
+        text(&out.stderr)
+    );
+    let exported = ok(&codes(url, &prefix, &["export"]));
+    assert!(
+        exported
+            .lines()
+            .all(|line| !line.starts_with(['=', '+', '-', '@', '\t', '\r'])
+                && !line.contains(",=")),
+        "{exported}"
+    );
+}

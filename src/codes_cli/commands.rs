@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::report;
 use super::{CodesCommand, CodesError, ImportArgs, MatchMode, ProgramSettingsCommand};
+use crate::codes::csv_safety;
 use crate::codes::edit::{self, Edit, ImportMode};
 use crate::codes::export::{code_record, write_codes, write_partners};
 use crate::codes::load::{LoadProblem, read_codes_lenient, read_partners};
@@ -157,12 +158,17 @@ fn read_upload(args: &ImportArgs, options: BuildOptions) -> Result<Upload, Codes
             });
         }
     }
+    problems.extend(csv_safety::code_problems(&entries, &origin));
     let partners = match &args.partners {
         None => None,
         Some(path) => {
             let bytes = read_file(path)?;
-            match read_partners(bytes.as_slice(), &path.display().to_string()) {
-                Ok(partners) => Some((partners, header(&bytes))),
+            let origin = path.display().to_string();
+            match read_partners(bytes.as_slice(), &origin) {
+                Ok(partners) => {
+                    problems.extend(csv_safety::partner_problems(&partners, &origin));
+                    Some((partners, header(&bytes)))
+                }
                 Err(invalid) => {
                     problems.extend(invalid.0);
                     None
@@ -245,6 +251,10 @@ fn edit_code(
         let mut changed = base.clone();
         edit::apply(&mut changed.entries[index], &change)?;
         let entry = &changed.entries[index];
+        let unsafe_cells = csv_safety::code_problems(std::slice::from_ref(entry), "the edited row");
+        if !unsafe_cells.is_empty() {
+            return Err(CodesError::Invalid(LoadProblems(unsafe_cells)));
+        }
         // Named as stored, so the history reads the same whichever spelling was typed.
         let command = format!(
             "{} {} (program {})",
