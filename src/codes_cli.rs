@@ -113,6 +113,9 @@ pub struct ImportArgs {
     /// Validate and report what would change; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write every problem found to FILE (the terminal shows at most 20 per column).
+    #[arg(long, value_name = "FILE")]
+    pub problems: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +219,10 @@ impl CodesArgs {
 }
 
 pub fn main(args: CodesArgs) -> ExitCode {
+    let problems_file = match &args.command {
+        CodesCommand::Import(import) => import.problems.clone(),
+        _ => None,
+    };
     let outcome = args
         .settings()
         .and_then(|settings| commands::run(&settings, args.command));
@@ -223,7 +230,29 @@ pub fn main(args: CodesArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
+            if let CodesError::Invalid(problems) = &err {
+                report_all(problems, problems_file.as_deref());
+            }
             ExitCode::from(err.exit_code())
         }
+    }
+}
+
+/// Writes every problem to `--problems FILE`, or says how to get the ones left out.
+fn report_all(problems: &LoadProblems, file: Option<&std::path::Path>) {
+    match file {
+        Some(path) => match std::fs::write(path, problems.full()) {
+            Ok(()) => eprintln!(
+                "all {} problems written to {}",
+                problems.0.len(),
+                path.display()
+            ),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        },
+        None if problems.truncated() => eprintln!(
+            "({} problems in all; `codes import --problems FILE` writes every one)",
+            problems.0.len()
+        ),
+        None => {}
     }
 }
