@@ -6,6 +6,7 @@
 //! configuration, I/O or Redis errors.
 
 mod commands;
+mod progress;
 mod report;
 
 use std::path::PathBuf;

@@ -683,4 +683,17 @@ fn import_problems_are_bounded_on_the_terminal_and_complete_in_a_file() {
         text(&out.stderr)
     );
     assert_eq!(current_version(url, &prefix), None);
+
+    // Issue 16, item 1: every phase of an import reports its count and rate.
+    let out = codes(url, &prefix, &["import", &file]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for phase in ["read", "validated", "checked", "uploaded"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{phase} 1000 rows in ")) && l.contains(" rows/s")),
+            "{phase}: {stderr}"
+        );
+    }
 }

@@ -591,7 +591,7 @@ fn check_code_text(row: &Row<'_>, out: &mut Collector, code: &str, match_type: M
                 out.push(
                     row.line,
                     Some("Promo Code"),
-                    format!("longer than {MAX_EXACT_CODE_CHARS} characters"),
+                    format!("longer than {MAX_EXACT_CODE_CHARS} characters (the limit of the column, for patterns as for exact codes)"),
                 );
             }
         }
@@ -604,6 +604,26 @@ fn check_code_text(row: &Row<'_>, out: &mut Collector, code: &str, match_type: M
         }
         MatchType::Regex => {}
     }
+}
+
+/// Regex rows whose pattern is longer than [`MAX_EXACT_CODE_CHARS`]: the `Promo Code` cell
+/// holds at most 64 characters whatever the match mode (impact's column is a String(64)).
+/// Checked where new tables come in (`codes import`); versions stored before the rule still
+/// load, up to [`MAX_PATTERN_BYTES`].
+pub fn long_pattern_problems(entries: &[CodeEntry], origin: &str) -> Vec<LoadProblem> {
+    entries
+        .iter()
+        .filter(|e| e.match_type == MatchType::Regex)
+        .filter(|e| e.code.chars().count() > MAX_EXACT_CODE_CHARS)
+        .map(|e| LoadProblem {
+            origin: origin.to_string(),
+            line: u64::from(e.source_line),
+            column: Some("Promo Code".into()),
+            reason: format!(
+                "longer than {MAX_EXACT_CODE_CHARS} characters (the limit of the column, for patterns as for exact codes)"
+            ),
+        })
+        .collect()
 }
 
 /// Reads a partners file; a partner not listed later counts as [`Partner::unlisted`].
@@ -920,5 +940,26 @@ G,1001,55,TRACKING,ALWAYS,LI,,,
             .expect_err("bad")
             .0;
         assert!(problems.iter().all(|p| !p.reason.contains("looks like")));
+    }
+
+    #[test]
+    fn patterns_and_exact_codes_share_the_64_character_limit() {
+        let long = format!("^(A{}).*", "B".repeat(60));
+        let exact = "C".repeat(65);
+        let body =
+            format!("{long},1,5,TRACKING,ALWAYS,RE,,,,\n^(OK).*,1,5,TRACKING,ALWAYS,RE,,,,\n");
+        let entries = codes(&body).expect("stored tables still load long patterns");
+        let problems = long_pattern_problems(&entries, "c.csv");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, 2);
+        assert!(problems[0].reason.starts_with("longer than 64 characters"));
+        let exact_problems = codes(&format!("{exact},1,5,TRACKING,ALWAYS,LI,,,,\n"))
+            .expect_err("exact over 64")
+            .0;
+        assert!(
+            exact_problems[0]
+                .reason
+                .starts_with("longer than 64 characters")
+        );
     }
 }

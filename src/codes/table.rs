@@ -259,6 +259,15 @@ impl CodeTable {
         }
     }
 
+    /// The rows as last fully built, handed back without a copy when no other version shares
+    /// them (a table just built to validate rows).
+    pub fn into_entries(self) -> Vec<CodeEntry> {
+        match Arc::try_unwrap(self.indexed) {
+            Ok(indexed) => indexed.entries,
+            Err(shared) => shared.entries.clone(),
+        }
+    }
+
     /// Rows replaced by [`CodeTable::with_patched_rows`] since the last full build.
     pub fn patched_rows(&self) -> usize {
         self.patched.len()

@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::progress::Phase;
 use super::report;
 use super::{CodesCommand, CodesError, ImportArgs, MatchMode, ProgramSettingsCommand};
 use crate::codes::csv_safety;
 use crate::codes::edit::{self, Edit, ImportMode};
 use crate::codes::export::{code_record, write_codes, write_partners};
-use crate::codes::load::{LoadProblem, read_codes_lenient, read_partners};
+use crate::codes::load::{LoadProblem, long_pattern_problems, read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
-use crate::redis::store::snapshot::decode_delta;
+use crate::redis::store::snapshot::{ChunksReader, decode_delta};
 use crate::redis::store::{Snapshot, Store, StoreError, VersionMeta};
 use crate::settings::Settings;
 use crate::settings::detectors::ProgramSettings;
@@ -132,19 +133,27 @@ struct Upload {
 }
 
 /// The header names of a CSV file (empty when it has none; the loader reports that).
-fn header(bytes: &[u8]) -> Vec<String> {
+fn header(bytes: impl Read) -> Vec<String> {
     csv::Reader::from_reader(bytes)
         .headers()
         .map(|h| h.iter().map(str::to_string).collect())
         .unwrap_or_default()
 }
 
-/// Reads and checks the uploaded files on their own, so problems point at their lines.
+fn open(path: &Path) -> Result<File, CodesError> {
+    File::open(path).map_err(|e| CodesError::Io(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Reads and checks the uploaded files on their own, so problems point at their lines. The
+/// codes are parsed as they stream from the file (no copy of its bytes is held).
 fn read_upload(args: &ImportArgs, options: BuildOptions) -> Result<Upload, CodesError> {
     let origin = args.file.display().to_string();
-    let bytes = read_file(&args.file)?;
-    let columns = header(&bytes);
-    let (entries, mut problems) = read_codes_lenient(bytes.as_slice(), &origin);
+    let columns = header(BufReader::new(open(&args.file)?));
+    let file = open(&args.file)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let reading = Phase::bytes("read", size);
+    let (entries, mut problems) = read_codes_lenient(reading.wrap(BufReader::new(file)), &origin);
+    reading.done(entries.len() + problems.len(), "rows");
     if let Some(program) = &args.program {
         for entry in edit::outside_program(&entries, program) {
             problems.push(LoadProblem {
@@ -159,6 +168,7 @@ fn read_upload(args: &ImportArgs, options: BuildOptions) -> Result<Upload, Codes
         }
     }
     problems.extend(csv_safety::code_problems(&entries, &origin));
+    problems.extend(long_pattern_problems(&entries, &origin));
     let partners = match &args.partners {
         None => None,
         Some(path) => {
@@ -167,7 +177,7 @@ fn read_upload(args: &ImportArgs, options: BuildOptions) -> Result<Upload, Codes
             match read_partners(bytes.as_slice(), &origin) {
                 Ok(partners) => {
                     problems.extend(csv_safety::partner_problems(&partners, &origin));
-                    Some((partners, header(&bytes)))
+                    Some((partners, header(bytes.as_slice())))
                 }
                 Err(invalid) => {
                     problems.extend(invalid.0);
@@ -176,10 +186,18 @@ fn read_upload(args: &ImportArgs, options: BuildOptions) -> Result<Upload, Codes
             }
         }
     };
-    // Duplicates and patterns within the file, reported against the file's own lines.
-    if let Err(more) = CodeTable::build(entries.clone(), Vec::new(), "upload", &origin, options) {
-        problems.extend(more.0);
-    }
+    // Duplicates and patterns within the file, reported against the file's own lines. The
+    // rows go into the index and come back out, rather than being copied for it.
+    let rows = entries.len();
+    let validating = Phase::spinner("validated", format!("{rows} rows"));
+    let entries = match CodeTable::build(entries, Vec::new(), "upload", &origin, options) {
+        Ok(table) => table.into_entries(),
+        Err(more) => {
+            problems.extend(more.0);
+            Vec::new()
+        }
+    };
+    validating.done(rows, "rows");
     if !problems.is_empty() {
         problems.sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
         return Err(CodesError::Invalid(LoadProblems(problems)));
@@ -211,10 +229,18 @@ fn import(store: &mut Store, settings: &Settings, args: &ImportArgs) -> Result<(
         dry_run: args.dry_run,
         ..Publish::new(&command)
     };
+    // The rows move into the new table rather than being copied, so a million of them are not
+    // held twice; a publish redone after losing a race reads the file again.
+    let first = std::cell::RefCell::new(Some(upload));
     publish_change(store, settings, how, |base| {
+        let taken = first.borrow_mut().take();
+        let upload = match taken {
+            Some(upload) => upload,
+            None => read_upload(args, settings.codes.build_options())?,
+        };
         let entries = edit::combine(
             &base.entries,
-            upload.entries.clone(),
+            upload.entries,
             mode,
             args.program.as_deref(),
             &upload.columns,
@@ -417,7 +443,15 @@ fn publish_change(
             delta,
             command,
         } = change(&base)?;
-        verify_readable(&next, &delta, settings.codes.build_options())?;
+        // A bulk change can be a million rows: say what is going on while it is checked.
+        let checking_bulk = delta.is_empty();
+        let checking = checking_bulk.then(|| {
+            Phase::spinner(
+                "checked",
+                format!("the resulting table of {} rows", next.entries.len()),
+            )
+        });
+        let next = verify_readable(next, &delta, settings.codes.build_options())?;
         let programs_changed = next
             .programs
             .iter()
@@ -435,6 +469,9 @@ fn publish_change(
             &next.partners,
             programs_changed,
         );
+        if let Some(checking) = checking {
+            checking.done(next.entries.len(), "rows");
+        }
         if how.dry_run {
             println!("dry run, nothing written: would publish {summary}");
             return Ok(());
@@ -451,7 +488,13 @@ fn publish_change(
             delta,
             ..VersionMeta::default()
         };
-        match store.publish(&next, base_version, meta) {
+        let uploading = checking_bulk
+            .then(|| Phase::spinner("uploaded", format!("{} rows", next.entries.len())));
+        let published = store.publish(&next, base_version, meta);
+        if let Some(uploading) = uploading {
+            uploading.done(next.entries.len(), "rows");
+        }
+        match published {
             Ok(published) => {
                 println!("published version {}: {summary}", published.version);
                 prune(store, settings);
@@ -468,31 +511,41 @@ fn publish_change(
 
 /// Checks the new table the way a worker will read it, so that no version a worker would refuse
 /// is ever published: the changed rows of a single-row edit through the loader; a bulk change
-/// encoded, read back and indexed whole.
+/// encoded, read back and indexed whole. The table read back is what is returned (and
+/// published): holding it instead of a copy keeps one copy of a million rows fewer in memory.
 fn verify_readable(
-    next: &Snapshot,
+    next: Snapshot,
     delta: &[Vec<String>],
     options: BuildOptions,
-) -> Result<(), CodesError> {
+) -> Result<Snapshot, CodesError> {
     let origin = "the resulting table";
     if !delta.is_empty() {
         // The other rows were read from the store and are unchanged; an edit cannot add a
         // duplicate or a pattern.
-        return decode_delta(delta, origin)
-            .map(drop)
-            .map_err(CodesError::Invalid);
+        decode_delta(delta, origin).map_err(CodesError::Invalid)?;
+        return Ok(next);
     }
     let encoded = next
         .encode()
         .map_err(|e| CodesError::Io(format!("cannot encode the table: {e}")))?;
-    Snapshot::decode(
-        &encoded.code_chunks.concat(),
-        &encoded.partners,
+    let Snapshot {
+        partners, programs, ..
+    } = next;
+    let decoded = Snapshot::decode(
+        ChunksReader::new(&encoded.code_chunks),
+        encoded.partners.as_slice(),
         &encoded.programs,
         origin,
     )
-    .and_then(|decoded| decoded.build_with("validation", origin, options).map(drop))
-    .map_err(CodesError::Invalid)
+    .map_err(CodesError::Invalid)?;
+    drop(encoded);
+    let table = CodeTable::build(decoded.entries, Vec::new(), "validation", origin, options)
+        .map_err(CodesError::Invalid)?;
+    Ok(Snapshot {
+        entries: table.into_entries(),
+        partners,
+        programs,
+    })
 }
 
 fn prune(store: &mut Store, settings: &Settings) {
