@@ -104,3 +104,23 @@ fn rejections_name_the_field_and_rule_but_never_the_value() {
     assert!(!err.to_string().contains(secret), "{err}");
     assert!(err.to_string().contains("touchpoints[0].ts"), "{err}");
 }
+
+/// Issue 13, item 9: orders read instants by the same rule as code tables and the CLIs: a leap
+/// second at 23:59:60 UTC is a time, year 0 is not.
+#[test]
+fn order_timestamps_follow_the_table_rules() {
+    let at = |time: &str| {
+        format!(r#"{{"order_id":"o","program_id":"p","event_type":"s","event_time":"{time}"}}"#)
+    };
+    let record = at("2016-12-31T23:59:60Z");
+    let leap = parse_order(record.as_bytes(), &InputLimits::default())
+        .expect("a leap second is a valid RFC 3339 time");
+    assert_eq!(
+        leap.event_time.to_rfc3339(),
+        "2016-12-31T23:59:59.999999999+00:00"
+    );
+    for bad in ["0000-01-01T00:00:00Z", "2016-12-31T12:00:60Z"] {
+        let err = parse_order(at(bad).as_bytes(), &InputLimits::default()).expect_err(bad);
+        assert_eq!(err.reason(), "bad_timestamp", "{bad}");
+    }
+}
