@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::codes::CodeTable;
-use crate::codes::table::BuildOptions;
 use crate::offline::{self, Sinks, TableError};
 use crate::settings::Settings;
 
@@ -303,7 +302,7 @@ fn load(args: &TableArgs) -> Result<(CodeTable, Settings), CliError> {
     let table = offline::load_table(
         &args.codes,
         args.partners.as_deref(),
-        BuildOptions::default(),
+        settings.codes.build_options(),
     )?;
     let table =
         crate::table_source::with_program_settings_file(table, &settings.codes).map_err(|e| {

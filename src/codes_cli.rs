@@ -7,6 +7,7 @@
 
 mod commands;
 pub mod format;
+mod progress;
 mod report;
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use clap::{Args, Subcommand};
 use crate::codes::LoadProblems;
 use crate::codes::edit::EditError;
 use crate::redis::store::StoreError;
-use crate::settings::{SettingsSources, StoreSettings};
+use crate::settings::{Settings, SettingsSources, StoreSettings};
 pub use format::OutputFormat;
 
 #[derive(Debug, Args)]
@@ -140,6 +141,9 @@ pub struct ImportArgs {
     /// Validate and report what would change; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write every problem found to FILE (the terminal shows at most 20 per column).
+    #[arg(long, value_name = "FILE")]
+    pub problems: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -245,25 +249,24 @@ impl CodesError {
 }
 
 impl CodesArgs {
-    fn store_settings(&self) -> Result<StoreSettings, CodesError> {
+    fn settings(&self) -> Result<Settings, CodesError> {
         let (settings, origins) =
             SettingsSources::with_process_env(self.config.clone(), self.set.clone())
                 .flag("--redis-url", "store.redis_url", self.redis_url.clone())
                 .flag("--prefix", "store.key_prefix", self.prefix.clone())
                 .load_with_origins()?;
-        let store = settings.store;
         let url_origin = origins.of("store.redis_url");
-        eprintln!("{}", store_line(&store, url_origin));
+        eprintln!("{}", store_line(&settings.store, url_origin));
         if url_origin.is_none() && self.command.writes() {
             return Err(CodesError::Usage(format!(
                 "no code store configured, and this command writes: name the Redis it should change with \
                  --redis-url redis://HOST:6379 (or the PROMO__STORE__REDIS_URL environment variable, or \
                  redis_url in the [store] section of --config FILE); only read-only commands fall back to \
                  the default {}",
-                store.redis_url
+                settings.store.redis_url
             )));
         }
-        Ok(store)
+        Ok(settings)
     }
 }
 
@@ -304,14 +307,40 @@ impl CodesCommand {
 
 pub fn main(args: CodesArgs) -> ExitCode {
     commands::sign(args.author.clone(), args.reason.clone().unwrap_or_default());
+    let problems_file = match &args.command {
+        CodesCommand::Import(import) => import.problems.clone(),
+        _ => None,
+    };
     let outcome = args
-        .store_settings()
+        .settings()
         .and_then(|settings| commands::run(&settings, args.command));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
+            if let CodesError::Invalid(problems) = &err {
+                report_all(problems, problems_file.as_deref());
+            }
             ExitCode::from(err.exit_code())
         }
+    }
+}
+
+/// Writes every problem to `--problems FILE`, or says how to get the ones left out.
+fn report_all(problems: &LoadProblems, file: Option<&std::path::Path>) {
+    match file {
+        Some(path) => match std::fs::write(path, problems.full()) {
+            Ok(()) => eprintln!(
+                "all {} problems written to {}",
+                problems.0.len(),
+                path.display()
+            ),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        },
+        None if problems.truncated() => eprintln!(
+            "({} problems in all; `codes import --problems FILE` writes every one)",
+            problems.0.len()
+        ),
+        None => {}
     }
 }

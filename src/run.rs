@@ -110,6 +110,7 @@ fn run_inner(settings: Arc<Settings>) -> Result<u8, (u8, String)> {
             );
             match code_sync::start(
                 &settings.store,
+                settings.codes.build_options(),
                 metrics.clone(),
                 health.clone(),
                 shutdown.clone(),

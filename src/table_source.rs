@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::codes::CodeTable;
-use crate::codes::table::BuildOptions;
 use crate::offline::{TableError, load_table};
 use crate::settings::CodesSettings;
 
@@ -122,7 +121,7 @@ pub fn load_from_files(settings: &CodesSettings) -> Result<TableHandle, SourceEr
     let table = load_table(
         codes,
         settings.partners_file.as_deref(),
-        BuildOptions::default(),
+        settings.build_options(),
     )?;
     Ok(TableHandle::new(with_program_settings_file(
         table, settings,

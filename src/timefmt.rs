@@ -24,20 +24,36 @@ pub enum DateError {
     NonexistentLocalTime(NaiveDateTime, Tz),
 }
 
-/// An RFC 3339 instant with an explicit offset, as orders carry them.
+/// An RFC 3339 instant with an explicit offset, as orders carry them (and the CLIs' `--at`).
 ///
-/// Stricter than chrono's reader: the date and time must be joined by `T` or a space (RFC 3339
-/// section 5.6 allows it; [`with_t_separator`] rewrites it for outputs) and a leap second is
-/// refused.
+/// Stricter than chrono's reader: the date and time are joined by `T` or a space (RFC 3339
+/// section 5.6 allows it; [`with_t_separator`] rewrites it for outputs, so the instants echoed into
+/// conversions stay JSON Schema `date-time`s); a leap second is accepted only where one can occur,
+/// 23:59:60 UTC (see [`settle_leap_second`]); the year in UTC is 1-9999, as in code tables (their
+/// exports are RFC 3339, which has four-digit years only).
 pub fn parse_rfc3339(text: &str) -> Option<Instant> {
     if !matches!(text.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
         return None;
     }
     let parsed = DateTime::parse_from_rfc3339(text).ok()?;
-    if chrono::Timelike::nanosecond(&parsed) >= 1_000_000_000 {
+    let instant = settle_leap_second(parsed.with_timezone(&Utc))?;
+    (1..=9999)
+        .contains(&chrono::Datelike::year(&instant))
+        .then_some(instant)
+}
+
+/// A leap second (`:60`) is read as the last instant of the second before it, so it sorts
+/// after everything in that second and before the next day; it exists only at 23:59:60 UTC,
+/// anywhere else it is no time at all.
+fn settle_leap_second(instant: Instant) -> Option<Instant> {
+    use chrono::Timelike;
+    if instant.nanosecond() < 1_000_000_000 {
+        return Some(instant);
+    }
+    if (instant.hour(), instant.minute()) != (23, 59) {
         return None;
     }
-    Some(parsed.with_timezone(&Utc))
+    instant.with_nanosecond(999_999_999)
 }
 
 /// The text with a space between date and time replaced by `T`, so an instant echoed into an
@@ -61,11 +77,12 @@ pub fn parse_table_datetime(text: &str, zone: Tz) -> Result<Instant, DateError> 
         return Ok(instant);
     }
     let local = parse_naive(text).ok_or(DateError::Unparseable)?;
-    match zone.from_local_datetime(&local) {
-        LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
-        LocalResult::Ambiguous(earlier, _) => Ok(earlier.with_timezone(&Utc)),
-        LocalResult::None => Err(DateError::NonexistentLocalTime(local, zone)),
-    }
+    let instant = match zone.from_local_datetime(&local) {
+        LocalResult::Single(t) => t.with_timezone(&Utc),
+        LocalResult::Ambiguous(earlier, _) => earlier.with_timezone(&Utc),
+        LocalResult::None => return Err(DateError::NonexistentLocalTime(local, zone)),
+    };
+    settle_leap_second(instant).ok_or(DateError::Unparseable)
 }
 
 fn parse_with_offset(text: &str) -> Option<Instant> {
@@ -81,7 +98,7 @@ fn parse_with_offset(text: &str) -> Option<Instant> {
     WITH_OFFSET
         .iter()
         .find_map(|format| DateTime::<FixedOffset>::parse_from_str(text, format).ok())
-        .map(|t| t.with_timezone(&Utc))
+        .and_then(|t| settle_leap_second(t.with_timezone(&Utc)))
 }
 
 fn parse_naive(text: &str) -> Option<NaiveDateTime> {
@@ -170,7 +187,11 @@ mod tests {
             parse_cli_instant("2026-05-01"),
             Ok(utc("2026-05-01T00:00:00Z"))
         );
-        assert_eq!(parse_rfc3339("2026-06-30T23:59:60Z"), None);
+        assert_eq!(
+            parse_rfc3339("2026-06-30T12:30:60Z"),
+            None,
+            "no leap second at 12:30"
+        );
         assert!(parse_rfc3339("2026-06-30t23:59:59.5+02:00").is_some());
     }
 
@@ -180,5 +201,35 @@ mod tests {
             format_instant(&utc("2026-06-30T00:00:00+02:00")),
             "2026-06-29T22:00:00Z"
         );
+    }
+
+    /// Issue 13, item 9: one rule for leap seconds and years in orders, tables and the CLIs.
+    #[test]
+    fn leap_seconds_and_years_follow_one_rule_everywhere() {
+        let leap = parse_rfc3339("2016-12-31T23:59:60Z").expect("a real leap second");
+        assert_eq!(format_instant(&leap), "2016-12-31T23:59:59.999999999Z");
+        assert!(leap < utc("2017-01-01T00:00:00Z") && leap > utc("2016-12-31T23:59:59.5Z"));
+        assert_eq!(
+            parse_rfc3339("2017-01-01T00:59:60+01:00"),
+            Some(leap),
+            "23:59:60 in UTC, written with an offset"
+        );
+        assert_eq!(
+            parse_table_datetime("2016-12-31T23:59:60Z", chrono_tz::UTC),
+            Ok(leap)
+        );
+        assert_eq!(
+            parse_table_datetime("2016-12-31 23:59:60", chrono_tz::UTC),
+            Ok(leap)
+        );
+        assert_eq!(
+            parse_table_datetime("2016-12-31T10:59:60", chrono_tz::UTC),
+            Err(DateError::Unparseable)
+        );
+        for year_zero in ["0000-06-01T00:00:00Z", "0001-01-01T00:30:00+01:00"] {
+            assert_eq!(parse_rfc3339(year_zero), None, "{year_zero}");
+        }
+        assert!(parse_rfc3339("0001-01-01T00:00:00Z").is_some());
+        assert!(parse_rfc3339("9999-12-31T23:59:59Z").is_some());
     }
 }

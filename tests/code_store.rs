@@ -652,3 +652,112 @@ fn a_version_claiming_absurd_chunks_is_refused_not_a_panic() {
         .query(&mut connection)
         .expect("clean up");
 }
+
+/// Issue 13, item 5: a code a spreadsheet would run as a formula never reaches the store, by
+/// import or by edit, so `codes export` (verbatim, to round-trip) writes none.
+#[test]
+fn import_and_edits_refuse_cells_a_spreadsheet_would_run() {
+    let url = redis_url();
+    let prefix = unique_prefix("csv-injection");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hostile = dir.path().join("hostile.csv");
+    std::fs::write(
+        &hostile,
+        "Promo Code,Program Id,Media Id,Type,Credit Rule,Match Mode\n\
+         \"=cmd|' /C calc'!A0\",1001,2001,TRACKING,ALWAYS,LI\n\
+         @SUM(1+1),1001,2001,TRACKING,ALWAYS,LI\n\
+         +1+1,1001,2001,TRACKING,ALWAYS,LI\n",
+    )
+    .expect("write");
+    let out = codes(url, &prefix, &["import", &hostile.display().to_string()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for line in 2..=4 {
+        assert!(
+            stderr.contains(&format!(
+                "hostile.csv:{line}: column \"Promo Code\": starts with =, +, -, @, a tab or a carriage return"
+            )),
+            "{stderr}"
+        );
+    }
+    assert_eq!(current_version(url, &prefix), None);
+
+    import_samples(url, &prefix);
+    let out = codes(url, &prefix, &["assign", "ANNA10", "--partner", "=1+1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("CSV injection"),
+        "{}",
+        text(&out.stderr)
+    );
+    let exported = ok(&codes(url, &prefix, &["export"]));
+    assert!(
+        exported
+            .lines()
+            .all(|line| !line.starts_with(['=', '+', '-', '@', '\t', '\r'])
+                && !line.contains(",=")),
+        "{exported}"
+    );
+}
+
+/// Issue 13 item 6 and issue 16 item 7: one wrong `--program` over many rows prints a bounded
+/// report, `--problems FILE` gets every problem, and a partners file passed as the codes is
+/// recognised.
+#[test]
+fn import_problems_are_bounded_on_the_terminal_and_complete_in_a_file() {
+    let url = redis_url();
+    let prefix = unique_prefix("bounded-problems");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("many.csv");
+    let mut csv = String::from("Promo Code,Program Id,Media Id,Type,Credit Rule,Match Mode\n");
+    for i in 0..1000 {
+        csv.push_str(&format!("CODE{i},1001,2001,TRACKING,ALWAYS,LI\n"));
+    }
+    std::fs::write(&file, csv).expect("write");
+    let file = file.display().to_string();
+    let out = codes(url, &prefix, &["import", &file, "--program", "7"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.lines().count() < 30, "{stderr}");
+    assert!(
+        stderr.contains("... and 980 more problems in column \"Program Id\"")
+            && stderr.contains("1000 problems in all; `codes import --problems FILE`"),
+        "{stderr}"
+    );
+
+    let all = dir.path().join("problems.txt");
+    let all_arg = all.display().to_string();
+    let out = codes(
+        url,
+        &prefix,
+        &["import", &file, "--program", "7", "--problems", &all_arg],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&format!("all 1000 problems written to {all_arg}")));
+    let written = std::fs::read_to_string(&all).expect("problems file");
+    assert_eq!(written.lines().count(), 1000);
+    assert!(written.lines().all(|l| l.contains("is not 7 (--program)")));
+
+    let partners = partners_csv().display().to_string();
+    let out = codes(url, &prefix, &["import", &partners]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("partners.csv:1: this looks like a partners file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(current_version(url, &prefix), None);
+
+    // Issue 16, item 1: every phase of an import reports its count and rate.
+    let out = codes(url, &prefix, &["import", &file]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for phase in ["read", "validated", "checked", "uploaded"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{phase} 1000 rows in ")) && l.contains(" rows/s")),
+            "{phase}: {stderr}"
+        );
+    }
+}

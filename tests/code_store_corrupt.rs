@@ -2,6 +2,10 @@
 //! loader refuses it with a reason — never a panic, never mistaken for a Redis outage — the
 //! follower counts it as refused and keeps the table in force, then follows the next good
 //! version; the `codes` command reports it as an error.
+//!
+//! A version over the matcher budget (issue 13, item 1) takes the same path: `codes import`
+//! refuses it naming the rows, and a worker that finds one published refuses it without
+//! building it whole, so its memory stays bounded and the previous table keeps deciding.
 
 // Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,11 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use promo_attribution::admin::Health;
+use promo_attribution::codes::load::{read_codes, read_partners};
+use promo_attribution::codes::table::BuildOptions;
 use promo_attribution::metrics::Metrics;
 use promo_attribution::redis::code_sync;
-use promo_attribution::redis::store::{Keys, Store, StoreError, VersionMeta};
+use promo_attribution::redis::store::{Keys, Snapshot, Store, StoreError, VersionMeta};
 use promo_attribution::settings::StoreSettings;
-use support::store::{codes, import_samples, redis_connection as connection};
+use support::store::{codes, current_version, import_samples, redis_connection as connection};
 use support::{metric, redis_url, text, unique_prefix, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -147,6 +153,7 @@ fn the_follower_refuses_counts_keeps_and_then_follows_the_next_good_version() {
     let shutdown = Arc::new(AtomicBool::new(false));
     let (table, thread) = code_sync::start(
         &store_settings(url, &prefix),
+        Default::default(),
         metrics.clone(),
         health.clone(),
         shutdown.clone(),
@@ -180,6 +187,133 @@ fn the_follower_refuses_counts_keeps_and_then_follows_the_next_good_version() {
     );
     assert!(!thread.is_finished(), "the code-sync thread lives on");
     assert_eq!(health.is_alive(), Ok(()));
+
+    shutdown.store(true, Ordering::SeqCst);
+    assert!(thread.join().is_ok(), "code-sync ends cleanly on shutdown");
+}
+
+/// The table of the issue: 1,000 regex rows of seven bytes whose Unicode `\w` classes compile
+/// to ~420 KiB each (~420 MiB in all).
+fn unicode_class_table() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hostile.csv");
+    let mut csv = String::from("Promo Code,Program Id,Media Id,Type,Credit Rule,Match Mode\n");
+    for i in 0..1000 {
+        csv.push_str(&format!("\\w{{5}}Q{i},1001,2001,TRACKING,ALWAYS,RE\n"));
+    }
+    std::fs::write(&path, csv).expect("write the table");
+    (dir, path)
+}
+
+#[test]
+fn import_refuses_a_table_over_the_matcher_budget_naming_its_rows() {
+    let url = redis_url();
+    let prefix = unique_prefix("budget-import");
+    let (_dir, path) = unicode_class_table();
+    let out = codes(url, &prefix, &["import", &path.display().to_string()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("over the matcher budget of 256 MiB (codes.max_regex_bytes)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"column "Promo Code": regex "\\w{5}Q"#)
+            && stderr.contains("(Unicode classes)"),
+        "the rows are named: {stderr}"
+    );
+    assert_eq!(current_version(url, &prefix), None, "nothing published");
+}
+
+fn process_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("a memory field")
+}
+
+/// Published behind the CLI's back (an older CLI, or one with a larger budget than the
+/// workers'): the follower refuses it, counted, keeps deciding with version 1, and never holds
+/// much more than its budget while finding out.
+#[test]
+fn a_worker_refuses_a_version_over_its_matcher_budget_and_keeps_the_previous_table() {
+    let url = redis_url();
+    let prefix = unique_prefix("budget-follow");
+    import_samples(url, &prefix);
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let budget = 32 * 1024 * 1024;
+    let options = BuildOptions {
+        max_regex_bytes: budget,
+        ..BuildOptions::default()
+    };
+    let (table, thread) = code_sync::start(
+        &store_settings(url, &prefix),
+        options,
+        metrics.clone(),
+        Arc::new(Health::new()),
+        shutdown.clone(),
+    )
+    .expect("start on version 1");
+
+    let (_dir, path) = unicode_class_table();
+    let entries = read_codes(
+        std::fs::read(&path).expect("read").as_slice(),
+        "hostile.csv",
+    )
+    .expect("rows are valid one by one");
+    let partners = read_partners(
+        std::fs::read(support::partners_csv())
+            .expect("partners")
+            .as_slice(),
+        "partners.csv",
+    )
+    .expect("partners");
+    let before_kib = process_kib("VmRSS:");
+    let mut store = Store::connect(&store_settings(url, &prefix)).expect("connect");
+    let snapshot = Snapshot {
+        entries,
+        partners,
+        programs: Default::default(),
+    };
+    store
+        .publish(&snapshot, Some(1), VersionMeta::default())
+        .expect("publish version 2");
+
+    let refused = || {
+        metric(
+            &metrics.render().expect("render"),
+            r#"promo_code_table_reloads_total{outcome="refused"}"#,
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || refused() == Some(1.0)),
+        "version 2 counted as refused: {:?}",
+        refused()
+    );
+    let current = table.current();
+    assert_eq!(VersionMeta::version_number(current.version()), Some(1));
+    let program = current.program("1001").expect("program 1001");
+    let decided = current.lookup(program, "anna10", &mut Vec::new());
+    assert_eq!(
+        decided.map(|m| current.code_id(m.entry).to_string()),
+        Some("LI:ANNA10".to_string()),
+        "the previous table keeps deciding"
+    );
+    // Built whole, the table takes ~420 MiB; refused within the budget, far less.
+    let peak_growth = process_kib("VmHWM:").saturating_sub(before_kib) / 1024;
+    let kept_growth = process_kib("VmRSS:").saturating_sub(before_kib) / 1024;
+    assert!(
+        peak_growth < 3 * budget as u64 / (1024 * 1024),
+        "peak RSS grew {peak_growth} MiB"
+    );
+    assert!(
+        kept_growth < 48,
+        "RSS after the refusal grew {kept_growth} MiB"
+    );
 
     shutdown.store(true, Ordering::SeqCst);
     assert!(thread.join().is_ok(), "code-sync ends cleanly on shutdown");

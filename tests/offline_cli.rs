@@ -723,3 +723,36 @@ fn guard_rails_are_in_the_manifest_and_settings_debug_hides_secrets() {
         "hunter2-hmac-key-0123"
     );
 }
+
+/// Issue 13, item 4: a rejected line is reported by field and rule, never with its value.
+#[test]
+fn rejected_lines_name_the_field_and_rule_without_the_value() {
+    let codes = samples().join("codes.csv");
+    let orders = format!(
+        "{}\n{}\n",
+        r#"{"order_id":"o1","program_id":"1001","event_type":"sale","event_time":"2026-05-10T12:00:00Z","customer":{"id":4111111111}}"#,
+        format_args!(
+            r#"{{"order_id":"{}","program_id":"1001","event_type":"sale","event_time":"2026-05-10T12:00:00Z"}}"#,
+            "O".repeat(60_000)
+        )
+    );
+    let output = run(
+        &["attribute", "--codes", codes.to_str().expect("utf-8 path")],
+        Some(orders.as_bytes()),
+    );
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("stdin:1: does not match the order schema: customer.id: invalid type: integer, expected a string"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "stdin:2: field order_id is 60000 bytes, over the limit of 256 (limits.max_id_bytes)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("4111111111") && !stderr.contains("OOOO"),
+        "{stderr}"
+    );
+}

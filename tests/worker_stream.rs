@@ -666,6 +666,13 @@ fn poison_goes_to_dlq() {
                 &format!(r#","promo_codes":["ANNA10","{}"]"#, "L".repeat(max_code_bytes + 1)),
             ),
         ),
+        (
+            "field_too_long",
+            order("P-click", &format!(
+                r#","touchpoints":[{{"partner_id":"2001","click_id":"{}","ts":"2026-05-09T08:00:00Z"}}]"#,
+                "K".repeat(settings.limits.max_id_bytes + 1)
+            )),
+        ),
         // A zero-length value (not a null one: `produce_records` cannot send a tombstone);
         // both are dead-lettered as `empty_record`.
         ("empty_record", Vec::new()),
@@ -746,7 +753,13 @@ fn poison_goes_to_dlq() {
             header("__connect.errors.exception.class.name"),
             format!("promo_attribution.{reason}")
         );
-        assert!(!header("__connect.errors.exception.message").is_empty());
+        let message = header("__connect.errors.exception.message");
+        assert!(!message.is_empty());
+        // Messages name the field and the rule, never the value (issue 13, item 4).
+        assert!(
+            !message.contains("KKKK") && !message.contains("`17`"),
+            "{message}"
+        );
         assert_eq!(header("__connect.errors.connector.name"), connector);
         assert_eq!(header("__connect.errors.task.id"), task);
         assert_eq!(header("__connect.errors.stage"), "VALUE_CONVERTER");

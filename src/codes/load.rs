@@ -43,17 +43,58 @@ impl fmt::Display for LoadProblem {
     }
 }
 
-/// All problems found in a table; displayed one per line.
+/// All problems found in a table. Displayed one per line, at most [`SHOWN_PER_COLUMN`] per
+/// column with a count of the rest: one wrong value repeated over a million rows must not print
+/// a million lines (or log them as one 70 MB line). [`LoadProblems::full`] has every one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LoadProblems(pub Vec<LoadProblem>);
 
+/// Problems displayed per column (and for whole rows) before the rest are only counted.
+pub const SHOWN_PER_COLUMN: usize = 20;
+
+impl LoadProblems {
+    /// Every problem, one per line, for a `--problems` file.
+    pub fn full(&self) -> String {
+        self.0.iter().map(|p| format!("{p}\n")).collect()
+    }
+
+    /// Whether the display leaves problems out.
+    pub fn truncated(&self) -> bool {
+        let mut per_column: HashMap<Option<&str>, usize> = HashMap::new();
+        self.0.iter().any(|p| {
+            let shown = per_column.entry(p.column.as_deref()).or_default();
+            *shown += 1;
+            *shown > SHOWN_PER_COLUMN
+        })
+    }
+}
+
 impl fmt::Display for LoadProblems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.0.iter().enumerate() {
-            if i > 0 {
+        let mut shown: HashMap<Option<&str>, usize> = HashMap::new();
+        let mut hidden: std::collections::BTreeMap<Option<&str>, usize> = Default::default();
+        let mut first = true;
+        for problem in &self.0 {
+            let column = problem.column.as_deref();
+            let count = shown.entry(column).or_default();
+            if *count == SHOWN_PER_COLUMN {
+                *hidden.entry(column).or_default() += 1;
+                continue;
+            }
+            *count += 1;
+            if !first {
                 writeln!(f)?;
             }
+            first = false;
             write!(f, "{problem}")?;
+        }
+        for (column, count) in hidden {
+            match column {
+                Some(column) => {
+                    write!(f, "\n... and {count} more problems in column \"{column}\"")?
+                }
+                None => write!(f, "\n... and {count} more problems with whole rows")?,
+            }
         }
         Ok(())
     }
@@ -241,7 +282,38 @@ fn read_header<R: Read>(
             out.push(1, Some(name), "required column is missing");
         }
     }
+    if out.problems.len() != before
+        && let Some(hint) = other_kind_of_file(&headers, known)
+    {
+        // Said first: it explains every other header problem at once.
+        out.problems.insert(
+            before,
+            LoadProblem {
+                origin: out.origin.clone(),
+                line: 1,
+                column: None,
+                reason: hint.into(),
+            },
+        );
+    }
     (out.problems.len() == before).then_some(columns)
+}
+
+/// A hint when a file has the columns of the other kind of table (a partners file passed as the
+/// codes, or the reverse).
+fn other_kind_of_file(headers: &csv::StringRecord, expected: &[&str]) -> Option<&'static str> {
+    let has = |name: &str| headers.iter().any(|h| h.trim().eq_ignore_ascii_case(name));
+    if expected.contains(&"Promo Code") && has("Partner Id") && !has("Promo Code") {
+        Some(
+            "this looks like a partners file (it has a \"Partner Id\" column); pass it with --partners and the codes file as the codes",
+        )
+    } else if expected.contains(&"Partner Id") && has("Promo Code") && !has("Partner Id") {
+        Some(
+            "this looks like a codes file (it has a \"Promo Code\" column); pass it as the codes and the partners file with --partners",
+        )
+    } else {
+        None
+    }
 }
 
 fn csv_reader<R: Read>(input: R) -> csv::Reader<R> {
@@ -519,7 +591,7 @@ fn check_code_text(row: &Row<'_>, out: &mut Collector, code: &str, match_type: M
                 out.push(
                     row.line,
                     Some("Promo Code"),
-                    format!("longer than {MAX_EXACT_CODE_CHARS} characters"),
+                    format!("longer than {MAX_EXACT_CODE_CHARS} characters (the limit of the column, for patterns as for exact codes)"),
                 );
             }
         }
@@ -532,6 +604,26 @@ fn check_code_text(row: &Row<'_>, out: &mut Collector, code: &str, match_type: M
         }
         MatchType::Regex => {}
     }
+}
+
+/// Regex rows whose pattern is longer than [`MAX_EXACT_CODE_CHARS`]: the `Promo Code` cell
+/// holds at most 64 characters whatever the match mode (impact's column is a String(64)).
+/// Checked where new tables come in (`codes import`); versions stored before the rule still
+/// load, up to [`MAX_PATTERN_BYTES`].
+pub fn long_pattern_problems(entries: &[CodeEntry], origin: &str) -> Vec<LoadProblem> {
+    entries
+        .iter()
+        .filter(|e| e.match_type == MatchType::Regex)
+        .filter(|e| e.code.chars().count() > MAX_EXACT_CODE_CHARS)
+        .map(|e| LoadProblem {
+            origin: origin.to_string(),
+            line: u64::from(e.source_line),
+            column: Some("Promo Code".into()),
+            reason: format!(
+                "longer than {MAX_EXACT_CODE_CHARS} characters (the limit of the column, for patterns as for exact codes)"
+            ),
+        })
+        .collect()
 }
 
 /// Reads a partners file; a partner not listed later counts as [`Partner::unlisted`].
@@ -796,6 +888,78 @@ G,1001,55,TRACKING,ALWAYS,LI,,,
         assert_eq!(
             ok[1].contract_end.map(|t| t.to_rfc3339()),
             Some("2026-12-31T23:00:00+00:00".into())
+        );
+    }
+
+    #[test]
+    fn display_shows_at_most_twenty_problems_per_column_and_counts_the_rest() {
+        let problem = |line: u64, column: Option<&str>| LoadProblem {
+            origin: "c.csv".into(),
+            line,
+            column: column.map(str::to_string),
+            reason: "wrong".into(),
+        };
+        let mut all: Vec<LoadProblem> = (2..1002).map(|l| problem(l, Some("Program Id"))).collect();
+        all.extend((2..5).map(|l| problem(l, None)));
+        let problems = LoadProblems(all);
+        let text = problems.to_string();
+        assert_eq!(text.lines().count(), SHOWN_PER_COLUMN + 3 + 1, "{text}");
+        assert!(
+            text.ends_with("... and 980 more problems in column \"Program Id\""),
+            "{text}"
+        );
+        assert!(problems.truncated());
+        assert_eq!(problems.full().lines().count(), 1003);
+        assert!(!LoadProblems(vec![problem(2, None)]).truncated());
+    }
+
+    #[test]
+    fn a_partners_file_read_as_codes_is_recognised_and_vice_versa() {
+        let partners = "Partner Id,Status\n55,ACTIVE\n";
+        let problems = read_codes(partners.as_bytes(), "partners.csv")
+            .expect_err("not codes")
+            .0;
+        assert!(
+            problems[0]
+                .reason
+                .starts_with("this looks like a partners file"),
+            "{problems:?}"
+        );
+        let codes_text = format!("{HEADER}\nA,1,5,TRACKING,ALWAYS,LI,,,,\n");
+        let problems = read_partners(codes_text.as_bytes(), "codes.csv")
+            .expect_err("not partners")
+            .0;
+        assert!(
+            problems[0]
+                .reason
+                .starts_with("this looks like a codes file"),
+            "{problems:?}"
+        );
+        // A codes file with a bad header gets no such hint.
+        let problems = read_codes("Promo Code,Program\n".as_bytes(), "c")
+            .expect_err("bad")
+            .0;
+        assert!(problems.iter().all(|p| !p.reason.contains("looks like")));
+    }
+
+    #[test]
+    fn patterns_and_exact_codes_share_the_64_character_limit() {
+        let long = format!("^(A{}).*", "B".repeat(60));
+        let exact = "C".repeat(65);
+        let body =
+            format!("{long},1,5,TRACKING,ALWAYS,RE,,,,\n^(OK).*,1,5,TRACKING,ALWAYS,RE,,,,\n");
+        let entries = codes(&body).expect("stored tables still load long patterns");
+        let problems = long_pattern_problems(&entries, "c.csv");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, 2);
+        assert!(problems[0].reason.starts_with("longer than 64 characters"));
+        let exact_problems = codes(&format!("{exact},1,5,TRACKING,ALWAYS,LI,,,,\n"))
+            .expect_err("exact over 64")
+            .0;
+        assert!(
+            exact_problems[0]
+                .reason
+                .starts_with("longer than 64 characters")
         );
     }
 }

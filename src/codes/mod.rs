@@ -2,6 +2,8 @@
 //!
 //! Pure data and validation; no I/O beyond reading CSV from a `Read` the caller opens.
 
+mod budget;
+pub mod csv_safety;
 pub mod edit;
 pub mod export;
 pub mod load;

@@ -6,10 +6,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::budget::Budget;
 use super::load::{LoadProblem, LoadProblems};
 use super::normalize::{exact_key, trim_entered};
 use super::{CodeEntry, MatchType, Partner};
-use crate::matcher::{DEFAULT_REGEX_SIZE_LIMIT, ProgramMatcher, RegexIndex};
+use crate::matcher::{DEFAULT_REGEX_SIZE_LIMIT, ProgramMatcher, RegexIndex, regex_index};
 use crate::settings::detectors::ProgramSettings;
 
 /// Position of an entry in the table; also its row order, which breaks ties between regexes.
@@ -25,16 +26,27 @@ pub struct CodeMatch {
     pub owners_differ: bool,
 }
 
+/// Default of `codes.max_regex_bytes` (see [`super::budget`]).
+pub const DEFAULT_MAX_REGEX_BYTES: usize = 256 * 1024 * 1024;
+/// Default of `codes.max_regex_rows_per_program`.
+pub const DEFAULT_MAX_REGEX_ROWS_PER_PROGRAM: usize = 10_000;
+
 /// Build options that are not part of the table's content.
 #[derive(Debug, Clone, Copy)]
 pub struct BuildOptions {
+    /// Compiled size bound of one pattern.
     pub regex_size_limit: usize,
+    /// The matcher budget: compiled size of all regex rows, sets and indexes together.
+    pub max_regex_bytes: usize,
+    pub max_regex_rows_per_program: usize,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             regex_size_limit: DEFAULT_REGEX_SIZE_LIMIT,
+            max_regex_bytes: DEFAULT_MAX_REGEX_BYTES,
+            max_regex_rows_per_program: DEFAULT_MAX_REGEX_ROWS_PER_PROGRAM,
         }
     }
 }
@@ -72,8 +84,9 @@ impl std::fmt::Debug for CodeTable {
 }
 
 impl CodeTable {
-    /// Indexes `entries` (in row order) and `partners`, reporting every duplicate code and every
-    /// pattern that does not compile. `origin` names the codes' source in problems.
+    /// Indexes `entries` (in row order) and `partners`, reporting every duplicate code, every
+    /// pattern that does not compile, and a table over the matcher budget or the regex rows per
+    /// program. `origin` names the codes' source in problems.
     pub fn build(
         entries: Vec<CodeEntry>,
         partners: Vec<Partner>,
@@ -93,6 +106,8 @@ impl CodeTable {
         let mut programs: HashMap<Arc<str>, ProgramMatcher, foldhash::fast::RandomState> =
             HashMap::default();
         let mut pattern_rows: HashMap<(&str, &str), EntryId> = HashMap::new();
+        let mut regex_rows: HashMap<&str, usize> = HashMap::new();
+        let mut budget = Budget::new(options.max_regex_bytes);
         for (id, entry) in entries.iter().enumerate() {
             let id = id as EntryId;
             let program =
@@ -122,24 +137,62 @@ impl CodeTable {
                 );
                 continue;
             }
-            if entry.match_type == MatchType::Regex
-                && let Err(reason) = program.regex.add(&entry.code, id)
-            {
+            if entry.match_type != MatchType::Regex {
+                continue;
+            }
+            let count = regex_rows.entry(&entry.program_id).or_default();
+            *count += 1;
+            if *count > options.max_regex_rows_per_program {
                 problem(
                     u64::from(entry.source_line),
-                    format!("regex {:?} refused: {reason}", entry.code),
+                    format!(
+                        "regex row {count} of program {}: a program has at most {} regex rows (codes.max_regex_rows_per_program)",
+                        entry.program_id, options.max_regex_rows_per_program
+                    ),
                 );
+                continue;
+            }
+            // Once the budget is spent, regexes are compiled only to be measured for the report.
+            let added = if budget.exceeded() {
+                regex_index::measure(&entry.code, options.regex_size_limit).map(|b| (b, None))
+            } else {
+                let before = program.regex.memory_usage();
+                let indexed = program.regex.add(&entry.code, id);
+                indexed.map(|i| (program.regex.memory_usage() - before, Some(i)))
+            };
+            match added {
+                Ok((bytes, indexed)) => budget.charge(
+                    entry.source_line,
+                    &entry.program_id,
+                    &entry.code,
+                    bytes,
+                    indexed,
+                ),
+                Err(reason) => problem(
+                    u64::from(entry.source_line),
+                    format!("regex {:?} refused: {reason}", entry.code),
+                ),
             }
         }
         for (program_id, program) in &mut programs {
-            if let Err(reason) = program.regex.finish() {
-                problem(
+            if budget.exceeded() {
+                break;
+            }
+            let before = program.regex.memory_usage();
+            let remaining = budget.remaining();
+            match program.regex.finish_within(remaining) {
+                Ok(()) => budget.charge_shared(program.regex.memory_usage() - before),
+                Err(_) if program.regex.set_limit() > remaining => budget.refuse_set(program_id),
+                Err(reason) => problem(
                     0,
                     format!(
                         "program {program_id}: patterns without a literal anchor do not build together: {reason}"
                     ),
-                );
+                ),
             }
+        }
+        for (line, reason) in budget.problems() {
+            problem(line, reason);
         }
         if !problems.is_empty() {
             return Err(LoadProblems(problems));
@@ -203,6 +256,15 @@ impl CodeTable {
             indexed: self.indexed.clone(),
             patched,
             program_settings: self.program_settings.clone(),
+        }
+    }
+
+    /// The rows as last fully built, handed back without a copy when no other version shares
+    /// them (a table just built to validate rows).
+    pub fn into_entries(self) -> Vec<CodeEntry> {
+        match Arc::try_unwrap(self.indexed) {
+            Ok(indexed) => indexed.entries,
+            Err(shared) => shared.entries.clone(),
         }
     }
 

@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::progress::Phase;
 use super::report;
 use super::{CodesCommand, CodesError, ImportArgs, MatchMode, ProgramSettingsCommand};
+use crate::codes::csv_safety;
 use crate::codes::edit::{self, Edit, ImportMode};
 use crate::codes::export::{code_record, write_codes, write_partners};
-use crate::codes::load::{LoadProblem, read_codes_lenient, read_partners};
+use crate::codes::load::{LoadProblem, long_pattern_problems, read_codes_lenient, read_partners};
 use crate::codes::table::BuildOptions;
 use crate::codes::{CodeEntry, CodeTable, LoadProblems, Partner};
-use crate::redis::store::snapshot::decode_delta;
+use crate::redis::store::snapshot::{ChunksReader, decode_delta};
 use crate::redis::store::{Snapshot, Store, StoreError, VersionMeta};
-use crate::settings::StoreSettings;
+use crate::settings::Settings;
 use crate::settings::detectors::ProgramSettings;
 
 /// A publish that loses a race with another admin is redone from the new version this often.
@@ -24,8 +26,8 @@ const PUBLISH_ATTEMPTS: usize = 3;
 /// Files above this size get a progress bar (on a terminal).
 const PROGRESS_MIN_BYTES: u64 = 4 * 1024 * 1024;
 
-pub fn run(settings: &StoreSettings, command: CodesCommand) -> Result<(), CodesError> {
-    let mut store = Store::connect(settings)?;
+pub fn run(settings: &Settings, command: CodesCommand) -> Result<(), CodesError> {
+    let mut store = Store::connect(&settings.store)?;
     match command {
         CodesCommand::Import(args) => import(&mut store, settings, &args),
         CodesCommand::Expire(code) => edit_code(&mut store, settings, code, Edit::Expire),
@@ -58,7 +60,7 @@ pub fn run(settings: &StoreSettings, command: CodesCommand) -> Result<(), CodesE
             format,
         } => {
             let (version, snapshot) = current(&mut store)?;
-            let table = build(snapshot, version)?;
+            let table = build(snapshot, version, settings.codes.build_options())?;
             report::show(&table, &raw, program.as_deref(), at.as_deref(), format)
         }
         CodesCommand::History { limit, format } => {
@@ -93,9 +95,13 @@ fn current(store: &mut Store) -> Result<(u64, Snapshot), CodesError> {
     }
 }
 
-fn build(snapshot: Snapshot, version: u64) -> Result<CodeTable, CodesError> {
+fn build(snapshot: Snapshot, version: u64, options: BuildOptions) -> Result<CodeTable, CodesError> {
     snapshot
-        .build(&version.to_string(), &format!("store version {version}"))
+        .build_with(
+            &version.to_string(),
+            &format!("store version {version}"),
+            options,
+        )
         .map_err(CodesError::Invalid)
 }
 
@@ -132,19 +138,27 @@ struct Upload {
 }
 
 /// The header names of a CSV file (empty when it has none; the loader reports that).
-fn header(bytes: &[u8]) -> Vec<String> {
+fn header(bytes: impl Read) -> Vec<String> {
     csv::Reader::from_reader(bytes)
         .headers()
         .map(|h| h.iter().map(str::to_string).collect())
         .unwrap_or_default()
 }
 
-/// Reads and checks the uploaded files on their own, so problems point at their lines.
-fn read_upload(args: &ImportArgs) -> Result<Upload, CodesError> {
+fn open(path: &Path) -> Result<File, CodesError> {
+    File::open(path).map_err(|e| CodesError::Io(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Reads and checks the uploaded files on their own, so problems point at their lines. The
+/// codes are parsed as they stream from the file (no copy of its bytes is held).
+fn read_upload(args: &ImportArgs, options: BuildOptions) -> Result<Upload, CodesError> {
     let origin = args.file.display().to_string();
-    let bytes = read_file(&args.file)?;
-    let columns = header(&bytes);
-    let (entries, mut problems) = read_codes_lenient(bytes.as_slice(), &origin);
+    let columns = header(BufReader::new(open(&args.file)?));
+    let file = open(&args.file)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let reading = Phase::bytes("read", size);
+    let (entries, mut problems) = read_codes_lenient(reading.wrap(BufReader::new(file)), &origin);
+    reading.done(entries.len() + problems.len(), "rows");
     if let Some(program) = &args.program {
         for entry in edit::outside_program(&entries, program) {
             problems.push(LoadProblem {
@@ -158,12 +172,18 @@ fn read_upload(args: &ImportArgs) -> Result<Upload, CodesError> {
             });
         }
     }
+    problems.extend(csv_safety::code_problems(&entries, &origin));
+    problems.extend(long_pattern_problems(&entries, &origin));
     let partners = match &args.partners {
         None => None,
         Some(path) => {
             let bytes = read_file(path)?;
-            match read_partners(bytes.as_slice(), &path.display().to_string()) {
-                Ok(partners) => Some((partners, header(&bytes))),
+            let origin = path.display().to_string();
+            match read_partners(bytes.as_slice(), &origin) {
+                Ok(partners) => {
+                    problems.extend(csv_safety::partner_problems(&partners, &origin));
+                    Some((partners, header(bytes.as_slice())))
+                }
                 Err(invalid) => {
                     problems.extend(invalid.0);
                     None
@@ -171,16 +191,18 @@ fn read_upload(args: &ImportArgs) -> Result<Upload, CodesError> {
             }
         }
     };
-    // Duplicates and patterns within the file, reported against the file's own lines.
-    if let Err(more) = CodeTable::build(
-        entries.clone(),
-        Vec::new(),
-        "upload",
-        &origin,
-        BuildOptions::default(),
-    ) {
-        problems.extend(more.0);
-    }
+    // Duplicates and patterns within the file, reported against the file's own lines. The
+    // rows go into the index and come back out, rather than being copied for it.
+    let rows = entries.len();
+    let validating = Phase::spinner("validated", format!("{rows} rows"));
+    let entries = match CodeTable::build(entries, Vec::new(), "upload", &origin, options) {
+        Ok(table) => table.into_entries(),
+        Err(more) => {
+            problems.extend(more.0);
+            Vec::new()
+        }
+    };
+    validating.done(rows, "rows");
     if !problems.is_empty() {
         problems.sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
         return Err(CodesError::Invalid(LoadProblems(problems)));
@@ -192,12 +214,8 @@ fn read_upload(args: &ImportArgs) -> Result<Upload, CodesError> {
     })
 }
 
-fn import(
-    store: &mut Store,
-    settings: &StoreSettings,
-    args: &ImportArgs,
-) -> Result<(), CodesError> {
-    let upload = read_upload(args)?;
+fn import(store: &mut Store, settings: &Settings, args: &ImportArgs) -> Result<(), CodesError> {
+    let upload = read_upload(args, settings.codes.build_options())?;
     let mode = if args.replace {
         ImportMode::Replace
     } else {
@@ -216,10 +234,18 @@ fn import(
         dry_run: args.dry_run,
         ..Publish::new(&command)
     };
+    // The rows move into the new table rather than being copied, so a million of them are not
+    // held twice; a publish redone after losing a race reads the file again.
+    let first = std::cell::RefCell::new(Some(upload));
     publish_change(store, settings, how, |base| {
+        let taken = first.borrow_mut().take();
+        let upload = match taken {
+            Some(upload) => upload,
+            None => read_upload(args, settings.codes.build_options())?,
+        };
         let entries = edit::combine(
             &base.entries,
-            upload.entries.clone(),
+            upload.entries,
             mode,
             args.program.as_deref(),
             &upload.columns,
@@ -238,7 +264,7 @@ fn import(
 
 fn edit_code(
     store: &mut Store,
-    settings: &StoreSettings,
+    settings: &Settings,
     code: super::CodeArgs,
     change: Edit,
 ) -> Result<(), CodesError> {
@@ -256,6 +282,10 @@ fn edit_code(
         let mut changed = base.clone();
         edit::apply(&mut changed.entries[index], &change)?;
         let entry = &changed.entries[index];
+        let unsafe_cells = csv_safety::code_problems(std::slice::from_ref(entry), "the edited row");
+        if !unsafe_cells.is_empty() {
+            return Err(CodesError::Invalid(LoadProblems(unsafe_cells)));
+        }
         // Named as stored, so the history reads the same whichever spelling was typed.
         let command = format!(
             "{} {} (program {})",
@@ -272,7 +302,7 @@ fn edit_code(
     })
 }
 
-fn rollback(store: &mut Store, settings: &StoreSettings, version: u64) -> Result<(), CodesError> {
+fn rollback(store: &mut Store, settings: &Settings, version: u64) -> Result<(), CodesError> {
     let target = match store.load_version(version) {
         Err(StoreError::MissingVersion(v)) => {
             return Err(CodesError::Request(format!(
@@ -292,7 +322,7 @@ fn rollback(store: &mut Store, settings: &StoreSettings, version: u64) -> Result
 
 fn program_settings(
     store: &mut Store,
-    settings: &StoreSettings,
+    settings: &Settings,
     command: ProgramSettingsCommand,
 ) -> Result<(), CodesError> {
     match command {
@@ -405,7 +435,7 @@ impl<'c> Publish<'c> {
 /// between.
 fn publish_change(
     store: &mut Store,
-    settings: &StoreSettings,
+    settings: &Settings,
     how: Publish<'_>,
     change: impl Fn(&Snapshot) -> Result<Changed, CodesError>,
 ) -> Result<(), CodesError> {
@@ -425,7 +455,15 @@ fn publish_change(
             delta,
             command,
         } = change(&base)?;
-        verify_readable(&next, &delta)?;
+        // A bulk change can be a million rows: say what is going on while it is checked.
+        let checking_bulk = delta.is_empty();
+        let checking = checking_bulk.then(|| {
+            Phase::spinner(
+                "checked",
+                format!("the resulting table of {} rows", next.entries.len()),
+            )
+        });
+        let next = verify_readable(next, &delta, settings.codes.build_options())?;
         let programs_changed = next
             .programs
             .iter()
@@ -443,6 +481,9 @@ fn publish_change(
             &next.partners,
             programs_changed,
         );
+        if let Some(checking) = checking {
+            checking.done(next.entries.len(), "rows");
+        }
         if how.dry_run {
             println!("dry run, nothing written: would publish {summary}");
             return Ok(());
@@ -460,7 +501,13 @@ fn publish_change(
             delta,
             ..VersionMeta::default()
         };
-        match store.publish(&next, base_version, meta) {
+        let uploading = checking_bulk
+            .then(|| Phase::spinner("uploaded", format!("{} rows", next.entries.len())));
+        let published = store.publish(&next, base_version, meta);
+        if let Some(uploading) = uploading {
+            uploading.done(next.entries.len(), "rows");
+        }
+        match published {
             Ok(published) => {
                 println!("published version {}: {summary}", published.version);
                 prune(store, settings);
@@ -477,33 +524,47 @@ fn publish_change(
 
 /// Checks the new table the way a worker will read it, so that no version a worker would refuse
 /// is ever published: the changed rows of a single-row edit through the loader; a bulk change
-/// encoded, read back and indexed whole.
-fn verify_readable(next: &Snapshot, delta: &[Vec<String>]) -> Result<(), CodesError> {
+/// encoded, read back and indexed whole. The table read back is what is returned (and
+/// published): holding it instead of a copy keeps one copy of a million rows fewer in memory.
+fn verify_readable(
+    next: Snapshot,
+    delta: &[Vec<String>],
+    options: BuildOptions,
+) -> Result<Snapshot, CodesError> {
     let origin = "the resulting table";
     if !delta.is_empty() {
         // The other rows were read from the store and are unchanged; an edit cannot add a
         // duplicate or a pattern.
-        return decode_delta(delta, origin)
-            .map(drop)
-            .map_err(CodesError::Invalid);
+        decode_delta(delta, origin).map_err(CodesError::Invalid)?;
+        return Ok(next);
     }
     let encoded = next
         .encode()
         .map_err(|e| CodesError::Io(format!("cannot encode the table: {e}")))?;
-    Snapshot::decode(
-        &encoded.code_chunks.concat(),
-        &encoded.partners,
+    let Snapshot {
+        partners, programs, ..
+    } = next;
+    let decoded = Snapshot::decode(
+        ChunksReader::new(&encoded.code_chunks),
+        encoded.partners.as_slice(),
         &encoded.programs,
         origin,
     )
-    .and_then(|decoded| decoded.build("validation", origin).map(drop))
-    .map_err(CodesError::Invalid)
+    .map_err(CodesError::Invalid)?;
+    drop(encoded);
+    let table = CodeTable::build(decoded.entries, Vec::new(), "validation", origin, options)
+        .map_err(CodesError::Invalid)?;
+    Ok(Snapshot {
+        entries: table.into_entries(),
+        partners,
+        programs,
+    })
 }
 
-fn prune(store: &mut Store, settings: &StoreSettings) {
+fn prune(store: &mut Store, settings: &Settings) {
     let removed = store.prune(
-        settings.keep_versions as usize,
-        Duration::from_secs(settings.grace_secs),
+        settings.store.keep_versions as usize,
+        Duration::from_secs(settings.store.grace_secs),
         chrono::Utc::now(),
     );
     match removed {

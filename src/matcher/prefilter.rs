@@ -81,6 +81,10 @@ impl KeyFilter {
         Some((block, mix(key) as usize % BLOCK_BITS))
     }
 
+    pub(crate) fn memory_usage(&self) -> usize {
+        self.blocks.capacity() * BLOCK_BITS / 8
+    }
+
     /// `false` only when the key is certainly not indexed; an unbuilt filter always says maybe.
     pub(crate) fn may_contain(&self, key: &InlineKey) -> bool {
         if self.blocks.is_empty() {
@@ -151,6 +155,12 @@ impl StartFilter {
         StartFilter {
             tables: Some(tables),
         }
+    }
+
+    pub(crate) fn memory_usage(&self) -> usize {
+        self.tables
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<[u64; 1024]>())
     }
 
     /// `false` only when no pattern the filter was built from can match `code`.

@@ -5,12 +5,22 @@
 //! pattern is indexed by the literals a match must begin (or end) with, an entered code probes the
 //! index once per distinct literal length, and only the few candidates found are run. Patterns of
 //! the form `^LITERAL<anything that may be empty>` need no regex run at all: a prefix hit is the
-//! match. Patterns with no anchored literal fall back to a `RegexSet`.
+//! match. Patterns with no anchored literal fall back to a set of all of them.
+//!
+//! The regexes are regex-automata's meta regexes (what the `regex` crate wraps) because those
+//! report their heap size: every compiled regex, set and first search cache is counted in
+//! [`RegexIndex::memory_usage`], which the table's matcher budget checks (see
+//! [`crate::codes::table`]). Unicode classes keep their Unicode meaning (`\w` is any of ~140,000
+//! word characters) and are counted at their real cost, so a table full of them is refused for
+//! its size rather than silently read with other semantics.
 
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_automata::meta::{self, Regex};
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::util::syntax;
+use regex_automata::{Input, MatchKind, PatternSet};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
@@ -22,6 +32,12 @@ use super::prefilter::{KeyFilter, StartFilter};
 pub const DEFAULT_REGEX_SIZE_LIMIT: usize = 256 * 1024;
 /// More case variants than this (from `(?i)` on a long prefix) and a pattern is not worth indexing.
 const MAX_LITERALS_PER_PATTERN: usize = 256;
+/// The lazy DFA's cache of one regex may grow to this with use (the `regex` crate's default).
+const LAZY_DFA_CACHE_BYTES: usize = 2 * 1024 * 1024;
+/// Heap a compiled regex holds that `memory_usage` does not report (its shared state, cache pool
+/// and pattern); measured as the resident-size growth of 1,000 small regexes minus what they
+/// report.
+const PER_REGEX_OVERHEAD: usize = 4 * 1024;
 
 enum Check {
     /// The pattern is exactly "starts with the indexed literal".
@@ -103,11 +119,13 @@ pub struct RegexIndex {
     prefix: LiteralIndex,
     suffix: LiteralIndex,
     unindexed: Vec<u32>,
-    unindexed_set: Option<RegexSet>,
+    unindexed_set: Option<Regex>,
     unindexed_sources: Vec<String>,
     /// Rules out the unindexed patterns for most codes before any of them runs.
     unindexed_filter: StartFilter,
     size_limit: usize,
+    /// Heap of the compiled regexes and the set, with one search cache each.
+    compiled_bytes: usize,
 }
 
 impl RegexIndex {
@@ -131,10 +149,8 @@ impl RegexIndex {
             self.prefix.add(&literal, local);
             return Ok(IndexedBy::PrefixOnly);
         }
-        let regex = RegexBuilder::new(pattern)
-            .size_limit(self.size_limit)
-            .build()
-            .map_err(|e| one_line(&e.to_string()))?;
+        let (regex, bytes) = compile(pattern, self.size_limit)?;
+        self.compiled_bytes += bytes;
         let properties = hir.properties();
         let indexed = if let Some(literals) = properties
             .look_set_prefix()
@@ -168,6 +184,11 @@ impl RegexIndex {
 
     /// Builds the fallback set and the pre-filters once all patterns are in.
     pub fn finish(&mut self) -> Result<(), String> {
+        self.finish_within(usize::MAX)
+    }
+
+    /// [`RegexIndex::finish`], refusing to compile a fallback set larger than `budget` bytes.
+    pub fn finish_within(&mut self, budget: usize) -> Result<(), String> {
         self.prefix.finish(false);
         self.suffix.finish(true);
         let hirs: Vec<Hir> = self
@@ -177,15 +198,52 @@ impl RegexIndex {
             .collect::<Result<_, _>>()?;
         self.unindexed_filter = StartFilter::build(&hirs);
         self.unindexed_set = if self.unindexed.len() > 8 {
-            let set = RegexSetBuilder::new(&self.unindexed_sources)
-                .size_limit(self.size_limit.saturating_mul(self.unindexed.len()))
-                .build()
-                .map_err(|e| one_line(&e.to_string()))?;
+            let limit = self.set_limit().min(budget);
+            let set = meta::Builder::new()
+                .configure(
+                    config(limit)
+                        .match_kind(MatchKind::All)
+                        .which_captures(WhichCaptures::None),
+                )
+                .syntax(syntax::Config::new().utf8(true))
+                .build_many(&self.unindexed_sources)
+                .map_err(build_error)?;
+            self.compiled_bytes += heap_of(&set);
             Some(set)
         } else {
             None
         };
         Ok(())
+    }
+
+    /// The compiled-size bound of the fallback set without a budget.
+    pub fn set_limit(&self) -> usize {
+        self.size_limit.saturating_mul(self.unindexed.len())
+    }
+
+    /// Heap held by the index: compiled regexes and set with a first search cache each (a cache
+    /// grows with use, up to the lazy DFA's capacity per searching thread), literal tables and
+    /// filters.
+    pub fn memory_usage(&self) -> usize {
+        let literal_tables = [&self.prefix, &self.suffix]
+            .iter()
+            .map(|index| {
+                let slot = std::mem::size_of::<(MapKey, Vec<u32>)>() + 1;
+                index.inline.capacity() * slot
+                    + index.spilled.capacity() * (slot + 16)
+                    + index.inline.values().map(Vec::capacity).sum::<usize>() * 4
+                    + index.filter.memory_usage()
+            })
+            .sum::<usize>();
+        self.compiled_bytes
+            + literal_tables
+            + self.patterns.capacity() * std::mem::size_of::<Pattern>()
+            + self.unindexed_filter.memory_usage()
+            + self
+                .unindexed_sources
+                .iter()
+                .map(String::len)
+                .sum::<usize>()
     }
 
     /// Appends the values of every pattern that matches `code` (already trimmed), each once.
@@ -220,7 +278,9 @@ impl RegexIndex {
             // run every pattern to completion. Almost no code hits the fallback patterns, so
             // asking the cheap question first keeps the common miss at tens of nanoseconds.
             Some(set) if set.is_match(code) => {
-                set.matches(code).iter().for_each(&mut push_unindexed)
+                let mut matched = PatternSet::new(set.pattern_len());
+                set.which_overlapping_matches(&Input::new(code), &mut matched);
+                matched.iter().for_each(|id| push_unindexed(id.as_usize()))
             }
             Some(_) => {}
             None => (0..self.unindexed.len())
@@ -308,6 +368,49 @@ fn anchored_literals(hir: &Hir, kind: ExtractKind) -> Option<Vec<Vec<u8>>> {
     Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
 }
 
+/// The meta configuration the `regex` crate uses, with our NFA size limit.
+fn config(nfa_size_limit: usize) -> meta::Config {
+    meta::Config::new()
+        .nfa_size_limit(Some(nfa_size_limit))
+        .hybrid_cache_capacity(LAZY_DFA_CACHE_BYTES)
+        .utf8_empty(true)
+}
+
+/// Compiles one pattern as `regex::Regex` would and tells its heap size with a search cache.
+fn compile(pattern: &str, size_limit: usize) -> Result<(Regex, usize), String> {
+    let regex = meta::Builder::new()
+        .configure(config(size_limit).match_kind(MatchKind::LeftmostFirst))
+        .syntax(syntax::Config::new().utf8(true))
+        .build(pattern)
+        .map_err(build_error)?;
+    let bytes = heap_of(&regex);
+    Ok((regex, bytes))
+}
+
+/// The heap `pattern` would take in an index (see [`RegexIndex::memory_usage`]), compiled and
+/// dropped; `0` for a pattern indexed by its literal prefix alone, which compiles nothing.
+pub fn measure(pattern: &str, size_limit: usize) -> Result<usize, String> {
+    if literal_prefix_only(&parse(pattern)?).is_some() {
+        return Ok(0);
+    }
+    compile(pattern, size_limit).map(|(_, bytes)| bytes)
+}
+
+fn heap_of(regex: &Regex) -> usize {
+    regex.memory_usage() + regex.create_cache().memory_usage() + PER_REGEX_OVERHEAD
+}
+
+/// One line, worded as the `regex` crate words its errors.
+fn build_error(error: meta::BuildError) -> String {
+    if let Some(limit) = error.size_limit() {
+        return format!("compiled regex exceeds size limit of {limit} bytes");
+    }
+    match error.syntax_error() {
+        Some(syntax) => one_line(&syntax.to_string()),
+        None => one_line(&error.to_string()),
+    }
+}
+
 fn parse(pattern: &str) -> Result<Hir, String> {
     regex_syntax::ParserBuilder::new()
         .build()
@@ -327,6 +430,8 @@ fn one_line(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use regex::RegexSet;
+
     use super::*;
 
     fn index(patterns: &[&str]) -> RegexIndex {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::admin::{Health, Heartbeat};
 use crate::backoff::Backoff;
 use crate::codes::CodeTable;
+use crate::codes::table::BuildOptions;
 use crate::metrics::Metrics;
 use crate::metrics::events::{
     CodeStoreCheckFailed, CodeTableApplied, CodeTableRefused, InternalEvent,
@@ -54,6 +55,7 @@ pub const THREAD: &str = "code-sync";
 /// the returned handle as fatal.
 pub fn start(
     settings: &StoreSettings,
+    options: BuildOptions,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: Arc<AtomicBool>,
@@ -61,6 +63,7 @@ pub fn start(
     let follower = Follower {
         heartbeat: health.register(THREAD),
         settings: settings.clone(),
+        options,
         metrics,
         shutdown,
         loaded: None,
@@ -75,6 +78,8 @@ pub fn start(
 struct Follower {
     heartbeat: Heartbeat,
     settings: StoreSettings,
+    /// The matcher budget a version must fit (a version over it is refused like a corrupt one).
+    options: BuildOptions,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     /// The table in force.
@@ -188,7 +193,7 @@ impl Follower {
         let table_version = stored.table_version();
         let snapshot = stored.snapshot()?;
         let table = snapshot
-            .build(&table_version, &origin)
+            .build_with(&table_version, &origin, self.options)
             .map_err(|problems| StoreError::Corrupt {
                 version,
                 reason: problems.to_string(),
@@ -446,6 +451,8 @@ impl Follower {
                 }
                 .emit(&self.metrics);
                 self.refused = Some(pointer);
+                // Refusing a table over the matcher budget means building part of it first.
+                release_memory();
                 Ok(())
             }
             Err(StoreError::MissingVersion(_)) => Ok(()),

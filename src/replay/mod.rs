@@ -20,7 +20,6 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::codes::CodeTable;
-use crate::codes::table::BuildOptions;
 use crate::dlq::dead_letter_ref;
 use crate::engine::{Engine, Outputs, WriteKind};
 use crate::ids::conversion_event_id;
@@ -183,18 +182,26 @@ fn table(args: &ReplayArgs, settings: &Settings) -> Result<CodeTable, ToolError>
             .map_err(|e| ToolError::usage(e.to_string()))?;
         let snapshot = stored.snapshot().map_err(|e| invalid(e.to_string()))?;
         return snapshot
-            .build(&stored.table_version(), &stored.origin())
+            .build_with(
+                &stored.table_version(),
+                &stored.origin(),
+                settings.codes.build_options(),
+            )
             .map_err(|problems| invalid(problems.to_string()));
     }
     let codes = args
         .codes
         .as_deref()
         .ok_or_else(|| ToolError::usage("give --table-version N or --codes FILE"))?;
-    let table = offline::load_table(codes, args.partners.as_deref(), BuildOptions::default())
-        .map_err(|e| match e {
-            TableError::Invalid(_) => invalid(e.to_string()),
-            TableError::Io { .. } => ToolError::usage(e.to_string()),
-        })?;
+    let table = offline::load_table(
+        codes,
+        args.partners.as_deref(),
+        settings.codes.build_options(),
+    )
+    .map_err(|e| match e {
+        TableError::Invalid(_) => invalid(e.to_string()),
+        TableError::Io { .. } => ToolError::usage(e.to_string()),
+    })?;
     crate::table_source::with_program_settings_file(table, &settings.codes)
         .map_err(|e| ToolError::usage(format!("codes.program_settings_file: {e}")))
 }

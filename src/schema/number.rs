@@ -93,13 +93,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for JsonNumber<'a> {
         if number && in_f64_range(text) {
             return Ok(JsonNumber(Cow::Borrowed(text)));
         }
-        let unexpected = if number {
-            "number out of range"
-        } else {
-            "not a number"
+        // The kind of value, never the value: this message ends up in DLQ headers.
+        let unexpected = match text.as_bytes().first() {
+            _ if number => "a number out of range",
+            Some(b'"') => "a string",
+            Some(b't' | b'f') => "a boolean",
+            Some(b'n') => "null",
+            Some(b'{') => "an object",
+            Some(b'[') => "an array",
+            _ => "not a number",
         };
         Err(de::Error::custom(format_args!(
-            "{unexpected}: {text}, expected a JSON number"
+            "{unexpected}, expected a JSON number"
         )))
     }
 }

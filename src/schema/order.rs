@@ -136,7 +136,8 @@ pub struct ValidOrder<'a> {
 }
 
 /// Why an input record cannot be decided. The `reason` string is stable: it labels DLQ records
-/// and metrics.
+/// and metrics. Messages name the field and the rule but never carry the field's value: they go
+/// into DLQ headers and logs, and values are customer data or attacker-sized.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
     #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
@@ -149,8 +150,15 @@ pub enum OrderError {
     SchemaViolation(String),
     #[error("unsupported schema_version {0} (this worker reads version {SCHEMA_VERSION})")]
     UnsupportedSchemaVersion(u32),
-    #[error("field {field} is not an RFC 3339 date-time with offset: {value:?}")]
-    BadTimestamp { field: String, value: String },
+    #[error("field {field} is not an RFC 3339 date-time with offset (like 2026-05-10T12:00:00Z)")]
+    BadTimestamp { field: String },
+    #[error("field {field} is {length} bytes, over the limit of {limit} ({setting})")]
+    FieldTooLong {
+        field: String,
+        length: usize,
+        limit: usize,
+        setting: &'static str,
+    },
     #[error("{count} promo codes exceed the limit of {limit} per order")]
     TooManyCodes { count: usize, limit: usize },
     #[error("{count} touchpoints exceed the limit of {limit} per order")]
@@ -178,6 +186,7 @@ impl OrderError {
             OrderError::TooManyCodes { .. } => "too_many_codes",
             OrderError::TooManyTouchpoints { .. } => "too_many_touchpoints",
             OrderError::CodeTooLong { .. } => "code_too_long",
+            OrderError::FieldTooLong { .. } => "field_too_long",
         }
     }
 }
@@ -195,10 +204,110 @@ pub fn parse_order<'a>(
     }
     let text = std::str::from_utf8(bytes).map_err(|e| OrderError::InvalidUtf8(e.valid_up_to()))?;
     let order: Order<'a> = serde_json::from_str(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => OrderError::SchemaViolation(e.to_string()),
+        serde_json::error::Category::Data => OrderError::SchemaViolation(schema_problem(text, &e)),
         _ => OrderError::MalformedJson(e.to_string()),
     })?;
     validate(order, limits)
+}
+
+/// What is wrong with a record that is JSON but not an order, as "field: rule". The record is
+/// read again with path tracking, only on this (rare) path so that the hot path pays nothing.
+fn schema_problem(text: &str, error: &serde_json::Error) -> String {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, Order<'_>>(&mut deserializer) {
+        Err(tracked) if tracked.path().iter().next().is_some() => {
+            format!(
+                "{}: {}",
+                tracked.path(),
+                without_values(&tracked.inner().to_string())
+            )
+        }
+        _ => without_values(&error.to_string()),
+    }
+}
+
+/// serde's messages quote the offending value ("invalid type: integer `4111111111`, expected a
+/// string"); keep its kind and the expectation, drop the value.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((unexpected, expected)) = rest.split_once(", expected ")
+        {
+            let kind = unexpected
+                .split([' ', '`', '"'])
+                .take_while(|word| !word.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            return format!("{prefix}{kind}, expected {expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ")
+        && let Some((_, expected)) = rest.split_once(", expected ")
+    {
+        return format!("unknown variant, expected {expected}");
+    }
+    message.to_string()
+}
+
+/// The identifier fields of an order and their byte lengths, for the length limits.
+fn identifiers<'o>(order: &'o Order<'_>) -> impl Iterator<Item = (String, usize)> + 'o {
+    let top = [
+        ("order_id", Some(&order.order_id)),
+        ("program_id", Some(&order.program_id)),
+        ("event_type", Some(&order.event_type)),
+        ("event_id", order.event_id.as_ref()),
+    ];
+    let customer = order.customer.iter().flat_map(|c| {
+        [
+            ("customer.id", c.id.as_ref()),
+            ("customer.email_sha256", c.email_sha256.as_ref()),
+            ("customer.status", c.status.as_ref()),
+        ]
+    });
+    let risk = order.risk.iter().flat_map(|r| {
+        [
+            ("risk.ip_hash", r.ip_hash.as_ref()),
+            ("risk.device_hash", r.device_hash.as_ref()),
+        ]
+    });
+    let named = top
+        .into_iter()
+        .chain(customer)
+        .chain(risk)
+        .filter_map(|(name, value)| Some((name.to_string(), value?.len())));
+    let touchpoints = order.touchpoints.iter().enumerate().flat_map(|(i, tp)| {
+        [
+            (format!("touchpoints[{i}].partner_id"), tp.partner_id.len()),
+            (format!("touchpoints[{i}].click_id"), tp.click_id.len()),
+        ]
+    });
+    named.chain(touchpoints)
+}
+
+fn check_lengths(order: &Order<'_>, limits: &InputLimits) -> Result<(), OrderError> {
+    let too_long = |field: String, length: usize, limit: usize, setting| {
+        (length > limit).then_some(OrderError::FieldTooLong {
+            field,
+            length,
+            limit,
+            setting,
+        })
+    };
+    let currency = order.currency.as_ref().and_then(|c| {
+        too_long(
+            "currency".into(),
+            c.len(),
+            limits.max_currency_bytes,
+            "limits.max_currency_bytes",
+        )
+    });
+    let id = identifiers(order).find_map(|(field, length)| {
+        too_long(field, length, limits.max_id_bytes, "limits.max_id_bytes")
+    });
+    match id.or(currency) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 fn validate<'a>(mut order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder<'a>, OrderError> {
@@ -226,6 +335,7 @@ fn validate<'a>(mut order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder
             }
         }
     }
+    check_lengths(&order, limits)?;
     if order.promo_codes.len() > limits.max_codes_per_order {
         return Err(OrderError::TooManyCodes {
             count: order.promo_codes.len(),
@@ -252,7 +362,6 @@ fn validate<'a>(mut order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder
     }
     let event_time = parse_rfc3339(&order.event_time).ok_or_else(|| OrderError::BadTimestamp {
         field: "event_time".into(),
-        value: order.event_time.to_string(),
     })?;
     let touchpoint_times = order
         .touchpoints
@@ -261,7 +370,6 @@ fn validate<'a>(mut order: Order<'a>, limits: &InputLimits) -> Result<ValidOrder
         .map(|(i, tp)| {
             parse_rfc3339(&tp.ts).ok_or_else(|| OrderError::BadTimestamp {
                 field: format!("touchpoints[{i}].ts"),
-                value: tp.ts.to_string(),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -385,15 +493,15 @@ mod tests {
         for (field, message) in [
             (
                 r#""promo_codes":[1]"#,
-                "invalid type: integer `1`, expected a string",
+                "promo_codes[0]: invalid type: integer, expected a string",
             ),
             (
                 r#""promo_codes":"A""#,
-                "invalid type: string \"A\", expected a sequence",
+                "promo_codes: invalid type: string, expected a sequence",
             ),
             (
                 r#""event_id":2"#,
-                "invalid type: integer `2`, expected a string",
+                "event_id: invalid type: integer, expected a string",
             ),
         ] {
             let raw = format!("{{{base},{field}}}");
@@ -409,6 +517,7 @@ mod tests {
             max_codes_per_order: 2,
             max_code_bytes: 8,
             max_touchpoints_per_order: 1,
+            ..InputLimits::default()
         };
         let base = r#""order_id":"o","program_id":"p","event_type":"s","event_time":"2026-01-01T00:00:00Z""#;
         let too_many = format!(r#"{{{base},"promo_codes":["A","B","C"]}}"#);
@@ -428,3 +537,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "order_limits_tests.rs"]
+mod limits_tests;

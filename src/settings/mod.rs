@@ -81,6 +81,13 @@ pub struct InputLimits {
     /// multi-byte characters while still stopping garbage.
     pub max_code_bytes: usize,
     pub max_touchpoints_per_order: usize,
+    /// Every identifier of an order: `order_id`, `program_id`, `event_id`, `event_type`,
+    /// `touchpoints[].partner_id` and `click_id`, `customer.id`, `email_sha256` and `status`,
+    /// `risk.ip_hash` and `device_hash`. They become Redis keys, set members and output fields,
+    /// so a 60 KB id would cost 60 KB in each; 256 bytes fits any UUID, hash or composite id.
+    pub max_id_bytes: usize,
+    /// `currency`: an ISO 4217 code is 3 letters.
+    pub max_currency_bytes: usize,
 }
 
 impl Default for InputLimits {
@@ -90,6 +97,8 @@ impl Default for InputLimits {
             max_codes_per_order: 20,
             max_code_bytes: 128,
             max_touchpoints_per_order: 200,
+            max_id_bytes: 256,
+            max_currency_bytes: 8,
         }
     }
 }
@@ -145,6 +154,7 @@ impl Settings {
         self.kafka.check(&mut problems);
         self.worker.check(&mut problems);
         self.store.check(&mut problems);
+        self.codes.check(&mut problems);
         self.detectors.check(&mut problems);
         if let Err(problem) = self.admin.listen_addr() {
             problems.push(problem);
@@ -161,6 +171,8 @@ impl Settings {
                 "limits.max_touchpoints_per_order",
                 limits.max_touchpoints_per_order,
             ),
+            ("limits.max_id_bytes", limits.max_id_bytes),
+            ("limits.max_currency_bytes", limits.max_currency_bytes),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));

@@ -209,7 +209,7 @@ pub enum CodeSource {
     Files,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CodesSettings {
     /// Unset: `files` when `codes_file` is set, else `redis`.
@@ -218,9 +218,47 @@ pub struct CodesSettings {
     pub partners_file: Option<PathBuf>,
     /// Per-program settings (JSON object keyed by program id) for the `files` source.
     pub program_settings_file: Option<PathBuf>,
+    /// Matcher budget: the heap all regex rows of a table may take once compiled (regexes,
+    /// fallback sets, a first search cache each, literal indexes). `codes import` refuses a
+    /// table over it and a worker keeps its table rather than load one.
+    pub max_regex_bytes: usize,
+    /// Most regex rows one program may have.
+    pub max_regex_rows_per_program: usize,
+}
+
+impl Default for CodesSettings {
+    fn default() -> Self {
+        CodesSettings {
+            source: None,
+            codes_file: None,
+            partners_file: None,
+            program_settings_file: None,
+            // 10,000 `^(?i)(SUMMER1).*` rows take ~180 MiB; 1,000 `\w{5}Q1` rows ~420 MiB.
+            max_regex_bytes: 256 * 1024 * 1024,
+            max_regex_rows_per_program: 10_000,
+        }
+    }
 }
 
 impl CodesSettings {
+    pub(super) fn check(&self, problems: &mut Vec<String>) {
+        if self.max_regex_bytes == 0 {
+            problems.push("codes.max_regex_bytes must be greater than 0".into());
+        }
+        if self.max_regex_rows_per_program == 0 {
+            problems.push("codes.max_regex_rows_per_program must be greater than 0".into());
+        }
+    }
+
+    /// How tables are built under these settings.
+    pub fn build_options(&self) -> crate::codes::table::BuildOptions {
+        crate::codes::table::BuildOptions {
+            max_regex_bytes: self.max_regex_bytes,
+            max_regex_rows_per_program: self.max_regex_rows_per_program,
+            ..crate::codes::table::BuildOptions::default()
+        }
+    }
+
     pub fn effective_source(&self) -> CodeSource {
         self.source.unwrap_or(if self.codes_file.is_some() {
             CodeSource::Files

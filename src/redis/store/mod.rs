@@ -160,7 +160,7 @@ impl StoredVersion {
 
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Snapshot::decode(
-            &self.codes_csv,
+            self.codes_csv.as_slice(),
             &self.partners_csv,
             &self.programs_json,
             &self.origin(),

@@ -126,7 +126,7 @@ impl Snapshot {
     /// Reads a stored version back, with the loader's full validation; `origin` names it in
     /// problems.
     pub fn decode(
-        codes_csv: &[u8],
+        codes_csv: impl std::io::Read,
         partners_csv: &[u8],
         programs_json: &[u8],
         origin: &str,
@@ -154,14 +154,51 @@ impl Snapshot {
 
     /// Indexes the snapshot as table `version`, reporting duplicate codes and bad patterns.
     pub fn build(self, version: &str, origin: &str) -> Result<CodeTable, LoadProblems> {
-        let table = CodeTable::build(
-            self.entries,
-            self.partners,
-            version,
-            origin,
-            BuildOptions::default(),
-        )?;
+        self.build_with(version, origin, BuildOptions::default())
+    }
+
+    /// [`Snapshot::build`] under the given options (the matcher budget of the settings).
+    pub fn build_with(
+        self,
+        version: &str,
+        origin: &str,
+        options: BuildOptions,
+    ) -> Result<CodeTable, LoadProblems> {
+        let table = CodeTable::build(self.entries, self.partners, version, origin, options)?;
         Ok(table.with_program_settings(self.programs))
+    }
+}
+
+/// Reads encoded code chunks as one CSV text without joining them into a copy.
+pub struct ChunksReader<'c> {
+    rest: &'c [Vec<u8>],
+    offset: usize,
+}
+
+impl<'c> ChunksReader<'c> {
+    pub fn new(chunks: &'c [Vec<u8>]) -> Self {
+        ChunksReader {
+            rest: chunks,
+            offset: 0,
+        }
+    }
+}
+
+impl std::io::Read for ChunksReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some((chunk, later)) = self.rest.split_first() {
+            let left = chunk.get(self.offset..).unwrap_or_default();
+            if left.is_empty() {
+                self.rest = later;
+                self.offset = 0;
+                continue;
+            }
+            let n = left.len().min(buf.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            self.offset += n;
+            return Ok(n);
+        }
+        Ok(0)
     }
 }
 
@@ -219,8 +256,17 @@ mod tests {
         let encoded = snapshot.encode().expect("encode");
         assert_eq!(encoded.code_chunks.len(), 2);
         let joined: Vec<u8> = encoded.code_chunks.concat();
-        let decoded =
-            Snapshot::decode(&joined, &encoded.partners, &encoded.programs, "test").expect("ok");
+        let mut streamed = Vec::new();
+        std::io::Read::read_to_end(&mut ChunksReader::new(&encoded.code_chunks), &mut streamed)
+            .expect("read");
+        assert_eq!(streamed, joined, "the chunks read as their concatenation");
+        let decoded = Snapshot::decode(
+            ChunksReader::new(&encoded.code_chunks),
+            encoded.partners.as_slice(),
+            &encoded.programs,
+            "test",
+        )
+        .expect("ok");
         assert_eq!(decoded.entries.len(), ROWS_PER_CHUNK + 10);
         assert_eq!(decoded.entries[ROWS_PER_CHUNK + 9].code.as_ref(), "C50009");
     }
@@ -229,8 +275,13 @@ mod tests {
     fn an_empty_table_round_trips() {
         let encoded = Snapshot::default().encode().expect("encode");
         let joined = encoded.code_chunks.concat();
-        let decoded =
-            Snapshot::decode(&joined, &encoded.partners, &encoded.programs, "test").expect("ok");
+        let decoded = Snapshot::decode(
+            joined.as_slice(),
+            &encoded.partners,
+            &encoded.programs,
+            "test",
+        )
+        .expect("ok");
         assert_eq!(decoded, Snapshot::default());
     }
 }
