@@ -193,6 +193,9 @@ pub struct AttributeArgs {
     /// Where alerts go; discarded when omitted.
     #[arg(long, value_name = "FILE")]
     pub alerts: Option<PathBuf>,
+    /// Where adjustment records go (refunds, cancels; turns `reversals.enabled` on).
+    #[arg(long, value_name = "FILE")]
+    pub adjustments: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -279,7 +282,10 @@ fn create(path: &Path) -> Result<BufWriter<File>, CliError> {
 }
 
 fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
-    let (table, settings) = load(&args.table)?;
+    let (table, mut settings) = load(&args.table)?;
+    if args.adjustments.is_some() {
+        settings.reversals.enabled = true;
+    }
     let (input, origin): (Box<dyn BufRead>, String) = match &args.orders {
         Some(path) => {
             let file = File::open(path)
@@ -299,10 +305,15 @@ fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
         Some(path) => Box::new(create(path)?),
         None => Box::new(io::sink()),
     };
+    let mut adjustments: Box<dyn Write> = match &args.adjustments {
+        Some(path) => Box::new(create(path)?),
+        None => Box::new(io::sink()),
+    };
     let mut rejects = io::stderr().lock();
     let sinks = Sinks {
         conversions: &mut conversions,
         alerts: &mut alerts,
+        adjustments: &mut adjustments,
         rejects: &mut rejects,
     };
     let summary = offline::attribute(input, &origin, &table, &settings, sinks)

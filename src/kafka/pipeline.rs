@@ -275,6 +275,7 @@ impl Pipeline {
             let topic = match write.kind {
                 WriteKind::Conversion => &kafka.conversions_topic,
                 WriteKind::Alert(_) => &kafka.alerts_topic,
+                WriteKind::Adjustment => &self.settings.reversals.topic,
             };
             self.send(BaseRecord::to(topic).key(write.key).payload(write.value))?;
             match write.kind {
@@ -284,6 +285,7 @@ impl Pipeline {
                     decided.invalid_reason,
                 ),
                 WriteKind::Alert(kind) => self.metrics.record_alert(kind),
+                WriteKind::Adjustment => {}
             }
         }
         let lag = chrono::Utc::now() - decided.event_time;

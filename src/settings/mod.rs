@@ -3,6 +3,7 @@
 //! file (or no file) is a valid configuration for the offline mode.
 
 pub mod detectors;
+mod reversals;
 mod shadow;
 mod sources;
 mod store;
@@ -14,6 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use detectors::DetectorSettings;
+pub use reversals::{AfterLock, ReversalSettings};
 pub use sources::{ENV_PREFIX, SettingsSources};
 pub use store::{StoreSettings, redacted_url};
 pub use worker::{
@@ -31,6 +33,7 @@ pub struct Settings {
     pub detectors: DetectorSettings,
     pub admin: AdminSettings,
     pub worker: WorkerSettings,
+    pub reversals: ReversalSettings,
 }
 
 /// What to do when the click winner used a code another partner owns (impact: the winner's
@@ -134,6 +137,7 @@ impl Settings {
         self.worker.check(&mut problems);
         self.store.check(&mut problems);
         self.detectors.check(&mut problems);
+        self.reversals.check(&mut problems);
         if let Err(problem) = self.admin.listen_addr() {
             problems.push(problem);
         }

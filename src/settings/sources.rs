@@ -94,6 +94,7 @@ impl SettingsSources {
             detectors: section(&root, "detectors", &mut problems),
             admin: section(&root, "admin", &mut problems),
             worker: section(&root, "worker", &mut problems),
+            reversals: section(&root, "reversals", &mut problems),
         };
         for key in root.keys() {
             if ![
@@ -105,6 +106,7 @@ impl SettingsSources {
                 "detectors",
                 "admin",
                 "worker",
+                "reversals",
             ]
             .contains(&key.as_str())
             {
