@@ -29,9 +29,9 @@ pub struct ReversalSettings {
     pub lock_secs: u64,
     /// How long a decision summary is kept beyond the lock period (late adjustments, replays).
     pub grace_secs: u64,
-    /// How long a decision summary is kept; absent means `lock_secs + grace_secs`. An
+    /// How long a decision summary is kept; 0 (the default) means `lock_secs + grace_secs`. An
     /// adjustment for an order whose summary is gone is ADJUSTMENT_WITHOUT_CONVERSION.
-    pub retention_secs: Option<u64>,
+    pub retention_secs: u64,
     pub after_lock: AfterLock,
 }
 
@@ -43,7 +43,7 @@ impl Default for ReversalSettings {
             topic: "promo.adjustments".into(),
             lock_secs: 30 * 86_400,
             grace_secs: 7 * 86_400,
-            retention_secs: None,
+            retention_secs: 0,
             after_lock: AfterLock::Emit,
         }
     }
@@ -51,8 +51,10 @@ impl Default for ReversalSettings {
 
 impl ReversalSettings {
     pub fn retention_secs(&self) -> u64 {
-        self.retention_secs
-            .unwrap_or(self.lock_secs.saturating_add(self.grace_secs))
+        match self.retention_secs {
+            0 => self.lock_secs.saturating_add(self.grace_secs),
+            secs => secs,
+        }
     }
 
     pub fn is_adjustment(&self, event_type: &str) -> bool {
@@ -68,7 +70,10 @@ impl ReversalSettings {
                 problems.push("reversals.topic must be set when reversals.enabled".into());
             }
             if self.retention_secs() == 0 {
-                problems.push("reversals.retention_secs must be greater than 0".into());
+                problems.push(
+                    "reversals.retention_secs (or lock_secs + grace_secs) must be greater than 0"
+                        .into(),
+                );
             }
         }
     }
@@ -94,7 +99,9 @@ mod tests {
         let mut problems = Vec::new();
         ReversalSettings {
             enabled: true,
-            retention_secs: Some(0),
+            retention_secs: 0,
+            lock_secs: 0,
+            grace_secs: 0,
             topic: " ".into(),
             ..ReversalSettings::default()
         }

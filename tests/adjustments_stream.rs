@@ -1,0 +1,152 @@
+//! Adjustments through the real pipeline (the local broker, the worker, Redis): the stream's
+//! adjustment records, alerts and conversions equal the offline mode's for a corpus of sales,
+//! partial refunds, cancels and repeats, and adjustments of orders decided before a worker
+//! restart still find their original in Redis.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use promo_attribution::codes::table::BuildOptions;
+use promo_attribution::kafka::tools;
+use promo_attribution::offline;
+use promo_attribution::settings::Settings;
+use support::redis::{assert_same_distinct, delete_prefix, produce, shared};
+use support::{InProcessWorker, Names, brokers, payloads, read_settled};
+
+const STOP: Duration = Duration::from_secs(30);
+
+fn sale(n: usize) -> Vec<u8> {
+    format!(
+        r#"{{"order_id":"S-{n}","program_id":"1001","event_type":"sale","event_time":"2026-05-10T12:{:02}:00Z","promo_codes":["anna10"],"amount":{}.{:02},"discount":5.00,"currency":"USD"}}"#,
+        n % 60,
+        50 + n,
+        n % 100
+    )
+    .into_bytes()
+}
+
+fn adjustment(n: usize, kind: &str, id: &str, money: &str) -> Vec<u8> {
+    format!(
+        r#"{{"order_id":"S-{n}","program_id":"1001","event_type":"{kind}","event_time":"2026-05-12T09:00:00Z","adjustment_id":"{id}","reason":"ITEM_RETURNED"{money}}}"#
+    )
+    .into_bytes()
+}
+
+/// Partial refunds, cancels after them, repeats of both, a cancel of an order never decided and
+/// a refund in another currency.
+fn adjustments(sales: usize) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    for n in 0..sales {
+        match n % 4 {
+            0 => records.push(adjustment(
+                n,
+                "refund",
+                "r1",
+                r#","amount":20.00,"currency":"USD""#,
+            )),
+            1 => {
+                records.push(adjustment(
+                    n,
+                    "refund",
+                    "r1",
+                    r#","amount":30,"currency":"USD""#,
+                ));
+                records.push(adjustment(n, "cancel", "c1", ""));
+                records.push(adjustment(
+                    n,
+                    "refund",
+                    "r1",
+                    r#","amount":30,"currency":"USD""#,
+                ));
+            }
+            2 => records.push(adjustment(n, "cancel", "c1", "")),
+            _ => {}
+        }
+    }
+    records.push(adjustment(10_000, "cancel", "c1", ""));
+    records.push(adjustment(
+        3,
+        "refund",
+        "r-eur",
+        r#","amount":1,"currency":"EUR""#,
+    ));
+    records
+}
+
+fn lines(bytes: &[u8]) -> Vec<Vec<u8>> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+#[test]
+fn stream_equals_offline_across_a_worker_restart() {
+    let names = Names::new("adjustments");
+    names.create_topics(2);
+    let topic = format!("{}.adjustments", names.input);
+    tools::create_topics(brokers(), &[&topic], 3).expect("create the adjustments topic");
+    let (url, prefix) = shared("adjustments");
+    let extra = [
+        "reversals.enabled=true".to_string(),
+        format!("reversals.topic={topic}"),
+        "reversals.retention_secs=3600".into(),
+        format!("store.redis_url={url}"),
+        format!("store.key_prefix={prefix}"),
+        "kafka.batch_max_records=5".into(),
+    ];
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let settings: Settings = names.settings(&names.transactional_id, &extra);
+    let sales: Vec<Vec<u8>> = (0..24).map(sale).collect();
+    let adjustments = adjustments(sales.len());
+
+    // Worker one decides the sales and stops; worker two gets only the adjustments, so every
+    // original it needs was stored by the first.
+    let first = InProcessWorker::start(settings.clone());
+    produce(&names.input, &sales);
+    let conversions = read_settled(&names.conversions, sales.len());
+    assert_eq!(conversions.len(), sales.len(), "every sale decided");
+    assert!(first.stop(STOP).is_ok(), "worker one drains");
+    let second = InProcessWorker::start(settings.clone());
+    produce(&names.input, &adjustments);
+
+    let table = offline::load_table(
+        settings.codes.codes_file.as_deref().expect("codes"),
+        settings.codes.partners_file.as_deref(),
+        BuildOptions::default(),
+    )
+    .expect("table");
+    let all: Vec<Vec<u8>> = sales.iter().chain(&adjustments).cloned().collect();
+    let expected =
+        offline::attribute_captured(&all.join(&b'\n'), "test", &table, &settings).expect("offline");
+    let expected_records = lines(&expected.adjustments);
+    let expected_alerts = lines(&expected.alerts);
+    assert!(expected_records.len() > 20 && !expected_alerts.is_empty());
+    let records = payloads(&read_settled(&topic, expected_records.len()));
+    let alerts = payloads(&read_settled(&names.alerts, expected_alerts.len()));
+    let dead = payloads(&read_settled(&names.dlq, 1));
+    assert!(second.stop(STOP).is_ok(), "worker two drains");
+
+    assert_same_distinct(&records, &expected_records, "adjustments vs offline");
+    assert_same_distinct(&alerts, &expected_alerts, "alerts vs offline");
+    assert_same_distinct(
+        &payloads(&conversions),
+        &lines(&expected.conversions),
+        "conversions",
+    );
+    assert_eq!(dead.len(), 1, "the currency mismatch is dead-lettered");
+    // A repeat gives the first record again; by event_id, each adjustment once.
+    let ids: BTreeSet<String> = records
+        .iter()
+        .map(|r| support::field(r, "event_id"))
+        .collect();
+    let expected_ids: BTreeSet<String> = expected_records
+        .iter()
+        .map(|r| support::field(r, "event_id"))
+        .collect();
+    assert_eq!(ids, expected_ids);
+    delete_prefix(&url, &prefix);
+}
