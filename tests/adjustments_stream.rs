@@ -150,3 +150,104 @@ fn stream_equals_offline_across_a_worker_restart() {
     assert_eq!(ids, expected_ids);
     delete_prefix(&url, &prefix);
 }
+
+/// Sales with their adjustments a few records later, as a shop's stream looks.
+fn interleaved(sales: usize) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let later = adjustments(sales);
+    let mut pending = later.into_iter();
+    for n in 0..sales {
+        records.push(sale(n));
+        if n % 3 == 2 {
+            records.extend(pending.by_ref().take(2));
+        }
+    }
+    records.extend(pending);
+    records
+}
+
+#[test]
+fn killed_mid_batch_every_adjustment_once_and_never_beyond_the_original() {
+    let names = Names::new("adjustments-killed");
+    names.create_topics(1);
+    let topic = format!("{}.adjustments", names.input);
+    tools::create_topics(brokers(), &[&topic], 3).expect("create the adjustments topic");
+    let (url, prefix) = shared("adjustments-killed");
+    let sets = [
+        "reversals.enabled=true".to_string(),
+        format!("reversals.topic={topic}"),
+        "reversals.retention_secs=3600".into(),
+        format!("store.redis_url={url}"),
+        format!("store.key_prefix={prefix}"),
+        "kafka.batch_max_records=20".into(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let settings: Settings = names.settings(&names.transactional_id, &sets);
+    let records = interleaved(600);
+    let table = offline::load_table(
+        settings.codes.codes_file.as_deref().expect("codes"),
+        settings.codes.partners_file.as_deref(),
+        BuildOptions::default(),
+    )
+    .expect("table");
+    let expected = offline::attribute_captured(&records.join(&b'\n'), "test", &table, &settings)
+        .expect("offline");
+    let expected_records = lines(&expected.adjustments);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("worker.log");
+    // The last third goes in after the kill, so the kill lands before the work is done.
+    let (before_kill, after_kill) = records.split_at(records.len() * 2 / 3);
+    produce(&names.input, before_kill);
+    let mut first = support::ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
+    let early = support::read(&topic, 1, Duration::from_secs(90));
+    assert!(
+        !early.is_empty(),
+        "first adjustments; log:\n{}",
+        first.log_tail()
+    );
+    first.kill();
+    produce(&names.input, after_kill);
+    let mut second = support::ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
+    let written = payloads(&read_settled(&topic, expected_records.len()));
+    let status = second.terminate(STOP);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "drains; log:\n{}",
+        second.log_tail()
+    );
+
+    assert_same_distinct(&written, &expected_records, "adjustments vs offline");
+    // Exactly once by event_id: every copy of an id is the same bytes.
+    let mut by_id = std::collections::BTreeMap::new();
+    for record in &written {
+        let previous = by_id.insert(support::field(record, "event_id"), record.clone());
+        assert!(
+            previous.is_none_or(|p| &p == record),
+            "one event_id, two contents"
+        );
+    }
+    let expected_ids: BTreeSet<String> = expected_records
+        .iter()
+        .map(|r| support::field(r, "event_id"))
+        .collect();
+    assert_eq!(
+        by_id.len(),
+        expected_ids.len(),
+        "a repeat is its first record again"
+    );
+    // Cumulative deltas never beyond the original amount (in cents: the corpus has 2 places).
+    let cents = |v: &serde_json::Value| (v.as_f64().unwrap_or(0.0) * 100.0).round() as i64;
+    let mut reversed: std::collections::BTreeMap<String, i64> = Default::default();
+    for record in by_id.values() {
+        let v: serde_json::Value = serde_json::from_slice(record).expect("json");
+        *reversed.entry(v["order_id"].to_string()).or_default() -= cents(&v["amount_delta"]);
+    }
+    for (order, total) in reversed {
+        let n: usize = order.trim_matches('"')[2..].parse().expect("S-n");
+        let original = ((50 + n) * 100 + n % 100) as i64;
+        assert!(total <= original, "{order}: {total} reversed of {original}");
+    }
+    delete_prefix(&url, &prefix);
+}
