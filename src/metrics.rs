@@ -61,6 +61,8 @@ pub struct Metrics {
     orders_consumed: IntCounter,
     conversions: IntCounterVec,
     alerts: IntCounterVec,
+    /// Adjustment records (refunds, cancels) by kind and reason; `src/reversals`.
+    adjustments: IntCounterVec,
     dlq_records: IntCounterVec,
     batch_size: Histogram,
     commit_latency: Histogram,
@@ -105,6 +107,13 @@ impl Metrics {
         let alerts = IntCounterVec::new(
             Opts::new("promo_alerts_total", "Misuse alerts produced, by kind."),
             &["kind"],
+        )?;
+        let adjustments = IntCounterVec::new(
+            Opts::new(
+                "promo_adjustments_total",
+                "Adjustment events read, by outcome: the record's kind (REVERSAL, PARTIAL) and reason, or kind NONE when no record was written (no stored decision, or after the lock with alert_only).",
+            ),
+            &["kind", "reason"],
         )?;
         let dlq_records = IntCounterVec::new(
             Opts::new(
@@ -201,6 +210,7 @@ impl Metrics {
         registry.register(Box::new(orders_consumed.clone()))?;
         registry.register(Box::new(conversions.clone()))?;
         registry.register(Box::new(alerts.clone()))?;
+        registry.register(Box::new(adjustments.clone()))?;
         registry.register(Box::new(dlq_records.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(commit_latency.clone()))?;
@@ -246,6 +256,7 @@ impl Metrics {
             orders_consumed,
             conversions,
             alerts,
+            adjustments,
             dlq_records,
             batch_size,
             commit_latency,
@@ -294,6 +305,12 @@ impl Metrics {
 
     pub fn record_alert(&self, kind: AlertKind) {
         self.alerts.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// An adjustment event's outcome: `None` when it wrote no record.
+    pub fn record_adjustment(&self, recorded: Option<(&str, &str)>) {
+        let (kind, reason) = recorded.unwrap_or(("NONE", ""));
+        self.adjustments.with_label_values(&[kind, reason]).inc();
     }
 
     /// `reason` becomes a label value, so it must come from a small fixed set (an error kind),

@@ -128,6 +128,18 @@ fn stream_equals_offline_across_a_worker_restart() {
     let records = payloads(&read_settled(&topic, expected_records.len()));
     let alerts = payloads(&read_settled(&names.alerts, expected_alerts.len()));
     let dead = payloads(&read_settled(&names.dlq, 1));
+    // Worker two read every adjustment event; the one without a decision wrote no record.
+    let rendered = second.render();
+    let none = support::metric(
+        &rendered,
+        r#"promo_adjustments_total{kind="NONE",reason=""}"#,
+    );
+    let reversals = support::metric(
+        &rendered,
+        r#"promo_adjustments_total{kind="REVERSAL",reason="ITEM_RETURNED"}"#,
+    );
+    assert_eq!(none, Some(1.0), "{rendered}");
+    assert!(reversals.is_some_and(|n| n >= 12.0), "{rendered}");
     assert!(second.stop(STOP).is_ok(), "worker two drains");
 
     assert_same_distinct(&records, &expected_records, "adjustments vs offline");

@@ -30,7 +30,7 @@ use super::Failure;
 use super::context::WorkerContext;
 use super::outputs::{Source, dlq_headers};
 use crate::detectors::DetectorState;
-use crate::engine::{Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
+use crate::engine::{Adjusted, Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
 use crate::metrics::{Metrics, TxOutcome};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
@@ -287,6 +287,12 @@ impl Pipeline {
                 WriteKind::Alert(kind) => self.metrics.record_alert(kind),
                 WriteKind::Adjustment => {}
             }
+        }
+        if let Some(adjusted) = decided.adjustment {
+            self.metrics.record_adjustment(match adjusted {
+                Adjusted::Recorded(kind, reason) => Some((kind.as_str(), reason.as_str())),
+                Adjusted::NotRecorded => None,
+            });
         }
         let lag = chrono::Utc::now() - decided.event_time;
         self.metrics.observe_end_to_end(lag.as_seconds_f64());
