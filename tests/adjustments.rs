@@ -247,3 +247,52 @@ fn orders_without_adjustments_are_byte_identical_and_records_match_the_schema() 
         assert!(problems.is_empty(), "{problems:?}: {alert}");
     }
 }
+
+#[test]
+fn the_report_nets_adjustments_by_code_and_is_unchanged_without_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run(&worked_example(), &settings(AfterLock::Emit));
+    let conversions = dir.path().join("conversions.jsonl");
+    let adjustments = dir.path().join("adjustments.jsonl");
+    std::fs::write(&conversions, &out.conversions).expect("write");
+    // The repeat of R-1 is in the file twice; it is counted once.
+    std::fs::write(&adjustments, &out.adjustments).expect("write");
+    let report = |extra: &[&std::ffi::OsStr]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_promo-attribution"))
+            .arg("report")
+            .arg("--conversions")
+            .arg(&conversions)
+            .args(["--format", "csv"])
+            .args(extra)
+            .output()
+            .expect("run report");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf8")
+    };
+    let plain = report(&[]);
+    assert!(!plain.contains("net_revenue"), "{plain}");
+    let netted = report(&["--adjustments".as_ref(), adjustments.as_os_str()]);
+    let mut lines = netted.lines();
+    let header = lines.next().expect("header");
+    assert!(
+        header.ends_with(",reversed,reversed_amount,net_revenue"),
+        "{header}"
+    );
+    assert_eq!(
+        plain
+            .lines()
+            .next()
+            .map(|h| format!("{h},reversed,reversed_amount,net_revenue"))
+            .as_deref(),
+        Some(header)
+    );
+    let row = lines.next().expect("a row");
+    assert!(
+        row.contains("LI:ANNA10") && row.ends_with(",2,120.00,0.00"),
+        "{row}"
+    );
+}
