@@ -205,6 +205,10 @@ pub struct ExplainArgs {
     /// One order as JSON; `-` reads stdin.
     #[arg(value_name = "ORDER.json")]
     pub order: PathBuf,
+    /// The order's earlier events (JSON lines): explains ORDER.json as an adjustment of them
+    /// (the stored original, the adjustments before it, the lock, the delta).
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
 }
 
 /// A failure that ends the command, with the exit code it maps to.
@@ -468,6 +472,20 @@ fn run_explain(args: ExplainArgs) -> Result<(), CliError> {
         )))?;
     }
     let record = record.trim_ascii_end();
+    if let Some(path) = &args.history {
+        let history =
+            std::fs::read(path).map_err(CliError::io(format!("cannot read {}", path.display())))?;
+        let lines: Vec<&[u8]> = history
+            .split(|b| *b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|l| !l.is_empty())
+            .collect();
+        print!(
+            "{}",
+            crate::reversals::explain::explain_adjustment(record, &lines, &table, &settings)
+        );
+        return Ok(());
+    }
     print!("{}", crate::explain::explain(record, &table, &settings));
     Ok(())
 }

@@ -296,3 +296,46 @@ fn the_report_nets_adjustments_by_code_and_is_unchanged_without_them() {
         "{row}"
     );
 }
+
+#[test]
+fn explain_shows_the_original_the_log_the_lock_and_the_delta() {
+    let table = offline::load_table(
+        &repo_path("samples/codes.csv"),
+        Some(&repo_path("samples/partners.csv")),
+        BuildOptions::default(),
+    )
+    .expect("sample table");
+    let example =
+        std::fs::read_to_string(repo_path("samples/adjustments-example.jsonl")).expect("example");
+    let lines: Vec<&[u8]> = example.lines().map(str::as_bytes).collect();
+    let text = promo_attribution::reversals::explain::explain_adjustment(
+        lines[2],
+        &lines[..2],
+        &table,
+        &Settings::default(),
+    );
+    for expected in [
+        "stored original: conversion",
+        "CREDITED",
+        "Adjustments before it: 1.",
+        "\"R-1\": new total 80.00",
+        "within it",
+        "REVERSAL: amount 80.00 -> 0 (delta -80.00)",
+        "\"kind\":\"REVERSAL\"",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    let orphan = promo_attribution::reversals::explain::explain_adjustment(
+        lines[2],
+        &[],
+        &table,
+        &Settings::default(),
+    );
+    assert!(
+        orphan.contains("Alert: ADJUSTMENT_WITHOUT_CONVERSION"),
+        "{orphan}"
+    );
+}

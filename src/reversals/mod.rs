@@ -17,6 +17,7 @@
 //! decimal).
 
 pub mod adjust;
+pub mod explain;
 pub mod output;
 pub mod store;
 
