@@ -53,22 +53,17 @@ fn adjustment(order: &str, kind: &str, id: &str, day: u32, money: &str) -> Strin
 
 /// The README's worked example: a sale, a partial return, a repeat of it, a cancel.
 fn worked_example() -> String {
+    let refund = adjustment(
+        "W-1",
+        "refund",
+        "R-1",
+        12,
+        r#","amount":80.00,"currency":"USD""#,
+    );
     [
         sale("W-1", "120.00"),
-        adjustment(
-            "W-1",
-            "refund",
-            "R-1",
-            12,
-            r#","amount":80.00,"currency":"USD""#,
-        ),
-        adjustment(
-            "W-1",
-            "refund",
-            "R-1",
-            12,
-            r#","amount":80.00,"currency":"USD""#,
-        ),
+        refund.clone(),
+        refund,
         adjustment("W-1", "cancel", "C-1", 14, ""),
     ]
     .join("\n")

@@ -10,7 +10,7 @@ use super::EngineError;
 use crate::attribution::Decision;
 use crate::reversals::output::Finished;
 use crate::schema::{
-    AdjustmentKind, AlertKind, Basis, InvalidReason, OrderError, Reason, Status, ValidOrder,
+    AdjustmentKind, Alert, AlertKind, Basis, InvalidReason, OrderError, Reason, Status, ValidOrder,
 };
 use crate::timefmt::Instant;
 
@@ -186,14 +186,7 @@ impl Outputs {
             |bytes| conversion.write_json(bytes),
         )
         .map_err(|e| serialize_error("conversion", e))?;
-        for alert in &decision.alerts {
-            self.push_write(
-                WriteKind::Alert(alert.kind),
-                alert.alert_id.as_bytes(),
-                |bytes| alert.write_json(bytes),
-            )
-            .map_err(|e| serialize_error("alert", e))?;
-        }
+        self.push_alerts(&decision.alerts)?;
         if self.too_large(input, mark, max_value_bytes) {
             return Ok(());
         }
@@ -240,14 +233,7 @@ impl Outputs {
             })
             .map_err(|e| serialize_error("adjustment", e))?;
         }
-        for alert in alerts {
-            self.push_write(
-                WriteKind::Alert(alert.kind),
-                alert.alert_id.as_bytes(),
-                |bytes| alert.write_json(bytes),
-            )
-            .map_err(|e| serialize_error("alert", e))?;
-        }
+        self.push_alerts(alerts)?;
         if self.too_large(input, mark, max_value_bytes) {
             return Ok(());
         }
@@ -267,6 +253,18 @@ impl Outputs {
             }),
             writes: mark.writes..self.writes.len(),
         });
+        Ok(())
+    }
+
+    fn push_alerts(&mut self, alerts: &[Alert<'_>]) -> Result<(), EngineError> {
+        for alert in alerts {
+            self.push_write(
+                WriteKind::Alert(alert.kind),
+                alert.alert_id.as_bytes(),
+                |bytes| alert.write_json(bytes),
+            )
+            .map_err(|e| serialize_error("alert", e))?;
+        }
         Ok(())
     }
 

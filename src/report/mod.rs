@@ -256,17 +256,7 @@ fn read_adjustments(
             }
         }
         (None, Some(brokers), Some(topic)) => {
-            use crate::kafka::tools::{Isolation, read_to_end};
-            read_to_end(
-                brokers,
-                topic,
-                Isolation::ReadCommitted,
-                Duration::from_secs(args.idle_timeout_secs),
-                |partition, offset, payload| {
-                    add(payload, &|| format!("{topic}[{partition}]@{offset}"))
-                },
-            )
-            .map_err(ReportError::Kafka)?;
+            each_record(brokers, topic, args, |payload, origin| add(payload, origin))?
         }
         _ => {}
     }
@@ -279,21 +269,32 @@ fn read_topic(
     topic: &str,
     args: &ReportArgs,
 ) -> Result<(), ReportError> {
-    use crate::kafka::tools::{Isolation, read_to_end};
     let mut failure = None;
+    each_record(brokers, topic, args, |payload, origin| {
+        if failure.is_none()
+            && let Err(err) = add(agg, payload, origin)
+        {
+            failure = Some(err);
+        }
+    })?;
+    failure.map_or(Ok(()), Err)
+}
+
+/// Every committed record of `topic`, with where it was for messages.
+fn each_record(
+    brokers: &str,
+    topic: &str,
+    args: &ReportArgs,
+    mut f: impl FnMut(&[u8], &dyn Fn() -> String),
+) -> Result<(), ReportError> {
+    use crate::kafka::tools::{Isolation, read_to_end};
     read_to_end(
         brokers,
         topic,
         Isolation::ReadCommitted,
         Duration::from_secs(args.idle_timeout_secs),
-        |partition, offset, payload| {
-            if failure.is_none()
-                && let Err(err) = add(agg, payload, &|| format!("{topic}[{partition}]@{offset}"))
-            {
-                failure = Some(err);
-            }
-        },
+        |partition, offset, payload| f(payload, &|| format!("{topic}[{partition}]@{offset}")),
     )
-    .map_err(ReportError::Kafka)?;
-    failure.map_or(Ok(()), Err)
+    .map(|_| ())
+    .map_err(ReportError::Kafka)
 }
