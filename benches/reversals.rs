@@ -38,11 +38,12 @@ fn used_memory(connection: &mut ::redis::Connection) -> u64 {
 fn backlog(count: usize) -> Vec<Vec<u8>> {
     let mut records = Vec::with_capacity(count + count / 10);
     for (n, sale) in support::orders("REV", count, 17).into_iter().enumerate() {
+        let program = support::field(&sale, "program_id");
         records.push(sale);
         if n % 10 == 9 {
             records.push(
                 format!(
-                    r#"{{"order_id":"REV-{n}","program_id":"1001","event_type":"refund","event_time":"2026-05-12T10:00:00Z","adjustment_id":"r","reason":"ITEM_RETURNED","amount":0.01,"currency":"USD"}}"#
+                    r#"{{"order_id":"REV-{n}","program_id":"{program}","event_type":"refund","event_time":"2026-05-12T10:00:00Z","adjustment_id":"r","reason":"ITEM_RETURNED","amount":0,"currency":"USD"}}"#
                 )
                 .into_bytes(),
             );
