@@ -35,7 +35,6 @@ pub enum AlertKind {
     AdjustmentWithoutConversion,
     AdjustmentAfterLock,
     OverReversal,
-    HighReversalRate,
 }
 
 impl AlertKind {
@@ -61,7 +60,6 @@ impl AlertKind {
             AlertKind::AdjustmentWithoutConversion => "ADJUSTMENT_WITHOUT_CONVERSION",
             AlertKind::AdjustmentAfterLock => "ADJUSTMENT_AFTER_LOCK",
             AlertKind::OverReversal => "OVER_REVERSAL",
-            AlertKind::HighReversalRate => "HIGH_REVERSAL_RATE",
         }
     }
 
@@ -84,8 +82,7 @@ impl AlertKind {
             | AlertKind::CodeVelocitySpike
             | AlertKind::CustomerLimitExceeded
             | AlertKind::CodeEnumerationSuspected
-            | AlertKind::AdjustmentAfterLock
-            | AlertKind::HighReversalRate => Severity::Medium,
+            | AlertKind::AdjustmentAfterLock => Severity::Medium,
             AlertKind::MultiplePartnerCodes
             | AlertKind::UnknownCodeRate
             | AlertKind::SelfReferralSuspected
