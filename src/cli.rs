@@ -218,6 +218,9 @@ pub struct AttributeArgs {
     /// Where alerts go; discarded when omitted.
     #[arg(long, value_name = "FILE")]
     pub alerts: Option<PathBuf>,
+    /// Where adjustment records go (refunds, cancels; turns `reversals.enabled` on).
+    #[arg(long, value_name = "FILE")]
+    pub adjustments: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +233,10 @@ pub struct ExplainArgs {
     /// Output format: the account as text, or per order its lines as JSON or CSV.
     #[arg(long, value_enum, default_value = "table")]
     pub format: crate::codes_cli::OutputFormat,
+    /// The order's earlier events (JSON lines): explains ORDER.json as an adjustment of them
+    /// (the stored original, the adjustments before it, the lock, the delta).
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
 }
 
 /// `attribute` and `explain`: some orders were rejected (see the module comment).
@@ -321,7 +328,10 @@ fn create(path: &Path) -> Result<BufWriter<File>, CliError> {
 }
 
 fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
-    let (table, settings) = load(&args.table)?;
+    let (table, mut settings) = load(&args.table)?;
+    if args.adjustments.is_some() {
+        settings.reversals.enabled = true;
+    }
     let (input, origin): (Box<dyn BufRead>, String) = match &args.orders {
         Some(path) => {
             let file = File::open(path)
@@ -341,10 +351,15 @@ fn run_attribute(args: AttributeArgs) -> Result<(), CliError> {
         Some(path) => Box::new(create(path)?),
         None => Box::new(io::sink()),
     };
+    let mut adjustments: Box<dyn Write> = match &args.adjustments {
+        Some(path) => Box::new(create(path)?),
+        None => Box::new(io::sink()),
+    };
     let mut rejects = io::stderr().lock();
     let sinks = Sinks {
         conversions: &mut conversions,
         alerts: &mut alerts,
+        adjustments: &mut adjustments,
         rejects: &mut rejects,
     };
     let summary = offline::attribute(input, &origin, &table, &settings, sinks)
@@ -485,6 +500,20 @@ fn run_explain(args: ExplainArgs) -> Result<(), CliError> {
         )))?;
     }
     let record = record.trim_ascii_end();
+    if let Some(path) = &args.history {
+        let history =
+            std::fs::read(path).map_err(CliError::io(format!("cannot read {}", path.display())))?;
+        let lines: Vec<&[u8]> = history
+            .split(|b| *b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|l| !l.is_empty())
+            .collect();
+        print!(
+            "{}",
+            crate::reversals::explain::explain_adjustment(record, &lines, &table, &settings)
+        );
+        return Ok(());
+    }
     let orders = orders_in(record);
     let mut rejected = 0;
     let mut text = String::new();

@@ -9,6 +9,7 @@
 //! - [`matcher`]: exact and regex indexes that find an entered code's entry.
 //! - [`attribution`]: the crediting rules and per-order alerts.
 //! - [`detectors`]: the stateful misuse detectors, their state behind a trait.
+//! - [`reversals`]: refunds and cancellations as adjustments of the original decision.
 //! - [`settings`], [`timefmt`], [`ids`]: configuration, date reading, deterministic ids.
 //!
 //! [`engine`] turns input records into output records with that core (parse, decide, detect,
@@ -47,6 +48,7 @@ pub mod redis;
 pub mod repeated;
 pub mod replay;
 pub mod report;
+pub mod reversals;
 pub mod run;
 pub mod schema;
 pub mod settings;

@@ -114,6 +114,8 @@ pub struct Metrics {
     orders_consumed: IntCounter,
     conversions: IntCounterVec,
     alerts: IntCounterVec,
+    /// Adjustment records (refunds, cancels) by kind and reason; `src/reversals`.
+    adjustments: IntCounterVec,
     dlq_records: IntCounterVec,
     batch_size: Histogram,
     commit_latency: Histogram,
@@ -198,6 +200,13 @@ impl Metrics {
         let alerts = IntCounterVec::new(
             Opts::new(ALERTS, "Misuse alerts produced, by kind."),
             &["kind"],
+        )?;
+        let adjustments = IntCounterVec::new(
+            Opts::new(
+                "promo_adjustments_total",
+                "Adjustment events read, by outcome: the record's kind (REVERSAL, PARTIAL) and reason, or kind NONE when no record was written (no stored decision, or after the lock with alert_only).",
+            ),
+            &["kind", "reason"],
         )?;
         let dlq_records = IntCounterVec::new(
             Opts::new(
@@ -313,6 +322,7 @@ impl Metrics {
         register(Box::new(orders_consumed.clone()))?;
         register(Box::new(conversions.clone()))?;
         register(Box::new(alerts.clone()))?;
+        register(Box::new(adjustments.clone()))?;
         register(Box::new(dlq_records.clone()))?;
         register(Box::new(batch_size.clone()))?;
         register(Box::new(commit_latency.clone()))?;
@@ -370,6 +380,7 @@ impl Metrics {
             orders_consumed,
             conversions,
             alerts,
+            adjustments,
             dlq_records,
             batch_size,
             commit_latency,
@@ -419,6 +430,12 @@ impl Metrics {
 
     pub fn record_alert(&self, kind: AlertKind) {
         self.alerts.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// An adjustment event's outcome: `None` when it wrote no record.
+    pub fn record_adjustment(&self, recorded: Option<(&str, &str)>) {
+        let (kind, reason) = recorded.unwrap_or(("NONE", ""));
+        self.adjustments.with_label_values(&[kind, reason]).inc();
     }
 
     /// `reason` becomes a label value, so it must come from a small fixed set (an error kind),

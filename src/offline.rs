@@ -72,6 +72,9 @@ pub struct RunSummary {
     pub by_status: BTreeMap<&'static str, u64>,
     pub alerts: u64,
     pub rejected_by_reason: BTreeMap<&'static str, u64>,
+    /// Adjustment events read (refunds, cancels), and the adjustment records they gave.
+    pub adjustment_events: u64,
+    pub adjustment_records: u64,
 }
 
 impl std::fmt::Display for RunSummary {
@@ -88,6 +91,13 @@ impl std::fmt::Display for RunSummary {
         for (reason, n) in &self.rejected_by_reason {
             write!(f, ", {n} {reason}")?;
         }
+        if self.adjustment_events > 0 {
+            write!(
+                f,
+                "; {} adjustment events, {} adjustment records",
+                self.adjustment_events, self.adjustment_records
+            )?;
+        }
         Ok(())
     }
 }
@@ -96,6 +106,8 @@ impl std::fmt::Display for RunSummary {
 pub struct Sinks<'w> {
     pub conversions: &'w mut dyn Write,
     pub alerts: &'w mut dyn Write,
+    /// Adjustment records (with `reversals.enabled`), one per line in input order.
+    pub adjustments: &'w mut dyn Write,
     /// Receives one line per rejected input line: `ORIGIN:LINE: reason`.
     pub rejects: &'w mut dyn Write,
 }
@@ -184,6 +196,9 @@ fn write_outputs(
 ) -> io::Result<()> {
     for record in outputs.iter() {
         match record.result {
+            Ok(decided) if decided.adjustment.is_some() => {
+                summary.adjustment_events += 1;
+            }
             Ok(decided) => {
                 summary.orders += 1;
                 *summary
@@ -208,6 +223,10 @@ fn write_outputs(
         for write in record.writes() {
             let sink: &mut dyn Write = match write.kind {
                 WriteKind::Conversion => sinks.conversions,
+                WriteKind::Adjustment => {
+                    summary.adjustment_records += 1;
+                    sinks.adjustments
+                }
                 WriteKind::Alert(_) => {
                     summary.alerts += 1;
                     sinks.alerts
@@ -226,6 +245,7 @@ pub struct Captured {
     pub summary: RunSummary,
     pub conversions: Vec<u8>,
     pub alerts: Vec<u8>,
+    pub adjustments: Vec<u8>,
     pub rejects: Vec<u8>,
 }
 
@@ -240,6 +260,7 @@ pub fn attribute_captured(
     let sinks = Sinks {
         conversions: &mut captured.conversions,
         alerts: &mut captured.alerts,
+        adjustments: &mut captured.adjustments,
         rejects: &mut captured.rejects,
     };
     captured.summary = attribute(input, origin, table, settings, sinks)?;

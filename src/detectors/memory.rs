@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::reversals::store::{DecisionOp, DecisionReply, DecisionStore, MemoryDecisions};
+
 use super::state::{
     DetectorState, EVIDENCE_LIMIT, Op, OpResult, OrderStep, StateError, StepOutcome,
 };
@@ -68,6 +70,7 @@ impl SortedSet {
 pub struct MemoryState {
     sets: HashMap<String, SortedSet>,
     memos: HashMap<String, (String, Vec<OpResult>)>,
+    decisions: MemoryDecisions,
 }
 
 impl MemoryState {
@@ -177,6 +180,10 @@ impl DetectorState for MemoryState {
             outcomes.push(StepOutcome::Applied(results));
         }
         Ok(outcomes)
+    }
+
+    fn apply_decisions(&mut self, ops: &[DecisionOp]) -> Result<Vec<DecisionReply>, StateError> {
+        self.decisions.apply_decisions(ops)
     }
 }
 

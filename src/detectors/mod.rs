@@ -33,7 +33,7 @@ use crate::schema::ValidOrder;
 
 pub use crate::settings::detectors::{DetectorSettings, ProgramSettings, Thresholds};
 pub use memory::MemoryState;
-pub use plan::Plan;
+pub use plan::{Plan, program_tag};
 pub use state::{DetectorState, OrderStep, StateError, StepOutcome, crossed_power_of_two};
 
 /// The detectors of one worker or offline run: settings, key layout and the customer key.

@@ -118,6 +118,17 @@ impl EnteredCodes<'_> {
     }
 }
 
+/// The Redis Cluster hash tag of a program's keys. A program id with braces would end the tag
+/// early (and "{}" tags nothing), so such ids are tagged by a hash instead: every key of a
+/// program must share one slot.
+pub fn program_tag(program_id: &str) -> Cow<'_, str> {
+    if program_id.contains(['{', '}']) {
+        Cow::Owned(alert_id(&["program", program_id]))
+    } else {
+        Cow::Borrowed(program_id)
+    }
+}
+
 pub(super) fn plan(
     detectors: &Detectors,
     order: &ValidOrder<'_>,
@@ -127,13 +138,7 @@ pub(super) fn plan(
     let o = &order.order;
     let settings = detectors.settings();
     let thresholds = detectors.thresholds(table, &o.program_id);
-    // A program id with braces would end the hash tag early (and "{}" tags nothing), so such
-    // ids are tagged by a hash instead: every key of a program must share one slot.
-    let tag: Cow<'_, str> = if o.program_id.contains(['{', '}']) {
-        Cow::Owned(alert_id(&["program", &o.program_id]))
-    } else {
-        Cow::Borrowed(&o.program_id)
-    };
+    let tag = program_tag(&o.program_id);
     let base = format!("{}{{{tag}}}:", detectors.prefix);
     let event_ms = order.event_time.timestamp_millis();
     let fingerprint = decision.conversion.event_id.to_string();

@@ -204,4 +204,16 @@ pub trait DetectorState {
     /// outcome per step. On error nothing can be assumed about which steps were applied; the
     /// caller redoes the whole batch, which the replay records make safe.
     fn apply(&mut self, steps: &[OrderStep]) -> Result<Vec<StepOutcome>, StateError>;
+
+    /// The decision store of `src/reversals` (summaries of decisions, adjustment logs), kept in
+    /// the same place as the detectors' state and applied after the detector step of the batch.
+    fn apply_decisions(
+        &mut self,
+        ops: &[crate::reversals::store::DecisionOp],
+    ) -> Result<Vec<crate::reversals::store::DecisionReply>, StateError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        Err(StateError("this state keeps no decisions".into()))
+    }
 }

@@ -9,6 +9,7 @@
 //! Each record is parsed once and its codes matched once: the decision carries the matched
 //! codes on to the detectors.
 
+mod adjustments;
 mod outputs;
 
 use std::sync::Arc;
@@ -16,10 +17,11 @@ use std::sync::Arc;
 use crate::attribution::{Decision, decide};
 use crate::codes::CodeTable;
 use crate::detectors::{DetectorState, Detectors, StateError};
+use crate::reversals::output::Reversals;
 use crate::schema::{ValidOrder, parse_order};
 use crate::settings::Settings;
 
-pub use outputs::{Decided, Outputs, RecordOutcome, Rejection, Write, WriteKind};
+pub use outputs::{Adjusted, Decided, Outputs, RecordOutcome, Rejection, Write, WriteKind};
 
 /// Why a batch could not be finished. Nothing of the batch is in the outputs then.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub struct Engine {
     settings: Arc<Settings>,
     /// `None` when `detectors.enabled` is off.
     detectors: Option<Detectors>,
+    /// `None` when `reversals.enabled` is off.
+    reversals: Option<Reversals>,
     max_output_bytes: usize,
 }
 
@@ -46,18 +50,23 @@ impl Engine {
             .detectors
             .enabled
             .then(|| Detectors::new(&settings.detectors, &settings.store.key_prefix));
+        let reversals = settings
+            .reversals
+            .enabled
+            .then(|| Reversals::new(&settings.reversals, &settings.store.key_prefix));
         let max_output_bytes = max_output_bytes(&settings);
         Engine {
             settings,
             detectors,
+            reversals,
             max_output_bytes,
         }
     }
 
-    /// Whether [`Engine::run`] needs a detector state: with the detectors on, records are best
-    /// run in batches, so the state is asked once per batch.
+    /// Whether [`Engine::run`] needs a detector state: with the detectors or the reversals on,
+    /// records are best run in batches, so the state is asked once per batch.
     pub fn uses_state(&self) -> bool {
-        self.detectors.is_some()
+        self.detectors.is_some() || self.reversals.is_some()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -79,8 +88,8 @@ impl Engine {
         records: &[&[u8]],
         out: &mut Outputs,
     ) -> Result<(), EngineError> {
-        let Some(detectors) = &self.detectors else {
-            // Without detectors each record stands alone: no batch-wide vectors to build.
+        if !self.uses_state() {
+            // Without state each record stands alone: no batch-wide vectors to build.
             return all_or_nothing(out, |out| {
                 for (input, record) in records.iter().enumerate() {
                     match parse_record(record, &self.settings) {
@@ -94,25 +103,38 @@ impl Engine {
                 }
                 Ok(())
             });
-        };
+        }
         let parsed: Vec<Result<ValidOrder<'_>, Rejection>> = records
             .iter()
             .map(|record| parse_record(record, &self.settings))
             .collect();
+        let requests = adjustments::read_requests(self.reversals.as_ref(), records, &parsed);
         let mut decisions: Vec<Option<Decision<'_>>> = parsed
             .iter()
             .zip(records)
-            .map(|(order, record)| {
-                order
-                    .as_ref()
-                    .ok()
-                    .map(|o| decide(record, o, table, &self.settings.attribution))
+            .zip(&requests)
+            .map(|((order, record), request)| match (order, request) {
+                (Ok(o), None) => Some(decide(record, o, table, &self.settings.attribution)),
+                _ => None,
             })
             .collect();
         let state = state.ok_or_else(|| {
-            StateError("the detectors are on but no detector state was given".into())
+            StateError("the detectors or reversals are on but no state was given".into())
         })?;
-        detect(detectors, state, table, &parsed, &mut decisions)?;
+        if let Some(detectors) = &self.detectors {
+            detect(detectors, state, table, &parsed, &mut decisions)?;
+        }
+        let finished = match &self.reversals {
+            Some(reversals) => adjustments::step(
+                reversals,
+                state,
+                table.version(),
+                &parsed,
+                &decisions,
+                &requests,
+            )?,
+            None => Vec::new(),
+        };
         all_or_nothing(out, |out| {
             for (input, (order, decision)) in parsed.iter().zip(&decisions).enumerate() {
                 match (order, decision) {
@@ -120,6 +142,25 @@ impl Engine {
                         out.push_decision(input, order, decision, self.max_output_bytes)?
                     }
                     (Err(rejection), _) => out.push_rejection(input, rejection.clone()),
+                    (Ok(order), None) if requests.get(input).is_some_and(Option::is_some) => {
+                        match (
+                            &requests[input],
+                            finished.get(input).and_then(Option::as_ref),
+                        ) {
+                            (Some(Err(rejection)), _) => {
+                                out.push_rejection(input, rejection.clone())
+                            }
+                            (_, Some(done)) => {
+                                out.push_adjustment(input, order, done, self.max_output_bytes)?
+                            }
+                            _ => {
+                                return Err(EngineError::Serialize {
+                                    what: "adjustment",
+                                    message: "an adjustment without an outcome".into(),
+                                });
+                            }
+                        }
+                    }
                     (Ok(_), None) => {
                         return Err(EngineError::Serialize {
                             what: "decision",

@@ -8,7 +8,10 @@ use std::ops::Range;
 
 use super::EngineError;
 use crate::attribution::Decision;
-use crate::schema::{AlertKind, Basis, InvalidReason, OrderError, Status, ValidOrder};
+use crate::reversals::output::Finished;
+use crate::schema::{
+    AdjustmentKind, Alert, AlertKind, Basis, InvalidReason, OrderError, Reason, Status, ValidOrder,
+};
 use crate::timefmt::Instant;
 
 /// Why a record could not be decided: a stable reason (the dead-letter header and metric label)
@@ -52,11 +55,25 @@ pub struct Decided {
     pub basis: Option<Basis>,
     pub invalid_reason: Option<InvalidReason>,
     pub event_time: Instant,
+    /// Set for an adjustment event (then `status` is the original's, or UNATTRIBUTED when it
+    /// had none): there is no conversion, only an adjustment record or alerts.
+    pub adjustment: Option<Adjusted>,
+}
+
+/// What an adjustment event gave, for metrics and run summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adjusted {
+    /// An adjustment record of this kind and reason.
+    Recorded(AdjustmentKind, Reason),
+    /// No record: no stored decision, or after the lock with `after_lock = alert_only`.
+    NotRecorded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteKind {
     Conversion,
+    /// To `reversals.topic`.
+    Adjustment,
     Alert(AlertKind),
 }
 
@@ -186,30 +203,8 @@ impl Outputs {
             |bytes| conversion.write_json(bytes),
         )
         .map_err(|e| serialize_error("conversion", e))?;
-        for alert in &decision.alerts {
-            self.push_write(
-                WriteKind::Alert(alert.kind),
-                alert.alert_id.as_bytes(),
-                |bytes| alert.write_json(bytes),
-            )
-            .map_err(|e| serialize_error("alert", e))?;
-        }
-        let largest = self.writes[mark.writes..]
-            .iter()
-            .map(|w| w.value.len())
-            .max()
-            .unwrap_or(0);
-        if largest > max_value_bytes {
-            self.truncate(mark);
-            self.push_rejection(
-                input,
-                Rejection {
-                    reason: "output_too_large",
-                    message: format!(
-                        "an output of {largest} bytes exceeds the producer limit of {max_value_bytes} bytes"
-                    ),
-                },
-            );
+        self.push_alerts(&decision.alerts)?;
+        if self.too_large(input, mark, max_value_bytes) {
             return Ok(());
         }
         self.records.push(Record {
@@ -219,10 +214,99 @@ impl Outputs {
                 basis: conversion.basis,
                 invalid_reason: conversion.invalid_reason,
                 event_time: order.event_time,
+                adjustment: None,
             }),
             writes: mark.writes..self.writes.len(),
         });
         Ok(())
+    }
+
+    /// Serializes an adjustment event's outputs (its record first, then its alerts), or its
+    /// dead letter, with the same all-or-nothing size check as a decision.
+    pub(super) fn push_adjustment(
+        &mut self,
+        input: usize,
+        order: &ValidOrder<'_>,
+        finished: &Finished,
+        max_value_bytes: usize,
+    ) -> Result<(), EngineError> {
+        let (record, alerts) = match finished {
+            Finished::Rejected { reason, message } => {
+                self.push_rejection(
+                    input,
+                    Rejection {
+                        reason,
+                        message: message.clone(),
+                    },
+                );
+                return Ok(());
+            }
+            Finished::Written { record, alerts } => (record, alerts),
+        };
+        let mark = self.mark();
+        if let Some(record) = record {
+            self.push_write(WriteKind::Adjustment, record.order_id.as_bytes(), |bytes| {
+                record.write_json(bytes)
+            })
+            .map_err(|e| serialize_error("adjustment", e))?;
+        }
+        self.push_alerts(alerts)?;
+        if self.too_large(input, mark, max_value_bytes) {
+            return Ok(());
+        }
+        self.records.push(Record {
+            input,
+            result: Ok(Decided {
+                status: record
+                    .as_ref()
+                    .map_or(Status::Unattributed, |r| r.original_status),
+                basis: record.as_ref().and_then(|r| r.basis),
+                invalid_reason: None,
+                event_time: order.event_time,
+                adjustment: Some(match record {
+                    Some(r) => Adjusted::Recorded(r.kind, r.reason),
+                    None => Adjusted::NotRecorded,
+                }),
+            }),
+            writes: mark.writes..self.writes.len(),
+        });
+        Ok(())
+    }
+
+    fn push_alerts(&mut self, alerts: &[Alert<'_>]) -> Result<(), EngineError> {
+        for alert in alerts {
+            self.push_write(
+                WriteKind::Alert(alert.kind),
+                alert.alert_id.as_bytes(),
+                |bytes| alert.write_json(bytes),
+            )
+            .map_err(|e| serialize_error("alert", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether an output since `mark` is over the producer's limit; if so the record's outputs
+    /// are dropped for one dead letter.
+    fn too_large(&mut self, input: usize, mark: Mark, max_value_bytes: usize) -> bool {
+        let largest = self.writes[mark.writes..]
+            .iter()
+            .map(|w| w.value.len())
+            .max()
+            .unwrap_or(0);
+        if largest <= max_value_bytes {
+            return false;
+        }
+        self.truncate(mark);
+        self.push_rejection(
+            input,
+            Rejection {
+                reason: "output_too_large",
+                message: format!(
+                    "an output of {largest} bytes exceeds the producer limit of {max_value_bytes} bytes"
+                ),
+            },
+        );
+        true
     }
 
     fn push_write(

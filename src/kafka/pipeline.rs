@@ -32,7 +32,7 @@ use super::context::WorkerContext;
 use super::events::ClientEvents;
 use super::outputs::{DlqWriter, Source, dlq_headers};
 use crate::detectors::DetectorState;
-use crate::engine::{Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
+use crate::engine::{Adjusted, Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
 use crate::metrics::events::{DeadLettered, InternalEvent};
 use crate::metrics::{Metrics, TxOutcome};
 use crate::settings::{Delivery, Settings};
@@ -300,6 +300,7 @@ impl Pipeline {
             let topic = match write.kind {
                 WriteKind::Conversion => &kafka.conversions_topic,
                 WriteKind::Alert(_) => &kafka.alerts_topic,
+                WriteKind::Adjustment => &self.settings.reversals.topic,
             };
             self.send(BaseRecord::to(topic).key(write.key).payload(write.value))?;
             match write.kind {
@@ -309,7 +310,14 @@ impl Pipeline {
                     decided.invalid_reason,
                 ),
                 WriteKind::Alert(kind) => self.metrics.record_alert(kind),
+                WriteKind::Adjustment => {}
             }
+        }
+        if let Some(adjusted) = decided.adjustment {
+            self.metrics.record_adjustment(match adjusted {
+                Adjusted::Recorded(kind, reason) => Some((kind.as_str(), reason.as_str())),
+                Adjusted::NotRecorded => None,
+            });
         }
         let lag = chrono::Utc::now() - decided.event_time;
         self.metrics.observe_end_to_end(lag.as_seconds_f64());

@@ -68,6 +68,8 @@ pub struct RedisState {
     connect_timeout: Duration,
     io_timeout: Duration,
     script: Script,
+    /// The decision store's script (`decision_store.rs`), loaded on first use.
+    decisions: Option<Script>,
 }
 
 impl RedisState {
@@ -88,6 +90,7 @@ impl RedisState {
             connect_timeout,
             io_timeout,
             script: Script::new(SCRIPT),
+            decisions: None,
         })
     }
 
@@ -108,6 +111,27 @@ impl RedisState {
             .ok_or_else(|| StateError("no connection".into()))
     }
 
+    pub(super) fn decision_script(&mut self) -> Script {
+        self.decisions
+            .get_or_insert_with(super::decision_store::script)
+            .clone()
+    }
+
+    /// Runs a pipeline; after an error the connection is dropped, as it may hold half a reply.
+    pub(super) fn query<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StateError> {
+        let connection = self.connection()?;
+        let result = pipe
+            .query::<T>(connection)
+            .map_err(|e| StateError(e.to_string()));
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
+
     fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Vec<String>>, StateError> {
         let mut pipe = redis::pipe();
         // Loading with every batch costs a hash of a short script and survives a Redis restart
@@ -123,6 +147,13 @@ impl RedisState {
 }
 
 impl DetectorState for RedisState {
+    fn apply_decisions(
+        &mut self,
+        ops: &[crate::reversals::store::DecisionOp],
+    ) -> Result<Vec<crate::reversals::store::DecisionReply>, StateError> {
+        self.apply_decision_ops(ops)
+    }
+
     fn apply(&mut self, steps: &[OrderStep]) -> Result<Vec<StepOutcome>, StateError> {
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();

@@ -4,5 +4,6 @@
 //! module opens a Redis connection.
 
 pub mod code_sync;
+mod decision_store;
 pub mod detector_state;
 pub mod store;

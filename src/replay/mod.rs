@@ -137,6 +137,7 @@ fn run(args: &ReplayArgs) -> Result<u8, ToolError> {
             crate::codes_cli::store_line(&settings.store, origins.of("store.redis_url"))
         );
     }
+    settings.reversals.enabled = false;
     let table = table(args, &settings)?;
     let records = read_range(args)?;
     let engine = Engine::new(Arc::new(settings));
@@ -299,10 +300,13 @@ fn decide(engine: &Engine, table: &CodeTable, records: &[RawRecord]) -> Result<D
                         match write.kind {
                             WriteKind::Conversion => conversion = keyed.value.clone(),
                             WriteKind::Alert(_) => alerts.push(keyed.value.clone()),
+                            // Reversals are off here, like the detectors.
+                            WriteKind::Adjustment => {}
                         }
                         match write.kind {
                             WriteKind::Conversion => decided.conversions.push(keyed),
                             WriteKind::Alert(_) => decided.alerts.push(keyed),
+                            WriteKind::Adjustment => {}
                         }
                     }
                     Ok(ReplayedDecision { conversion, alerts })

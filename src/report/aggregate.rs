@@ -59,6 +59,17 @@ pub struct Row {
     pub without_amount: u64,
     pub invalid: u64,
     pub invalid_by_reason: BTreeMap<&'static str, u64>,
+    /// With adjustments netted: adjustment records of credited conversions, and the amount
+    /// they reversed (positive).
+    pub reversed: Option<(u64, Decimal)>,
+}
+
+impl Row {
+    /// Revenue less what adjustments reversed.
+    pub fn net_revenue(&self) -> Option<Decimal> {
+        let (_, reversed) = self.reversed?;
+        self.revenue.checked_sub(reversed)
+    }
 }
 
 /// What was read, besides the rows.
@@ -296,6 +307,7 @@ impl Aggregator {
             without_amount: 0,
             invalid: 0,
             invalid_by_reason: BTreeMap::new(),
+            reversed: None,
         });
         self.index.insert(self.key.clone(), at);
         at
@@ -348,6 +360,18 @@ impl Aggregator {
 
     /// The rows, ordered by program, subject and currency (null first): the same input always
     /// gives the same output, whatever order the records came in.
+    /// Nets adjustments against the rows: every row gets its reversed count and amount (0 when
+    /// none), and a subject with reversals but no conversion selected gets a row of its own.
+    pub fn net(&mut self, reversals: super::netting::Reversals) {
+        for row in &mut self.rows {
+            row.reversed = Some((0, Decimal::ZERO));
+        }
+        for ((program, subject, currency), (count, amount)) in reversals {
+            let at = self.row(&program, subject.as_deref(), currency.as_deref());
+            self.rows[at].reversed = Some((count, amount));
+        }
+    }
+
     pub fn finish(self) -> (Vec<Row>, Stats) {
         let mut rows = self.rows;
         rows.sort_by(|a, b| {

@@ -67,6 +67,28 @@ impl Decimal {
         (units.unsigned_abs() < LIMIT.unsigned_abs()).then_some(Decimal { units, scale })
     }
 
+    /// The exact difference, or `None` when it does not fit in 38 digits.
+    pub fn checked_sub(self, other: Decimal) -> Option<Decimal> {
+        self.checked_add(Decimal {
+            units: other.units.checked_neg()?,
+            scale: other.scale,
+        })
+    }
+
+    /// The exact product with a whole count (a line's quantity), or `None` when it does not fit.
+    pub fn checked_mul_count(self, count: u64) -> Option<Decimal> {
+        let units = self.units.checked_mul(i128::from(count))?;
+        (units.unsigned_abs() < LIMIT.unsigned_abs()).then_some(Decimal {
+            units,
+            scale: self.scale,
+        })
+    }
+
+    /// -1, 0 or 1, as the value is below, at or above zero.
+    pub fn signum(self) -> i32 {
+        self.units.signum() as i32
+    }
+
     fn rescaled(self, scale: u32) -> Option<i128> {
         self.units.checked_mul(pow10(scale - self.scale)?)
     }

@@ -9,6 +9,7 @@
 pub mod aggregate;
 mod chart;
 pub mod decimal;
+pub mod netting;
 pub mod output;
 pub mod parallel;
 
@@ -55,6 +56,13 @@ pub struct ReportArgs {
     /// Also draw the top codes by revenue with their invalid share (SVG; with --by code).
     #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
+    /// Adjustment records (refunds, cancels) to net against the conversions: adds the
+    /// reversed, reversed_amount and net_revenue columns (not with --by reason).
+    #[arg(long, value_name = "FILE", conflicts_with = "adjustments_topic")]
+    pub adjustments: Option<PathBuf>,
+    /// Adjustments topic to net, read like --topic (needs --brokers).
+    #[arg(long, requires = "brokers")]
+    pub adjustments_topic: Option<String>,
     /// With --topic: give up when a partition makes no progress for this long.
     #[arg(long, default_value_t = 30)]
     pub idle_timeout_secs: u64,
@@ -150,17 +158,26 @@ fn run(args: &ReportArgs) -> Result<Stats, ReportError> {
         from: args.from,
         to: args.to,
     };
-    let agg = match (&args.brokers, &args.topic) {
+    let mut agg = match (&args.brokers, &args.topic) {
         (Some(brokers), Some(topic)) => {
-            let mut agg = Aggregator::new(args.by, selection);
+            let mut agg = Aggregator::new(args.by, selection.clone());
             read_topic(&mut agg, brokers, topic, args)?;
             agg
         }
         _ => read_lines(args, &selection)?,
     };
+    let netted = args.adjustments.is_some() || args.adjustments_topic.is_some();
+    if netted {
+        let netting = read_adjustments(args, selection)?;
+        eprintln!(
+            "report: {} adjustment records; {} repeats counted once",
+            netting.records, netting.repeats
+        );
+        agg.net(netting.reversals);
+    }
     let (rows, stats) = agg.finish();
     let mut out = BufWriter::new(io::stdout().lock());
-    output::write(&mut out, args.by, args.format, &rows)
+    output::write(&mut out, args.by, netted, args.format, &rows)
         .and_then(|()| out.flush())
         .map_err(ReportError::io("stdout"))?;
     if let Some(path) = &args.chart {
@@ -210,27 +227,77 @@ fn read_lines(args: &ReportArgs, selection: &Selection) -> Result<Aggregator, Re
     )
 }
 
+/// The adjustments of `--adjustments` or `--adjustments-topic`.
+fn read_adjustments(
+    args: &ReportArgs,
+    selection: Selection,
+) -> Result<netting::Netting, ReportError> {
+    let mut netting = netting::Netting::new(args.by, selection);
+    let mut failure = None;
+    let mut add = |bytes: &[u8], origin: &dyn Fn() -> String| {
+        if failure.is_none() {
+            match netting.add(bytes) {
+                Err(AddError::Unreadable(reason)) => eprintln!("{}: {reason}", origin()),
+                Err(source) => {
+                    failure = Some(ReportError::Money {
+                        origin: origin(),
+                        source,
+                    })
+                }
+                Ok(()) => {}
+            }
+        }
+    };
+    match (&args.adjustments, &args.brokers, &args.adjustments_topic) {
+        (Some(path), _, _) => {
+            let text = std::fs::read(path)
+                .map_err(ReportError::io(format!("cannot read {}", path.display())))?;
+            for (number, line) in text.split(|b| *b == b'\n').enumerate() {
+                if !line.trim_ascii().is_empty() {
+                    add(line, &|| format!("{}:{}", path.display(), number + 1));
+                }
+            }
+        }
+        (None, Some(brokers), Some(topic)) => {
+            each_record(brokers, topic, args, |payload, origin| add(payload, origin))?
+        }
+        _ => {}
+    }
+    failure.map_or(Ok(netting), Err)
+}
+
 fn read_topic(
     agg: &mut Aggregator,
     brokers: &str,
     topic: &str,
     args: &ReportArgs,
 ) -> Result<(), ReportError> {
-    use crate::kafka::tools::{Isolation, read_to_end};
     let mut failure = None;
+    each_record(brokers, topic, args, |payload, origin| {
+        if failure.is_none()
+            && let Err(err) = add(agg, payload, origin)
+        {
+            failure = Some(err);
+        }
+    })?;
+    failure.map_or(Ok(()), Err)
+}
+
+/// Every committed record of `topic`, with where it was for messages.
+fn each_record(
+    brokers: &str,
+    topic: &str,
+    args: &ReportArgs,
+    mut f: impl FnMut(&[u8], &dyn Fn() -> String),
+) -> Result<(), ReportError> {
+    use crate::kafka::tools::{Isolation, read_to_end};
     read_to_end(
         brokers,
         topic,
         Isolation::ReadCommitted,
         Duration::from_secs(args.idle_timeout_secs),
-        |partition, offset, payload| {
-            if failure.is_none()
-                && let Err(err) = add(agg, payload, &|| format!("{topic}[{partition}]@{offset}"))
-            {
-                failure = Some(err);
-            }
-        },
+        |partition, offset, payload| f(payload, &|| format!("{topic}[{partition}]@{offset}")),
     )
-    .map_err(ReportError::Kafka)?;
-    failure.map_or(Ok(()), Err)
+    .map(|_| ())
+    .map_err(ReportError::Kafka)
 }

@@ -25,8 +25,8 @@ pub fn code_of(code_id: &str) -> &str {
         .unwrap_or(code_id)
 }
 
-/// The fields of a row, in contract order.
-pub fn columns(by: By) -> Vec<&'static str> {
+/// The fields of a row, in contract order; with adjustments netted, three more at the end.
+pub fn columns(by: By, netted: bool) -> Vec<&'static str> {
     const CREDIT: [&str; 6] = [
         "credited",
         "revenue",
@@ -47,12 +47,16 @@ pub fn columns(by: By) -> Vec<&'static str> {
     all.extend_from_slice(subject);
     all.push("currency");
     all.extend_from_slice(tail);
+    if netted && by != By::Reason {
+        all.extend_from_slice(&["reversed", "reversed_amount", "net_revenue"]);
+    }
     all
 }
 
 /// One row's values, index-aligned with [`columns`].
-fn values(by: By, row: &Row) -> Vec<Value> {
-    columns(by)
+fn values(by: By, netted: bool, row: &Row) -> Vec<Value> {
+    let (reversed, reversed_amount) = row.reversed.unwrap_or_default();
+    columns(by, netted)
         .iter()
         .map(|column| match *column {
             "program_id" => json!(row.program_id),
@@ -66,6 +70,9 @@ fn values(by: By, row: &Row) -> Vec<Value> {
             "discount" => json!(row.discount.to_string()),
             "credited_without_amount" | "without_amount" => json!(row.without_amount),
             "invalid" => json!(row.invalid),
+            "reversed" => json!(reversed),
+            "reversed_amount" => json!(reversed_amount.to_string()),
+            "net_revenue" => json!(row.net_revenue().map(|d| d.to_string())),
             _ => json!(row.invalid_by_reason),
         })
         .collect()
@@ -85,24 +92,31 @@ impl serde::Serialize for Ordered<'_> {
     }
 }
 
-pub fn write(out: &mut dyn Write, by: By, format: Format, rows: &[Row]) -> std::io::Result<()> {
+/// `netted`: adjustments were read (the rows carry reversals); adds their columns.
+pub fn write(
+    out: &mut dyn Write,
+    by: By,
+    netted: bool,
+    format: Format,
+    rows: &[Row],
+) -> std::io::Result<()> {
     match format {
         Format::Json => {
-            let all: Vec<Vec<Value>> = rows.iter().map(|r| values(by, r)).collect();
-            let names = columns(by);
+            let all: Vec<Vec<Value>> = rows.iter().map(|r| values(by, netted, r)).collect();
+            let names = columns(by, netted);
             let array: Vec<Ordered<'_>> = all.iter().map(|v| Ordered(&names, v)).collect();
             serde_json::to_writer_pretty(&mut *out, &array)?;
             writeln!(out)
         }
         Format::Csv => {
             let mut csv = csv::Writer::from_writer(out);
-            csv.write_record(columns(by))?;
+            csv.write_record(columns(by, netted))?;
             for row in rows {
-                csv.write_record(values(by, row).iter().map(cell))?;
+                csv.write_record(values(by, netted, row).iter().map(cell))?;
             }
             csv.flush()
         }
-        Format::Table => write_table(out, by, rows),
+        Format::Table => write_table(out, by, netted, rows),
     }
 }
 
@@ -120,8 +134,8 @@ fn cell(value: &Value) -> String {
     }
 }
 
-fn write_table(out: &mut dyn Write, by: By, rows: &[Row]) -> std::io::Result<()> {
-    let header = columns(by);
+fn write_table(out: &mut dyn Write, by: By, netted: bool, rows: &[Row]) -> std::io::Result<()> {
+    let header = columns(by, netted);
     // `code_id` repeats `code` with its prefix; a terminal has no room for it.
     let shown: Vec<usize> = (0..header.len())
         .filter(|&i| header[i] != "code_id")
@@ -129,7 +143,7 @@ fn write_table(out: &mut dyn Write, by: By, rows: &[Row]) -> std::io::Result<()>
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let values = values(by, r);
+            let values = values(by, netted, r);
             values
                 .iter()
                 .map(|v| if v.is_null() { "-".into() } else { cell(v) })
@@ -154,6 +168,9 @@ fn write_table(out: &mut dyn Write, by: By, rows: &[Row]) -> std::io::Result<()>
             "credited_without_amount",
             "without_amount",
             "invalid",
+            "reversed",
+            "reversed_amount",
+            "net_revenue",
         ]
         .contains(&header[i])
     };

@@ -31,6 +31,10 @@ pub enum AlertKind {
     UnknownCodeRate,
     SelfReferralSuspected,
     DuplicateOrderId,
+    // Adjustments (`src/reversals`): refunds and cancellations of earlier decisions.
+    AdjustmentWithoutConversion,
+    AdjustmentAfterLock,
+    OverReversal,
 }
 
 impl AlertKind {
@@ -73,6 +77,9 @@ impl AlertKind {
             AlertKind::UnknownCodeRate => "UNKNOWN_CODE_RATE",
             AlertKind::SelfReferralSuspected => "SELF_REFERRAL_SUSPECTED",
             AlertKind::DuplicateOrderId => "DUPLICATE_ORDER_ID",
+            AlertKind::AdjustmentWithoutConversion => "ADJUSTMENT_WITHOUT_CONVERSION",
+            AlertKind::AdjustmentAfterLock => "ADJUSTMENT_AFTER_LOCK",
+            AlertKind::OverReversal => "OVER_REVERSAL",
         }
     }
 
@@ -94,11 +101,14 @@ impl AlertKind {
             | AlertKind::ColdCodeUseRate
             | AlertKind::CodeVelocitySpike
             | AlertKind::CustomerLimitExceeded
-            | AlertKind::CodeEnumerationSuspected => Severity::Medium,
+            | AlertKind::CodeEnumerationSuspected
+            | AlertKind::AdjustmentAfterLock => Severity::Medium,
             AlertKind::MultiplePartnerCodes
             | AlertKind::UnknownCodeRate
             | AlertKind::SelfReferralSuspected
-            | AlertKind::DuplicateOrderId => Severity::Low,
+            | AlertKind::DuplicateOrderId
+            | AlertKind::AdjustmentWithoutConversion
+            | AlertKind::OverReversal => Severity::Low,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The JSON records the worker reads and writes. Published as JSON Schema under `schema/`.
 
+pub mod adjustment;
 pub mod alert;
 pub mod conversion;
 mod json_out;
 pub mod number;
 pub mod order;
 
+pub use adjustment::{AdjustmentKind, AdjustmentRecord, Reason};
 pub use alert::{Alert, AlertKind, Severity};
 pub use conversion::{Basis, ClickRef, CodeRef, Conversion, InvalidReason, Status};
 pub use number::JsonNumber;

@@ -4,6 +4,7 @@
 
 pub mod detectors;
 mod origin;
+mod reversals;
 pub mod secret;
 mod shadow;
 mod sources;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use detectors::DetectorSettings;
 pub use origin::{Origin, Origins};
+pub use reversals::{AfterLock, ReversalSettings};
 pub use secret::{Properties, RedisUrl, Secret, redacted_url};
 pub use sources::{ENV_PREFIX, FlagOverride, SettingsSources};
 pub use store::StoreSettings;
@@ -35,6 +37,7 @@ pub struct Settings {
     pub detectors: DetectorSettings,
     pub admin: AdminSettings,
     pub worker: WorkerSettings,
+    pub reversals: ReversalSettings,
 }
 
 /// What to do when the click winner used a code another partner owns (impact: the winner's
@@ -156,6 +159,7 @@ impl Settings {
         self.store.check(&mut problems);
         self.codes.check(&mut problems);
         self.detectors.check(&mut problems);
+        self.reversals.check(&mut problems);
         if let Err(problem) = self.admin.listen_addr() {
             problems.push(problem);
         }

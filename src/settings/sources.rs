@@ -17,7 +17,7 @@ use super::{Settings, SettingsError};
 
 pub const ENV_PREFIX: &str = "PROMO__";
 const PASSTHROUGH: [&str; 3] = ["common", "consumer", "producer"];
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "attribution",
     "limits",
     "kafka",
@@ -26,6 +26,7 @@ const SECTIONS: [&str; 8] = [
     "detectors",
     "admin",
     "worker",
+    "reversals",
 ];
 /// Problems reported per section before giving up on it (each one costs a re-parse).
 const MAX_PROBLEMS_PER_SECTION: usize = 64;
@@ -141,6 +142,7 @@ impl SettingsSources {
             detectors: sections.get("detectors"),
             admin: sections.get("admin"),
             worker: sections.get("worker"),
+            reversals: sections.get("reversals"),
         };
         for key in root.keys() {
             if !SECTIONS.contains(&key.as_str()) {

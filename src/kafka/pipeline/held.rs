@@ -122,4 +122,11 @@ impl DetectorState for Timed<'_> {
             .observe_detector_step(started.elapsed(), StepResult::of(&result));
         result
     }
+
+    fn apply_decisions(
+        &mut self,
+        ops: &[crate::reversals::store::DecisionOp],
+    ) -> Result<Vec<crate::reversals::store::DecisionReply>, StateError> {
+        self.inner.apply_decisions(ops)
+    }
 }
