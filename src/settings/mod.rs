@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use detectors::DetectorSettings;
 pub use sources::{ENV_PREFIX, SettingsSources};
-pub use store::{StoreSettings, redacted_url};
+pub use store::{RedisMode, StoreSettings, redacted_url};
 pub use worker::{
     AdminSettings, CodeSource, CodesSettings, Delivery, KafkaSettings, LogFormat, WorkerSettings,
 };
