@@ -71,6 +71,9 @@ pub struct RedisState {
     /// Cluster: the slot map as last read, and a connection per primary used since.
     nodes: Option<Nodes>,
     script: Script,
+    /// `store.wait_replicas` and the `WAIT` timeout.
+    wait_replicas: u32,
+    wait_ms: u64,
 }
 
 struct Nodes {
@@ -106,6 +109,8 @@ impl RedisState {
             connection: None,
             nodes: None,
             script: Script::new(SCRIPT),
+            wait_replicas: store.wait_replicas,
+            wait_ms: (store.io_timeout_ms / 2).max(1),
         })
     }
 
@@ -133,9 +138,18 @@ impl RedisState {
         for call in calls {
             pipe.add_command(call.command(self.script.get_hash()));
         }
+        let (replicas, wait_ms) = (self.wait_replicas, self.wait_ms);
         let connection = self.connection()?;
-        pipe.query::<Vec<Vec<String>>>(connection)
-            .map_err(|e| StateError(e.to_string()))
+        let answers = pipe
+            .query::<Vec<Vec<String>>>(connection)
+            .map_err(|e| StateError(e.to_string()))?;
+        if replicas > 0 {
+            let acknowledged: u32 = wait_command(replicas, wait_ms)
+                .query(connection)
+                .map_err(|e| StateError(e.to_string()))?;
+            check_replicas(acknowledged, replicas, "redis")?;
+        }
+        Ok(answers)
     }
 
     /// One pipeline per primary, all sent before any reply is read, so the nodes work at the
@@ -174,6 +188,9 @@ impl RedisState {
             for &i in members {
                 pipe.add_command(calls[i].command(self.script.get_hash()));
             }
+            if self.wait_replicas > 0 {
+                pipe.add_command(wait_command(self.wait_replicas, self.wait_ms));
+            }
             connection
                 .send_packed_command(&pipe.get_packed_pipeline())
                 .map_err(error)?;
@@ -190,9 +207,30 @@ impl RedisState {
                 answers[i] = redis::from_redis_value(reply().map_err(error)?)
                     .map_err(|e| StateError(format!("a script reply from {node}: {e}")))?;
             }
+            if self.wait_replicas > 0 {
+                let acknowledged: u32 = redis::from_redis_value(reply().map_err(error)?)
+                    .map_err(|e| StateError(format!("a WAIT reply from {node}: {e}")))?;
+                check_replicas(acknowledged, self.wait_replicas, &node.to_string())?;
+            }
         }
         Ok(answers)
     }
+}
+
+/// `WAIT`: blocks until `replicas` replicas acknowledged this connection's writes, or `ms`.
+fn wait_command(replicas: u32, ms: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas).arg(ms);
+    cmd
+}
+
+fn check_replicas(acknowledged: u32, wanted: u32, node: &str) -> Result<(), StateError> {
+    if acknowledged < wanted {
+        return Err(StateError(format!(
+            "{node}: {acknowledged} of {wanted} replicas (store.wait_replicas) acknowledged the detector state in time"
+        )));
+    }
+    Ok(())
 }
 
 impl DetectorState for RedisState {

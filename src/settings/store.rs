@@ -51,6 +51,12 @@ pub struct StoreSettings {
     /// Accept any server certificate and host name. For a test bench only: anyone on the path
     /// can read and change the codes and the detectors' state. Logged as a warning at every start.
     pub tls_insecure: bool,
+    /// Replicas that must hold a batch's detector state before the batch commits (`WAIT`), so a
+    /// primary lost right after a commit cannot take counts with it (Redis replicates
+    /// asynchronously). 0 = do not wait (a single node without replicas); 1 on a cluster with
+    /// one replica per primary. Fewer acknowledgements within half of `io_timeout_ms` fail the
+    /// step, and the batch is redone.
+    pub wait_replicas: u32,
 }
 
 impl Default for StoreSettings {
@@ -70,6 +76,7 @@ impl Default for StoreSettings {
             tls_cert_file: None,
             tls_key_file: None,
             tls_insecure: false,
+            wait_replicas: 0,
         }
     }
 }
