@@ -12,9 +12,7 @@ use support::redis::{
     PrivateRedis, assert_same_distinct, detector_sets, offline_run, outputs_after, produce, shared,
     vip_uses, zcard,
 };
-use support::{
-    InProcessWorker, Names, field, order_ids, orders, read, wait_for_orders,
-};
+use support::{InProcessWorker, Names, field, order_ids, orders, read, wait_for_orders};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const STOP: Duration = Duration::from_secs(30);

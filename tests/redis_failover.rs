@@ -80,7 +80,11 @@ fn a_primary_killed_mid_stream_loses_and_repeats_nothing() {
     assert_same_distinct(&conversions, &expected_conversions, "distinct conversions");
     assert_same_distinct(&alerts, &expected_alerts, "distinct alerts");
     let (key, vip_orders) = vip_uses(&prefix, &records);
-    assert_eq!(zcard(url, &key), vip_orders, "VIPONCE uses counted once each");
+    assert_eq!(
+        zcard(url, &key),
+        vip_orders,
+        "VIPONCE uses counted once each"
+    );
     assert!(
         failures >= 1.0,
         "the worker paused on the lost primary (step failures {failures})"

@@ -96,7 +96,8 @@ impl SlotMap {
                 Some(Value::SimpleString(text)) => text,
                 _ => return Err(bad("a primary without a host")),
             };
-            let port: u16 = number(primary.next()).ok_or_else(|| bad("a primary without a port"))?;
+            let port: u16 =
+                number(primary.next()).ok_or_else(|| bad("a primary without a port"))?;
             let host = if host.is_empty() || host == "?" {
                 seed_host.to_string()
             } else {
@@ -237,7 +238,10 @@ impl Subscription {
         };
         connection.send_packed_command(&redis::cmd(command).arg(channel).get_packed_command())?;
         let confirmed = connection.recv_response()?;
-        if !matches!(kind_of(&confirmed).as_deref(), Some("subscribe" | "ssubscribe")) {
+        if !matches!(
+            kind_of(&confirmed).as_deref(),
+            Some("subscribe" | "ssubscribe")
+        ) {
             return Err(RedisError::from((
                 ErrorKind::UnexpectedReturnType,
                 "no subscription confirmation",
@@ -360,10 +364,12 @@ fn certificates(settings: &StoreSettings) -> RedisResult<Option<TlsCertificates>
         }),
         _ => None,
     };
-    Ok((root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates {
-        client_tls,
-        root_cert,
-    }))
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
 }
 
 /// The cluster slot of a key: CRC16 (XMODEM) of its hash tag (the part between the first `{`

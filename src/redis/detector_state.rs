@@ -23,11 +23,11 @@ use redis::{Connection, Script};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::redis::connect::{Endpoint, Node, SlotMap, slot};
-use crate::settings::StoreSettings;
 use crate::detectors::state::{
     CountRef, DetectorState, Gate, Op, OpResult, OrderStep, Range, StateError, StepOutcome,
 };
+use crate::redis::connect::{Endpoint, Node, SlotMap, slot};
+use crate::settings::StoreSettings;
 
 /// Orders per script call: bounds how long one call holds Redis (a script blocks the server).
 const ORDERS_PER_CALL: usize = 250;

@@ -127,7 +127,8 @@ impl StoreSettings {
             );
         }
         if self.redis_mode == RedisMode::Cluster && url.contains("unix://") {
-            problems.push("store.redis_mode = \"cluster\" needs TCP nodes, not a unix socket".into());
+            problems
+                .push("store.redis_mode = \"cluster\" needs TCP nodes, not a unix socket".into());
         }
         // The redis client reads `#insecure` as "accept any certificate", with no trace in the
         // logs; a setting one can see and grep for replaces it.

@@ -217,4 +217,3 @@ pub fn worker_follows_new_versions(url: &str, test: &str) {
             .is_some_and(|s| s.success())
     );
 }
-

@@ -88,11 +88,14 @@ pub fn redis_cluster_url() -> &'static str {
     URL.get_or_init(|| {
         let _ = redis_url();
         services(&["up", "--redis-cluster"]);
-        let text = String::from_utf8(services(&["env"])).expect("scripts/services env prints UTF-8");
+        let text =
+            String::from_utf8(services(&["env"])).expect("scripts/services env prints UTF-8");
         text.lines()
             .find_map(|line| line.strip_prefix("export PROMO_REDIS_CLUSTER_URL="))
             .map(|value| value.trim().trim_matches('\'').to_string())
-            .unwrap_or_else(|| panic!("no PROMO_REDIS_CLUSTER_URL in scripts/services env:\n{text}"))
+            .unwrap_or_else(|| {
+                panic!("no PROMO_REDIS_CLUSTER_URL in scripts/services env:\n{text}")
+            })
     })
 }
 

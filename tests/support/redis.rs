@@ -215,15 +215,21 @@ pub fn killed_worker_counts_each_use_once(url: &str, test: &str) {
     produce(&names.input, after_kill);
 
     let mut second = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
-    let (all, alerts) = outputs_after(&names, &ids, &expected_alerts, Duration::from_secs(90), || {
-        let status = second.terminate(Duration::from_secs(30));
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "drains; log:\n{}",
-            second.log_tail()
-        );
-    });
+    let (all, alerts) = outputs_after(
+        &names,
+        &ids,
+        &expected_alerts,
+        Duration::from_secs(90),
+        || {
+            let status = second.terminate(Duration::from_secs(30));
+            assert_eq!(
+                status.and_then(|s| s.code()),
+                Some(0),
+                "drains; log:\n{}",
+                second.log_tail()
+            );
+        },
+    );
 
     // The replay records gave the redone batch the same counts, hence the same bytes.
     assert_same_distinct(&all, &expected_conversions, "distinct conversions");

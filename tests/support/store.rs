@@ -6,8 +6,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use promo_attribution::kafka::tools;
-use promo_attribution::redis::store::Store;
 use promo_attribution::redis::connect::Endpoint;
+use promo_attribution::redis::store::Store;
 use promo_attribution::settings::{RedisMode, StoreSettings};
 
 use super::{ChildWorker, Names, brokers, codes_csv, is_cluster, partners_csv, text};
