@@ -258,7 +258,7 @@ impl Follower {
         let mut last_check = Instant::now();
         while !self.stopping() {
             self.heartbeat.beat();
-            let announced = announcements.next().map_err(redis_error)?;
+            let announced = announcements.wait().map_err(redis_error)?;
             if announced || last_check.elapsed() >= self.poll_interval() {
                 self.check(&mut store, handle)?;
                 last_check = Instant::now();

@@ -226,9 +226,9 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Subscribes and waits for the server's confirmation; `tick` then bounds each [`next`].
+    /// Subscribes and waits for the server's confirmation; `tick` then bounds each [`wait`].
     ///
-    /// [`next`]: Subscription::next
+    /// [`wait`]: Subscription::wait
     pub fn open(endpoint: &Endpoint, channel: &str, tick: Duration) -> RedisResult<Subscription> {
         let mut connection = endpoint.connect_for(channel)?;
         let command = if endpoint.is_cluster() {
@@ -254,7 +254,7 @@ impl Subscription {
 
     /// Whether a message arrived within the tick. A shard channel whose slot moved to another
     /// node is unsubscribed by the server: an error, so the caller subscribes afresh.
-    pub fn next(&mut self) -> RedisResult<bool> {
+    pub fn wait(&mut self) -> RedisResult<bool> {
         match self.connection.recv_response() {
             Ok(value) => match kind_of(&value).as_deref() {
                 Some("message" | "smessage") => Ok(true),
