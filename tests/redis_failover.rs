@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use promo_attribution::redis::connect::{Endpoint, Node, slot};
 use support::redis::{
-    assert_same_distinct, detector_sets, offline_run, outputs_after, produce, vip_uses, zcard,
+    assert_offline_and_counted_once, detector_sets, offline_run, outputs_after, produce,
 };
 use support::store::store_settings;
 use support::{
@@ -77,13 +77,12 @@ fn a_primary_killed_mid_stream_loses_and_repeats_nothing() {
         failures = worker.metric("promo_detector_step_failures_total");
         assert!(worker.stop(STOP).is_ok(), "worker drains");
     });
-    assert_same_distinct(&conversions, &expected_conversions, "distinct conversions");
-    assert_same_distinct(&alerts, &expected_alerts, "distinct alerts");
-    let (key, vip_orders) = vip_uses(&prefix, &records);
-    assert_eq!(
-        zcard(url, &key),
-        vip_orders,
-        "VIPONCE uses counted once each"
+    assert_offline_and_counted_once(
+        url,
+        &prefix,
+        &records,
+        (&conversions, &alerts),
+        (&expected_conversions, &expected_alerts),
     );
     assert!(
         failures >= 1.0,

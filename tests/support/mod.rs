@@ -101,20 +101,7 @@ pub fn redis_cluster_url() -> &'static str {
 
 /// `scripts/redis-cluster ARGS` (stop-node, up), failing the test unless it succeeds.
 pub fn redis_cluster(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/redis-cluster"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| panic!("run scripts/redis-cluster {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/redis-cluster {args:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    script("redis-cluster", args)
 }
 
 /// Held by every test on the shared cluster: shared by most, exclusive by the failover test
@@ -151,15 +138,20 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// Runs `scripts/services ARGS`, fails the test unless it succeeds, and returns its stdout.
 fn services(args: &[&str]) -> Vec<u8> {
+    script("services", args)
+}
+
+/// Runs `scripts/NAME ARGS`, fails the test unless it succeeds, and returns its stdout.
+fn script(name: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new("bash")
-        .arg(repo().join("scripts/services"))
+        .arg(repo().join("scripts").join(name))
         .args(args)
         .current_dir(repo())
         .output()
-        .unwrap_or_else(|e| panic!("run scripts/services {args:?}: {e}"));
+        .unwrap_or_else(|e| panic!("run scripts/{name} {args:?}: {e}"));
     assert!(
         out.status.success(),
-        "scripts/services {args:?} failed ({}):\n{}{}",
+        "scripts/{name} {args:?} failed ({}):\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

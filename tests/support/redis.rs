@@ -232,14 +232,12 @@ pub fn killed_worker_counts_each_use_once(url: &str, test: &str) {
     );
 
     // The replay records gave the redone batch the same counts, hence the same bytes.
-    assert_same_distinct(&all, &expected_conversions, "distinct conversions");
-    assert_same_distinct(&alerts, &expected_alerts, "distinct alerts");
-    // Counters: each order counted once in the shared state, however often it was replayed.
-    let (key, vip_orders) = vip_uses(&prefix, &records);
-    assert_eq!(
-        zcard(url, &key),
-        vip_orders,
-        "VIPONCE uses counted once each"
+    assert_offline_and_counted_once(
+        url,
+        &prefix,
+        &records,
+        (&all, &alerts),
+        (&expected_conversions, &expected_alerts),
     );
     eprintln!(
         "killed: {} orders, {at_kill} converted at the kill, {} conversion and {} alert records, {:?}",
@@ -247,6 +245,26 @@ pub fn killed_worker_counts_each_use_once(url: &str, test: &str) {
         all.len(),
         alerts.len(),
         t0.elapsed()
+    );
+}
+
+/// The outputs are the offline run's (exact copies of a redone batch allowed), and each
+/// VIPONCE use of `records` is counted once in the state under `prefix`, however often its
+/// batch was redone.
+pub fn assert_offline_and_counted_once(
+    url: &str,
+    prefix: &str,
+    records: &[Vec<u8>],
+    (conversions, alerts): (&[Vec<u8>], &[Vec<u8>]),
+    (expected_conversions, expected_alerts): (&[Vec<u8>], &[Vec<u8>]),
+) {
+    assert_same_distinct(conversions, expected_conversions, "distinct conversions");
+    assert_same_distinct(alerts, expected_alerts, "distinct alerts");
+    let (key, vip_orders) = vip_uses(prefix, records);
+    assert_eq!(
+        zcard(url, &key),
+        vip_orders,
+        "VIPONCE uses counted once each"
     );
 }
 
