@@ -9,6 +9,9 @@
 //! ```sh
 //! BENCH_ORDERS=40000 BENCH_ROUNDS=3 cargo bench --bench detector_state
 //! ```
+//!
+//! `BENCH_REDIS_CLUSTER=1` runs it on the local Redis Cluster (`scripts/redis-cluster`): the
+//! Redis figures are then summed over the primaries, and the keys are left to expire.
 
 // Test code fails loudly; Cargo.toml's no-unwrap lints are for the service.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -24,10 +27,13 @@ use promo_attribution::detectors::{
     DetectorState, MemoryState, OrderStep, StateError, StepOutcome,
 };
 use promo_attribution::engine::{Engine, Outputs};
+use promo_attribution::redis::connect::Endpoint;
 use promo_attribution::redis::detector_state::RedisState;
+use promo_attribution::settings::StoreSettings;
 use promo_attribution::table_source::load_from_files;
 use support::Names;
 use support::redis::{connect, delete_prefix, detector_orders, detector_sets, shared};
+use support::store::store_settings;
 
 const BATCH: usize = 2_000;
 
@@ -93,8 +99,33 @@ fn shape(steps: &[OrderStep]) {
     );
 }
 
-/// `calls` and `usec` of every command in `INFO commandstats`.
-fn command_stats(connection: &mut ::redis::Connection) -> BTreeMap<String, (u64, u64)> {
+/// Connections to every node that runs the detectors' scripts: the one node, or the primaries.
+fn stats_connections(url: &str) -> Vec<::redis::Connection> {
+    if !support::is_cluster(url) {
+        return vec![connect(url)];
+    }
+    let endpoint = Endpoint::new(&store_settings(url, "p:")).expect("cluster settings");
+    let map = endpoint.slot_map().expect("slot map");
+    map.primaries()
+        .iter()
+        .map(|node| endpoint.connect_to(node).expect("connect to a primary"))
+        .collect()
+}
+
+/// `calls` and `usec` of every command in `INFO commandstats`, summed over the nodes.
+fn command_stats(connections: &mut [::redis::Connection]) -> BTreeMap<String, (u64, u64)> {
+    let mut sum: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for connection in connections {
+        for (name, (calls, usec)) in node_command_stats(connection) {
+            let entry = sum.entry(name).or_default();
+            entry.0 += calls;
+            entry.1 += usec;
+        }
+    }
+    sum
+}
+
+fn node_command_stats(connection: &mut ::redis::Connection) -> BTreeMap<String, (u64, u64)> {
     let info: String = ::redis::cmd("INFO")
         .arg("commandstats")
         .query(connection)
@@ -114,9 +145,14 @@ fn command_stats(connection: &mut ::redis::Connection) -> BTreeMap<String, (u64,
         .collect()
 }
 
-/// CPU seconds the Redis main thread used (user + system): unlike `commandstats` usec, which is
-/// wall time inside a command, this does not grow when a busy machine deschedules Redis.
-fn main_thread_cpu(connection: &mut ::redis::Connection) -> f64 {
+/// CPU seconds the Redis main threads used (user + system, summed over the nodes): unlike
+/// `commandstats` usec, which is wall time inside a command, this does not grow when a busy
+/// machine deschedules Redis.
+fn main_thread_cpu(connections: &mut [::redis::Connection]) -> f64 {
+    connections.iter_mut().map(node_main_thread_cpu).sum()
+}
+
+fn node_main_thread_cpu(connection: &mut ::redis::Connection) -> f64 {
     let info: String = ::redis::cmd("INFO")
         .arg("cpu")
         .query(connection)
@@ -236,7 +272,15 @@ fn main() {
     let mut replays = Vec::new();
     let mut cpus = Vec::new();
     for round in 0..rounds {
-        let (url, prefix) = shared("bench-state");
+        let cluster = std::env::var_os("BENCH_REDIS_CLUSTER").is_some();
+        let (url, prefix) = if cluster {
+            (
+                support::redis_cluster_url().to_string(),
+                support::unique_prefix("bench-state"),
+            )
+        } else {
+            shared("bench-state")
+        };
         let names = Names::new("bench-state");
         let extra = detector_sets(&url, &prefix);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -246,12 +290,15 @@ fn main() {
             .current();
         let engine = Engine::new(Arc::new(settings));
         let mut redis = Timed {
-            inner: RedisState::new(&url, Duration::from_secs(5), Duration::from_secs(30))
-                .expect("redis url"),
+            inner: RedisState::from_settings(&StoreSettings {
+                io_timeout_ms: 30_000,
+                ..store_settings(&url, &prefix)
+            })
+            .expect("redis settings"),
             spent: Duration::ZERO,
         };
         let mut memory = MemoryState::new();
-        let mut stats = connect(&url);
+        let mut stats = stats_connections(&url);
         let mut pass = |batches: &[Vec<&[u8]>], check: bool| -> Pass {
             let stats0 = command_stats(&mut stats);
             let cpu0 = main_thread_cpu(&mut stats);
@@ -294,7 +341,9 @@ fn main() {
         };
         let first = pass(&batches, true);
         let replay = pass(&batches[..batches.len().min(5)], false);
-        delete_prefix(&url, &prefix);
+        if !cluster {
+            delete_prefix(&url, &prefix);
+        }
         eprintln!("round {}:", round + 1);
         first.report("first pass");
         replay.report("replay pass");

@@ -8,84 +8,29 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::redis::{
     PrivateRedis, assert_same_distinct, detector_sets, offline_run, outputs_after, produce, shared,
     vip_uses, zcard,
 };
-use support::{
-    ChildWorker, InProcessWorker, Names, field, order_ids, orders, read, wait_for_orders,
-};
+use support::{InProcessWorker, Names, field, order_ids, orders, read, wait_for_orders};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const STOP: Duration = Duration::from_secs(30);
 
 #[test]
 fn killed_worker_repeats_no_state_change_and_loses_no_alert() {
-    let t0 = Instant::now();
-    let names = Names::new("detectors-killed");
-    names.create_topics(1);
-    let records = orders("DK", 1500, 11);
-    let ids = order_ids(&records);
-    let (url, prefix) = shared("detectors-killed");
-    let mut sets = detector_sets(&url, &prefix);
-    sets.push("kafka.batch_max_records=50".into());
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let settings = names.settings(&names.transactional_id, &sets);
-    let (expected_conversions, expected_alerts) = offline_run(&records, &settings);
-    assert!(
-        expected_alerts
-            .iter()
-            .any(|a| field(a, "kind") == "SINGLE_USE_CODE_REUSED"),
-        "the corpus exercises the detectors"
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("worker.log");
-    // The last third goes in only after the kill, so the kill always lands before the work is
-    // done, however fast the first worker is.
-    let (before_kill, after_kill) = records.split_at(records.len() * 2 / 3);
-    produce(&names.input, before_kill);
+    support::redis::killed_worker_counts_each_use_once(support::redis_url(), "detectors-killed");
+}
 
-    let mut first = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
-    let early = read(&names.conversions, 1, DEADLINE);
-    assert!(
-        !early.is_empty(),
-        "first conversions; log:\n{}",
-        first.log_tail()
-    );
-    first.kill();
-    let at_kill = read(&names.conversions, records.len(), Duration::from_secs(2)).len();
-    produce(&names.input, after_kill);
-
-    let mut second = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
-    let (all, alerts) = outputs_after(&names, &ids, &expected_alerts, DEADLINE, || {
-        let status = second.terminate(STOP);
-        assert_eq!(
-            status.and_then(|s| s.code()),
-            Some(0),
-            "drains; log:\n{}",
-            second.log_tail()
-        );
-    });
-
-    // The replay records gave the redone batch the same counts, hence the same bytes.
-    assert_same_distinct(&all, &expected_conversions, "distinct conversions");
-    assert_same_distinct(&alerts, &expected_alerts, "distinct alerts");
-    // Counters: each order counted once in the shared state, however often it was replayed.
-    let (key, vip_orders) = vip_uses(&prefix, &records);
-    assert_eq!(
-        zcard(&url, &key),
-        vip_orders,
-        "VIPONCE uses counted once each"
-    );
-    eprintln!(
-        "killed: {} orders, {at_kill} converted at the kill, {} conversion and {} alert records, {:?}",
-        records.len(),
-        all.len(),
-        alerts.len(),
-        t0.elapsed()
+#[test]
+fn killed_worker_on_the_cluster_counts_each_use_once() {
+    let _cluster = support::cluster_lock(false);
+    support::redis::killed_worker_counts_each_use_once(
+        support::redis_cluster_url(),
+        "detectors-killed-cluster",
     );
 }
 

@@ -175,11 +175,18 @@ worker.terminate()
 worker.wait(timeout=60)
 
 # Every version of the run is a full copy of the table (about 80 MB here): remove them all.
-keys = subprocess.run(["redis-cli", "-u", REDIS, "--scan", "--pattern", f"{prefix}*"],
-                      capture_output=True, text=True, check=True).stdout.split()
-for i in range(0, len(keys), 100):
-    subprocess.run(["redis-cli", "-u", REDIS, "unlink", *keys[i:i + 100]], capture_output=True, check=True)
-print(f"removed the run's {len(keys)} keys from Redis", flush=True)
+# On a cluster (a seed list) every seed is scanned and -c follows the redirections to the
+# store's primary (all its keys share one slot).
+first = REDIS.split(",")[0]
+seeds = [first] + [first.split("://")[0] + "://" + s.strip() for s in REDIS.split(",")[1:]]
+removed = 0
+for seed in seeds:
+    keys = subprocess.run(["redis-cli", "-c", "-u", seed, "--scan", "--pattern", f"{prefix}*"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    for i in range(0, len(keys), 100):
+        subprocess.run(["redis-cli", "-c", "-u", seed, "unlink", *keys[i:i + 100]], capture_output=True, check=True)
+    removed += len(keys)
+print(f"removed the run's {removed} keys from Redis", flush=True)
 
 print()
 print("| measurement | result | target |")

@@ -2,7 +2,7 @@
 //!
 //! At start the current version is loaded before the worker consumes anything (waiting, not
 //! ready, while the store is unreachable or empty, unless `require_table_at_start` is off).
-//! Then a thread follows the store: a pub/sub subscription wakes it as soon as a version is
+//! Then a thread follows the store: a pub/sub subscription (sharded on a cluster) wakes it as soon as a version is
 //! announced, and the pointer is read every `poll_interval_ms` as well, because announcements
 //! sent while the subscriber reconnects are lost. A new version is read and indexed on this
 //! thread, off the hot path, and swapped in whole. While Redis is unreachable the last good
@@ -253,30 +253,19 @@ impl Follower {
         connected: &mut bool,
     ) -> Result<(), StoreError> {
         let mut store = Store::connect(&self.settings)?;
-        let mut subscriber = Store::open_connection(&self.settings)?;
+        let mut announcements = Store::subscribe(&self.settings, TICK.min(self.poll_interval()))?;
         let url = self.settings.redis_url.redacted();
         let redis_error = |source| StoreError::Redis {
             url: url.clone(),
             source,
         };
-        let mut pubsub = subscriber.as_pubsub();
-        pubsub
-            .subscribe(store.keys().channel())
-            .map_err(redis_error)?;
-        pubsub
-            .set_read_timeout(Some(TICK.min(self.poll_interval())))
-            .map_err(redis_error)?;
         // Anything published before the subscription took effect is caught by this first check.
         self.check(&mut store, handle)?;
         *connected = true;
         let mut last_check = Instant::now();
         while !self.stopping() {
             self.heartbeat.beat();
-            let announced = match pubsub.get_message() {
-                Ok(_) => true,
-                Err(e) if e.is_timeout() => false,
-                Err(e) => return Err(redis_error(e)),
-            };
+            let announced = announcements.wait().map_err(redis_error)?;
             if announced || last_check.elapsed() >= self.poll_interval() {
                 self.check(&mut store, handle)?;
                 last_check = Instant::now();

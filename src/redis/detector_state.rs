@@ -10,20 +10,24 @@
 //! orders already applied come back as replays with the same results.
 //!
 //! Every key a call touches carries the program's hash tag (`{<program_id>}`) and is passed in
-//! `KEYS`, so the same script runs unchanged on Redis Cluster with one call per slot. (If
+//! `KEYS`, so the same script runs unchanged on Redis Cluster with one call per slot, the calls
+//! pipelined per primary (see [`RedisState::run_on_cluster`]). (If
 //! `store.key_prefix` itself holds a hash tag, that one wins and every detector key shares its
 //! slot: still correct, just not spread out.)
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use redis::{Client, Connection, Script};
+use redis::{Connection, Script};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::detectors::state::{
     CountRef, DetectorState, Gate, Op, OpResult, OrderStep, Range, StateError, StepOutcome,
 };
+use crate::redis::connect::{Endpoint, Node, SlotMap, slot};
+use crate::settings::StoreSettings;
 
 /// Orders per script call: bounds how long one call holds Redis (a script blocks the server).
 const ORDERS_PER_CALL: usize = 250;
@@ -63,47 +67,64 @@ const SCRIPT: &str = include_str!("detector_step.lua");
 
 /// Where the worker's detector state lives; connects on first use and again after any error.
 pub struct RedisState {
-    client: Client,
+    endpoint: Endpoint,
+    /// Single node.
     connection: Option<Connection>,
-    connect_timeout: Duration,
-    io_timeout: Duration,
+    /// Cluster: the slot map as last read, and a connection per primary used since.
+    nodes: Option<Nodes>,
     script: Script,
     /// The decision store's script (`decision_store.rs`), loaded on first use.
     decisions: Option<Script>,
+    /// `store.wait_replicas` and the `WAIT` timeout.
+    wait_replicas: u32,
+    wait_ms: u64,
+}
+
+struct Nodes {
+    map: SlotMap,
+    connections: HashMap<Node, Connection>,
 }
 
 impl RedisState {
+    /// One node at `url`.
     pub fn new(
         url: &str,
         connect_timeout: Duration,
         io_timeout: Duration,
     ) -> Result<RedisState, StateError> {
-        let client = Client::open(url).map_err(|e| {
+        RedisState::from_settings(&StoreSettings {
+            redis_url: url.into(),
+            connect_timeout_ms: connect_timeout.as_millis() as u64,
+            io_timeout_ms: io_timeout.as_millis() as u64,
+            ..StoreSettings::default()
+        })
+    }
+
+    /// The Redis of `store.*`: one node or a cluster, with its TLS settings.
+    pub fn from_settings(store: &StoreSettings) -> Result<RedisState, StateError> {
+        let endpoint = Endpoint::new(store).map_err(|e| {
             StateError(format!(
                 "bad store.redis_url {}: {e}",
-                crate::settings::redacted_url(url)
+                store.redis_url.redacted()
             ))
         })?;
         Ok(RedisState {
-            client,
+            endpoint,
             connection: None,
-            connect_timeout,
-            io_timeout,
+            nodes: None,
             script: Script::new(SCRIPT),
             decisions: None,
+            wait_replicas: store.wait_replicas,
+            wait_ms: (store.io_timeout_ms / 2).max(1),
         })
     }
 
     fn connection(&mut self) -> Result<&mut Connection, StateError> {
         if self.connection.is_none() {
             let connection = self
-                .client
-                .get_connection_with_timeout(self.connect_timeout)
+                .endpoint
+                .connect_for("")
                 .map_err(|e| StateError(format!("connect: {e}")))?;
-            for set in [Connection::set_read_timeout, Connection::set_write_timeout] {
-                set(&connection, Some(self.io_timeout))
-                    .map_err(|e| StateError(format!("socket timeout: {e}")))?;
-            }
             self.connection = Some(connection);
         }
         self.connection
@@ -133,6 +154,9 @@ impl RedisState {
     }
 
     fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Vec<String>>, StateError> {
+        if self.endpoint.is_cluster() {
+            return self.run_on_cluster(calls);
+        }
         let mut pipe = redis::pipe();
         // Loading with every batch costs a hash of a short script and survives a Redis restart
         // (which forgets loaded scripts) without a NOSCRIPT round trip.
@@ -140,10 +164,99 @@ impl RedisState {
         for call in calls {
             pipe.add_command(call.command(self.script.get_hash()));
         }
+        let (replicas, wait_ms) = (self.wait_replicas, self.wait_ms);
         let connection = self.connection()?;
-        pipe.query::<Vec<Vec<String>>>(connection)
-            .map_err(|e| StateError(e.to_string()))
+        let answers = pipe
+            .query::<Vec<Vec<String>>>(connection)
+            .map_err(|e| StateError(e.to_string()))?;
+        if replicas > 0 {
+            let acknowledged: u32 = wait_command(replicas, wait_ms)
+                .query(connection)
+                .map_err(|e| StateError(e.to_string()))?;
+            check_replicas(acknowledged, replicas, "redis")?;
+        }
+        Ok(answers)
     }
+
+    /// One pipeline per primary, all sent before any reply is read, so the nodes work at the
+    /// same time. A call's keys share its program's slot, so a call goes to one node whole.
+    fn run_on_cluster(&mut self, calls: &[Call<'_>]) -> Result<Vec<Vec<String>>, StateError> {
+        let error = |e: redis::RedisError| StateError(e.to_string());
+        if self.nodes.is_none() {
+            self.nodes = Some(Nodes {
+                map: self.endpoint.slot_map().map_err(error)?,
+                connections: HashMap::new(),
+            });
+        }
+        let Some(nodes) = self.nodes.as_mut() else {
+            return Err(StateError("no slot map".into()));
+        };
+        let mut groups: BTreeMap<&Node, Vec<usize>> = BTreeMap::new();
+        for (i, call) in calls.iter().enumerate() {
+            let slot = call.keys.first().map_or(0, |key| slot(key.as_bytes()));
+            let node = nodes
+                .map
+                .primary(slot)
+                .ok_or_else(|| StateError(format!("CLUSTERDOWN no primary serves slot {slot}")))?;
+            groups.entry(node).or_default().push(i);
+        }
+        for (node, members) in &groups {
+            let connection = match nodes.connections.entry((*node).clone()) {
+                Entry::Occupied(held) => held.into_mut(),
+                Entry::Vacant(place) => place.insert(
+                    self.endpoint
+                        .connect_to(node)
+                        .map_err(|e| StateError(format!("connect to {node}: {e}")))?,
+                ),
+            };
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.script);
+            for &i in members {
+                pipe.add_command(calls[i].command(self.script.get_hash()));
+            }
+            if self.wait_replicas > 0 {
+                pipe.add_command(wait_command(self.wait_replicas, self.wait_ms));
+            }
+            connection
+                .send_packed_command(&pipe.get_packed_pipeline())
+                .map_err(error)?;
+        }
+        let mut answers: Vec<Vec<String>> = vec![Vec::new(); calls.len()];
+        for (node, members) in &groups {
+            let connection = nodes
+                .connections
+                .get_mut(*node)
+                .ok_or_else(|| StateError(format!("no connection to {node}")))?;
+            let mut reply = || connection.recv_response().and_then(|v| v.extract_error());
+            reply().map_err(error)?;
+            for &i in members {
+                answers[i] = redis::from_redis_value(reply().map_err(error)?)
+                    .map_err(|e| StateError(format!("a script reply from {node}: {e}")))?;
+            }
+            if self.wait_replicas > 0 {
+                let acknowledged: u32 = redis::from_redis_value(reply().map_err(error)?)
+                    .map_err(|e| StateError(format!("a WAIT reply from {node}: {e}")))?;
+                check_replicas(acknowledged, self.wait_replicas, &node.to_string())?;
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// `WAIT`: blocks until `replicas` replicas acknowledged this connection's writes, or `ms`.
+fn wait_command(replicas: u32, ms: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas).arg(ms);
+    cmd
+}
+
+fn check_replicas(acknowledged: u32, wanted: u32, node: &str) -> Result<(), StateError> {
+    if acknowledged < wanted {
+        return Err(StateError(format!(
+            "{node}: {acknowledged} of {wanted} replicas (store.wait_replicas) acknowledged the detector state in time"
+        )));
+    }
+    Ok(())
 }
 
 impl DetectorState for RedisState {
@@ -173,8 +286,11 @@ impl DetectorState for RedisState {
             return Ok(Vec::new());
         }
         let answers = self.run(&calls).inspect_err(|_| {
-            // A broken or timed-out connection may hold half a reply: start afresh next time.
+            // A broken or timed-out connection may hold half a reply, and on a cluster a
+            // redirection (MOVED, ASK), TRYAGAIN or CLUSTERDOWN means the slot map changed:
+            // start afresh next time, reading the map again. The batch is redone whole.
             self.connection = None;
+            self.nodes = None;
         })?;
         if answers.len() != calls.len() {
             return Err(StateError(format!(

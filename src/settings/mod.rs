@@ -21,7 +21,7 @@ pub use origin::{Origin, Origins};
 pub use reversals::{AfterLock, ReversalSettings};
 pub use secret::{Properties, RedisUrl, Secret, redacted_url};
 pub use sources::{ENV_PREFIX, FlagOverride, SettingsSources};
-pub use store::StoreSettings;
+pub use store::{RedisMode, StoreSettings};
 pub use worker::{
     AdminSettings, CodeSource, CodesSettings, Delivery, KafkaSettings, LogFormat, WorkerSettings,
 };

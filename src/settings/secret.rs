@@ -110,6 +110,18 @@ impl Serialize for RedisUrl {
 /// does not rely on the URL being well formed: whatever precedes the last `@` before the
 /// host part is hidden, with or without a `://`, so a mistyped URL is not echoed in clear.
 pub fn redacted_url(url: &str) -> String {
+    // A cluster's seed list: each node's URL on its own, so every host stays visible.
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(|node| redacted_node_url(node.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redacted_node_url(url)
+}
+
+fn redacted_node_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(end) => (&url[..end + 3], &url[end + 3..]),
         None => ("", url),
@@ -284,6 +296,10 @@ mod tests {
             "redis://***@host:6379/0"
         );
         assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redacted_url("rediss://u:secret@a:7000, b:7001,rediss://u:secret@c:7002"),
+            "rediss://***@a:7000,b:7001,rediss://***@c:7002"
+        );
         assert_eq!(redacted_url("redis//user:secret@host"), "***@host");
         assert_eq!(redacted_url("user:secret@host:6379"), "***@host:6379");
         assert_eq!(redacted_url("rediss:/:p@ss@word@host"), "***@host");

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod chaos;
 pub mod crash;
+pub mod follow;
 pub mod redis;
 mod rng;
 pub mod store;
@@ -81,6 +82,56 @@ pub fn redis_url() -> &'static str {
     service_address("PROMO_REDIS_URL")
 }
 
+/// The seed list of the Redis Cluster that `scripts/services up --redis-cluster` runs
+/// (`scripts/redis-cluster`), started on first use.
+pub fn redis_cluster_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let _ = redis_url();
+        services(&["up", "--redis-cluster"]);
+        let text =
+            String::from_utf8(services(&["env"])).expect("scripts/services env prints UTF-8");
+        text.lines()
+            .find_map(|line| line.strip_prefix("export PROMO_REDIS_CLUSTER_URL="))
+            .map(|value| value.trim().trim_matches('\'').to_string())
+            .unwrap_or_else(|| {
+                panic!("no PROMO_REDIS_CLUSTER_URL in scripts/services env:\n{text}")
+            })
+    })
+}
+
+/// `scripts/redis-cluster ARGS` (stop-node, up), failing the test unless it succeeds.
+pub fn redis_cluster(args: &[&str]) -> Vec<u8> {
+    script("redis-cluster", args)
+}
+
+/// Held by every test on the shared cluster: shared by most, exclusive by the failover test
+/// (which kills a primary), across test binaries.
+pub struct ClusterLock(File);
+
+pub fn cluster_lock(exclusive: bool) -> ClusterLock {
+    let dir = std::env::var_os("PROMO_SERVICES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/services"));
+    std::fs::create_dir_all(&dir).expect("services dir");
+    let file = File::create(dir.join(".redis-cluster-tests.lock")).expect("cluster lock file");
+    let operation = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function owns; the lock goes with the file.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), operation) };
+    assert_eq!(locked, 0, "flock the cluster lock");
+    ClusterLock(file)
+}
+
+/// The test helpers take a Redis as a URL; a seed list (with commas) is the cluster.
+pub fn is_cluster(url: &str) -> bool {
+    url.contains(',')
+}
+
 /// A key prefix no other test uses, with the code store's hash-tag layout.
 pub fn unique_prefix(test: &str) -> String {
     format!("{}:", unique(test))
@@ -88,15 +139,20 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// Runs `scripts/services ARGS`, fails the test unless it succeeds, and returns its stdout.
 fn services(args: &[&str]) -> Vec<u8> {
+    script("services", args)
+}
+
+/// Runs `scripts/NAME ARGS`, fails the test unless it succeeds, and returns its stdout.
+fn script(name: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new("bash")
-        .arg(repo().join("scripts/services"))
+        .arg(repo().join("scripts").join(name))
         .args(args)
         .current_dir(repo())
         .output()
-        .unwrap_or_else(|e| panic!("run scripts/services {args:?}: {e}"));
+        .unwrap_or_else(|e| panic!("run scripts/{name} {args:?}: {e}"));
     assert!(
         out.status.success(),
-        "scripts/services {args:?} failed ({}):\n{}{}",
+        "scripts/{name} {args:?} failed ({}):\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

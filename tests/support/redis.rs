@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::TypedCommands;
 use promo_attribution::codes::table::BuildOptions;
@@ -16,7 +16,8 @@ use promo_attribution::settings::Settings;
 use serde_json::Value;
 
 use super::{
-    Names, assert_same_records, brokers, field, payloads, redis_url, unique_prefix, wait_until,
+    ChildWorker, Names, assert_same_records, brokers, field, order_ids, orders, payloads, read,
+    redis_url, unique_prefix, wait_until,
 };
 
 /// A key long enough for `detectors.customer_hmac_key`.
@@ -34,6 +35,7 @@ pub fn detector_sets(url: &str, prefix: &str) -> Vec<String> {
         "detectors.grace_secs=3600".into(),
         format!("store.redis_url={url}"),
         format!("store.key_prefix={prefix}"),
+        format!("store.redis_mode={}", super::store::redis_mode(url)),
         "store.connect_timeout_ms=500".into(),
         "store.io_timeout_ms=1000".into(),
     ]
@@ -70,7 +72,7 @@ pub fn delete_prefix(url: &str, prefix: &str) {
 pub fn zcard(url: &str, key: &str) -> u64 {
     ::redis::cmd("ZCARD")
         .arg(key)
-        .query(&mut connect(url))
+        .query(&mut super::store::key_connection(url, key))
         .unwrap_or_else(|e| panic!("ZCARD {key}: {e}"))
 }
 
@@ -168,6 +170,102 @@ impl Drop for PrivateRedis {
         }
         self.stop();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios run on one node and on the cluster
+
+/// A worker with the detectors on (state in the Redis at `url`) killed mid-stream and started
+/// again: the replay records make the redone batches repeat no state change, so conversions
+/// and alerts are the offline run's and every VIPONCE use is counted once.
+pub fn killed_worker_counts_each_use_once(url: &str, test: &str) {
+    let t0 = Instant::now();
+    let names = Names::new(test);
+    names.create_topics(1);
+    let records = orders("DK", 1500, 11);
+    let ids = order_ids(&records);
+    let prefix = unique_prefix(test);
+    let mut sets = detector_sets(url, &prefix);
+    sets.push("kafka.batch_max_records=50".into());
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let settings = names.settings(&names.transactional_id, &sets);
+    let (expected_conversions, expected_alerts) = offline_run(&records, &settings);
+    assert!(
+        expected_alerts
+            .iter()
+            .any(|a| field(a, "kind") == "SINGLE_USE_CODE_REUSED"),
+        "the corpus exercises the detectors"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("worker.log");
+    // The last third goes in only after the kill, so the kill always lands before the work is
+    // done, however fast the first worker is.
+    let (before_kill, after_kill) = records.split_at(records.len() * 2 / 3);
+    produce(&names.input, before_kill);
+
+    let mut first = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
+    let early = read(&names.conversions, 1, Duration::from_secs(90));
+    assert!(
+        !early.is_empty(),
+        "first conversions; log:\n{}",
+        first.log_tail()
+    );
+    first.kill();
+    let at_kill = read(&names.conversions, records.len(), Duration::from_secs(2)).len();
+    produce(&names.input, after_kill);
+
+    let mut second = ChildWorker::spawn(&names, &names.transactional_id, &sets, &log);
+    let (all, alerts) = outputs_after(
+        &names,
+        &ids,
+        &expected_alerts,
+        Duration::from_secs(90),
+        || {
+            let status = second.terminate(Duration::from_secs(30));
+            assert_eq!(
+                status.and_then(|s| s.code()),
+                Some(0),
+                "drains; log:\n{}",
+                second.log_tail()
+            );
+        },
+    );
+
+    // The replay records gave the redone batch the same counts, hence the same bytes.
+    assert_offline_and_counted_once(
+        url,
+        &prefix,
+        &records,
+        (&all, &alerts),
+        (&expected_conversions, &expected_alerts),
+    );
+    eprintln!(
+        "killed: {} orders, {at_kill} converted at the kill, {} conversion and {} alert records, {:?}",
+        records.len(),
+        all.len(),
+        alerts.len(),
+        t0.elapsed()
+    );
+}
+
+/// The outputs are the offline run's (exact copies of a redone batch allowed), and each
+/// VIPONCE use of `records` is counted once in the state under `prefix`, however often its
+/// batch was redone.
+pub fn assert_offline_and_counted_once(
+    url: &str,
+    prefix: &str,
+    records: &[Vec<u8>],
+    (conversions, alerts): (&[Vec<u8>], &[Vec<u8>]),
+    (expected_conversions, expected_alerts): (&[Vec<u8>], &[Vec<u8>]),
+) {
+    assert_same_distinct(conversions, expected_conversions, "distinct conversions");
+    assert_same_distinct(alerts, expected_alerts, "distinct alerts");
+    let (key, vip_orders) = vip_uses(prefix, records);
+    assert_eq!(
+        zcard(url, &key),
+        vip_orders,
+        "VIPONCE uses counted once each"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use promo_attribution::kafka::tools;
+use promo_attribution::redis::connect::Endpoint;
 use promo_attribution::redis::store::Store;
-use promo_attribution::settings::StoreSettings;
+use promo_attribution::settings::{RedisMode, StoreSettings};
 
-use super::{ChildWorker, Names, brokers, codes_csv, partners_csv, text};
+use super::{ChildWorker, Names, brokers, codes_csv, is_cluster, partners_csv, text};
 
 pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_promo-attribution"))
@@ -22,6 +23,7 @@ pub fn codes(url: &str, prefix: &str, args: &[&str]) -> Output {
         .args(["--redis-url", url, "--prefix", prefix])
         .args(args)
         .env_remove("PROMO__STORE__REDIS_URL")
+        .env("PROMO__STORE__REDIS_MODE", redis_mode(url))
         .output()
         .expect("run promo-attribution codes")
 }
@@ -41,8 +43,18 @@ pub fn store_settings(url: &str, prefix: &str) -> StoreSettings {
     StoreSettings {
         redis_url: url.into(),
         key_prefix: prefix.to_string(),
+        redis_mode: if is_cluster(url) {
+            RedisMode::Cluster
+        } else {
+            RedisMode::Single
+        },
         ..StoreSettings::default()
     }
+}
+
+/// `store.redis_mode` for `url` (see [`is_cluster`]).
+pub fn redis_mode(url: &str) -> &'static str {
+    if is_cluster(url) { "cluster" } else { "single" }
 }
 
 pub fn current_version(url: &str, prefix: &str) -> Option<u64> {
@@ -81,6 +93,7 @@ pub fn store_sets(url: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
         "codes.source=redis".to_string(),
         format!("store.redis_url={url}"),
         format!("store.key_prefix={prefix}"),
+        format!("store.redis_mode={}", redis_mode(url)),
         "store.poll_interval_ms=200".to_string(),
     ];
     sets.extend(extra.iter().map(|s| s.to_string()));
@@ -97,4 +110,11 @@ pub fn redis_connection(url: &str) -> ::redis::Connection {
         .expect("redis url")
         .get_connection_with_timeout(Duration::from_secs(2))
         .expect("connect to redis")
+}
+
+/// A connection to the node that holds `key` (the one node, or its slot's primary).
+pub fn key_connection(url: &str, key: &str) -> ::redis::Connection {
+    Endpoint::new(&store_settings(url, "p:"))
+        .and_then(|endpoint| endpoint.connect_for(key))
+        .unwrap_or_else(|e| panic!("connect to the node of {key} at {url}: {e}"))
 }

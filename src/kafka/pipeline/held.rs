@@ -1,8 +1,6 @@
 //! The batch's detector step: records are held until commit, then run through the engine
 //! together so their state changes take one round trip.
 
-use std::time::Duration;
-
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 
@@ -59,13 +57,8 @@ impl Pipeline {
         let state = match &mut *slot {
             Some(state) => state,
             empty => {
-                let store = &self.settings.store;
-                let redis = RedisState::new(
-                    store.redis_url.expose(),
-                    Duration::from_millis(store.connect_timeout_ms),
-                    Duration::from_millis(store.io_timeout_ms),
-                )
-                .map_err(|e| Failure::Fatal(e.to_string()))?;
+                let redis = RedisState::from_settings(&self.settings.store)
+                    .map_err(|e| Failure::Fatal(e.to_string()))?;
                 empty.insert(Box::new(redis))
             }
         };

@@ -13,7 +13,8 @@
 //! | `P{codes}:history`   | list   | one JSON [`VersionMeta`] per published version, newest first |
 //! | `P{codes}:v:<N>`     | hash   | `meta`, `published_ms` (Redis clock), `partners` (CSV), `programs` (JSON), `codes:<i>` (CSV chunks) |
 //!
-//! and the pub/sub channel `P{codes}:announce`, which carries each new version number.
+//! and the pub/sub channel `P{codes}:announce`, which carries each new version number (a
+//! sharded channel, `SPUBLISH`, on a Redis Cluster: it lives in the store's slot).
 //!
 //! Version numbers alone do not name a content: a store that lost its keys and was imported
 //! again starts at version 1 again, and one restored from an older backup hands out numbers it
@@ -34,9 +35,10 @@ pub mod snapshot;
 
 use std::time::Duration;
 
-use redis::{Client, Commands, Connection, Script};
+use redis::{Commands, Connection, Script};
 
 use crate::ids::content_fingerprint;
+use crate::redis::connect::{Endpoint, Subscription};
 use crate::settings::StoreSettings;
 pub use snapshot::{Encoded, Snapshot, VersionMeta};
 
@@ -85,7 +87,7 @@ if not generation then
 end
 redis.call('LPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
-redis.call('PUBLISH', ARGV[4], ARGV[2])
+redis.call(ARGV[8], ARGV[4], ARGV[2])
 return ARGV[2]
 "#;
 
@@ -177,15 +179,27 @@ pub struct Store {
     url: String,
     keys: Keys,
     connection: Connection,
+    /// On a cluster, announcements go out by sharded pub/sub.
+    cluster: bool,
 }
 
 impl Store {
+    /// Connects to the node that holds the store: the one node, or on a cluster the primary of
+    /// the store's slot (all its keys share one hash tag).
     pub fn connect(settings: &StoreSettings) -> Result<Store, StoreError> {
-        let connection = Store::open_connection(settings)?;
+        let url = settings.redis_url.redacted();
+        let wrap = |source| StoreError::Redis {
+            url: url.clone(),
+            source,
+        };
+        let endpoint = Endpoint::new(settings).map_err(wrap)?;
+        let keys = Keys::new(&settings.key_prefix);
+        let connection = endpoint.connect_for(&keys.current()).map_err(wrap)?;
         Ok(Store {
-            url: settings.redis_url.redacted(),
-            keys: Keys::new(&settings.key_prefix),
+            url,
+            keys,
             connection,
+            cluster: endpoint.is_cluster(),
         })
     }
 
@@ -442,6 +456,7 @@ impl Store {
             .arg(HISTORY_LENGTH)
             .arg(&generation)
             .arg(&fingerprint)
+            .arg(if self.cluster { "SPUBLISH" } else { "PUBLISH" })
             .invoke(&mut self.connection);
         match published {
             Ok(_) => Ok(meta),
@@ -540,24 +555,19 @@ impl Store {
         Ok(removed)
     }
 
-    /// A connection to the store's server with the configured I/O timeouts, for the commands
-    /// and for the pub/sub subscription (whose reads the subscriber shortens once subscribed).
-    pub fn open_connection(settings: &StoreSettings) -> Result<Connection, StoreError> {
-        let url = settings.redis_url.redacted();
-        let wrap = |source| StoreError::Redis {
-            url: url.clone(),
+    /// Waits for the announcements of new versions: plain pub/sub on a single node, sharded
+    /// pub/sub (to the primary of the store's slot) on a cluster, as the publish script sends
+    /// them. `tick` bounds each wait.
+    pub fn subscribe(settings: &StoreSettings, tick: Duration) -> Result<Subscription, StoreError> {
+        let endpoint = Endpoint::new(settings).map_err(|source| StoreError::Redis {
+            url: settings.redis_url.redacted(),
             source,
-        };
-        let client = Client::open(settings.redis_url.expose()).map_err(wrap)?;
-        let connection = client
-            .get_connection_with_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .map_err(wrap)?;
-        // Without a timeout a server that stops answering (a stalled node, a half-open TCP
-        // connection) would block the caller forever.
-        let io_timeout = Some(Duration::from_millis(settings.io_timeout_ms));
-        connection.set_read_timeout(io_timeout).map_err(wrap)?;
-        connection.set_write_timeout(io_timeout).map_err(wrap)?;
-        Ok(connection)
+        })?;
+        let channel = Keys::new(&settings.key_prefix).channel();
+        Subscription::open(&endpoint, &channel, tick).map_err(|source| StoreError::Redis {
+            url: endpoint.shown().to_string(),
+            source,
+        })
     }
 }
 
