@@ -24,7 +24,7 @@ pub struct Rejection {
 
 impl Rejection {
     /// Every reason a record can be rejected for: [`OrderError::reason`]'s and the engine's own.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 16] = [
         "oversize",
         "invalid_utf8",
         "malformed_json",
@@ -34,8 +34,13 @@ impl Rejection {
         "too_many_codes",
         "too_many_touchpoints",
         "code_too_long",
+        "field_too_long",
         "empty_record",
         "output_too_large",
+        "adjustment_currency_mismatch",
+        "adjustment_raises_amount",
+        "adjustment_amount_overflow",
+        "adjustment_state_unreadable",
     ];
 }
 

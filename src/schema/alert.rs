@@ -38,7 +38,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 17] = [
+    pub const ALL: [AlertKind; 20] = [
         AlertKind::ExpiredCodeUsed,
         AlertKind::NotYetActiveCodeUsed,
         AlertKind::InactiveCodeUsed,
@@ -56,6 +56,9 @@ impl AlertKind {
         AlertKind::UnknownCodeRate,
         AlertKind::SelfReferralSuspected,
         AlertKind::DuplicateOrderId,
+        AlertKind::AdjustmentWithoutConversion,
+        AlertKind::AdjustmentAfterLock,
+        AlertKind::OverReversal,
     ];
 
     pub fn as_str(self) -> &'static str {

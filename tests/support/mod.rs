@@ -449,7 +449,9 @@ impl ChildWorker {
         // it lists the partition's batch objects; our 10 ms default is shorter than one such
         // listing in the local S3 server, so the worker would fetch nothing forever
         // (docs/dev-notes/2026-12-06-durable-broker-fetch-livelock.md).
-        let durable_fetch = durable().then(|| "kafka.consumer.fetch.wait.max.ms=500".to_string());
+        // 2 s rather than librdkafka's 500 ms: under a full test suite's load one listing in the
+        // S3 server has been seen to take longer than 500 ms.
+        let durable_fetch = durable().then(|| "kafka.consumer.fetch.wait.max.ms=2000".to_string());
         for set in sets
             .iter()
             .chain(durable_fetch.iter())
