@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use redis::{
     Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
-    RedisError, RedisResult, TlsCertificates, Value,
+    ProtocolVersion, RedisError, RedisResult, TlsCertificates, Value,
 };
 
 use crate::settings::{RedisMode, StoreSettings};
@@ -180,13 +180,28 @@ impl Endpoint {
     /// A connection to the node that serves `key`: the one node, or on a cluster the primary of
     /// the key's slot as the slot map says now.
     pub fn connect_for(&self, key: &str) -> RedisResult<redis::Connection> {
+        self.connect_for_with(key, ProtocolVersion::RESP2)
+    }
+
+    /// [`Endpoint::connect_for`] speaking the given protocol version.
+    pub fn connect_for_with(
+        &self,
+        key: &str,
+        protocol: ProtocolVersion,
+    ) -> RedisResult<redis::Connection> {
+        let info = |info: ConnectionInfo| {
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            info.set_redis_settings(settings)
+        };
         if !self.cluster {
-            return self.open(self.seeds[0].clone());
+            return self.open(info(self.seeds[0].clone()));
         }
         let map = self.slot_map()?;
         let slot = slot(key.as_bytes());
         let node = map.primary(slot).ok_or_else(|| uncovered(slot))?;
-        self.connect_to(node)
+        let seed = self.seeds[0].clone();
+        let addr = with_host(seed.addr(), node);
+        self.open(info(seed.set_addr(addr)))
     }
 
     /// A connection to a cluster node, with the first seed's scheme, credentials and TLS.
@@ -222,6 +237,10 @@ impl Endpoint {
 /// the primary of the channel's slot (sharded pub/sub stays within the slot's shard instead of
 /// being broadcast to every node).
 pub struct Subscription {
+    /// RESP3: redis-rs takes a read that timed out for a reply still on its way and drops the
+    /// next reply it reads to make up for it; in RESP2 a pub/sub message is such a reply, so the
+    /// announcement after a quiet tick was the one dropped and a new version waited for the
+    /// pointer poll. RESP3 delivers messages as pushes, which are never dropped that way.
     connection: redis::Connection,
 }
 
@@ -230,7 +249,7 @@ impl Subscription {
     ///
     /// [`wait`]: Subscription::wait
     pub fn open(endpoint: &Endpoint, channel: &str, tick: Duration) -> RedisResult<Subscription> {
-        let mut connection = endpoint.connect_for(channel)?;
+        let mut connection = endpoint.connect_for_with(channel, ProtocolVersion::RESP3)?;
         let command = if endpoint.is_cluster() {
             "SSUBSCRIBE"
         } else {
@@ -274,7 +293,7 @@ impl Subscription {
 fn kind_of(value: &Value) -> Option<String> {
     let items = match value {
         Value::Array(items) => items,
-        Value::Push { data, .. } => data,
+        Value::Push { kind, .. } => return Some(kind.to_string().to_ascii_lowercase()),
         _ => return None,
     };
     match items.first()? {
