@@ -199,16 +199,19 @@ impl Endpoint {
         let map = self.slot_map()?;
         let slot = slot(key.as_bytes());
         let node = map.primary(slot).ok_or_else(|| uncovered(slot))?;
-        let seed = self.seeds[0].clone();
-        let addr = with_host(seed.addr(), node);
-        self.open(info(seed.set_addr(addr)))
+        self.open(info(self.node_info(node)))
     }
 
     /// A connection to a cluster node, with the first seed's scheme, credentials and TLS.
     pub fn connect_to(&self, node: &Node) -> RedisResult<redis::Connection> {
-        let info = self.seeds[0].clone();
-        let addr = with_host(info.addr(), node);
-        self.open(info.set_addr(addr))
+        self.open(self.node_info(node))
+    }
+
+    /// The first seed's connection settings pointed at `node`.
+    fn node_info(&self, node: &Node) -> ConnectionInfo {
+        let seed = self.seeds[0].clone();
+        let addr = with_host(seed.addr(), node);
+        seed.set_addr(addr)
     }
 
     /// The cluster's slot map from the first seed that answers.
