@@ -116,6 +116,8 @@ pub struct Metrics {
     alerts: IntCounterVec,
     /// Adjustment records (refunds, cancels) by kind and reason; `src/reversals`.
     adjustments: IntCounterVec,
+    /// Decision summaries newly written to the decision store (`src/reversals`).
+    decision_summaries: IntCounter,
     dlq_records: IntCounterVec,
     batch_size: Histogram,
     commit_latency: Histogram,
@@ -151,6 +153,7 @@ pub mod names {
     pub const CONVERSIONS: &str = "promo_conversions_total";
     pub const ALERTS: &str = "promo_alerts_total";
     pub const DLQ_RECORDS: &str = "promo_dlq_records_total";
+    pub const DECISION_SUMMARIES: &str = "promo_decision_summaries_stored_total";
     /// Renamed from `promo_batch_size` to carry its unit (README, "Metrics and health").
     pub const BATCH_SIZE: &str = "promo_batch_size_records";
     pub const COMMIT_LATENCY: &str = "promo_commit_latency_seconds";
@@ -207,6 +210,10 @@ impl Metrics {
                 "Adjustment events read, by outcome: the record's kind (REVERSAL, PARTIAL) and reason, or kind NONE when no record was written (no stored decision, or after the lock with alert_only).",
             ),
             &["kind", "reason"],
+        )?;
+        let decision_summaries = IntCounter::new(
+            DECISION_SUMMARIES,
+            "Decision summaries newly written to the decision store (with reversals on); a replayed batch or a later decision of the same order adds nothing. The store holds what was written within reversals retention_secs.",
         )?;
         let dlq_records = IntCounterVec::new(
             Opts::new(
@@ -323,6 +330,7 @@ impl Metrics {
         register(Box::new(conversions.clone()))?;
         register(Box::new(alerts.clone()))?;
         register(Box::new(adjustments.clone()))?;
+        register(Box::new(decision_summaries.clone()))?;
         register(Box::new(dlq_records.clone()))?;
         register(Box::new(batch_size.clone()))?;
         register(Box::new(commit_latency.clone()))?;
@@ -381,6 +389,7 @@ impl Metrics {
             conversions,
             alerts,
             adjustments,
+            decision_summaries,
             dlq_records,
             batch_size,
             commit_latency,
@@ -436,6 +445,11 @@ impl Metrics {
     pub fn record_adjustment(&self, recorded: Option<(&str, &str)>) {
         let (kind, reason) = recorded.unwrap_or(("NONE", ""));
         self.adjustments.with_label_values(&[kind, reason]).inc();
+    }
+
+    /// Summaries a decision-store step wrote for the first time.
+    pub fn add_decision_summaries(&self, written: u64) {
+        self.decision_summaries.inc_by(written);
     }
 
     /// `reason` becomes a label value, so it must come from a small fixed set (an error kind),

@@ -127,8 +127,9 @@ impl Engine {
         let finished = match &self.reversals {
             Some(reversals) => adjustments::step(
                 reversals,
+                self.detectors.as_ref(),
                 state,
-                table.version(),
+                table,
                 &parsed,
                 &decisions,
                 &requests,

@@ -246,7 +246,7 @@ impl Outputs {
                 );
                 return Ok(());
             }
-            Finished::Written { record, alerts } => (record, alerts),
+            Finished::Written { record, alerts, .. } => (record, alerts),
         };
         let mark = self.mark();
         if let Some(record) = record {

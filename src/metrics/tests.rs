@@ -30,6 +30,15 @@ fn many_instances_do_not_clash() {
 }
 
 #[test]
+fn decision_summaries_start_at_zero_and_count_what_is_written() {
+    let m = metrics();
+    assert!(has_sample(&m, "promo_decision_summaries_stored_total 0"));
+    m.add_decision_summaries(3);
+    m.add_decision_summaries(0);
+    assert!(has_sample(&m, "promo_decision_summaries_stored_total 3"));
+}
+
+#[test]
 fn detector_steps_are_timed_and_failures_counted() {
     let m = metrics();
     m.observe_detector_step(Duration::from_millis(3), StepResult::Applied);

@@ -15,6 +15,7 @@ use redis::Script;
 
 use super::detector_state::RedisState;
 use crate::detectors::StateError;
+use crate::detectors::kinds::reversal_rate::{RateCounter, RateCounts};
 use crate::reversals::store::{DecisionOp, DecisionReply};
 
 /// Operations per script call: bounds how long one call holds Redis.
@@ -78,33 +79,50 @@ impl RedisState {
 }
 
 fn command(ops: &[DecisionOp], chunk: &[usize], sha: &str) -> redis::Cmd {
-    let mut keys: Vec<&str> = Vec::new();
-    let mut key_index: HashMap<&str, usize> = HashMap::new();
+    let mut keys = Keys::default();
     let mut args: Vec<String> = vec![chunk.len().to_string()];
     for &i in chunk {
-        let (kind, key, a, b) = match &ops[i] {
+        let (kind, key, values): (&str, &str, Vec<String>) = match &ops[i] {
             DecisionOp::Record {
                 key,
                 summary,
                 ttl_secs,
                 ..
-            } => ("S", key, ttl_secs.max(&1).to_string(), summary.clone()),
+            } => ("S", key, vec![ttl_secs.max(&1).to_string(), summary.clone()]),
             DecisionOp::Adjust {
                 key,
                 adjustment_id,
                 request,
                 ..
-            } => ("A", key, adjustment_id.clone(), request.clone()),
+            } => ("A", key, vec![adjustment_id.clone(), request.clone()]),
+            DecisionOp::Credit {
+                key,
+                summary,
+                counter,
+                ..
+            } => {
+                let mut values = vec![summary.clone(), keys.index(&counter.key)];
+                values.extend(counted(counter, None));
+                ("C", key, values)
+            }
+            DecisionOp::Reverse {
+                key,
+                adjustment_id,
+                order_id,
+                counter,
+                ..
+            } => {
+                let mut values = vec![adjustment_id.clone(), keys.index(&counter.key)];
+                values.extend(counted(counter, Some(order_id)));
+                ("R", key, values)
+            }
         };
-        let at = *key_index.entry(key.as_str()).or_insert_with(|| {
-            keys.push(key);
-            keys.len()
-        });
-        args.extend([kind.to_string(), at.to_string(), a, b]);
+        args.extend([kind.to_string(), keys.index(key), values.len().to_string()]);
+        args.extend(values);
     }
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha).arg(keys.len());
-    for key in keys {
+    cmd.arg(sha).arg(keys.list.len());
+    for key in keys.list {
         cmd.arg(key);
     }
     for arg in args {
@@ -113,11 +131,43 @@ fn command(ops: &[DecisionOp], chunk: &[usize], sha: &str) -> redis::Cmd {
     cmd
 }
 
+/// A call's KEYS, each once, and their 1-based positions as the script names them.
+#[derive(Default)]
+struct Keys<'o> {
+    list: Vec<&'o str>,
+    at: HashMap<&'o str, usize>,
+}
+
+impl<'o> Keys<'o> {
+    fn index(&mut self, key: &'o str) -> String {
+        let list = &mut self.list;
+        let at = *self.at.entry(key).or_insert_with(|| {
+            list.push(key);
+            list.len()
+        });
+        at.to_string()
+    }
+}
+
+/// A counter's values after its key: ttl, units, the order id of a reversal, the fields.
+fn counted(counter: &RateCounter, order_id: Option<&String>) -> Vec<String> {
+    let mut values = vec![counter.ttl_secs.max(1).to_string(), counter.units.to_string()];
+    values.extend(order_id.cloned());
+    values.extend(counter.fields.iter().cloned());
+    values
+}
+
 fn parse_reply(mut parts: Vec<String>) -> Result<DecisionReply, StateError> {
-    match parts.first().map(String::as_str) {
-        Some("S") => Ok(DecisionReply::Recorded),
-        Some("N") => Ok(DecisionReply::NoOriginal),
-        Some("L") if parts.len() >= 3 => {
+    match (parts.first().map(String::as_str), parts.len()) {
+        (Some("S"), 2) => Ok(DecisionReply::Recorded {
+            new: parts[1] == "1",
+        }),
+        (Some("N"), _) => Ok(DecisionReply::NoOriginal),
+        (Some("C"), _) => Ok(DecisionReply::Credited),
+        (Some("R"), 2) => RateCounts::parse_all(&parts[1])
+            .map(DecisionReply::Rates)
+            .map_err(|e| StateError(format!("a reversal count record: {e}"))),
+        (Some("L"), len) if len >= 3 => {
             let requests = parts.split_off(2);
             let summary = parts.swap_remove(1);
             Ok(DecisionReply::Log { summary, requests })
@@ -133,7 +183,16 @@ mod tests {
     #[test]
     fn replies_parse_and_nonsense_is_an_error() {
         let parts = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(parse_reply(parts(&["S"])), Ok(DecisionReply::Recorded));
+        assert_eq!(
+            parse_reply(parts(&["S", "1"])),
+            Ok(DecisionReply::Recorded { new: true })
+        );
+        assert_eq!(parse_reply(parts(&["C"])), Ok(DecisionReply::Credited));
+        assert_eq!(
+            parse_reply(parts(&["R", "[]"])),
+            Ok(DecisionReply::Rates(Vec::new()))
+        );
+        assert!(parse_reply(parts(&["R", "[[1]]"])).is_err());
         assert_eq!(parse_reply(parts(&["N"])), Ok(DecisionReply::NoOriginal));
         assert_eq!(
             parse_reply(parts(&["L", "s", "r1", "r2"])),

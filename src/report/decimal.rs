@@ -89,6 +89,16 @@ impl Decimal {
         self.units.signum() as i32
     }
 
+    /// The value in whole units of 10^-`scale`, cut toward zero (`19.999` at scale 2 is 1999),
+    /// for counters that only hold integers (Redis); `None` when it does not fit an `i128`.
+    pub fn truncated_units(self, scale: u32) -> Option<i128> {
+        if self.scale <= scale {
+            self.rescaled(scale)
+        } else {
+            Some(self.units / pow10(self.scale - scale)?)
+        }
+    }
+
     fn rescaled(self, scale: u32) -> Option<i128> {
         self.units.checked_mul(pow10(scale - self.scale)?)
     }
@@ -135,6 +145,14 @@ mod tests {
             .try_fold(Decimal::ZERO, |acc, t| acc.checked_add(d(t)))
             .expect("fits")
             .to_string()
+    }
+
+    #[test]
+    fn truncated_units_cut_toward_zero() {
+        assert_eq!(d("19.999").truncated_units(2), Some(1999));
+        assert_eq!(d("-0.015").truncated_units(2), Some(-1));
+        assert_eq!(d("7").truncated_units(2), Some(700));
+        assert_eq!(d("0.009").truncated_units(2), Some(0));
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub fn explain_adjustment(
         Finished::Rejected { reason, message } => {
             let _ = writeln!(out, "Outcome: dead letter {reason}: {message}");
         }
-        Finished::Written { record, alerts } => {
+        Finished::Written { record, alerts, .. } => {
             let mut line = Vec::new();
             match record {
                 Some(record) if record.write_json(&mut line).is_ok() => {

@@ -9,7 +9,8 @@ use super::adjust::{Effect, evaluate};
 use super::store::{DecisionOp, DecisionReply};
 use super::{Request, Summary};
 use crate::ids::alert_id;
-use crate::schema::{AdjustmentRecord, Alert, AlertKind, JsonNumber, Status, ValidOrder};
+use crate::report::decimal::Decimal;
+use crate::schema::{AdjustmentKind, AdjustmentRecord, Alert, AlertKind, JsonNumber, Status, ValidOrder};
 use crate::settings::ReversalSettings;
 
 /// What an adjustment event gives.
@@ -18,11 +19,22 @@ pub enum Finished {
     Written {
         record: Option<Box<AdjustmentRecord<'static>>>,
         alerts: Vec<Alert<'static>>,
+        /// Set when the adjustment took money back from a credited sale: what
+        /// HIGH_REVERSAL_RATE counts.
+        reversed: Option<Box<Reversed>>,
     },
     Rejected {
         reason: &'static str,
         message: String,
     },
+}
+
+/// An adjustment that took `amount` (positive, or 0 for a cancel of an order without amount)
+/// back from the credited sale `original`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reversed {
+    pub original: Summary,
+    pub amount: Decimal,
 }
 
 /// The reversal rules of one worker or offline run.
@@ -44,14 +56,19 @@ impl Reversals {
         &self.settings
     }
 
-    /// The order's key: in the program's hash slot (`{<program>}`, as the detectors' keys), the
-    /// order id hashed so any id makes a short, safe key.
-    fn key(&self, order: &ValidOrder<'_>) -> String {
+    /// Where a program's keys start: `<prefix>d:{<program>}:`, the program's hash slot (as the
+    /// detectors' keys).
+    pub fn program_base(&self, program_id: &str) -> String {
+        let tag = crate::detectors::program_tag(program_id);
+        format!("{}{{{tag}}}:", self.prefix)
+    }
+
+    /// The order's key, the order id hashed so any id makes a short, safe key.
+    pub fn key(&self, order: &ValidOrder<'_>) -> String {
         let o = &order.order;
-        let tag = crate::detectors::program_tag(&o.program_id);
         format!(
-            "{}{{{tag}}}:v:{}",
-            self.prefix,
+            "{}v:{}",
+            self.program_base(&o.program_id),
             alert_id(&["order", &o.order_id])
         )
     }
@@ -85,7 +102,7 @@ impl Reversals {
         let o = &order.order;
         let (summary, requests) = match reply {
             DecisionReply::Log { summary, requests } => (summary, requests),
-            DecisionReply::NoOriginal | DecisionReply::Recorded => {
+            _ => {
                 let alert = self.alert(
                     AlertKind::AdjustmentWithoutConversion,
                     order,
@@ -101,6 +118,7 @@ impl Reversals {
                 return Finished::Written {
                     record: None,
                     alerts: vec![alert],
+                    reversed: None,
                 };
             }
         };
@@ -138,6 +156,7 @@ impl Reversals {
                 return Finished::Written {
                     record: None,
                     alerts,
+                    reversed: None,
                 };
             }
         };
@@ -199,9 +218,19 @@ impl Reversals {
             code_table_version: Cow::Owned(summary.code_table_version.clone()),
             event_time: Cow::Owned(first.event_time.clone()),
         };
+        let took_back = adjusted.amount_delta.signum() < 0 || adjusted.kind == AdjustmentKind::Reversal;
+        let reversed = (credited && took_back).then(|| {
+            Box::new(Reversed {
+                amount: Decimal::ZERO
+                    .checked_sub(adjusted.amount_delta)
+                    .unwrap_or(Decimal::ZERO),
+                original: summary,
+            })
+        });
         Finished::Written {
             record: Some(Box::new(record)),
             alerts,
+            reversed,
         }
     }
 

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 
 use crate::detectors::StateError;
+use crate::detectors::state::EVIDENCE_LIMIT;
+use crate::detectors::kinds::reversal_rate::{RateCounter, RateCounts};
 
 /// One write of a batch, in input order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,19 +29,49 @@ pub enum DecisionOp {
         adjustment_id: String,
         request: String,
     },
+    /// HIGH_REVERSAL_RATE's credit of a sale: adds one order and `counter.units` to each of
+    /// the counter's fields, once per order, and only when the order's stored summary is
+    /// `summary` (the decision that was kept: a duplicate's credit is not counted).
+    Credit {
+        group: String,
+        key: String,
+        summary: String,
+        counter: RateCounter,
+    },
+    /// HIGH_REVERSAL_RATE's count of an adjustment that took `counter.units` back from the
+    /// sale of order `key`: once per adjustment id (a repeat is answered with the first
+    /// count's [`RateCounts`]); the order counts as reversed (and as evidence) on its first.
+    Reverse {
+        group: String,
+        key: String,
+        adjustment_id: String,
+        order_id: String,
+        counter: RateCounter,
+    },
 }
 
 impl DecisionOp {
     pub fn group(&self) -> &str {
         match self {
-            DecisionOp::Record { group, .. } | DecisionOp::Adjust { group, .. } => group,
+            DecisionOp::Record { group, .. }
+            | DecisionOp::Adjust { group, .. }
+            | DecisionOp::Credit { group, .. }
+            | DecisionOp::Reverse { group, .. } => group,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecisionReply {
-    Recorded,
+    /// `new`: this op wrote the summary (not a replay, not a later decision of the order).
+    Recorded {
+        new: bool,
+    },
+    /// A credit, counted or not.
+    Credited,
+    /// A reversal's counts, one per subject of its counter (none when the order's summary is
+    /// gone).
+    Rates(Vec<RateCounts>),
     /// No summary for the order: never decided, or past its retention.
     NoOriginal,
     /// The summary, and the requests up to and including the adjustment's first one.
@@ -61,12 +93,41 @@ struct OrderLog {
     summary: String,
     requests: Vec<String>,
     index: HashMap<String, usize>,
+    /// Whether the order's credit was counted, and whether it counted as reversed yet.
+    credited: bool,
+    reversed: bool,
+    /// Reversal counts by adjustment id, as first seen.
+    rates: HashMap<String, Vec<RateCounts>>,
+}
+
+/// One window's counts: per field `n`, `a`, `r`, `ra` (as the Redis hash's `<field>|n` ...)
+/// and the evidence.
+#[derive(Debug, Default)]
+struct Window {
+    counts: HashMap<(String, &'static str), i64>,
+    evidence: HashMap<String, Vec<String>>,
+}
+
+impl Window {
+    fn get(&self, field: &str, what: &'static str) -> u64 {
+        let n = self.counts.get(&(field.to_string(), what)).copied();
+        u64::try_from(n.unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// `HINCRBY`, where an overflow leaves the count as it was (the script ignores the error).
+    fn add(&mut self, field: &str, what: &'static str, by: u64) {
+        let count = self.counts.entry((field.to_string(), what)).or_insert(0);
+        if let Some(sum) = i64::try_from(by).ok().and_then(|by| count.checked_add(by)) {
+            *count = sum;
+        }
+    }
 }
 
 /// The store in process memory; retention is not modelled (an offline run is finite).
 #[derive(Debug, Default)]
 pub struct MemoryDecisions {
     orders: HashMap<String, OrderLog>,
+    windows: HashMap<String, Window>,
 }
 
 impl MemoryDecisions {
@@ -86,11 +147,55 @@ impl DecisionStore for MemoryDecisions {
             .iter()
             .map(|op| match op {
                 DecisionOp::Record { key, summary, .. } => {
+                    let new = !self.orders.contains_key(key);
                     self.orders.entry(key.clone()).or_insert_with(|| OrderLog {
                         summary: summary.clone(),
                         ..OrderLog::default()
                     });
-                    DecisionReply::Recorded
+                    DecisionReply::Recorded { new }
+                }
+                DecisionOp::Credit {
+                    key,
+                    summary,
+                    counter,
+                    ..
+                } => {
+                    if let Some(log) = self.orders.get_mut(key)
+                        && log.summary == *summary
+                        && !log.credited
+                    {
+                        log.credited = true;
+                        let window = self.windows.entry(counter.key.clone()).or_default();
+                        for field in &counter.fields {
+                            window.add(field, "n", 1);
+                            window.add(field, "a", counter.units);
+                        }
+                    }
+                    DecisionReply::Credited
+                }
+                DecisionOp::Reverse {
+                    key,
+                    adjustment_id,
+                    order_id,
+                    counter,
+                    ..
+                } => {
+                    let Some(log) = self.orders.get_mut(key) else {
+                        return DecisionReply::Rates(Vec::new());
+                    };
+                    if let Some(first) = log.rates.get(adjustment_id) {
+                        return DecisionReply::Rates(first.clone());
+                    }
+                    let first_reversal = !log.reversed;
+                    log.reversed = true;
+                    let window = self.windows.entry(counter.key.clone()).or_default();
+                    let counts: Vec<RateCounts> = counter
+                        .fields
+                        .iter()
+                        .map(|field| reverse(window, field, counter.units, order_id, first_reversal))
+                        .collect();
+                    log.rates.insert(adjustment_id.clone(), counts.clone());
+                    DecisionReply::Rates(counts)
                 }
                 DecisionOp::Adjust {
                     key,
@@ -117,6 +222,28 @@ impl DecisionStore for MemoryDecisions {
                 },
             })
             .collect())
+    }
+}
+
+/// One subject's reversal count, as the script's `R` does it.
+fn reverse(window: &mut Window, field: &str, units: u64, order_id: &str, first: bool) -> RateCounts {
+    let (orders_before, before) = (window.get(field, "r"), window.get(field, "ra"));
+    if first {
+        window.add(field, "r", 1);
+        let evidence = window.evidence.entry(field.to_string()).or_default();
+        if (orders_before as usize) < EVIDENCE_LIMIT {
+            evidence.push(order_id.to_string());
+        }
+    }
+    window.add(field, "ra", units);
+    RateCounts {
+        orders: window.get(field, "n"),
+        credited: window.get(field, "a"),
+        reversed_orders_before: orders_before,
+        reversed_before: before,
+        reversed_orders: window.get(field, "r"),
+        reversed: window.get(field, "ra"),
+        evidence: window.evidence.get(field).cloned().unwrap_or_default(),
     }
 }
 
@@ -163,8 +290,8 @@ mod tests {
             replies,
             [
                 DecisionReply::NoOriginal,
-                DecisionReply::Recorded,
-                DecisionReply::Recorded,
+                DecisionReply::Recorded { new: true },
+                DecisionReply::Recorded { new: false },
                 log(&["ra"]),
                 log(&["ra", "rb"]),
                 log(&["ra"]),

@@ -35,10 +35,12 @@ pub enum AlertKind {
     AdjustmentWithoutConversion,
     AdjustmentAfterLock,
     OverReversal,
+    /// A stateful detector over adjustments (`src/detectors/kinds/reversal_rate.rs`).
+    HighReversalRate,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 20] = [
+    pub const ALL: [AlertKind; 21] = [
         AlertKind::ExpiredCodeUsed,
         AlertKind::NotYetActiveCodeUsed,
         AlertKind::InactiveCodeUsed,
@@ -59,6 +61,7 @@ impl AlertKind {
         AlertKind::AdjustmentWithoutConversion,
         AlertKind::AdjustmentAfterLock,
         AlertKind::OverReversal,
+        AlertKind::HighReversalRate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl AlertKind {
             AlertKind::AdjustmentWithoutConversion => "ADJUSTMENT_WITHOUT_CONVERSION",
             AlertKind::AdjustmentAfterLock => "ADJUSTMENT_AFTER_LOCK",
             AlertKind::OverReversal => "OVER_REVERSAL",
+            AlertKind::HighReversalRate => "HIGH_REVERSAL_RATE",
         }
     }
 
@@ -105,7 +109,8 @@ impl AlertKind {
             | AlertKind::CodeVelocitySpike
             | AlertKind::CustomerLimitExceeded
             | AlertKind::CodeEnumerationSuspected
-            | AlertKind::AdjustmentAfterLock => Severity::Medium,
+            | AlertKind::AdjustmentAfterLock
+            | AlertKind::HighReversalRate => Severity::Medium,
             AlertKind::MultiplePartnerCodes
             | AlertKind::UnknownCodeRate
             | AlertKind::SelfReferralSuspected

@@ -89,6 +89,15 @@ thresholds! {
     self_referral: bool = true,
     /// DUPLICATE_ORDER_ID: the same (program, event type, order id) with different content.
     duplicate_order_id: bool = true,
+    /// HIGH_REVERSAL_RATE: the share of a code's or a partner's credited amount that refunds
+    /// and cancellations took back, per window of the sales' event time. Needs
+    /// `reversals.enabled` as well.
+    reversal_rate: bool = true,
+    reversal_window_secs: u64 = 7 * 86_400,
+    /// Credited orders of the code or partner in the window before the share is judged.
+    reversal_min_orders: u64 = 20,
+    /// Fires when the reversed share of the credited amount is strictly above this percentage.
+    reversal_share_percent: u64 = 50,
 }
 
 impl Thresholds {
@@ -109,6 +118,8 @@ impl Thresholds {
             ("enumeration_unknown_codes", self.enumeration_unknown_codes),
             ("unknown_window_secs", self.unknown_window_secs),
             ("unknown_min_orders", self.unknown_min_orders),
+            ("reversal_window_secs", self.reversal_window_secs),
+            ("reversal_min_orders", self.reversal_min_orders),
         ] {
             if value == 0 {
                 problems.push(format!("{origin}.{name} must be greater than 0"));
@@ -117,6 +128,7 @@ impl Thresholds {
         for (name, value) in [
             ("cold_share_percent", self.cold_share_percent),
             ("unknown_share_percent", self.unknown_share_percent),
+            ("reversal_share_percent", self.reversal_share_percent),
         ] {
             if value >= 100 {
                 problems.push(format!("{origin}.{name} must be below 100"));
@@ -132,6 +144,7 @@ impl Thresholds {
             ("cold_window_secs", self.cold_window_secs),
             ("enumeration_window_secs", self.enumeration_window_secs),
             ("unknown_window_secs", self.unknown_window_secs),
+            ("reversal_window_secs", self.reversal_window_secs),
             (
                 "velocity_bucket_secs * (velocity_baseline_buckets + 1)",
                 self.velocity_bucket_secs

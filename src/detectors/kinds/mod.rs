@@ -7,6 +7,7 @@ pub mod duplicate_order;
 pub mod enumeration;
 pub mod limit;
 pub mod recent_uses;
+pub mod reversal_rate;
 pub mod self_referral;
 pub mod unknown_rate;
 pub mod usage_limit;

@@ -120,6 +120,12 @@ impl DetectorState for Timed<'_> {
         &mut self,
         ops: &[crate::reversals::store::DecisionOp],
     ) -> Result<Vec<crate::reversals::store::DecisionReply>, StateError> {
-        self.inner.apply_decisions(ops)
+        let replies = self.inner.apply_decisions(ops)?;
+        let written = replies
+            .iter()
+            .filter(|r| matches!(r, crate::reversals::store::DecisionReply::Recorded { new: true }))
+            .count();
+        self.metrics.add_decision_summaries(written as u64);
+        Ok(replies)
     }
 }
