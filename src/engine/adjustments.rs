@@ -6,14 +6,14 @@
 use super::Rejection;
 use crate::attribution::Decision;
 use crate::codes::CodeTable;
-use crate::detectors::kinds::reversal_rate::{self, RateCounter, Raised, Sale};
+use crate::detectors::kinds::reversal_rate::{self, Raised, RateCounter, Sale};
 use crate::detectors::{DetectorState, Detectors, StateError, Thresholds};
 use crate::report::decimal::Decimal;
 use crate::reversals::output::{Finished, Reversals};
 use crate::reversals::store::{DecisionOp, DecisionReply};
 use crate::reversals::{Request, Summary};
-use crate::schema::{Status, ValidOrder};
 use crate::schema::adjustment::parse_adjustment_fields;
+use crate::schema::{Status, ValidOrder};
 
 /// Per record of the batch: `None` for an order (or a rejected record), else the adjustment
 /// event read, or why it cannot be.
@@ -88,9 +88,9 @@ pub(super) fn step(
         }
     }
     let replies = apply(state, &ops)?;
-    let mut replies = replies.iter().filter(|r| {
-        !matches!(r, DecisionReply::Recorded { .. } | DecisionReply::Credited)
-    });
+    let mut replies = replies
+        .iter()
+        .filter(|r| !matches!(r, DecisionReply::Recorded { .. } | DecisionReply::Credited));
     let mut finished = Vec::with_capacity(parsed.len());
     for ((order, decision), request) in parsed.iter().zip(decisions).zip(requests) {
         let outcome = match (order, decision, request) {
@@ -110,7 +110,10 @@ pub(super) fn step(
     Ok(finished)
 }
 
-fn apply(state: &mut dyn DetectorState, ops: &[DecisionOp]) -> Result<Vec<DecisionReply>, StateError> {
+fn apply(
+    state: &mut dyn DetectorState,
+    ops: &[DecisionOp],
+) -> Result<Vec<DecisionReply>, StateError> {
     if ops.is_empty() {
         return Ok(Vec::new());
     }
@@ -137,7 +140,13 @@ impl Rates<'_> {
         self.detectors.thresholds(self.table, program_id)
     }
 
-    fn counter(&self, t: &Thresholds, summary: &Summary, program_id: &str, amount: Decimal) -> Option<RateCounter> {
+    fn counter(
+        &self,
+        t: &Thresholds,
+        summary: &Summary,
+        program_id: &str,
+        amount: Decimal,
+    ) -> Option<RateCounter> {
         reversal_rate::counter(
             &self.reversals.program_base(program_id),
             t,
@@ -177,8 +186,12 @@ impl Rates<'_> {
         let mut counted = Vec::new();
         for (input, (order, credit)) in parsed.iter().zip(later).enumerate() {
             ops.extend(credit);
-            let (Ok(order), Some(Some(Finished::Written { reversed: Some(r), .. }))) =
-                (order, finished.get(input))
+            let (
+                Ok(order),
+                Some(Some(Finished::Written {
+                    reversed: Some(r), ..
+                })),
+            ) = (order, finished.get(input))
             else {
                 continue;
             };

@@ -12,7 +12,9 @@
 -- An order's hash: s = summary, n = requests so far, e:<i> = request i, a:<id> = i of the id,
 -- k = credit counted, v = counted as reversed, q:<id> = the counts adjustment id saw.
 -- A window's hash (counter), per field f: f|n credited orders, f|a credited hundredths,
--- f|r reversed orders, f|ra reversed hundredths, f|e the first reversed order ids (JSON).
+-- f|r reversed orders, f|ra reversed hundredths, f|e the first reversed order ids (JSON),
+-- f|pn f|pa credited orders and hundredths as the last reversal saw them (what the share was
+-- judged on then: credits move it between reversals).
 -- Replies per operation: {'S', '1' if new else '0'}, {'N'} (no summary), {'L', summary,
 -- request 1 .. request i} with i the position of the adjustment id's first request (so a repeat
 -- or a replay of an adjustment is answered exactly as the first time), {'C'}, {'R', counts}.
@@ -79,7 +81,7 @@ for i = 1, n do
       local rows = {}
       for j = v + 5, pos + 2 + tonumber(ARGV[pos + 2]) do
         local f = ARGV[j]
-        local b = call('HMGET', counter, f .. '|r', f .. '|ra')
+        local b = call('HMGET', counter, f .. '|r', f .. '|ra', f .. '|pn', f .. '|pa')
         if first then
           bump(counter, f .. '|r', 1)
           if tonumber(b[1] or '0') < EVIDENCE then
@@ -95,9 +97,10 @@ for i = 1, n do
         end
         bump(counter, f .. '|ra', ARGV[v + 3])
         local a = call('HMGET', counter, f .. '|n', f .. '|a', f .. '|r', f .. '|ra', f .. '|e')
-        rows[#rows + 1] = '[' .. (a[1] or '0') .. ',' .. (a[2] or '0') .. ',' .. (b[1] or '0') ..
-          ',' .. (b[2] or '0') .. ',' .. (a[3] or '0') .. ',' .. (a[4] or '0') .. ',' ..
-          (a[5] or '[]') .. ']'
+        call('HSET', counter, f .. '|pn', a[1] or '0', f .. '|pa', a[2] or '0')
+        rows[#rows + 1] = '[' .. (a[1] or '0') .. ',' .. (a[2] or '0') .. ',' .. (b[3] or '0') ..
+          ',' .. (b[4] or '0') .. ',' .. (b[1] or '0') .. ',' .. (b[2] or '0') .. ',' ..
+          (a[3] or '0') .. ',' .. (a[4] or '0') .. ',' .. (a[5] or '[]') .. ']'
       end
       record = '[' .. table.concat(rows, ',') .. ']'
       call('HSET', key, memo, record)

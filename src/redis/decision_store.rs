@@ -88,7 +88,11 @@ fn command(ops: &[DecisionOp], chunk: &[usize], sha: &str) -> redis::Cmd {
                 summary,
                 ttl_secs,
                 ..
-            } => ("S", key, vec![ttl_secs.max(&1).to_string(), summary.clone()]),
+            } => (
+                "S",
+                key,
+                vec![ttl_secs.max(&1).to_string(), summary.clone()],
+            ),
             DecisionOp::Adjust {
                 key,
                 adjustment_id,
@@ -151,7 +155,10 @@ impl<'o> Keys<'o> {
 
 /// A counter's values after its key: ttl, units, the order id of a reversal, the fields.
 fn counted(counter: &RateCounter, order_id: Option<&String>) -> Vec<String> {
-    let mut values = vec![counter.ttl_secs.max(1).to_string(), counter.units.to_string()];
+    let mut values = vec![
+        counter.ttl_secs.max(1).to_string(),
+        counter.units.to_string(),
+    ];
     values.extend(order_id.cloned());
     values.extend(counter.fields.iter().cloned());
     values

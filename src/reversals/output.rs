@@ -10,7 +10,9 @@ use super::store::{DecisionOp, DecisionReply};
 use super::{Request, Summary};
 use crate::ids::alert_id;
 use crate::report::decimal::Decimal;
-use crate::schema::{AdjustmentKind, AdjustmentRecord, Alert, AlertKind, JsonNumber, Status, ValidOrder};
+use crate::schema::{
+    AdjustmentKind, AdjustmentRecord, Alert, AlertKind, JsonNumber, Status, ValidOrder,
+};
 use crate::settings::ReversalSettings;
 
 /// What an adjustment event gives.
@@ -218,7 +220,8 @@ impl Reversals {
             code_table_version: Cow::Owned(summary.code_table_version.clone()),
             event_time: Cow::Owned(first.event_time.clone()),
         };
-        let took_back = adjusted.amount_delta.signum() < 0 || adjusted.kind == AdjustmentKind::Reversal;
+        let took_back =
+            adjusted.amount_delta.signum() < 0 || adjusted.kind == AdjustmentKind::Reversal;
         let reversed = (credited && took_back).then(|| {
             Box::new(Reversed {
                 amount: Decimal::ZERO

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use crate::detectors::StateError;
-use crate::detectors::state::EVIDENCE_LIMIT;
 use crate::detectors::kinds::reversal_rate::{RateCounter, RateCounts};
+use crate::detectors::state::EVIDENCE_LIMIT;
 
 /// One write of a batch, in input order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +64,7 @@ impl DecisionOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecisionReply {
     /// `new`: this op wrote the summary (not a replay, not a later decision of the order).
-    Recorded {
-        new: bool,
-    },
+    Recorded { new: bool },
     /// A credit, counted or not.
     Credited,
     /// A reversal's counts, one per subject of its counter (none when the order's summary is
@@ -100,8 +98,8 @@ struct OrderLog {
     rates: HashMap<String, Vec<RateCounts>>,
 }
 
-/// One window's counts: per field `n`, `a`, `r`, `ra` (as the Redis hash's `<field>|n` ...)
-/// and the evidence.
+/// One window's counts: per field `n`, `a`, `r`, `ra`, `pn`, `pa` (as the Redis hash's
+/// `<field>|n` ...) and the evidence.
 #[derive(Debug, Default)]
 struct Window {
     counts: HashMap<(String, &'static str), i64>,
@@ -112,6 +110,11 @@ impl Window {
     fn get(&self, field: &str, what: &'static str) -> u64 {
         let n = self.counts.get(&(field.to_string(), what)).copied();
         u64::try_from(n.unwrap_or(0)).unwrap_or(0)
+    }
+
+    fn set(&mut self, field: &str, what: &'static str, value: u64) {
+        let value = i64::try_from(value).unwrap_or(i64::MAX);
+        self.counts.insert((field.to_string(), what), value);
     }
 
     /// `HINCRBY`, where an overflow leaves the count as it was (the script ignores the error).
@@ -192,7 +195,9 @@ impl DecisionStore for MemoryDecisions {
                     let counts: Vec<RateCounts> = counter
                         .fields
                         .iter()
-                        .map(|field| reverse(window, field, counter.units, order_id, first_reversal))
+                        .map(|field| {
+                            reverse(window, field, counter.units, order_id, first_reversal)
+                        })
                         .collect();
                     log.rates.insert(adjustment_id.clone(), counts.clone());
                     DecisionReply::Rates(counts)
@@ -226,8 +231,15 @@ impl DecisionStore for MemoryDecisions {
 }
 
 /// One subject's reversal count, as the script's `R` does it.
-fn reverse(window: &mut Window, field: &str, units: u64, order_id: &str, first: bool) -> RateCounts {
+fn reverse(
+    window: &mut Window,
+    field: &str,
+    units: u64,
+    order_id: &str,
+    first: bool,
+) -> RateCounts {
     let (orders_before, before) = (window.get(field, "r"), window.get(field, "ra"));
+    let (seen_orders, seen_credited) = (window.get(field, "pn"), window.get(field, "pa"));
     if first {
         window.add(field, "r", 1);
         let evidence = window.evidence.entry(field.to_string()).or_default();
@@ -236,9 +248,14 @@ fn reverse(window: &mut Window, field: &str, units: u64, order_id: &str, first: 
         }
     }
     window.add(field, "ra", units);
+    let (orders, credited) = (window.get(field, "n"), window.get(field, "a"));
+    window.set(field, "pn", orders);
+    window.set(field, "pa", credited);
     RateCounts {
-        orders: window.get(field, "n"),
-        credited: window.get(field, "a"),
+        orders,
+        credited,
+        orders_before: seen_orders,
+        credited_before: seen_credited,
         reversed_orders_before: orders_before,
         reversed_before: before,
         reversed_orders: window.get(field, "r"),

@@ -104,15 +104,12 @@ pub fn counter(
         return None;
     }
     let currency = sale.currency.unwrap_or("");
-    let units = amount
-        .truncated_units(UNITS_SCALE)
-        .map_or(0, |u| u64::try_from(u.clamp(0, i128::from(i64::MAX))).unwrap_or(0));
+    let units = amount.truncated_units(UNITS_SCALE).map_or(0, |u| {
+        u64::try_from(u.clamp(0, i128::from(i64::MAX))).unwrap_or(0)
+    });
     Some(RateCounter {
         key: format!("{base}rr:{}", sale.window_ms(t)),
-        ttl_secs: t
-            .reversal_window_secs
-            .saturating_add(retention_secs)
-            .max(1),
+        ttl_secs: t.reversal_window_secs.saturating_add(retention_secs).max(1),
         fields: subjects
             .iter()
             .map(|(subject, id)| alert_id(&[subject.as_str(), currency, id]))
@@ -121,13 +118,18 @@ pub fn counter(
     })
 }
 
-/// What one reversal saw for one subject: the window's credited orders and amount, and its
-/// reversed orders and amount before and after this reversal (amounts in hundredths), with the
-/// first reversed orders as evidence.
+/// What one reversal saw for one subject: the window's credited orders and amount now and as
+/// the subject's previous reversal saw them (0 for the first), and its reversed orders and
+/// amount before and after this reversal (amounts in hundredths), with the first reversed
+/// orders as evidence. The previous reversal's view is what the share was last judged on:
+/// credits move the share between reversals, and an incident starts when a reversal finds it
+/// holding where the previous one did not (the minimum volume may have come from credits).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateCounts {
     pub orders: u64,
     pub credited: u64,
+    pub orders_before: u64,
+    pub credited_before: u64,
     pub reversed_orders_before: u64,
     pub reversed_before: u64,
     pub reversed_orders: u64,
@@ -135,19 +137,21 @@ pub struct RateCounts {
     pub evidence: Vec<String>,
 }
 
-type Row = (u64, u64, u64, u64, u64, u64, Vec<String>);
+type Row = (u64, u64, u64, u64, u64, u64, u64, u64, Vec<String>);
 
 impl RateCounts {
     /// Reads the store's record of a reversal's counts: a JSON array, per subject
-    /// `[orders, credited, reversed orders before, reversed before, reversed orders, reversed,
-    /// [evidence]]`.
+    /// `[orders, credited, orders before, credited before, reversed orders before, reversed
+    /// before, reversed orders, reversed, [evidence]]`.
     pub fn parse_all(text: &str) -> Result<Vec<RateCounts>, String> {
         let rows: Vec<Row> = serde_json::from_str(text).map_err(|e| e.to_string())?;
         Ok(rows
             .into_iter()
-            .map(|(o, c, rob, rb, ro, r, evidence)| RateCounts {
+            .map(|(o, c, ob, cb, rob, rb, ro, r, evidence)| RateCounts {
                 orders: o,
                 credited: c,
+                orders_before: ob,
+                credited_before: cb,
                 reversed_orders_before: rob,
                 reversed_before: rb,
                 reversed_orders: ro,
@@ -169,7 +173,7 @@ fn holds(t: &Thresholds, orders: u64, credited: u64, reversed: u64) -> bool {
 /// each time the reversed orders reach a new power of two while it holds.
 pub fn fires(t: &Thresholds, c: &RateCounts) -> bool {
     holds(t, c.orders, c.credited, c.reversed)
-        && (!holds(t, c.orders, c.credited, c.reversed_before)
+        && (!holds(t, c.orders_before, c.credited_before, c.reversed_before)
             || crossed_power_of_two(c.reversed_orders_before, c.reversed_orders))
 }
 
@@ -261,6 +265,8 @@ mod tests {
         RateCounts {
             orders,
             credited,
+            orders_before: orders,
+            credited_before: credited,
             reversed_orders_before: before.0,
             reversed_before: before.1,
             reversed_orders: after.0,
@@ -288,6 +294,17 @@ mod tests {
         assert!(
             !fires(&t, &counts(9, 1000, (4, 0), (9, 1000))),
             "below the minimum volume, even all reversed"
+        );
+        let mut volume = counts(10, 1000, (8, 800), (9, 900));
+        volume.orders_before = 9;
+        assert!(
+            fires(&t, &volume),
+            "the volume came from credits since the last reversal"
+        );
+        volume.orders_before = 10;
+        assert!(
+            !fires(&t, &volume),
+            "it held when last judged, and 9 is no power of two"
         );
     }
 
@@ -324,7 +341,10 @@ mod tests {
         assert_eq!(c.fields.len(), 2);
         assert_ne!(c.fields[0], c.fields[1]);
         let negative = Decimal::parse("-3").expect("decimal");
-        assert_eq!(counter("x:", &t, 60, &sale, negative).map(|c| c.units), Some(0));
+        assert_eq!(
+            counter("x:", &t, 60, &sale, negative).map(|c| c.units),
+            Some(0)
+        );
         let off = Thresholds {
             reversal_rate: false,
             ..t
@@ -374,8 +394,10 @@ mod tests {
 
     #[test]
     fn the_stores_record_parses() {
-        let parsed = RateCounts::parse_all(r#"[[3,900,1,100,2,250,["o1","a\/b"]],[1,2,0,0,1,2,[]]]"#)
-            .expect("parses");
+        let parsed = RateCounts::parse_all(
+            r#"[[3,900,3,900,1,100,2,250,["o1","a\/b"]],[1,2,1,2,0,0,1,2,[]]]"#,
+        )
+        .expect("parses");
         assert_eq!(parsed[0].evidence, ["o1", "a/b"]);
         assert_eq!(parsed[1], counts(1, 2, (0, 0), (1, 2)));
         assert!(RateCounts::parse_all("[[1,2]]").is_err());

@@ -123,7 +123,12 @@ impl DetectorState for Timed<'_> {
         let replies = self.inner.apply_decisions(ops)?;
         let written = replies
             .iter()
-            .filter(|r| matches!(r, crate::reversals::store::DecisionReply::Recorded { new: true }))
+            .filter(|r| {
+                matches!(
+                    r,
+                    crate::reversals::store::DecisionReply::Recorded { new: true }
+                )
+            })
             .count();
         self.metrics.add_decision_summaries(written as u64);
         Ok(replies)
