@@ -316,4 +316,75 @@ mod tests {
         );
         assert_eq!(store.len(), 1);
     }
+
+    fn counter(units: u64) -> RateCounter {
+        RateCounter {
+            key: "w".into(),
+            ttl_secs: 60,
+            fields: vec!["f".into()],
+            units,
+        }
+    }
+
+    fn credit(key: &str, summary: &str, units: u64) -> DecisionOp {
+        DecisionOp::Credit {
+            group: "p".into(),
+            key: key.into(),
+            summary: summary.into(),
+            counter: counter(units),
+        }
+    }
+
+    fn reverse(key: &str, id: &str, units: u64) -> DecisionOp {
+        DecisionOp::Reverse {
+            group: "p".into(),
+            key: key.into(),
+            adjustment_id: id.into(),
+            order_id: key.into(),
+            counter: counter(units),
+        }
+    }
+
+    #[test]
+    fn credits_count_once_for_the_kept_summary_and_reversals_once_per_id() {
+        let mut store = MemoryDecisions::default();
+        let replies = store
+            .apply_decisions(&[
+                credit("o", "s1", 100),
+                record("o", "s1"),
+                record("o", "s2"),
+                credit("o", "s2", 500),
+                credit("o", "s1", 100),
+                credit("o", "s1", 100),
+                reverse("o", "a", 40),
+                reverse("o", "b", 60),
+                reverse("o", "a", 999),
+                reverse("gone", "a", 1),
+            ])
+            .expect("memory");
+        let rates = |i: usize| match &replies[i] {
+            DecisionReply::Rates(counts) => counts.clone(),
+            other => panic!("{other:?}"),
+        };
+        let first = rates(6);
+        assert_eq!(
+            (first[0].orders, first[0].credited),
+            (1, 100),
+            "no credit before the summary, none for another summary, one for the kept one"
+        );
+        assert_eq!((first[0].reversed_orders, first[0].reversed), (1, 40));
+        assert_eq!(first[0].evidence, ["o"]);
+        let second = rates(7);
+        assert_eq!(
+            (second[0].reversed_orders, second[0].reversed),
+            (1, 100),
+            "the same order again: more amount, not another order"
+        );
+        assert_eq!(
+            (second[0].orders_before, second[0].credited_before),
+            (1, 100)
+        );
+        assert_eq!(rates(8), first, "a repeated id gets its first counts");
+        assert!(rates(9).is_empty(), "no summary, nothing counted");
+    }
 }

@@ -275,6 +275,16 @@ mod tests {
         }
     }
 
+    fn sale(sale_ms: i64) -> Sale<'static> {
+        Sale {
+            program_id: "p",
+            code_id: Some("LI:A"),
+            partner_id: Some("100"),
+            currency: Some("EUR"),
+            sale_ms,
+        }
+    }
+
     fn thresholds() -> Thresholds {
         Thresholds {
             reversal_min_orders: 10,
@@ -327,13 +337,7 @@ mod tests {
     #[test]
     fn counters_cut_amounts_to_hundredths_and_key_by_the_sales_window() {
         let t = thresholds();
-        let sale = Sale {
-            program_id: "p",
-            code_id: Some("LI:A"),
-            partner_id: Some("100"),
-            currency: Some("EUR"),
-            sale_ms: 7 * 86_400_000 + 5,
-        };
+        let sale = sale(7 * 86_400_000 + 5);
         let amount = Decimal::parse("19.999").expect("decimal");
         let c = counter("x:{p}:", &t, 60, &sale, amount).expect("counted");
         assert_eq!(c.units, 1999);
@@ -361,13 +365,7 @@ mod tests {
     #[test]
     fn alerts_name_the_subject_and_share_one_id_per_window() {
         let t = thresholds();
-        let sale = Sale {
-            program_id: "p",
-            code_id: Some("LI:A"),
-            partner_id: Some("100"),
-            currency: Some("EUR"),
-            sale_ms: 0,
-        };
+        let sale = sale(0);
         let raised = Raised {
             event_time: "2026-01-01T00:00:00Z",
             code_table_version: "v1",
