@@ -169,6 +169,51 @@ fn a_leaked_code_with_returns_fires_per_code_and_partner_then_at_powers_of_two()
     );
 }
 
+/// Every alert of the leak scenario meets the alert schema, and the last one of the code is
+/// `schema/examples/alerts/HIGH_REVERSAL_RATE.json` (`UPDATE_EXAMPLES=1` rewrites it).
+#[test]
+fn alerts_meet_the_schema_and_the_example_is_real_output() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("schema/alert.schema.json")).expect("schema"),
+    )
+    .expect("json");
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("compiles");
+    let writes = run(
+        &engine(thresholds()),
+        &mut MemoryState::new(),
+        &scenario("LEAK", 40, 35),
+        64,
+    );
+    let alerts = rate_alerts(&writes);
+    for alert in &alerts {
+        let errors: Vec<String> = validator
+            .iter_errors(alert)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}: {alert}");
+    }
+    let mut broken = alerts[0].clone();
+    broken["detail"]["reversed_amount"] = Value::from(17);
+    assert!(!validator.is_valid(&broken), "amounts are decimal strings");
+    let last = alerts
+        .iter()
+        .rev()
+        .find(|a| a["detail"]["subject"] == "code")
+        .expect("a code alert");
+    let path = repo.join("schema/examples/alerts/HIGH_REVERSAL_RATE.json");
+    if std::env::var_os("UPDATE_EXAMPLES").is_some() {
+        let pretty = serde_json::to_string_pretty(last).expect("json");
+        std::fs::write(&path, pretty + "\n").expect("write example");
+    }
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("example")).expect("json");
+    assert_eq!(&stored, last, "run with UPDATE_EXAMPLES=1 to refresh");
+}
+
 #[test]
 fn normal_returns_a_share_at_the_threshold_and_too_few_orders_stay_silent() {
     let engine = engine(thresholds());
