@@ -34,8 +34,8 @@ fn counter(rng: &mut Rng, prefix: &str) -> RateCounter {
     }
 }
 
-fn op(rng: &mut Rng, prefix: &str) -> DecisionOp {
-    let group = "g".to_string();
+fn op(rng: &mut Rng, prefix: &str, group: &str) -> DecisionOp {
+    let group = group.to_string();
     let order = rng.below(40);
     let key = format!("{prefix}v:{order}");
     let summary = format!("summary-{order}-{}", rng.below(2));
@@ -72,15 +72,39 @@ fn op(rng: &mut Rng, prefix: &str) -> DecisionOp {
 #[test]
 fn redis_and_memory_agree_on_random_decision_ops() {
     let (url, prefix) = shared("decision-store-random");
-    let base = format!("{prefix}{{g}}:");
-    let mut redis =
+    let redis =
         RedisState::new(&url, Duration::from_secs(5), Duration::from_secs(10)).expect("redis url");
+    agree_on_random_ops(redis, &prefix);
+    delete_prefix(&url, &prefix);
+}
+
+/// The same on the cluster: the decision store's calls are routed to the primary of their
+/// program's slot (they went to the first seed before, and failed with MOVED on any other).
+/// Keys expire in minutes.
+#[test]
+fn redis_and_memory_agree_on_random_decision_ops_on_the_cluster() {
+    let _cluster = support::cluster_lock(false);
+    let url = support::redis_cluster_url();
+    let prefix = support::unique_prefix("decision-store-cluster");
+    let settings = support::store::store_settings(url, &prefix);
+    agree_on_random_ops(
+        RedisState::from_settings(&settings).expect("cluster settings"),
+        &prefix,
+    );
+}
+
+fn agree_on_random_ops(mut redis: RedisState, prefix: &str) {
+    // Two programs, whose slots are on different primaries of the test cluster's three (hash
+    // tags "g" and "h"), so a batch's calls go to two nodes.
     let mut memory = MemoryState::new();
     let mut rng = Rng::new(17);
     let (mut rates, mut evidence) = (0, 0);
     for _ in 0..25 {
         let batch: Vec<DecisionOp> = (0..rng.between(1, 300))
-            .map(|_| op(&mut rng, &base))
+            .map(|_| {
+                let group = if rng.percent(50) { "g" } else { "h" };
+                op(&mut rng, &format!("{prefix}{{{group}}}:"), group)
+            })
             .collect();
         let expected = memory.apply_decisions(&batch).expect("memory");
         let actual = redis.apply_decisions(&batch).expect("redis");
@@ -110,5 +134,4 @@ fn redis_and_memory_agree_on_random_decision_ops() {
         rates >= 50 && evidence >= 20,
         "too few counted reversals ({rates}, {evidence} with evidence) to mean much"
     );
-    delete_prefix(&url, &prefix);
 }

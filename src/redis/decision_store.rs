@@ -1,7 +1,8 @@
 //! The decision store in Redis (`src/reversals`): one hash per decided order, under the
 //! program's hash tag like the detectors' keys, so one script call per program covers a chunk
-//! of the batch on Redis Cluster too. The calls of a batch are pipelined into one round trip,
-//! made after the detector step (a summary holds the decision the detectors finished).
+//! of the batch on Redis Cluster too (routed and pipelined per primary like the detector step,
+//! [`RedisState::run_scripts`]). The calls of a batch are pipelined into one round trip, made
+//! after the detector step (a summary holds the decision the detectors finished).
 //!
 //! Replay safety: a summary is written only if the order has none (`HSETNX`), so a replayed
 //! batch leaves the first bytes in place; an adjustment request is appended only under a new
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 
 use redis::Script;
 
+use super::connect::slot;
 use super::detector_state::RedisState;
 use crate::detectors::StateError;
 use crate::detectors::kinds::reversal_rate::{RateCounter, RateCounts};
@@ -49,12 +51,18 @@ impl RedisState {
             return Ok(Vec::new());
         }
         let script = self.decision_script();
-        let mut pipe = redis::pipe();
-        pipe.load_script(&script).ignore();
-        for chunk in &calls {
-            pipe.add_command(command(ops, chunk, script.get_hash()));
-        }
-        let answers: Vec<Vec<Vec<String>>> = self.query(&pipe)?;
+        // Every key of a call is in its program's slot: the first one routes it on a cluster.
+        let commands = calls
+            .iter()
+            .map(|chunk| {
+                let first = chunk.first().map_or("", |&i| ops[i].key());
+                (
+                    slot(first.as_bytes()),
+                    command(ops, chunk, script.get_hash()),
+                )
+            })
+            .collect();
+        let answers: Vec<Vec<Vec<String>>> = self.run_scripts(&script, commands)?;
         if answers.len() != calls.len() {
             return Err(StateError(format!(
                 "{} replies to {} decision calls",

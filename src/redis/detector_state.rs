@@ -138,36 +138,44 @@ impl RedisState {
             .clone()
     }
 
-    /// Runs a pipeline; after an error the connection is dropped, as it may hold half a reply.
-    pub(super) fn query<T: redis::FromRedisValue>(
+    /// Runs script calls, each `(slot, EVALSHA command)` of `script`, pipelined into one round
+    /// trip (one per primary on a cluster), and answers one reply per call, in order. On error
+    /// the connections are dropped: a broken or timed-out connection may hold half a reply, and
+    /// on a cluster a redirection (MOVED, ASK), TRYAGAIN or CLUSTERDOWN means the slot map
+    /// changed, so the next call starts afresh, reading the map again. The caller redoes the
+    /// batch whole.
+    pub(super) fn run_scripts<T: redis::FromRedisValue>(
         &mut self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StateError> {
-        let connection = self.connection()?;
-        let result = pipe
-            .query::<T>(connection)
-            .map_err(|e| StateError(e.to_string()));
-        if result.is_err() {
+        script: &Script,
+        calls: Vec<(u16, redis::Cmd)>,
+    ) -> Result<Vec<T>, StateError> {
+        let result = if self.endpoint.is_cluster() {
+            self.run_on_cluster(script, calls)
+        } else {
+            self.run_on_node(script, calls)
+        };
+        result.inspect_err(|_| {
             self.connection = None;
-        }
-        result
+            self.nodes = None;
+        })
     }
 
-    fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Vec<String>>, StateError> {
-        if self.endpoint.is_cluster() {
-            return self.run_on_cluster(calls);
-        }
+    fn run_on_node<T: redis::FromRedisValue>(
+        &mut self,
+        script: &Script,
+        calls: Vec<(u16, redis::Cmd)>,
+    ) -> Result<Vec<T>, StateError> {
         let mut pipe = redis::pipe();
         // Loading with every batch costs a hash of a short script and survives a Redis restart
         // (which forgets loaded scripts) without a NOSCRIPT round trip.
-        pipe.load_script(&self.script).ignore();
-        for call in calls {
-            pipe.add_command(call.command(self.script.get_hash()));
+        pipe.load_script(script).ignore();
+        for (_, cmd) in calls {
+            pipe.add_command(cmd);
         }
         let (replicas, wait_ms) = (self.wait_replicas, self.wait_ms);
         let connection = self.connection()?;
         let answers = pipe
-            .query::<Vec<Vec<String>>>(connection)
+            .query::<Vec<T>>(connection)
             .map_err(|e| StateError(e.to_string()))?;
         if replicas > 0 {
             let acknowledged: u32 = wait_command(replicas, wait_ms)
@@ -180,7 +188,11 @@ impl RedisState {
 
     /// One pipeline per primary, all sent before any reply is read, so the nodes work at the
     /// same time. A call's keys share its program's slot, so a call goes to one node whole.
-    fn run_on_cluster(&mut self, calls: &[Call<'_>]) -> Result<Vec<Vec<String>>, StateError> {
+    fn run_on_cluster<T: redis::FromRedisValue>(
+        &mut self,
+        script: &Script,
+        calls: Vec<(u16, redis::Cmd)>,
+    ) -> Result<Vec<T>, StateError> {
         let error = |e: redis::RedisError| StateError(e.to_string());
         if self.nodes.is_none() {
             self.nodes = Some(Nodes {
@@ -192,11 +204,10 @@ impl RedisState {
             return Err(StateError("no slot map".into()));
         };
         let mut groups: BTreeMap<&Node, Vec<usize>> = BTreeMap::new();
-        for (i, call) in calls.iter().enumerate() {
-            let slot = call.keys.first().map_or(0, |key| slot(key.as_bytes()));
+        for (i, (slot, _)) in calls.iter().enumerate() {
             let node = nodes
                 .map
-                .primary(slot)
+                .primary(*slot)
                 .ok_or_else(|| StateError(format!("CLUSTERDOWN no primary serves slot {slot}")))?;
             groups.entry(node).or_default().push(i);
         }
@@ -210,9 +221,9 @@ impl RedisState {
                 ),
             };
             let mut pipe = redis::pipe();
-            pipe.load_script(&self.script);
+            pipe.load_script(script);
             for &i in members {
-                pipe.add_command(calls[i].command(self.script.get_hash()));
+                pipe.add_command(calls[i].1.clone());
             }
             if self.wait_replicas > 0 {
                 pipe.add_command(wait_command(self.wait_replicas, self.wait_ms));
@@ -221,7 +232,7 @@ impl RedisState {
                 .send_packed_command(&pipe.get_packed_pipeline())
                 .map_err(error)?;
         }
-        let mut answers: Vec<Vec<String>> = vec![Vec::new(); calls.len()];
+        let mut answers: Vec<Option<T>> = calls.iter().map(|_| None).collect();
         for (node, members) in &groups {
             let connection = nodes
                 .connections
@@ -230,8 +241,10 @@ impl RedisState {
             let mut reply = || connection.recv_response().and_then(|v| v.extract_error());
             reply().map_err(error)?;
             for &i in members {
-                answers[i] = redis::from_redis_value(reply().map_err(error)?)
-                    .map_err(|e| StateError(format!("a script reply from {node}: {e}")))?;
+                answers[i] = Some(
+                    redis::from_redis_value(reply().map_err(error)?)
+                        .map_err(|e| StateError(format!("a script reply from {node}: {e}")))?,
+                );
             }
             if self.wait_replicas > 0 {
                 let acknowledged: u32 = redis::from_redis_value(reply().map_err(error)?)
@@ -239,7 +252,10 @@ impl RedisState {
                 check_replicas(acknowledged, self.wait_replicas, &node.to_string())?;
             }
         }
-        Ok(answers)
+        answers
+            .into_iter()
+            .map(|a| a.ok_or_else(|| StateError("a script call without a reply".into())))
+            .collect()
     }
 }
 
@@ -285,13 +301,15 @@ impl DetectorState for RedisState {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        let answers = self.run(&calls).inspect_err(|_| {
-            // A broken or timed-out connection may hold half a reply, and on a cluster a
-            // redirection (MOVED, ASK), TRYAGAIN or CLUSTERDOWN means the slot map changed:
-            // start afresh next time, reading the map again. The batch is redone whole.
-            self.connection = None;
-            self.nodes = None;
-        })?;
+        let script = self.script.clone();
+        let commands = calls
+            .iter()
+            .map(|call| {
+                let slot = call.keys.first().map_or(0, |key| slot(key.as_bytes()));
+                (slot, call.command(script.get_hash()))
+            })
+            .collect();
+        let answers: Vec<Vec<String>> = self.run_scripts(&script, commands)?;
         if answers.len() != calls.len() {
             return Err(StateError(format!(
                 "{} replies to {} script calls",

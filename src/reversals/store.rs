@@ -51,6 +51,16 @@ pub enum DecisionOp {
 }
 
 impl DecisionOp {
+    /// The order's key (every other key of the op is in the same program's slot).
+    pub fn key(&self) -> &str {
+        match self {
+            DecisionOp::Record { key, .. }
+            | DecisionOp::Adjust { key, .. }
+            | DecisionOp::Credit { key, .. }
+            | DecisionOp::Reverse { key, .. } => key,
+        }
+    }
+
     pub fn group(&self) -> &str {
         match self {
             DecisionOp::Record { group, .. }
