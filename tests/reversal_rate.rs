@@ -273,10 +273,28 @@ fn the_detector_is_off_per_program_or_without_the_detectors() {
         ..thresholds()
     };
     let records = scenario("LEAK", 40, 35);
-    let writes = run(&engine(off), &mut MemoryState::new(), &records, 64);
+    let writes = run(&engine(off.clone()), &mut MemoryState::new(), &records, 64);
     assert!(rate_alerts(&writes).is_empty());
     assert!(
         writes.iter().any(|(k, _)| *k == WriteKind::Adjustment),
         "adjustments are still written"
+    );
+    // Turned on after the sales were decided: their refunds count against no credit, so they
+    // are not counted at all (else every refund of an old sale would look like a leak).
+    let mut state = MemoryState::new();
+    let sales: Vec<String> = (0..40).map(|n| sale("LEAK", n)).collect();
+    let cancels: Vec<String> = (0..35).map(|n| reversal("LEAK", n, "c1", None)).collect();
+    run(&engine(off), &mut state, &sales, 64);
+    // Twenty sales credited since, in the same window: the volume is there.
+    let since: Vec<String> = (40..60).map(|n| sale("LEAK", n)).collect();
+    run(&engine(thresholds()), &mut state, &since, 64);
+    let later = run(&engine(thresholds()), &mut state, &cancels, 64);
+    assert!(rate_alerts(&later).is_empty());
+    assert_eq!(
+        later
+            .iter()
+            .filter(|(k, _)| *k == WriteKind::Adjustment)
+            .count(),
+        35
     );
 }

@@ -8,7 +8,8 @@
 --                         into KEYS), once per order, if the stored summary is this one
 --   R id counter ttl units order_id field...
 --                         HIGH_REVERSAL_RATE: count a reversal in its sale's window, once per
---                         adjustment id; a repeat gets the first count's record
+--                         adjustment id, and only if the sale's credit was counted; a repeat
+--                         gets the first count's record
 -- An order's hash: s = summary, n = requests so far, e:<i> = request i, a:<id> = i of the id,
 -- k = credit counted, v = counted as reversed, q:<id> = the counts adjustment id saw.
 -- A window's hash (counter), per field f: f|n credited orders, f|a credited hundredths,
@@ -71,7 +72,9 @@ for i = 1, n do
     local memo = 'q:' .. ARGV[v]
     local counter = KEYS[tonumber(ARGV[v + 1])]
     local record
-    if call('EXISTS', key) == 0 then
+    if call('HGET', key, 'k') ~= '1' then
+      -- No credit counted for the sale (decided before the detector was on, or not CREDITED):
+      -- its reversal would count against nothing.
       record = '[]'
     else
       record = call('HGET', key, memo)

@@ -41,6 +41,8 @@ pub enum DecisionOp {
     /// HIGH_REVERSAL_RATE's count of an adjustment that took `counter.units` back from the
     /// sale of order `key`: once per adjustment id (a repeat is answered with the first
     /// count's [`RateCounts`]); the order counts as reversed (and as evidence) on its first.
+    /// Nothing is counted (no counts come back) unless the sale's credit was: a sale decided
+    /// before the detector was on would otherwise count its refunds against nothing.
     Reverse {
         group: String,
         key: String,
@@ -193,7 +195,7 @@ impl DecisionStore for MemoryDecisions {
                     counter,
                     ..
                 } => {
-                    let Some(log) = self.orders.get_mut(key) else {
+                    let Some(log) = self.orders.get_mut(key).filter(|log| log.credited) else {
                         return DecisionReply::Rates(Vec::new());
                     };
                     if let Some(first) = log.rates.get(adjustment_id) {
@@ -370,6 +372,8 @@ mod tests {
                 reverse("o", "b", 60),
                 reverse("o", "a", 999),
                 reverse("gone", "a", 1),
+                record("uncredited", "s"),
+                reverse("uncredited", "a", 1),
             ])
             .expect("memory");
         let rates = |i: usize| match &replies[i] {
@@ -396,5 +400,6 @@ mod tests {
         );
         assert_eq!(rates(8), first, "a repeated id gets its first counts");
         assert!(rates(9).is_empty(), "no summary, nothing counted");
+        assert!(rates(11).is_empty(), "no credit, nothing counted");
     }
 }
