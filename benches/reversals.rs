@@ -8,6 +8,11 @@
 //! ```sh
 //! BENCH_ORDERS=200000 BENCH_ROUNDS=3 cargo bench --bench reversals
 //! ```
+//!
+//! With `BENCH_DETECTORS=1` both passes run the detectors too (state in Redis, each pass under
+//! its own key prefix), so "on" adds the decision store and HIGH_REVERSAL_RATE's counting (its
+//! second round trip for batches with refunds) to what the detectors already cost; the memory
+//! figure then includes the detector state the "on" pass wrote.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,6 +22,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use promo_attribution::detectors::DetectorState;
 use promo_attribution::engine::{Engine, Outputs};
 use promo_attribution::redis::detector_state::RedisState;
 use promo_attribution::table_source::load_from_files;
@@ -67,6 +73,7 @@ fn main() {
             .unwrap_or(default)
     };
     let count = env("BENCH_ORDERS", 100_000);
+    let detectors = env("BENCH_DETECTORS", 0) == 1;
     let rounds = env("BENCH_ROUNDS", 3);
     let records = backlog(count);
     let batches: Vec<Vec<&[u8]>> = records
@@ -84,22 +91,32 @@ fn main() {
         ];
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
         let off_settings = names.settings(&names.transactional_id, &sets);
+        let mut off_settings = off_settings;
+        if detectors {
+            off_settings.detectors.enabled = true;
+            off_settings.detectors.customer_hmac_key = "bench-key-0123456789".into();
+        }
         let mut on_settings = off_settings.clone();
         on_settings.reversals.enabled = true;
+        on_settings.store.key_prefix = format!("{prefix}on:");
         let table = load_from_files(&off_settings.codes)
             .expect("sample table")
             .current();
         let off = Engine::new(Arc::new(off_settings));
         let on = Engine::new(Arc::new(on_settings));
-        let mut redis = RedisState::new(&url, Duration::from_secs(5), Duration::from_secs(30))
-            .expect("redis url");
+        let new_state = || {
+            RedisState::new(&url, Duration::from_secs(5), Duration::from_secs(30))
+                .expect("redis url")
+        };
+        let (mut redis, mut redis_off) = (new_state(), new_state());
         let mut stats = connect(&url);
 
         let start = Instant::now();
         let mut outputs = Outputs::default();
         for batch in &batches {
             outputs.clear();
-            off.run(&table, None, batch, &mut outputs).expect("off");
+            let state = detectors.then_some(&mut redis_off as &mut dyn DetectorState);
+            off.run(&table, state, batch, &mut outputs).expect("off");
         }
         let off_rate = records.len() as f64 / start.elapsed().as_secs_f64();
 
@@ -121,8 +138,9 @@ fn main() {
         assert_eq!(adjustments, count / 10, "every refund found its sale");
         let million = grown as f64 / count as f64 * 1e6;
         eprintln!(
-            "round {}: {} records ({count} sales, {} refunds): reversals off {:.0}/s, on {:.0}/s ({:.1}% of off); Redis +{:.1} MB = {:.0} MB per million decisions",
+            "round {}{}: {} records ({count} sales, {} refunds): reversals off {:.0}/s, on {:.0}/s ({:.1}% of off); Redis +{:.1} MB = {:.0} MB per million decisions",
             round + 1,
+            if detectors { " (detectors on)" } else { "" },
             records.len(),
             count / 10,
             off_rate,
