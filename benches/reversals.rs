@@ -12,7 +12,8 @@
 //! With `BENCH_DETECTORS=1` both passes run the detectors too (state in Redis, each pass under
 //! its own key prefix), so "on" adds the decision store and HIGH_REVERSAL_RATE's counting (its
 //! second round trip for batches with refunds) to what the detectors already cost; the memory
-//! figure then includes the detector state the "on" pass wrote.
+//! figure then includes the detector state the "on" pass wrote. `BENCH_REVERSAL_RATE=0` turns
+//! HIGH_REVERSAL_RATE off in the "on" pass, to see its share.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -98,6 +99,8 @@ fn main() {
         }
         let mut on_settings = off_settings.clone();
         on_settings.reversals.enabled = true;
+        // BENCH_REVERSAL_RATE=0: the store without HIGH_REVERSAL_RATE's counting.
+        on_settings.detectors.defaults.reversal_rate = env("BENCH_REVERSAL_RATE", 1) == 1;
         on_settings.store.key_prefix = format!("{prefix}on:");
         let table = load_from_files(&off_settings.codes)
             .expect("sample table")
