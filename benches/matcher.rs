@@ -18,7 +18,6 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use promo_attribution::codes::table::BuildOptions;
 use promo_attribution::codes::{CodeTable, MatchType};
 use promo_attribution::matcher::{DEFAULT_REGEX_SIZE_LIMIT, ProgramMatcher, RegexIndex};
 use regex::RegexSetBuilder;
@@ -42,7 +41,7 @@ fn build(synthetic: Synthetic) -> CodeTable {
         synthetic.partners,
         "bench",
         "synthetic",
-        BuildOptions::default(),
+        W3.build_options(),
     )
     .expect("the synthetic table is valid")
 }
@@ -453,14 +452,8 @@ fn matcher(c: &mut Criterion) {
         b.iter_batched(
             || (entries.clone(), partners.clone()),
             |(entries, partners)| {
-                CodeTable::build(
-                    entries,
-                    partners,
-                    "bench",
-                    "synthetic",
-                    BuildOptions::default(),
-                )
-                .expect("the synthetic table is valid")
+                CodeTable::build(entries, partners, "bench", "synthetic", W3.build_options())
+                    .expect("the synthetic table is valid")
             },
             BatchSize::PerIteration,
         )

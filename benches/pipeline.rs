@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use promo_attribution::attribution::decide;
-use promo_attribution::codes::table::BuildOptions;
 use promo_attribution::codes::{CodeTable, MatchType};
 use promo_attribution::engine::{Engine, Outputs};
 use promo_attribution::schema::{Status, ValidOrder, parse_order};
@@ -160,7 +159,7 @@ fn pipeline(c: &mut Criterion) {
         synthetic.partners,
         "bench",
         "synthetic",
-        BuildOptions::default(),
+        W3.build_options(),
     )
     .expect("the synthetic table is valid");
     eprintln!(

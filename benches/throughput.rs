@@ -64,7 +64,6 @@ use std::time::{Duration, Instant};
 
 use cpu::{cpu_seconds, new_threads_cpu_seconds, peak_rss_mb, thread_ids, tree_cpu_seconds};
 use live::Live;
-use promo_attribution::codes::table::BuildOptions;
 use promo_attribution::codes::{CodeTable, MatchType};
 use promo_attribution::kafka::tools::{create_topics, produce_records, read_topic};
 use promo_attribution::kafka::{consumer_config, producer_config};
@@ -680,6 +679,7 @@ fn worker_command(
         "kafka.consumer.heartbeat.interval.ms=500".into(),
         "codes.source=files".into(),
         format!("codes.codes_file={}", files.codes.display()),
+        W3.worker_limit(),
         format!("admin.listen=127.0.0.1:{admin_port}"),
     ];
     for set in sets {
@@ -816,7 +816,7 @@ fn main() {
         synthetic.partners,
         "bench-w3",
         "bench",
-        BuildOptions::default(),
+        W3.build_options(),
     )
     .expect("table builds");
     let orders = corpus_orders(&table, &corpus, records, SEED);

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 
 use chrono_tz::Tz;
 use promo_attribution::codes::load::Interner;
+use promo_attribution::codes::table::BuildOptions;
 use promo_attribution::codes::{CodeEntry, CodeState, CodeType, CreditPolicy, MatchType, Partner};
 
 #[path = "../../tests/support/rng.rs"]
@@ -76,6 +77,22 @@ pub const W3: Shape = Shape {
 };
 
 impl Shape {
+    /// Build options that admit the shape: W3 keeps its 10,020 regex rows in one program (every
+    /// recorded number was measured on it), which is over the default
+    /// `codes.max_regex_rows_per_program` of 10,000 that came later; the workers under test get
+    /// the same limit through [`Shape::worker_limit`].
+    pub fn build_options(&self) -> BuildOptions {
+        BuildOptions {
+            max_regex_rows_per_program: self.regex_total(),
+            ..BuildOptions::default()
+        }
+    }
+
+    /// The `--set` that lets a worker load this shape's table.
+    pub fn worker_limit(&self) -> String {
+        format!("codes.max_regex_rows_per_program={}", self.regex_total())
+    }
+
     pub fn exact_total(&self) -> usize {
         self.main_exact + self.other_exact * self.other_programs
     }

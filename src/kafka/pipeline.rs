@@ -7,7 +7,7 @@
 //! which must finish the open batch before they do. The lock is therefore never held across
 //! `poll`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,13 @@ impl Batch {
     }
 }
 
+/// Whether the open batch can take more records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFill {
+    Room,
+    Full,
+}
+
 pub struct Pipeline {
     producer: BaseProducer<DeliveryTracker>,
     settings: Arc<Settings>,
@@ -155,6 +162,9 @@ pub struct Pipeline {
     batch: Mutex<Batch>,
     /// A failure seen inside a rebalance callback, which cannot return it; the loop picks it up.
     deferred: Mutex<Option<Failure>>,
+    /// Whether `deferred` holds a failure: read after every record of a burst, so it is an
+    /// atomic rather than the mutex.
+    has_deferred: AtomicBool,
     engine: Engine,
     /// Connected on first use, so a worker with the detectors on starts even while Redis is
     /// down (its batches then fail and are retried).
@@ -180,6 +190,7 @@ impl Pipeline {
             metrics,
             batch: Mutex::default(),
             deferred: Mutex::default(),
+            has_deferred: AtomicBool::new(false),
             state: Mutex::default(),
         }
     }
@@ -205,11 +216,20 @@ impl Pipeline {
                 .is_none_or(|f| !matches!(f, Failure::Fatal(_)))
         {
             *slot = Some(failure);
+            self.has_deferred.store(true, Ordering::Release);
         }
     }
 
     pub fn take_deferred(&self) -> Option<Failure> {
+        if !self.has_deferred.swap(false, Ordering::Acquire) {
+            return None;
+        }
         self.deferred.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// Whether a rebalance callback left a failure for the loop.
+    pub fn has_deferred(&self) -> bool {
+        self.has_deferred.load(Ordering::Acquire)
     }
 
     /// Whether a batch is open (records read and not yet committed).
@@ -242,8 +262,9 @@ impl Pipeline {
         }
     }
 
-    /// Decides one record and produces its outputs into the open batch.
-    pub fn process(&self, message: &BorrowedMessage<'_>) -> Result<(), Failure> {
+    /// Decides one record and produces its outputs into the open batch; says whether the batch
+    /// has reached `batch_max_records`.
+    pub fn process(&self, message: &BorrowedMessage<'_>) -> Result<BatchFill, Failure> {
         let mut batch = self.lock()?;
         // Recorded before anything can fail, so that a rewind also covers this record.
         let position = batch.advance(message.topic(), message.partition(), message.offset());
@@ -264,11 +285,16 @@ impl Pipeline {
         }
         self.metrics.inc_orders_consumed(1);
         batch.records += 1;
+        let fill = if batch.records >= self.settings.kafka.batch_max_records {
+            BatchFill::Full
+        } else {
+            BatchFill::Room
+        };
         if self.engine.uses_state() {
             // With the detectors on, records are decided at commit, all together, so that the
             // batch's state changes take one round trip.
             batch.hold(message, position);
-            return Ok(());
+            return Ok(fill);
         }
         let payload = message.payload().unwrap_or_default();
         let table = self.table.current();
@@ -281,7 +307,7 @@ impl Pipeline {
         for record in outputs.iter() {
             self.produce_outcome(&record, &source)?;
         }
-        Ok(())
+        Ok(fill)
     }
 
     /// Produces one record's outcome into the open batch: its conversion and alerts, or its
