@@ -421,6 +421,19 @@ impl ChildWorker {
         extra_sets: &[&str],
         log: &Path,
     ) -> ChildWorker {
+        ChildWorker::spawn_with_env(brokers, names, transactional_id, extra_sets, log, &[])
+    }
+
+    /// As [`ChildWorker::spawn_on`], with `env` added to the worker's environment (the test
+    /// faults of `promo_attribution::faults`).
+    pub fn spawn_with_env(
+        brokers: &str,
+        names: &Names,
+        transactional_id: &str,
+        extra_sets: &[&str],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> ChildWorker {
         let log_file = File::options()
             .create(true)
             .append(true)
@@ -452,9 +465,21 @@ impl ChildWorker {
         // 2 s rather than librdkafka's 500 ms: under a full test suite's load one listing in the
         // S3 server has been seen to take longer than 500 ms.
         let durable_fetch = durable().then(|| "kafka.consumer.fetch.wait.max.ms=2000".to_string());
+        // `PROMO_TEST_KAFKA_DEBUG=fetch,cgrp,…`: librdkafka's consumer debug contexts in the
+        // worker's log, to find where a stalled test's consumer stopped.
+        let debug = std::env::var("PROMO_TEST_KAFKA_DEBUG")
+            .ok()
+            .filter(|contexts| !contexts.is_empty())
+            .map(|contexts| {
+                [
+                    format!("kafka.consumer.debug={contexts}"),
+                    "worker.log_filter=info,librdkafka=debug".to_string(),
+                ]
+            });
         for set in sets
             .iter()
             .chain(durable_fetch.iter())
+            .chain(debug.iter().flatten())
             .map(String::as_str)
             .chain(extra_sets.iter().copied())
         {
@@ -463,6 +488,7 @@ impl ChildWorker {
         let child = command
             // The worker's log must not depend on the developer's shell.
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
