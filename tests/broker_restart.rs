@@ -13,10 +13,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use promo_attribution::settings::Settings;
+use support::admin::{admin_address, diagnostics};
 use support::crash::{self, PARTITIONS};
 use support::{
-    ChildWorker, Names, assert_same_records, group_by, offline_reference, order_ids, orders,
-    produce, read, read_outputs, restart_durable_broker, text, use_durable_broker,
+    ChildWorker, Names, assert_same_records, diagnose, group_by, offline_reference, order_ids,
+    orders, produce, read, read_outputs, restart_durable_broker, text, use_durable_broker,
 };
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -40,6 +41,7 @@ fn worker_resumes_after_the_broker_is_killed() {
         &["kafka.batch_max_records=50"],
         &log,
     );
+    let address = admin_address(&worker);
     assert!(
         !read(&names.conversions, 1, DEADLINE).is_empty(),
         "first conversions; log:\n{}",
@@ -64,11 +66,15 @@ fn worker_resumes_after_the_broker_is_killed() {
         .filter(|id| !seen.contains(id))
         .take(10)
         .collect();
-    assert!(
-        missing.is_empty(),
-        "orders without a conversion (first 10): {missing:?}; log:\n{}",
-        worker.log_tail()
-    );
+    if !missing.is_empty() {
+        let tail = worker.log_tail();
+        panic!(
+            "orders without a conversion (first 10): {missing:?}\nworker: {}\n{}whole log kept at {}; its tail:\n{tail}",
+            diagnostics(&address),
+            diagnose(&names, PARTITIONS, &ids),
+            dir.keep().join("worker.log").display(),
+        );
+    }
     let mut firsts = Vec::new();
     let mut repeats = 0;
     for (id, copies) in &by_order {
