@@ -70,10 +70,15 @@ pub fn durable() -> bool {
 /// `scripts/services restart-broker`: SIGKILL the durable broker and start it again on the same
 /// storage. Returns how long the broker took to answer again.
 pub fn restart_durable_broker() -> Duration {
+    restart_durable_broker_after(0)
+}
+
+/// As [`restart_durable_broker`], with the broker down for `down_secs` before it starts again.
+pub fn restart_durable_broker_after(down_secs: u64) -> Duration {
     assert!(durable(), "restart_durable_broker needs the durable broker");
     let _ = brokers();
     let started = Instant::now();
-    services(&["restart-broker"]);
+    services(&["restart-broker", &down_secs.to_string()]);
     started.elapsed()
 }
 
@@ -465,14 +470,14 @@ impl ChildWorker {
         // 2 s rather than librdkafka's 500 ms: under a full test suite's load one listing in the
         // S3 server has been seen to take longer than 500 ms.
         let durable_fetch = durable().then(|| "kafka.consumer.fetch.wait.max.ms=2000".to_string());
-        // `PROMO_TEST_KAFKA_DEBUG=fetch,cgrp,…`: librdkafka's consumer debug contexts in the
-        // worker's log, to find where a stalled test's consumer stopped.
+        // `PROMO_TEST_KAFKA_DEBUG=eos,msg,fetch,cgrp,…`: librdkafka's debug contexts (consumer
+        // and producer) in the worker's log, to find where a failed test's worker went wrong.
         let debug = std::env::var("PROMO_TEST_KAFKA_DEBUG")
             .ok()
             .filter(|contexts| !contexts.is_empty())
             .map(|contexts| {
                 [
-                    format!("kafka.consumer.debug={contexts}"),
+                    format!("kafka.common.debug={contexts}"),
                     "worker.log_filter=info,librdkafka=debug".to_string(),
                 ]
             });
