@@ -25,7 +25,9 @@
 //! - [`table_source`]: the seam the worker reads the current code table through.
 //! - [`backoff`]: exponential backoff with jitter for every retry loop.
 //! - [`telemetry`]: the log output (text or flat JSON, colour only on a terminal).
-//! - [`run`]: wiring of the worker; [`cli`]: the command line; `src/main.rs` only calls it.
+//! - [`run`]: wiring of the worker; [`supervise`]: no thread dies silently; [`cli`]: the command
+//!   line; `src/main.rs` only calls it.
+//! - [`faults`]: faults a test injects into a worker (debug builds only).
 
 pub mod admin;
 pub mod attribution;
@@ -37,6 +39,7 @@ pub mod detectors;
 pub mod dlq;
 pub mod engine;
 pub mod explain;
+pub mod faults;
 pub mod healthcheck;
 pub mod hugepages;
 pub mod ids;

@@ -4,6 +4,10 @@
 //! transaction — and `/healthz` stays 200 throughout, because every thread still turns. Each
 //! scenario also comes back: ready again once the cause is gone, with every order decided.
 //!
+//! And liveness when a thread the worker needs does not turn (item 1: "a thread that dies is
+//! fatal or restarted — never silently gone"): the real code-sync thread panics, or hangs, through
+//! the debug-build test fault of `promo_attribution::faults`.
+//!
 //! Workers run as subprocesses (the `run` command with its admin port), so the answers are the
 //! ones a kubelet would get.
 
@@ -12,14 +16,15 @@
 
 mod support;
 
-use std::process::Command;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use support::admin::{admin_address, get, metric_value, scrape, wait_for};
+use promo_attribution::faults;
+use support::admin::{admin_address, get, metric_value, scrape, strip_ansi, try_get, wait_for};
 use support::redis::{PrivateRedis, detector_sets, produce};
 use support::{
-    ChildWorker, Names, codes_csv, order_ids, orders, partners_csv, read, unique_prefix,
-    wait_for_orders, wait_until,
+    ChildWorker, Names, brokers, field, follow, multiset, order_ids, orders, read, read_settled,
+    store, unique_prefix, wait_for_orders, wait_until,
 };
 
 /// Long enough for a group join on the local broker and a few backoffs; only bounds a failure.
@@ -111,31 +116,13 @@ fn redis_down_with_the_detectors_fails_readiness_not_liveness_until_it_returns()
     drains(worker);
 }
 
-/// Publishes the sample table to the store under `prefix` with the `codes` command.
-fn import_samples(url: &str, prefix: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_promo-attribution"))
-        .arg("codes")
-        .args(["--redis-url", url, "--prefix", prefix, "import"])
-        .arg(codes_csv())
-        .arg("--partners")
-        .arg(partners_csv())
-        .env_remove("PROMO__STORE__REDIS_URL")
-        .output()
-        .expect("run promo-attribution codes import");
-    assert!(
-        output.status.success(),
-        "codes import: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn a_stale_table_pauses_readiness_an_idle_worker_stays_ready() {
     let names = Names::new("health-stale");
     let mut redis = PrivateRedis::reserve();
     redis.start();
     let prefix = unique_prefix("health-stale");
-    import_samples(&redis.url(), &prefix);
+    store::import_samples(&redis.url(), &prefix);
     let sets = [
         "codes.source=redis".to_string(),
         format!("store.redis_url={}", redis.url()),
@@ -261,4 +248,272 @@ fn a_survivor_with_lag_and_no_commits_is_not_ready() {
     eprintln!(
         "survivor: stuck and reported not ready in {stuck_and_reported} samples (0 = it caught up)"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A thread the worker needs dies or hangs: never silently gone (issue 12, item 1)
+
+/// Every `/healthz` answer, sampled every few milliseconds from another thread until the port
+/// closes (the worker exited); consecutive equal answers are kept once, with their count. Also
+/// how long the last answer held before the port closed.
+fn sample_liveness(address: String) -> std::thread::JoinHandle<(Vec<Answers>, Duration)> {
+    std::thread::spawn(move || {
+        let mut answers: Vec<Answers> = Vec::new();
+        let mut since = Instant::now();
+        while let Ok((status, body)) = try_get(&address, "/healthz") {
+            match answers.last_mut() {
+                Some(last) if last.status == status && last.body == body => last.count += 1,
+                _ => {
+                    since = Instant::now();
+                    answers.push(Answers {
+                        status,
+                        body,
+                        count: 1,
+                    });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (answers, since.elapsed())
+    })
+}
+
+/// A run of equal `/healthz` answers.
+#[derive(Debug)]
+struct Answers {
+    status: u16,
+    body: String,
+    count: usize,
+}
+
+/// Orders for program 1001 with code `anna10`, which the version published in these tests
+/// expires: a conversion's decision shows which table made it. Kept in `sent` by order id.
+fn anna10_orders(sent: &mut BTreeMap<String, Vec<u8>>, prefix: &str, count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let record = store::order(&id, "anna10");
+            sent.insert(id, record.clone());
+            record
+        })
+        .collect()
+}
+
+fn keys(records: &[Vec<u8>]) -> BTreeSet<String> {
+    records.iter().map(|r| field(r, "order_id")).collect()
+}
+
+/// Whether the worker's `promo_code_table_info` names store version `number`.
+fn uses_version(address: &str, number: &str) -> bool {
+    scrape(address).lines().any(|line| {
+        line.strip_prefix("promo_code_table_info{version=\"")
+            .is_some_and(|rest| follow::number(rest) == number && line.ends_with(" 1"))
+    })
+}
+
+/// A worker on a store of its own (the sample table as version 1) with the code-sync fault
+/// `fault` armed, that has decided 20 orders (`before-*`, kept in `sent`).
+struct Faulted {
+    names: Names,
+    url: &'static str,
+    prefix: String,
+    sets: Vec<String>,
+    dir: tempfile::TempDir,
+    worker: ChildWorker,
+    address: String,
+    sent: BTreeMap<String, Vec<u8>>,
+}
+
+fn faulted(test: &str, partitions: i32, fault: &str) -> Faulted {
+    let names = Names::new(test);
+    names.create_topics(partitions);
+    let url = support::redis_url();
+    let prefix = unique_prefix(test);
+    store::import_samples(url, &prefix);
+    let sets = store::store_sets(url, &prefix, &[STALL_AFTER]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let worker = ChildWorker::spawn_with_env(
+        brokers(),
+        &names,
+        &names.transactional_id,
+        &sets.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir.path().join("w.log"),
+        &[(faults::CODE_SYNC, fault)],
+    );
+    let address = admin_address(&worker);
+    let mut sent = BTreeMap::new();
+    let before = anna10_orders(&mut sent, "before", 20);
+    produce(&names.input, &before);
+    wait_for_orders(&names.conversions, &keys(&before), DEADLINE);
+    alive(&address);
+    Faulted {
+        names,
+        url,
+        prefix,
+        sets,
+        dir,
+        worker,
+        address,
+        sent,
+    }
+}
+
+/// The real code-sync thread of a running worker panics (the debug-build test fault of
+/// `promo_attribution::faults`) as it applies a version published while orders flow. From the
+/// panic until its port closes `/healthz` says the thread has ended; the worker drains and exits
+/// 1 naming the thread (fatal, so the supervisor restarts it), and the restarted worker follows
+/// the store again. Every order has exactly one conversion, equal to what offline mode decides
+/// with the table version the conversion names.
+#[test]
+fn a_code_sync_thread_that_dies_ends_the_worker_and_its_restart_follows_the_store() {
+    let Faulted {
+        names,
+        url,
+        prefix,
+        sets,
+        dir,
+        mut worker,
+        address,
+        mut sent,
+    } = faulted("health-sync-dies", 3, "panic");
+
+    // Version 2 is published while orders stream in; applying it kills the thread.
+    let during = anna10_orders(&mut sent, "during", 300);
+    let liveness = sample_liveness(address.clone());
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for chunk in during.chunks(10) {
+                produce(&names.input, chunk);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let out = store::ok(&store::codes(url, &prefix, &["expire", "ANNA10"]));
+        assert!(out.contains("published version 2"), "{out}");
+    });
+    let mut status = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            status = worker.exited();
+            status.is_some()
+        }),
+        "the worker carried on without its code-sync thread; log:\n{}",
+        worker.log_tail()
+    );
+    let log = strip_ansi(&std::fs::read_to_string(&worker.log).unwrap_or_default());
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "log:\n{log}");
+    assert!(
+        log.contains("the code-sync thread panicked: test fault")
+            && log.contains("draining and exiting"),
+        "the log names the thread and why:\n{log}"
+    );
+    let (answers, last_held) = liveness.join().expect("liveness sampler");
+    let died = answers
+        .iter()
+        .position(|a| a.status != 200)
+        .unwrap_or_else(|| panic!("/healthz never failed before the port closed: {answers:?}"));
+    assert!(
+        answers[died..]
+            .iter()
+            .all(|a| a.status == 503 && a.body.contains("code-sync thread has ended")),
+        "once failed, /healthz names the dead thread until the exit: {answers:?}"
+    );
+    eprintln!(
+        "code-sync panic: /healthz {answers:?}, the last for {last_held:?} before the port closed"
+    );
+
+    // Restarted (the supervisor's part): it starts on version 2, then follows version 3.
+    let worker = ChildWorker::spawn(
+        &names,
+        &names.transactional_id,
+        &sets.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir.path().join("w2.log"),
+    );
+    let address = admin_address(&worker);
+    assert!(
+        wait_until(DEADLINE, || uses_version(&address, "2")),
+        "the restart loads the current version; log:\n{}",
+        worker.log_tail()
+    );
+    let rolled = store::ok(&store::codes(url, &prefix, &["rollback", "1"]));
+    assert!(rolled.contains("published version 3"), "{rolled}");
+    assert!(
+        wait_until(DEADLINE, || uses_version(&address, "3")),
+        "the restarted worker follows the store; log:\n{}",
+        worker.log_tail()
+    );
+    let after = anna10_orders(&mut sent, "after", 50);
+    produce(&names.input, &after);
+
+    let records = read_settled(&names.conversions, sent.len());
+    let payloads: Vec<Vec<u8>> = records.iter().filter_map(|r| r.payload.clone()).collect();
+    let per_order = multiset(
+        &payloads
+            .iter()
+            .map(|p| field(p, "order_id"))
+            .collect::<Vec<_>>(),
+    );
+    let missing: Vec<&String> = sent
+        .keys()
+        .filter(|id| !per_order.contains_key(*id))
+        .collect();
+    let repeated: Vec<(&String, &usize)> = per_order.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty() && repeated.is_empty() && per_order.len() == sent.len(),
+        "each order converted exactly once: missing {missing:?}, repeated {repeated:?}; log:\n{}",
+        worker.log_tail()
+    );
+    follow::assert_each_matches_its_version(url, &prefix, &sent, &payloads);
+    for payload in &payloads {
+        let id = field(payload, "order_id");
+        let version = field(payload, "code_table_version");
+        let expected = match id.split('-').next() {
+            Some("before") => Some("1"),
+            Some("after") => Some("3"),
+            // Decided by the first worker (version 1) or the restart (version 2).
+            _ => None,
+        };
+        assert!(
+            expected.is_none_or(|n| follow::number(&version) == n),
+            "{id} decided with version {version}"
+        );
+    }
+    drains(worker);
+}
+
+/// The real code-sync thread stops turning (the `hang` fault) when a version is published:
+/// `/healthz` fails within twice the stall threshold, naming it, so the kubelet restarts the
+/// worker; the poll loop meanwhile decides orders with the table in force, and SIGTERM drains.
+#[test]
+fn a_code_sync_thread_that_stops_turning_fails_liveness() {
+    let Faulted {
+        names,
+        url,
+        prefix,
+        worker,
+        address,
+        mut sent,
+        ..
+    } = faulted("health-sync-hangs", 1, "hang");
+    let out = store::ok(&store::codes(url, &prefix, &["expire", "ANNA10"]));
+    assert!(out.contains("published version 2"), "{out}");
+    let (held, status, body) = wait_for(&address, "/healthz", DEADLINE, |s, body| {
+        s == 503 && body.contains("code-sync thread not turning")
+    });
+    assert!(
+        held,
+        "liveness with a hung code-sync thread: {status} {body}\nlog:\n{}",
+        worker.log_tail()
+    );
+    let after = anna10_orders(&mut sent, "after", 20);
+    produce(&names.input, &after);
+    let decided = wait_for_orders(&names.conversions, &keys(&after), DEADLINE);
+    assert!(
+        decided
+            .iter()
+            .filter_map(|r| r.payload.as_deref())
+            .filter(|p| field(p, "order_id").starts_with("after-"))
+            .all(|p| follow::number(&field(p, "code_table_version")) == "1"),
+        "decided with the table in force"
+    );
+    drains(worker);
 }

@@ -39,10 +39,12 @@ use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
 
 /// Counts deliveries that failed after librdkafka's own retries; at-least-once mode must not
-/// store offsets past a record whose output was lost.
+/// store offsets past a record whose output was lost. Also counts deliveries reported without an
+/// offset, which no mode may take as written (see [`DeliveryTracker::delivery`]).
 pub struct DeliveryTracker {
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    unconfirmed: AtomicU64,
     events: Arc<ClientEvents>,
 }
 
@@ -51,6 +53,7 @@ impl DeliveryTracker {
         DeliveryTracker {
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            unconfirmed: AtomicU64::new(0),
             events,
         }
     }
@@ -69,12 +72,24 @@ impl ClientContext for DeliveryTracker {
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
+    /// A success without an offset is librdkafka's answer to a retried send that the broker
+    /// refused as a duplicate (DUPLICATE_SEQUENCE_NUMBER, answered with offset -1): "the first
+    /// send was stored". tansu on S3 storage records a producer's sequence before it stores the
+    /// batch, so when it is killed in between, a batch it never stored is reported delivered
+    /// (docs/dev-notes/2026-12-06-broker-restart-lost-outputs.md). Counted, so the batch is
+    /// redone rather than committed on that word.
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((err, _)) = result {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut last) = self.last_error.lock() {
-                *last = Some(err.to_string());
+        match result {
+            Err((err, _)) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(err.to_string());
+                }
             }
+            Ok(message) if message.offset() < 0 => {
+                self.unconfirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -95,6 +110,7 @@ struct Batch {
     /// Per partition read in this batch: where to rewind and what to commit.
     positions: Vec<Position>,
     failures_at_start: u64,
+    unconfirmed_at_start: u64,
     /// The engine's outputs for the records being produced, reused from record to record.
     outputs: Outputs,
     /// With the detectors on, records are decided at commit, all together, so that the batch's
@@ -281,7 +297,9 @@ impl Pipeline {
             }
             batch.open = true;
             batch.started = Some(Instant::now());
-            batch.failures_at_start = self.producer.context().failures.load(Ordering::Relaxed);
+            let tracker = self.producer.context();
+            batch.failures_at_start = tracker.failures.load(Ordering::Relaxed);
+            batch.unconfirmed_at_start = tracker.unconfirmed.load(Ordering::Relaxed);
         }
         self.metrics.inc_orders_consumed(1);
         batch.records += 1;
@@ -415,6 +433,15 @@ impl Pipeline {
         let started = Instant::now();
         self.flush_held(&mut batch)?;
         self.await_deliveries()?;
+        let unconfirmed = (self.producer.context().unconfirmed.load(Ordering::Relaxed))
+            .saturating_sub(batch.unconfirmed_at_start);
+        if unconfirmed > 0 {
+            // Redone, not committed: on Apache Kafka the outputs were stored and the abort hides
+            // them; on a broker that lost them the redo writes them.
+            return Err(Failure::Transient(format!(
+                "{unconfirmed} outputs were reported delivered without an offset (a retried send the broker called a duplicate); not trusted as written"
+            )));
+        }
         let offsets = offsets_list(
             batch
                 .positions

@@ -252,6 +252,13 @@ fn reader(
     isolation: Isolation,
 ) -> Result<(BaseConsumer, Vec<i32>), String> {
     let consumer: BaseConsumer = reader_config(brokers, isolation)
+        // tansu on S3 storage answers a fetch empty when its wait runs out while it lists the
+        // partition's stored batches, and the next fetch starts the listing again: with
+        // librdkafka's 500 ms a loaded local S3 server left a reader with a few hundred of
+        // 3,000 records for minutes (docs/dev-notes/2026-12-06-durable-broker-fetch-livelock.md).
+        // These reads wait for a count or a deadline, not for the partition's end, so a longer
+        // wait costs nothing on a broker that answers at once.
+        .set("fetch.wait.max.ms", "2000")
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
     let metadata = consumer

@@ -406,6 +406,7 @@ impl Follower {
             handle.confirm();
             return Ok(());
         }
+        crate::faults::code_sync_applying(pointer.version);
         let started = Instant::now();
         let next = match self.try_patch(store, handle, &pointer) {
             Ok(Some(patched)) => Ok(patched),

@@ -55,27 +55,32 @@ pub fn metric_value(address: &str, name: &str) -> f64 {
 
 /// `GET path` on the admin port: the status code and the body.
 pub fn get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the admin port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .expect("send the request");
+    try_get(address, path).expect("connect to the admin port")
+}
+
+/// As [`get`], or the error once the port is closed or closing (the worker exits): refused,
+/// reset, or closed before a status line.
+pub fn try_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
+    stream.read_to_string(&mut response)?;
     let status = response
         .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("no status line in {response:?}"),
+            )
+        })?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// Polls `GET path` until `accept(status, body)` holds or `timeout` passes; returns the last
@@ -92,4 +97,38 @@ pub fn wait_for(
         accept(last.0, &last.1)
     });
     (held, last.0, last.1)
+}
+
+/// Where a worker stands, for a failure message: its probes' answers and the metrics that say
+/// whether it reads, commits and holds partitions (or that its port is gone).
+pub fn diagnostics(address: &str) -> String {
+    let probe = |path: &str| match try_get(address, path) {
+        Ok((status, body)) => format!("{path} {status} {}", body.trim_end()),
+        Err(e) => format!("{path}: {e}"),
+    };
+    let metrics: Vec<String> = try_get(address, "/metrics")
+        .map(|(_, text)| text)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| {
+            [
+                "promo_worker_state{",
+                "promo_transactions_total",
+                "promo_consumer_lag_records",
+                "promo_assigned_partitions",
+                "promo_orders_consumed_total",
+                "promo_conversions_total",
+            ]
+            .iter()
+            .any(|name| line.starts_with(name))
+                && !line.ends_with(" 0")
+        })
+        .map(str::to_owned)
+        .collect();
+    format!(
+        "{}\n{}\nmetrics (non-zero): {}",
+        probe("/healthz"),
+        probe("/readyz"),
+        metrics.join(" | ")
+    )
 }

@@ -17,7 +17,7 @@ use super::{Names, field, read, read_settled, text, unique_prefix, wait_until};
 
 /// Every conversion must be exactly what the offline engine decides for its order with the table
 /// version the conversion names: a conversion made from half of an update would match neither.
-fn assert_each_matches_its_version(
+pub fn assert_each_matches_its_version(
     url: &str,
     prefix: &str,
     orders: &BTreeMap<String, Vec<u8>>,
@@ -51,7 +51,7 @@ fn assert_each_matches_its_version(
 }
 
 /// The store's version number in a `code_table_version` (`<number>-<fingerprint>`).
-fn number(table_version: &str) -> &str {
+pub fn number(table_version: &str) -> &str {
     table_version.split('-').next().unwrap_or_default()
 }
 

@@ -70,10 +70,15 @@ pub fn durable() -> bool {
 /// `scripts/services restart-broker`: SIGKILL the durable broker and start it again on the same
 /// storage. Returns how long the broker took to answer again.
 pub fn restart_durable_broker() -> Duration {
+    restart_durable_broker_after(0)
+}
+
+/// As [`restart_durable_broker`], with the broker down for `down_secs` before it starts again.
+pub fn restart_durable_broker_after(down_secs: u64) -> Duration {
     assert!(durable(), "restart_durable_broker needs the durable broker");
     let _ = brokers();
     let started = Instant::now();
-    services(&["restart-broker"]);
+    services(&["restart-broker", &down_secs.to_string()]);
     started.elapsed()
 }
 
@@ -421,6 +426,19 @@ impl ChildWorker {
         extra_sets: &[&str],
         log: &Path,
     ) -> ChildWorker {
+        ChildWorker::spawn_with_env(brokers, names, transactional_id, extra_sets, log, &[])
+    }
+
+    /// As [`ChildWorker::spawn_on`], with `env` added to the worker's environment (the test
+    /// faults of `promo_attribution::faults`).
+    pub fn spawn_with_env(
+        brokers: &str,
+        names: &Names,
+        transactional_id: &str,
+        extra_sets: &[&str],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> ChildWorker {
         let log_file = File::options()
             .create(true)
             .append(true)
@@ -452,9 +470,21 @@ impl ChildWorker {
         // 2 s rather than librdkafka's 500 ms: under a full test suite's load one listing in the
         // S3 server has been seen to take longer than 500 ms.
         let durable_fetch = durable().then(|| "kafka.consumer.fetch.wait.max.ms=2000".to_string());
+        // `PROMO_TEST_KAFKA_DEBUG=eos,msg,fetch,cgrp,…`: librdkafka's debug contexts (consumer
+        // and producer) in the worker's log, to find where a failed test's worker went wrong.
+        let debug = std::env::var("PROMO_TEST_KAFKA_DEBUG")
+            .ok()
+            .filter(|contexts| !contexts.is_empty())
+            .map(|contexts| {
+                [
+                    format!("kafka.common.debug={contexts}"),
+                    "worker.log_filter=info,librdkafka=debug".to_string(),
+                ]
+            });
         for set in sets
             .iter()
             .chain(durable_fetch.iter())
+            .chain(debug.iter().flatten())
             .map(String::as_str)
             .chain(extra_sets.iter().copied())
         {
@@ -463,6 +493,7 @@ impl ChildWorker {
         let child = command
             // The worker's log must not depend on the developer's shell.
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
