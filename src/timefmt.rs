@@ -99,8 +99,10 @@ fn parse_common_shape(b: &[u8]) -> Option<Instant> {
         _ => return None,
     };
     // Second 60 is a leap second: the full reader and settle_leap_second decide.
-    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second.min(59), nanos)
-        .filter(|_| second < 60)?;
+    if second >= 60 {
+        return None;
+    }
+    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
     let local = date.and_time(time);
     let utc = local.checked_sub_signed(chrono::TimeDelta::seconds(i64::from(offset_secs)))?;
     (1..=9999)
