@@ -270,11 +270,8 @@ fn killed_mid_batch_every_adjustment_once_and_never_beyond_the_original() {
     // count can be reached before the tail is written.
     let read = support::read_outputs(&topic, "event_id", &expected_ids, Duration::from_secs(90));
     let status = second.terminate(STOP);
-    let written = payloads(&support::read_settled_as(
-        &topic,
-        read.records.len(),
-        read.isolation,
-    ));
+    let isolation = read.isolation;
+    let written = payloads(&read.settled());
     assert_eq!(
         status.and_then(|s| s.code()),
         Some(0),
@@ -289,7 +286,7 @@ fn killed_mid_batch_every_adjustment_once_and_never_beyond_the_original() {
     let alerts = payloads(&support::read_settled_as(
         &names.alerts,
         expected_alerts.len() * 3,
-        read.isolation,
+        isolation,
     ));
     assert_same_distinct(&alerts, &expected_alerts, "alerts vs offline");
     // Exactly once by event_id: every copy of an id is the same bytes.

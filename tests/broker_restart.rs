@@ -88,7 +88,7 @@ fn resumes_after_restart(test: &str, down_secs: u64) {
         worker.log_tail()
     );
     let address = admin_address(&worker);
-    let by_order = group_by(&outputs.records, "order_id");
+    let by_order = group_by(outputs.records(), "order_id");
     let seen: BTreeSet<&String> = by_order.keys().collect();
     let missing: Vec<&String> = ids
         .iter()
@@ -144,7 +144,7 @@ fn resumes_after_restart(test: &str, down_secs: u64) {
          {aborted} transactions aborted (last instance), {unconfirmed} batches redone for a delivery without an offset, \
          {} supervisor restarts {restarts:?}, in {:?}",
         records.len(),
-        outputs.records.len(),
+        outputs.records().len(),
         outputs.isolation,
         restarts.len(),
         t0.elapsed()

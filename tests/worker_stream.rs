@@ -21,7 +21,7 @@ use promo_attribution::settings::Settings;
 use support::{
     ChildWorker, InProcessWorker, Names, assert_same_records, brokers, field, group_by, metric,
     multiset, offline_reference, order_ids, orders, payloads, read, read_outputs, read_settled,
-    read_settled_as, read_settled_many, text, wait_for_keys, wait_for_orders, wait_until,
+    read_settled_many, text, wait_for_keys, wait_for_orders, wait_until,
 };
 
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
@@ -280,7 +280,9 @@ fn two_workers_split_partitions() {
     );
     produce(&names.input, &records);
     let outputs = read_outputs(&names.conversions, "order_id", &ids, PROCESS_DEADLINE);
-    let seen: BTreeSet<String> = group_by(&outputs.records, "order_id").into_keys().collect();
+    let seen: BTreeSet<String> = group_by(outputs.records(), "order_id")
+        .into_keys()
+        .collect();
     assert_eq!(
         seen,
         ids,
@@ -308,7 +310,7 @@ fn two_workers_split_partitions() {
         records.len() as f64,
         "each order consumed by exactly one worker, once: {consumed:?}"
     );
-    let all = read_settled_as(&names.conversions, records.len(), outputs.isolation);
+    let all = outputs.settled();
     let by_order = group_by(&all, "order_id");
     let repeated: Vec<(&String, usize)> = by_order
         .iter()
@@ -481,7 +483,9 @@ fn rebalance_during_commits_loses_nothing() {
     feeder.rest();
 
     let outputs = read_outputs(&names.conversions, "order_id", &ids, PROCESS_DEADLINE);
-    let seen: BTreeSet<String> = group_by(&outputs.records, "order_id").into_keys().collect();
+    let seen: BTreeSet<String> = group_by(outputs.records(), "order_id")
+        .into_keys()
+        .collect();
     let missing: Vec<&String> = ids.difference(&seen).take(10).collect();
     assert!(
         missing.is_empty(),
@@ -500,7 +504,7 @@ fn rebalance_during_commits_loses_nothing() {
     for w in [a, b, d] {
         assert_eq!(w.stop(STOP_DEADLINE), Ok(WorkerExit::Drained));
     }
-    let all = read_settled_as(&names.conversions, outputs.records.len(), outputs.isolation);
+    let all = outputs.settled();
     let (firsts, repeats) = dedup_identical(&all, "order_id", "conversion of order");
     assert_same_records(
         &firsts,

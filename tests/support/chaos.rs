@@ -16,8 +16,8 @@ use promo_attribution::settings::Settings;
 
 use super::redis::offline_run;
 use super::{
-    ChildWorker, GroupOffsets, Names, brokers, field, orders, payloads, read_outputs,
-    read_settled_as, text, wait_until,
+    ChildWorker, GroupOffsets, Names, brokers, field, orders, payloads, read_outputs, text,
+    wait_until,
 };
 
 /// Records produced in the background, `per_chunk` at a time with `pause` between chunks, so
@@ -138,18 +138,9 @@ pub fn verify(names: &Names, expected: &Expected, deadline: Duration) -> Verdict
         .iter()
         .map(|a| field(a, "alert_id"))
         .collect();
-    let conversions = read_outputs(&names.conversions, "order_id", &order_ids, deadline);
-    let conversions = payloads(&read_settled_as(
-        &names.conversions,
-        conversions.records.len(),
-        conversions.isolation,
-    ));
-    let alerts = read_outputs(&names.alerts, "alert_id", &alert_ids, deadline);
-    let alerts = payloads(&read_settled_as(
-        &names.alerts,
-        alerts.records.len(),
-        alerts.isolation,
-    ));
+    let conversions =
+        payloads(&read_outputs(&names.conversions, "order_id", &order_ids, deadline).settled());
+    let alerts = payloads(&read_outputs(&names.alerts, "alert_id", &alert_ids, deadline).settled());
     // Dead letters repeat too after a kill; read the whole topic rather than a count.
     let mut dead_letters: Vec<Vec<u8>> = Vec::new();
     let poison: BTreeSet<&[u8]> = expected.poison.iter().map(Vec::as_slice).collect();

@@ -277,7 +277,7 @@ pub fn kill_one_of_two(test: &str, fence_dead: bool, deadline: Duration) -> Take
         Duration::from_secs(90),
     );
     let mut firsts = Vec::new();
-    for (id, copies) in group_by(&outputs.records, "order_id") {
+    for (id, copies) in group_by(outputs.records(), "order_id") {
         for copy in &copies[1..] {
             assert_eq!(
                 text(copy),

@@ -572,9 +572,9 @@ pub fn read(topic: &str, expected: usize, timeout: Duration) -> Vec<ReadRecord> 
         .unwrap_or_else(|e| panic!("read {topic}: {e}"))
 }
 
-/// How long one attempt to read a whole output topic may take before the caller counts what it
-/// has and tries again. The durable broker fetches far slower (each fetch lists the partition's
-/// stored batches in the S3 server): thousands of records take it minutes, not seconds.
+/// How long a fresh reader may take to read records already known to be in a topic. The durable
+/// broker fetches far slower (each fetch lists the partition's stored batches in the S3 server):
+/// thousands of records take it a minute, not seconds.
 fn read_window() -> Duration {
     Duration::from_secs(if durable() { 120 } else { 10 })
 }
@@ -678,19 +678,32 @@ pub fn wait_for_keys(
     wanted: &BTreeSet<String>,
     timeout: Duration,
 ) -> Vec<ReadRecord> {
-    let deadline = Instant::now() + timeout;
-    let mut want = wanted.len();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let records = read(topic, want, left.min(read_window()));
-        let seen: BTreeSet<String> = group_by(&records, name).into_keys().collect();
-        let missing = wanted.difference(&seen).count();
-        if missing == 0 || Instant::now() >= deadline {
-            return records;
-        }
-        // At least that many more records must arrive before the set can be complete.
-        want = records.len() + missing;
-    }
+    let mut reader = tools::TopicReader::open(brokers(), topic, tools::Isolation::ReadCommitted)
+        .unwrap_or_else(|e| panic!("read {topic}: {e}"));
+    read_until_keys(&mut reader, name, wanted, Instant::now() + timeout);
+    reader.into_records()
+}
+
+/// Reads on with `reader` until every value in `wanted` of the string field `name` was seen, or
+/// `deadline` passes.
+fn read_until_keys(
+    reader: &mut tools::TopicReader,
+    name: &str,
+    wanted: &BTreeSet<String>,
+    deadline: Instant,
+) {
+    let mut missing: BTreeSet<&str> = wanted.iter().map(String::as_str).collect();
+    let mut looked_at = 0;
+    let topic = reader.topic().to_string();
+    reader
+        .read_until(deadline, |records| {
+            for record in &records[looked_at..] {
+                missing.remove(field(record.payload.as_deref().unwrap_or_default(), name).as_str());
+            }
+            looked_at = records.len();
+            missing.is_empty()
+        })
+        .unwrap_or_else(|e| panic!("read {topic}: {e}"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1019,10 +1032,27 @@ pub fn read_settled_as(
 
 /// How the outputs of a run were read back.
 pub struct Outputs {
-    /// Every record written, as [`Outputs::isolation`] reads them.
-    pub records: Vec<ReadRecord>,
     /// ReadCommitted, unless the broker's last stable offset is stuck (then ReadUncommitted).
     pub isolation: tools::Isolation,
+    /// The reader that read them, still at the end of what it read.
+    reader: tools::TopicReader,
+}
+
+impl Outputs {
+    /// Every record written, as [`Outputs::isolation`] reads them.
+    pub fn records(&self) -> &[ReadRecord] {
+        self.reader.records()
+    }
+
+    /// Everything read, after reading on for [`SETTLE`] to catch a surplus record (a repeat
+    /// written late) that a count-based read would stop before.
+    pub fn settled(mut self) -> Vec<ReadRecord> {
+        let topic = self.reader.topic().to_string();
+        self.reader
+            .read_until(Instant::now() + SETTLE, |_| false)
+            .unwrap_or_else(|e| panic!("read {topic}: {e}"));
+        self.reader.into_records()
+    }
 }
 
 /// Waits until every id in `wanted` has a record on `topic` (field `name`), then checks what a
@@ -1042,38 +1072,32 @@ pub fn read_outputs(
     timeout: Duration,
 ) -> Outputs {
     use tools::Isolation;
-    let deadline = Instant::now() + timeout;
-    let mut want = wanted.len();
-    let uncommitted = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let records = tools::read_topic_as(
-            brokers(),
-            topic,
-            want,
-            left.min(read_window()),
-            Isolation::ReadUncommitted,
-        )
-        .unwrap_or_else(|e| panic!("read {topic}: {e}"));
-        let seen: BTreeSet<String> = group_by(&records, name).into_keys().collect();
-        let missing = wanted.difference(&seen).count();
-        if missing == 0 || Instant::now() >= deadline {
-            break records;
-        }
-        want = records.len() + missing;
+    let open = |isolation| {
+        tools::TopicReader::open(brokers(), topic, isolation)
+            .unwrap_or_else(|e| panic!("read {topic}: {e}"))
     };
-    let committed = read(topic, uncommitted.len(), read_window());
-    if committed.len() >= uncommitted.len() {
+    let mut uncommitted = open(Isolation::ReadUncommitted);
+    read_until_keys(&mut uncommitted, name, wanted, Instant::now() + timeout);
+    let written_count = uncommitted.records().len();
+    let mut committed = open(Isolation::ReadCommitted);
+    committed
+        .read_until(Instant::now() + read_window(), |records| {
+            records.len() >= written_count
+        })
+        .unwrap_or_else(|e| panic!("read {topic}: {e}"));
+    if committed.records().len() >= written_count {
         return Outputs {
-            records: committed,
             isolation: Isolation::ReadCommitted,
+            reader: committed,
         };
     }
+    let (uncommitted_records, committed_records) = (uncommitted.records(), committed.records());
     let mut written: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-    for r in &uncommitted {
+    for r in uncommitted_records {
         written.entry(r.partition).or_default().push(r.offset);
     }
     let mut visible: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
-    for r in &committed {
+    for r in committed_records {
         visible.entry(r.partition).or_default().insert(r.offset);
     }
     let mut stalls = Vec::new();
@@ -1105,7 +1129,7 @@ pub fn read_outputs(
         stalls.join("; ")
     );
     Outputs {
-        records: uncommitted,
         isolation: Isolation::ReadUncommitted,
+        reader: uncommitted,
     }
 }

@@ -356,16 +356,8 @@ pub fn outputs_after(
     );
     stop();
     (
-        payloads(&super::read_settled_as(
-            &names.conversions,
-            conversions.records.len(),
-            conversions.isolation,
-        )),
-        payloads(&super::read_settled_as(
-            &names.alerts,
-            alerts.records.len().max(expected_alerts.len()),
-            alerts.isolation,
-        )),
+        payloads(&conversions.settled()),
+        payloads(&alerts.settled()),
     )
 }
 
