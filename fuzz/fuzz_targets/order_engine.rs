@@ -1,4 +1,4 @@
-//! Order bytes through the engine with every detector on: no panic, every output valid against
+//! Order and adjustment bytes through the engine with every detector and reversals on: no panic, every output valid against
 //! its schema, no raw customer identifier in any output. The input is split at newlines into a
 //! batch, so the detectors see several orders (duplicates, limits, enumeration) at once.
 #![no_main]
@@ -28,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
             match write.kind {
                 WriteKind::Conversion => {
                     assert_valid(&fixture.conversion, write.value, "conversion")
+                }
+                WriteKind::Adjustment => {
+                    assert_valid(&fixture.adjustment, write.value, "adjustment")
                 }
                 WriteKind::Alert(_) => assert_valid(&fixture.alert, write.value, "alert"),
             }

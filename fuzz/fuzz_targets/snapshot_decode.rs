@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         .encode()
         .unwrap_or_else(|e| panic!("a decoded snapshot does not encode: {e}"));
     let codes = encoded.code_chunks.concat();
-    let mut again = Snapshot::decode(&codes, &encoded.partners, &encoded.programs, "fuzz again")
+    let mut again = Snapshot::decode(codes.as_slice(), &encoded.partners, &encoded.programs, "fuzz again")
         .unwrap_or_else(|e| panic!("an encoded snapshot does not decode: {e}"));
     // Line numbers say where a row was read; blank or quoted multi-line input moves them.
     for entry in snapshot.entries.iter_mut().chain(again.entries.iter_mut()) {

@@ -25,6 +25,11 @@ velocity_baseline_buckets = 1
 enumeration_distinct_codes = 2
 enumeration_unknown_codes = 1
 unknown_min_orders = 2
+reversal_min_orders = 1
+reversal_share_percent = 10
+
+[reversals]
+enabled = true
 "#;
 
 pub struct Fixture {
@@ -32,6 +37,7 @@ pub struct Fixture {
     pub table: CodeTable,
     pub conversion: Validator,
     pub alert: Validator,
+    pub adjustment: Validator,
 }
 
 pub fn fixture() -> &'static Fixture {
@@ -40,7 +46,7 @@ pub fn fixture() -> &'static Fixture {
         let settings = Settings::from_toml_str(SETTINGS, "fuzz settings")
             .unwrap_or_else(|e| panic!("the fuzz settings are invalid: {e}"));
         let table = Snapshot::decode(
-            include_bytes!("../../samples/codes.csv"),
+            &include_bytes!("../../samples/codes.csv")[..],
             include_bytes!("../../samples/partners.csv"),
             b"{}",
             "samples",
@@ -52,6 +58,7 @@ pub fn fixture() -> &'static Fixture {
             table,
             conversion: validator(include_str!("../../schema/conversion.schema.json")),
             alert: validator(include_str!("../../schema/alert.schema.json")),
+            adjustment: validator(include_str!("../../schema/adjustment.schema.json")),
         }
     })
 }
