@@ -287,10 +287,15 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
         "rate, ×1.15 up after a hold, halfway back after a miss, 5 steps). Latency = the "
         "time a `read_committed` reader receives the conversion − the send time carried in the "
         "order id, at 10%, 50% and 80% of the sustainable rate. The confluent-kafka loop's "
-        "sustainable rate is found exactly as the worker's, from its own drain rate.",
+        "sustainable rate is found exactly as the worker's, from its own drain rate. "
+        + ("The latency steps run on the run's broker restarted after the rate search, with "
+           "fresh topics and a fresh contender (tansu's commits slow down as transactions "
+           "accumulate; Kafka's do not)."
+           if any(l.get("latency_on_fresh_broker") for l in live.values())
+           else "The latency steps run on the broker and topic of the rate search."),
         "",
-        "| Mode | Sustainable orders/s | Steps (rate: lag at half time → end; ✗ = not held) | Load | Rate | Samples | p50 ms | p99 ms | p99.9 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Mode | Sustainable orders/s | Steps (rate: lag at half time → end; ✗ = not held) | Load | Rate | Samples | p50 ms | p99 ms | p99.9 ms | Worker's mean batch / commit ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, name in LIVE_NAMES.items():
         if mode == "patched-eos":
@@ -308,13 +313,14 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
                     else "| | | ")
             first = False
             if lat is None:
-                lines.append(head + "| — | — | — | — | — | — |")
+                lines.append(head + "| — | — | — | — | — | — | — |")
                 continue
             backlog = lat.get("lag_at_start") or 0
             note = f" (backlog {backlog:,} at start)" if backlog > lat["rate"] * 0.5 else ""
             lines.append(head + f"| {lat['load']:.0%} | {fmt(lat['rate'])} | "
                          f"{lat['samples']:,} of {lat['expected']:,}{note} | {fmt(lat['p50_ms'], 1)} | "
-                         f"{fmt(lat['p99_ms'], 1)} | {fmt(lat['p999_ms'], 1)} |")
+                         f"{fmt(lat['p99_ms'], 1)} | {fmt(lat['p999_ms'], 1)} | "
+                         f"{fmt(lat.get('mean_batch'))} / {fmt(lat.get('mean_commit_ms'), 1)} |")
 
     lines += latency_side_by_side(live.get("eos"), live.get("confluent-eos"))
     lines += ["", "**Micro (criterion, no Kafka).**", "",

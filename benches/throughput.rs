@@ -627,28 +627,57 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The worker's batch and commit counters from its /metrics.
+#[derive(Debug, Clone, Copy)]
+struct BatchTotals {
+    batches: f64,
+    records: f64,
+    commits: f64,
+    commit_secs: f64,
+}
+
+impl BatchTotals {
+    fn read(admin_port: u16) -> Option<BatchTotals> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        Some(BatchTotals {
+            batches: value("promo_batch_size_records_count")?,
+            records: value("promo_batch_size_records_sum")?,
+            commits: value("promo_commit_latency_seconds_count")?,
+            commit_secs: value("promo_commit_latency_seconds_sum")?,
+        })
+    }
+
+    /// Mean batch size (records) and mean commit time (ms) of the batches after `earlier`.
+    fn means_since(self, earlier: BatchTotals) -> (f64, f64) {
+        (
+            (self.records - earlier.records) / (self.batches - earlier.batches),
+            (self.commit_secs - earlier.commit_secs) / (self.commits - earlier.commits) * 1e3,
+        )
+    }
+}
+
 /// Mean batch size and commit time from the worker's /metrics, to show what bounds a drain.
 fn worker_batches(admin_port: u16) -> Option<(f64, f64)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let value = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
+    let zero = BatchTotals {
+        batches: 0.0,
+        records: 0.0,
+        commits: 0.0,
+        commit_secs: 0.0,
     };
-    let batches = value("promo_batch_size_records_count")?;
-    let commits = value("promo_commit_latency_seconds_count")?;
-    Some((
-        value("promo_batch_size_records_sum")? / batches,
-        value("promo_commit_latency_seconds_sum")? / commits * 1e3,
-    ))
+    Some(BatchTotals::read(admin_port)?.means_since(zero))
 }
 
 fn worker_command(

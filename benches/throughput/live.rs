@@ -13,8 +13,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use super::{
-    Files, PARTITIONS, Probe, env_number, free_port, kafka_settings, now_micros, peer_command,
-    spawn_logged, worker_command,
+    BatchTotals, Files, PARTITIONS, Probe, env_number, free_port, kafka_settings, now_micros,
+    peer_command, spawn_logged, worker_command,
 };
 
 /// What runs live: the worker binary at this path, or a Python peer script.
@@ -160,7 +160,115 @@ impl<'a> Generator<'a> {
     }
 }
 
-/// Sustainable rate and latency of one contender in one delivery mode, on a fresh topic.
+/// A contender running on its own topics, with the probe of its committed input offsets and the
+/// generator that feeds it.
+struct Stage<'a> {
+    contender: super::Contender,
+    probe: Probe,
+    generator: Generator<'a>,
+    topics: Vec<String>,
+    /// The worker's admin port (a Python peer has none).
+    admin_port: Option<u16>,
+}
+
+impl<'a> Stage<'a> {
+    /// Creates the topics `<run>.<name>.*`, starts the contender on them and waits until it has
+    /// joined, loaded its table and committed something.
+    fn start(
+        brokers: &str,
+        run: &str,
+        name: &str,
+        files: &Files,
+        orders: &'a [String],
+        (delivery, who): (Delivery, Live<'_>),
+    ) -> Stage<'a> {
+        let input = format!("{run}.{name}.orders");
+        let out = format!("{run}.{name}");
+        let group = format!("{run}-{name}");
+        let kafka = kafka_settings(brokers, &input, &out, &group, delivery);
+        create_topics(
+            brokers,
+            &[
+                &input,
+                &kafka.conversions_topic,
+                &kafka.alerts_topic,
+                &kafka.dlq_topic,
+            ],
+            PARTITIONS,
+        )
+        .expect("topics");
+        let port = free_port();
+        let (command, admin_port) = match who {
+            Live::Worker(bin) => (worker_command(bin, files, &kafka, port, &[]), Some(port)),
+            Live::Peer(script) => (
+                peer_command(files, script, &kafka, &out).expect("python is set"),
+                None,
+            ),
+        };
+        let contender = spawn_logged(command, &files.dir.join(format!("{name}.log")));
+        let probe = Probe::new(brokers, &group, &input);
+        let mut generator = Generator::new(brokers, &input, &kafka.conversions_topic, orders);
+        generator.run(500.0, 1.0, None, 0.0);
+        let warm_deadline = Instant::now() + Duration::from_secs(90);
+        while probe.committed() < generator.sent as i64 && Instant::now() < warm_deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Stage {
+            contender,
+            probe,
+            generator,
+            topics: vec![
+                input,
+                kafka.conversions_topic,
+                kafka.alerts_topic,
+                kafka.dlq_topic,
+            ],
+            admin_port,
+        }
+    }
+
+    fn catch_up(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.probe.committed() < self.generator.sent as i64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn lag(&self) -> i64 {
+        self.generator.sent as i64 - self.probe.committed()
+    }
+
+    /// Stops the contender; returns the stage's topics.
+    fn stop(self) -> Vec<String> {
+        self.contender.stop();
+        std::mem::forget(self.generator.reader);
+        self.topics
+    }
+}
+
+/// Restarts the run's private broker (`BENCH_FRESH_BROKER`, a shell command set by
+/// `scripts/bench`) so that the latency steps run on a broker that has not served the rate
+/// search: tansu's commits slow down as transactions accumulate
+/// (docs/dev-notes/2026-12-05-commit-path-and-tansu.md), which a broker that keeps its
+/// transactions compacted, as Kafka does, would not show. Returns whether it restarted.
+fn fresh_broker() -> bool {
+    let Ok(command) = std::env::var("BENCH_FRESH_BROKER") else {
+        return false;
+    };
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .status()
+        .expect("run BENCH_FRESH_BROKER");
+    assert!(
+        status.success(),
+        "BENCH_FRESH_BROKER ({command}) failed: {status}"
+    );
+    true
+}
+
+/// Sustainable rate and latency of one contender in one delivery mode, on a fresh topic; the
+/// latency steps on a fresh broker too, where `BENCH_FRESH_BROKER` says how to get one.
 pub fn live(
     brokers: &str,
     run: &str,
@@ -169,44 +277,17 @@ pub fn live(
     (delivery, mode, who): (Delivery, &str, Live<'_>),
     drain_rate: f64,
 ) -> Value {
-    let input = format!("{run}.live-{mode}.orders");
-    let out = format!("{run}.live-{mode}");
-    let group = format!("{run}-live-{mode}");
-    let kafka = kafka_settings(brokers, &input, &out, &group, delivery);
-    create_topics(
+    let mut stage = Stage::start(
         brokers,
-        &[
-            &input,
-            &kafka.conversions_topic,
-            &kafka.alerts_topic,
-            &kafka.dlq_topic,
-        ],
-        PARTITIONS,
-    )
-    .expect("topics");
-    let command = match who {
-        Live::Worker(bin) => worker_command(bin, files, &kafka, free_port(), &[]),
-        Live::Peer(script) => peer_command(files, script, &kafka, &out).expect("python is set"),
-    };
-    let contender = spawn_logged(command, &files.dir.join(format!("live-{mode}.log")));
-    let probe = Probe::new(brokers, &group, &input);
-    let mut generator = Generator::new(brokers, &input, &kafka.conversions_topic, orders);
+        run,
+        &format!("live-{mode}"),
+        files,
+        orders,
+        (delivery, who),
+    );
+    let mut topics = Vec::new();
     let step_secs = env_number("BENCH_STEP_SECS", 10) as f64;
     let latency_secs = env_number("BENCH_LATENCY_SECS", 15) as f64;
-
-    // Warm up until the contender has joined, loaded its table and committed something.
-    generator.run(500.0, 1.0, None, 0.0);
-    let warm_deadline = Instant::now() + Duration::from_secs(90);
-    while probe.committed() < generator.sent as i64 && Instant::now() < warm_deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let catch_up = |generator: &Generator<'_>, limit: Duration| {
-        let deadline = Instant::now() + limit;
-        while probe.committed() < generator.sent as i64 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-
     // Bounded lag: at the end of a step at most half a second of input behind, and grown by at
     // most a tenth of a second of input over the second half. Start under the drain rate (the
     // generator and the latency reader share the machine), go up while it holds, halfway back
@@ -223,17 +304,17 @@ pub fn live(
     for _ in 0..5 {
         // Two halves, so a lag that is still growing at the end fails even if it is small. The
         // conversions are read as in the latency steps, so the machine carries the same load.
-        generator.run(rate, step_secs / 2.0, Some("s"), 0.0);
-        let lag_mid = generator.sent as i64 - probe.committed();
-        generator.run(rate, step_secs / 2.0, Some("s"), 0.0);
-        let lag = generator.sent as i64 - probe.committed();
+        stage.generator.run(rate, step_secs / 2.0, Some("s"), 0.0);
+        let lag_mid = stage.lag();
+        stage.generator.run(rate, step_secs / 2.0, Some("s"), 0.0);
+        let lag = stage.lag();
         let held = (lag as f64) <= rate * 0.5 && ((lag - lag_mid) as f64) <= rate * 0.1;
         eprintln!(
             "live {mode}: {rate:.0}/s for {step_secs} s: lag {lag_mid} at half time, {lag} at end ({})",
             if held { "held" } else { "not held" }
         );
         steps.push(json!({"rate": rate, "lag_at_half": lag_mid, "lag_at_end": lag, "held": held}));
-        catch_up(&generator, Duration::from_secs(60));
+        stage.catch_up(Duration::from_secs(60));
         if held {
             best = best.max(rate);
             rate = (rate * 1.15).min((rate + lowest_failed) / 2.0);
@@ -247,6 +328,17 @@ pub fn live(
         }
     }
     let sustainable = best;
+    let fresh = sustainable > 0.0 && {
+        let searched = stage.stop();
+        let restarted = fresh_broker();
+        // A restarted memory broker has dropped them already.
+        if !restarted {
+            topics.extend(searched);
+        }
+        let name = format!("latency-{mode}");
+        stage = Stage::start(brokers, run, &name, files, orders, (delivery, who));
+        restarted
+    };
     let mut latency = Vec::new();
     for (tag, fraction) in [("l10", 0.1), ("l50", 0.5), ("l80", 0.8)] {
         if sustainable <= 0.0 {
@@ -254,9 +346,15 @@ pub fn live(
         }
         let rate = sustainable * fraction;
         // A backlog left by an overloaded step would be measured as latency.
-        catch_up(&generator, Duration::from_secs(120));
-        let lag_at_start = generator.sent as i64 - probe.committed();
-        let mut samples = generator.run(rate, latency_secs, Some(tag), 5.0);
+        stage.catch_up(Duration::from_secs(120));
+        let lag_at_start = stage.lag();
+        let totals = || stage.admin_port.and_then(BatchTotals::read);
+        let before = totals();
+        let mut samples = stage.generator.run(rate, latency_secs, Some(tag), 5.0);
+        // What the worker's batches were meanwhile: how long they stayed open bounds latency.
+        let batches = before
+            .zip(totals())
+            .map(|(before, after)| after.means_since(before));
         samples.sort_by(f64::total_cmp);
         let expected = (rate * latency_secs) as usize;
         eprintln!(
@@ -276,16 +374,18 @@ pub fn live(
             "p50_ms": percentile(&samples, 0.5) * 1e3,
             "p99_ms": percentile(&samples, 0.99) * 1e3,
             "p999_ms": percentile(&samples, 0.999) * 1e3,
+            "mean_batch": batches.map(|b| b.0),
+            "mean_commit_ms": batches.map(|b| b.1),
         }));
-        catch_up(&generator, Duration::from_secs(30));
+        stage.catch_up(Duration::from_secs(30));
     }
-    contender.stop();
-    std::mem::forget(generator.reader);
+    topics.extend(stage.stop());
     json!({
         "mode": mode,
         "steps": steps,
         "sustainable_rate": sustainable,
+        "latency_on_fresh_broker": fresh,
         "latency": latency,
-        "topics": [input, kafka.conversions_topic, kafka.alerts_topic, kafka.dlq_topic],
+        "topics": topics,
     })
 }

@@ -1,0 +1,120 @@
+"""Where a conversion's end-to-end latency goes: sends orders at a fixed rate to a running
+worker's input topic (order ids carry no time; send times are kept here) and times when each
+conversion becomes visible to a read_uncommitted reader (written by the worker) and to a
+read_committed reader (its transaction committed). With the worker's admin address it also
+prints the mean commit time from `promo_commit_latency_seconds` over the run.
+
+    bench/.venv/bin/python bench/experiments/latency_probe.py BROKERS INPUT CONVERSIONS \\
+        RATE SECONDS [ADMIN_HOST:PORT] [ORDERS_JSONL]
+
+Diagnostic, not part of the suite: Python's threads add a few ms of their own, so compare runs
+of this probe with each other (e.g. a fresh broker against one that served a long run), not
+with the suite's numbers. Used for docs/dev-notes/2026-12-06-latency-on-tansu.md.
+"""
+
+import json
+import random
+import sys
+import threading
+import time
+import urllib.request
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+
+def load_orders(path):
+    orders = []
+    for line in open(path):
+        try:
+            order = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(order, dict) and isinstance(order.get("order_id"), str):
+            orders.append(order)
+    return orders
+
+
+def read_visible(brokers, topic, isolation, seen, stop):
+    reader = Consumer({
+        "bootstrap.servers": brokers,
+        "group.id": f"latency-probe-{isolation}-{random.random()}",
+        "isolation.level": f"read_{isolation}",
+        "fetch.wait.max.ms": 10,
+        "enable.auto.commit": False,
+    })
+    reader.assign([TopicPartition(topic, p, -1) for p in range(3)])  # -1: the end
+    while not stop.is_set():
+        message = reader.poll(0.05)
+        if message is None or message.error():
+            continue
+        order_id = json.loads(message.value()).get("order_id", "")
+        if order_id.startswith("probe-"):
+            seen[order_id] = time.time()
+    reader.close()
+
+
+def commit_seconds(admin):
+    """(sum, count) of the worker's commit histogram, or None without an admin address."""
+    if not admin:
+        return None
+    try:
+        text = urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        for suffix in ("_sum", "_count"):
+            if line.startswith("promo_commit_latency_seconds" + suffix):
+                values[suffix] = float(line.split()[-1])
+    return values.get("_sum", 0.0), values.get("_count", 0.0)
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1)))] * 1000 if values else float("nan")
+
+
+def main():
+    brokers, topic, conversions = sys.argv[1], sys.argv[2], sys.argv[3]
+    rate, seconds = float(sys.argv[4]), float(sys.argv[5])
+    admin = sys.argv[6] if len(sys.argv) > 6 else None
+    orders = load_orders(sys.argv[7] if len(sys.argv) > 7 else "samples/orders.jsonl")
+    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
+    seen = {"uncommitted": {}, "committed": {}}
+    stop = threading.Event()
+    readers = [threading.Thread(target=read_visible, args=(brokers, conversions, iso, seen[iso], stop))
+               for iso in seen]
+    for reader in readers:
+        reader.start()
+    time.sleep(3)  # the readers' assignment at the end must precede the first send
+    before = commit_seconds(admin)
+    sent = {}
+    started = time.time()
+    count = 0
+    while time.time() - started < seconds:
+        due = int((time.time() - started) * rate)
+        while count < due:
+            order = dict(orders[count % len(orders)])
+            order["order_id"] = f"probe-{count}"
+            sent[order["order_id"]] = time.time()
+            producer.produce(topic, json.dumps(order).encode(), key=order["order_id"].encode())
+            count += 1
+        producer.poll(0)
+        time.sleep(0.0005)
+    producer.flush()
+    time.sleep(5)
+    stop.set()
+    for reader in readers:
+        reader.join()
+    after = commit_seconds(admin)
+    for iso, times in seen.items():
+        latencies = [times[k] - sent[k] for k in times if k in sent]
+        print(f"visible {iso}: {len(latencies)} of {len(sent)}: p50 {percentile(latencies, .5):.1f} "
+              f"p99 {percentile(latencies, .99):.1f} p99.9 {percentile(latencies, .999):.1f} ms")
+    if before and after and after[1] > before[1]:
+        print(f"worker commits: {after[1] - before[1]:.0f}, mean "
+              f"{(after[0] - before[0]) / (after[1] - before[1]) * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
