@@ -9,7 +9,7 @@ prints the mean commit time from `promo_commit_latency_seconds` over the run.
 
 Diagnostic, not part of the suite: Python's threads add a few ms of their own, so compare runs
 of this probe with each other (e.g. a fresh broker against one that served a long run), not
-with the suite's numbers. Used for docs/dev-notes/2026-12-06-latency-on-tansu.md.
+with the suite's numbers. Used for BENCHMARKS.md, "Latency on a fresh broker".
 """
 
 import json
