@@ -19,8 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::admin::WorkerState;
@@ -29,64 +29,12 @@ use crate::schema::alert::AlertKind;
 use crate::schema::conversion::{Basis, InvalidReason, Status};
 use crate::settings::CodeSource;
 
+mod labels;
+pub use labels::{CommitPhase, ReloadOutcome, StepResult, TxOutcome};
+
 /// The commit the binary was built from (`build.rs`: `PROMO_BUILD_COMMIT`, else git, else
 /// `unknown`).
 pub const BUILD_COMMIT: &str = env!("PROMO_BUILD_COMMIT");
-
-/// How a Kafka transaction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TxOutcome {
-    Committed,
-    Aborted,
-}
-
-impl TxOutcome {
-    pub const ALL: [TxOutcome; 2] = [TxOutcome::Committed, TxOutcome::Aborted];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TxOutcome::Committed => "committed",
-            TxOutcome::Aborted => "aborted",
-        }
-    }
-}
-
-/// What became of a new code table version announced by the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReloadOutcome {
-    /// Read, indexed and in force.
-    Loaded,
-    /// Unreadable or inconsistent; the previous table stays in force.
-    Refused,
-}
-
-impl ReloadOutcome {
-    pub const ALL: [ReloadOutcome; 2] = [ReloadOutcome::Loaded, ReloadOutcome::Refused];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReloadOutcome::Loaded => "loaded",
-            ReloadOutcome::Refused => "refused",
-        }
-    }
-}
-
-/// How a batch's detector step in Redis ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StepResult {
-    Applied,
-    /// Redis down or slow: the batch is aborted and redone.
-    Failed,
-}
-
-impl StepResult {
-    pub fn of<T, E>(result: &Result<T, E>) -> StepResult {
-        match result {
-            Ok(_) => StepResult::Applied,
-            Err(_) => StepResult::Failed,
-        }
-    }
-}
 
 /// Records per poll batch: a single record when idle up to the largest batch the worker reads.
 const BATCH_SIZE_BUCKETS: &[f64] = &[
@@ -121,6 +69,7 @@ pub struct Metrics {
     dlq_records: IntCounterVec,
     batch_size: Histogram,
     commit_latency: Histogram,
+    commit_phases: HistogramVec,
     end_to_end_latency: Histogram,
     consumer_lag: IntGaugeVec,
     transactions: IntCounterVec,
@@ -157,6 +106,7 @@ pub mod names {
     /// Renamed from `promo_batch_size` to carry its unit (README, "Metrics and health").
     pub const BATCH_SIZE: &str = "promo_batch_size_records";
     pub const COMMIT_LATENCY: &str = "promo_commit_latency_seconds";
+    pub const COMMIT_PHASE: &str = "promo_commit_phase_seconds";
     pub const END_TO_END_LATENCY: &str = "promo_end_to_end_latency_seconds";
     /// Renamed from `promo_consumer_lag` to carry its unit.
     pub const CONSUMER_LAG: &str = "promo_consumer_lag_records";
@@ -232,6 +182,14 @@ impl Metrics {
                 "Time to commit a Kafka transaction (offsets and output).",
             )
             .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
+        )?;
+        let commit_phases = HistogramVec::new(
+            HistogramOpts::new(
+                COMMIT_PHASE,
+                "Time of each phase of a batch's commit: held (deciding held records with the detector step), deliveries (the last outputs' acknowledgements), offsets, end (ending the transaction).",
+            )
+            .buckets(COMMIT_LATENCY_BUCKETS.to_vec()),
+            &["phase"],
         )?;
         let detector_step = Histogram::with_opts(
             HistogramOpts::new(
@@ -334,6 +292,7 @@ impl Metrics {
         register(Box::new(dlq_records.clone()))?;
         register(Box::new(batch_size.clone()))?;
         register(Box::new(commit_latency.clone()))?;
+        register(Box::new(commit_phases.clone()))?;
         register(Box::new(end_to_end_latency.clone()))?;
         register(Box::new(consumer_lag.clone()))?;
         register(Box::new(transactions.clone()))?;
@@ -370,6 +329,9 @@ impl Metrics {
         for outcome in TxOutcome::ALL {
             transactions.with_label_values(&[outcome.as_str()]);
         }
+        for phase in CommitPhase::ALL {
+            commit_phases.with_label_values(&[phase.as_str()]);
+        }
         for outcome in ReloadOutcome::ALL {
             code_table_reloads.with_label_values(&[outcome.as_str()]);
         }
@@ -393,6 +355,7 @@ impl Metrics {
             dlq_records,
             batch_size,
             commit_latency,
+            commit_phases,
             end_to_end_latency,
             consumer_lag,
             transactions,
@@ -464,6 +427,12 @@ impl Metrics {
 
     pub fn observe_commit_latency(&self, elapsed: Duration) {
         self.commit_latency.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_commit_phase(&self, phase: CommitPhase, elapsed: Duration) {
+        self.commit_phases
+            .with_label_values(&[phase.as_str()])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// One detector step: how long it took, and whether it failed.

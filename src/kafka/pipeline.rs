@@ -34,7 +34,7 @@ use super::outputs::{DlqWriter, Source, dlq_headers};
 use crate::detectors::DetectorState;
 use crate::engine::{Adjusted, Engine, EngineError, Outputs, RecordOutcome, Rejection, WriteKind};
 use crate::metrics::events::{DeadLettered, InternalEvent};
-use crate::metrics::{Metrics, TxOutcome};
+use crate::metrics::{CommitPhase, Metrics, TxOutcome};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
 
@@ -431,8 +431,19 @@ impl Pipeline {
             return Ok(());
         }
         let started = Instant::now();
-        self.flush_held(&mut batch)?;
+        let mut phase_started = started;
+        let mut phase_done = |phase: CommitPhase| {
+            let now = Instant::now();
+            self.metrics
+                .observe_commit_phase(phase, now.duration_since(phase_started));
+            phase_started = now;
+        };
+        if !batch.held.is_empty() {
+            self.flush_held(&mut batch)?;
+            phase_done(CommitPhase::Held);
+        }
         self.await_deliveries()?;
+        phase_done(CommitPhase::Deliveries);
         let unconfirmed = (self.producer.context().unconfirmed.load(Ordering::Relaxed))
             .saturating_sub(batch.unconfirmed_at_start);
         if unconfirmed > 0 {
@@ -455,9 +466,11 @@ impl Pipeline {
             self.transactional("send_offsets_to_transaction", |p| {
                 p.send_offsets_to_transaction(&offsets, &group, Timeout::Never)
             })?;
+            phase_done(CommitPhase::Offsets);
             self.transactional("commit_transaction", |p| {
                 p.commit_transaction(Timeout::Never)
             })?;
+            phase_done(CommitPhase::End);
             self.metrics.record_transaction(TxOutcome::Committed);
         } else {
             let tracker = self.producer.context();
@@ -480,6 +493,7 @@ impl Pipeline {
             consumer
                 .commit(&offsets, CommitMode::Async)
                 .map_err(|e| Failure::from_client("commit", &e))?;
+            phase_done(CommitPhase::Offsets);
         }
         self.metrics.observe_batch_size(batch.records);
         self.metrics.observe_commit_latency(started.elapsed());

@@ -182,6 +182,11 @@ fn labelled_series_start_at_zero_for_every_value_the_outputs_can_carry() {
     for kind in schema_enum("alert.schema.json", "/properties/kind/enum") {
         zero(format!(r#"promo_alerts_total{{kind="{kind}"}} 0"#));
     }
+    for phase in ["held", "deliveries", "offsets", "end"] {
+        zero(format!(
+            r#"promo_commit_phase_seconds_count{{phase="{phase}"}} 0"#
+        ));
+    }
     for reason in [
         "malformed_json",
         "schema_violation",
