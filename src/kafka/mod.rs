@@ -2,6 +2,7 @@
 //! guarantees, and the poll loop that drives it on its own thread.
 
 pub mod context;
+pub mod delivery;
 pub mod events;
 pub mod failure;
 pub mod outputs;

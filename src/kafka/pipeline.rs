@@ -7,7 +7,7 @@
 //! which must finish the open batch before they do. The lock is therefore never held across
 //! `poll`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use rewind::{offsets_list, retry_resumable};
 
 use super::Failure;
 use super::context::WorkerContext;
+use super::delivery::{DeliveryCounts, DeliveryMark};
 use super::events::ClientEvents;
 use super::outputs::{DlqWriter, Source, dlq_headers};
 use crate::detectors::DetectorState;
@@ -38,22 +39,18 @@ use crate::metrics::{CommitPhase, Metrics, TxOutcome};
 use crate::settings::{Delivery, Settings};
 use crate::table_source::TableHandle;
 
-/// Counts deliveries that failed after librdkafka's own retries; at-least-once mode must not
-/// store offsets past a record whose output was lost. Also counts deliveries reported without an
-/// offset, which no mode may take as written (see [`DeliveryTracker::delivery`]).
+/// The producer's context: librdkafka's logs and errors go to the worker's events, delivery
+/// reports to [`DeliveryCounts`]. At-least-once mode must not store offsets past a record whose
+/// output was lost, and no mode may take a delivery without an offset as written.
 pub struct DeliveryTracker {
-    failures: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    unconfirmed: AtomicU64,
+    counts: DeliveryCounts,
     events: Arc<ClientEvents>,
 }
 
 impl DeliveryTracker {
     pub fn new(events: Arc<ClientEvents>) -> DeliveryTracker {
         DeliveryTracker {
-            failures: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            unconfirmed: AtomicU64::new(0),
+            counts: DeliveryCounts::default(),
             events,
         }
     }
@@ -72,25 +69,8 @@ impl ClientContext for DeliveryTracker {
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
-    /// A success without an offset is librdkafka's answer to a retried send that the broker
-    /// refused as a duplicate (DUPLICATE_SEQUENCE_NUMBER, answered with offset -1): "the first
-    /// send was stored". tansu on S3 storage records a producer's sequence before it stores the
-    /// batch, so when it is killed in between, a batch it never stored is reported delivered
-    /// (docs/dev-notes/2026-12-06-broker-restart-lost-outputs.md). Counted, so the batch is
-    /// redone rather than committed on that word.
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Err((err, _)) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some(err.to_string());
-                }
-            }
-            Ok(message) if message.offset() < 0 => {
-                self.unconfirmed.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => {}
-        }
+        self.counts.record(result);
     }
 }
 
@@ -109,8 +89,8 @@ struct Batch {
     records: usize,
     /// Per partition read in this batch: where to rewind and what to commit.
     positions: Vec<Position>,
-    failures_at_start: u64,
-    unconfirmed_at_start: u64,
+    /// The producer's delivery counts when the batch opened.
+    deliveries_at_start: DeliveryMark,
     /// The engine's outputs for the records being produced, reused from record to record.
     outputs: Outputs,
     /// With the detectors on, records are decided at commit, all together, so that the batch's
@@ -297,9 +277,7 @@ impl Pipeline {
             }
             batch.open = true;
             batch.started = Some(Instant::now());
-            let tracker = self.producer.context();
-            batch.failures_at_start = tracker.failures.load(Ordering::Relaxed);
-            batch.unconfirmed_at_start = tracker.unconfirmed.load(Ordering::Relaxed);
+            batch.deliveries_at_start = self.producer.context().counts.mark();
         }
         self.metrics.inc_orders_consumed(1);
         batch.records += 1;
@@ -444,8 +422,12 @@ impl Pipeline {
         }
         self.await_deliveries()?;
         phase_done(CommitPhase::Deliveries);
-        let unconfirmed = (self.producer.context().unconfirmed.load(Ordering::Relaxed))
-            .saturating_sub(batch.unconfirmed_at_start);
+        let deliveries = self
+            .producer
+            .context()
+            .counts
+            .since(batch.deliveries_at_start);
+        let unconfirmed = deliveries.unplaced;
         if unconfirmed > 0 {
             // Redone, not committed: on Apache Kafka the outputs were stored and the abort hides
             // them; on a broker that lost them the redo writes them.
@@ -473,14 +455,8 @@ impl Pipeline {
             phase_done(CommitPhase::End);
             self.metrics.record_transaction(TxOutcome::Committed);
         } else {
-            let tracker = self.producer.context();
-            if tracker.failures.load(Ordering::Relaxed) > batch.failures_at_start {
-                let last = tracker
-                    .last_error
-                    .lock()
-                    .ok()
-                    .and_then(|l| l.clone())
-                    .unwrap_or_default();
+            if deliveries.failed > 0 {
+                let last = self.producer.context().counts.last_error();
                 return Err(Failure::Transient(format!(
                     "an output was not delivered: {last}"
                 )));
