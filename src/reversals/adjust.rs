@@ -171,9 +171,16 @@ fn step(
             None => return Effect::Overflow,
         },
     };
-    let Some(discount_delta) = discount_after.checked_sub(position.discount) else {
+    let Some(mut discount_delta) = discount_after.checked_sub(position.discount) else {
         return Effect::Overflow;
     };
+    let mut discount_after = discount_after;
+    // Deltas are never above zero. An original whose discount is below zero (a platform that
+    // writes discounts as negative numbers) keeps it, rather than have a reversal raise it.
+    if discount_delta.signum() > 0 {
+        discount_after = position.discount;
+        discount_delta = Decimal::ZERO;
+    }
     Effect::Recorded(Adjusted {
         kind: if amount_after.signum() == 0 {
             AdjustmentKind::Reversal
@@ -366,6 +373,29 @@ mod tests {
         r.new_discount = Some("12".into());
         let b = recorded(evaluate(&original, &[r], &settings));
         assert_eq!(text(b.discount_delta), "0", "a discount never grows");
+    }
+
+    /// Found by the `order_engine` fuzz target: a sale with a discount below zero, then a
+    /// refund, gave `discount_delta` +12, which the adjustment schema (deltas are never above 0)
+    /// refuses.
+    #[test]
+    fn a_discount_below_zero_on_the_original_is_never_raised() {
+        let settings = ReversalSettings::default();
+        let original = summary(Some("120"), Some("-12"));
+        let cancel = request("c", None, 1);
+        let reversed = recorded(evaluate(
+            &original,
+            std::slice::from_ref(&cancel),
+            &settings,
+        ));
+        assert_eq!(reversed.kind, AdjustmentKind::Reversal);
+        assert_eq!(text(reversed.amount_delta), "-120");
+        assert_eq!(text(reversed.discount_delta), "0");
+        let mut partial = request("p", Some("60"), 1);
+        partial.new_discount = Some("-5".into());
+        let partial = recorded(evaluate(&original, &[partial], &settings));
+        assert_eq!(text(partial.discount_delta), "0");
+        assert!(partial.over_reversal, "a negative new discount is clamped");
     }
 
     #[test]
