@@ -54,7 +54,8 @@ def read_visible(brokers, topic, isolation, seen, stop):
 
 
 def commit_seconds(admin):
-    """(sum, count) of the worker's commit histogram, or None without an admin address."""
+    """{name: (sum, count)} of the worker's commit histogram ("commit") and of each commit phase
+    ("held", "offsets", ...), or None without an admin address."""
     if not admin:
         return None
     try:
@@ -64,9 +65,13 @@ def commit_seconds(admin):
     values = {}
     for line in text.splitlines():
         for suffix in ("_sum", "_count"):
-            if line.startswith("promo_commit_latency_seconds" + suffix):
-                values[suffix] = float(line.split()[-1])
-    return values.get("_sum", 0.0), values.get("_count", 0.0)
+            for metric in ("promo_commit_latency_seconds", "promo_commit_phase_seconds"):
+                if line.startswith(metric + suffix):
+                    name = line.split('phase="')[1].split('"')[0] if "phase=" in line else "commit"
+                    total, count = values.get(name, (0.0, 0.0))
+                    value = float(line.split()[-1])
+                    values[name] = (value, count) if suffix == "_sum" else (total, value)
+    return values
 
 
 def percentile(values, q):
@@ -111,9 +116,12 @@ def main():
         latencies = [times[k] - sent[k] for k in times if k in sent]
         print(f"visible {iso}: {len(latencies)} of {len(sent)}: p50 {percentile(latencies, .5):.1f} "
               f"p99 {percentile(latencies, .99):.1f} p99.9 {percentile(latencies, .999):.1f} ms")
-    if before and after and after[1] > before[1]:
-        print(f"worker commits: {after[1] - before[1]:.0f}, mean "
-              f"{(after[0] - before[0]) / (after[1] - before[1]) * 1000:.1f} ms")
+    if before and after:
+        for name, (total, count) in after.items():
+            total0, count0 = before.get(name, (0.0, 0.0))
+            if count > count0:
+                print(f"worker {name}: {count - count0:.0f}, mean "
+                      f"{(total - total0) / (count - count0) * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -420,6 +420,25 @@ impl Pipeline {
             self.flush_held(&mut batch)?;
             phase_done(CommitPhase::Held);
         }
+        let offsets = offsets_list(
+            batch
+                .positions
+                .iter()
+                .map(|p| (p.topic.as_str(), p.partition, p.next)),
+        )?;
+        if self.exactly_once() {
+            // Offsets sent to the transaction are only committed by `commit_transaction`, which
+            // is not reached unless every output is trusted below, and an abort drops them. So
+            // they go to the coordinator while the outputs' acknowledgements are on their way,
+            // instead of one round trip after the other.
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| Failure::Fatal("consumer has no group metadata".into()))?;
+            self.transactional("send_offsets_to_transaction", |p| {
+                p.send_offsets_to_transaction(&offsets, &group, Timeout::Never)
+            })?;
+            phase_done(CommitPhase::Offsets);
+        }
         self.await_deliveries()?;
         phase_done(CommitPhase::Deliveries);
         let deliveries = self
@@ -435,20 +454,7 @@ impl Pipeline {
                 "{unconfirmed} outputs were reported delivered without an offset (a retried send the broker called a duplicate); not trusted as written"
             )));
         }
-        let offsets = offsets_list(
-            batch
-                .positions
-                .iter()
-                .map(|p| (p.topic.as_str(), p.partition, p.next)),
-        )?;
         if self.exactly_once() {
-            let group = consumer
-                .group_metadata()
-                .ok_or_else(|| Failure::Fatal("consumer has no group metadata".into()))?;
-            self.transactional("send_offsets_to_transaction", |p| {
-                p.send_offsets_to_transaction(&offsets, &group, Timeout::Never)
-            })?;
-            phase_done(CommitPhase::Offsets);
             self.transactional("commit_transaction", |p| {
                 p.commit_transaction(Timeout::Never)
             })?;

@@ -61,7 +61,8 @@ impl StepResult {
 pub enum CommitPhase {
     /// Deciding the records held for the detectors, with the detector step in Redis.
     Held,
-    /// Waiting for the broker to acknowledge the batch's last outputs.
+    /// Waiting for the broker to acknowledge the batch's last outputs. Exactly-once, this comes
+    /// after the offsets were added, and only what is left of the wait by then is counted here.
     Deliveries,
     /// Adding the input offsets to the transaction (exactly-once) or storing and committing
     /// them (at-least-once).
