@@ -18,7 +18,13 @@ for r in $(seq 1 "$rounds"); do
       --codes samples/codes.csv --partners samples/partners.csv --admin-listen 127.0.0.1:19395 \
       > /tmp/ab-worker.log 2>&1 &
     wpid=$!
-    for i in $(seq 1 300); do curl -sf 127.0.0.1:19395/readyz >/dev/null && break; sleep 0.2; done
+    ready=0
+    for i in $(seq 1 300); do curl -sf 127.0.0.1:19395/readyz >/dev/null && { ready=1; break; }; sleep 0.2; done
+    if [ "$ready" -ne 1 ]; then
+        # A probe against a worker that never became ready would report the broker, not the worker.
+        echo "worker $bin not ready within 60 s; its log:" >&2; tail -20 /tmp/ab-worker.log >&2
+        kill $wpid 2>/dev/null; scripts/services down >/dev/null 2>&1; exit 1
+    fi
     echo "== round $r variant $v ($bin) rate $rate"
     bench/.venv/bin/python bench/experiments/latency_probe.py $brokers orders promo.conversions \
       "$rate" "$secs" 127.0.0.1:19395 2>&1 | grep -v "^%"
