@@ -10,20 +10,68 @@ use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
 
-use crate::codes::normalize::{exact_key, exact_key_ascii_inline};
+use crate::codes::normalize::{exact_key, trim_entered};
 
-const INLINE_BYTES: usize = 15;
+pub(crate) const INLINE_BYTES: usize = 15;
 
 /// Packs a key of at most 15 bytes, with its length in the last byte so that keys differing only
 /// in trailing NULs stay distinct.
 pub(crate) fn pack(bytes: &[u8]) -> Option<InlineKey> {
-    if bytes.len() > INLINE_BYTES {
+    (bytes.len() <= INLINE_BYTES).then(|| with_length(load_short(bytes), bytes.len()))
+}
+
+fn with_length(loaded: u128, len: usize) -> InlineKey {
+    (loaded | (len as u128) << (8 * INLINE_BYTES)).to_le_bytes()
+}
+
+/// Up to 15 bytes as the low bytes of a little-endian `u128`, read as two overlapping words.
+/// A byte copy into a buffer that is then read whole costs more than the probe it feeds: the
+/// wide read waits for the narrow stores (no store forwarding), and every probe pays it.
+fn load_short(bytes: &[u8]) -> u128 {
+    let n = bytes.len();
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let half = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map_or(0, u32::from_le_bytes)
+    };
+    // The second word overlaps the first; shifting drops the bytes the first already holds.
+    match n {
+        8..=15 => {
+            let high = word(n - 8).checked_shr(8 * (16 - n) as u32).unwrap_or(0);
+            u128::from(word(0)) | u128::from(high) << 64
+        }
+        4..=7 => {
+            let high = half(n - 4).checked_shr(8 * (8 - n) as u32).unwrap_or(0);
+            u128::from(half(0)) | u128::from(high) << 32
+        }
+        _ => bytes
+            .iter()
+            .rev()
+            .fold(0, |acc, &byte| acc << 8 | u128::from(byte)),
+    }
+}
+
+const LOW_15: u128 = u128::MAX >> 8;
+const ONES: u128 = LOW_15 / 0xFF;
+const HIGH_BITS: u128 = ONES * 0x80;
+
+/// ASCII lower-case letters to upper case in every byte at once; `None` if a byte is not ASCII.
+fn ascii_upper(loaded: u128) -> Option<u128> {
+    if loaded & HIGH_BITS != 0 {
         return None;
     }
-    let mut packed = [0u8; 16];
-    packed[..bytes.len()].copy_from_slice(bytes);
-    packed[INLINE_BYTES] = bytes.len() as u8;
-    Some(packed)
+    // Bytes are below 0x80, so no per-byte sum carries into the next byte.
+    let from_a = loaded + ONES * (0x80 - u128::from(b'a'));
+    let past_z = loaded + ONES * (0x80 - u128::from(b'z') - 1);
+    let lower = from_a & !past_z & HIGH_BITS;
+    Some(loaded - (lower >> 2))
 }
 
 pub(crate) type InlineKey = [u8; 16];
@@ -63,11 +111,15 @@ impl ExactIndex {
 
     /// Looks up a code as the customer entered it.
     pub fn get(&self, entered: &str) -> Option<u32> {
-        // Folded straight into the packed key: no copy between the fold and the probe.
-        let mut key: InlineKey = [0; 16];
-        if let Some(folded) = exact_key_ascii_inline(entered, &mut key[..INLINE_BYTES]) {
-            key[INLINE_BYTES] = folded.len() as u8;
-            return self.inline.get(&MapKey(key)).copied();
+        // Nearly every entered code is short ASCII: folded in registers, straight into the key.
+        let trimmed = trim_entered(entered).as_bytes();
+        if trimmed.len() <= INLINE_BYTES
+            && let Some(folded) = ascii_upper(load_short(trimmed))
+        {
+            return self
+                .inline
+                .get(&MapKey(with_length(folded, trimmed.len())))
+                .copied();
         }
         self.get_canonical(&exact_key(entered))
     }
@@ -107,6 +159,27 @@ mod tests {
         assert_eq!(index.get("SAVE10\0"), None);
         assert_eq!(index.get(""), None);
         assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn packing_and_folding_agree_with_bytewise_code() {
+        let bytes: Vec<u8> = (0u8..=255).collect();
+        for len in 0..=INLINE_BYTES {
+            for start in (0..bytes.len() - len).step_by(7) {
+                let window = &bytes[start..start + len];
+                let mut expected = [0u8; 16];
+                expected[..len].copy_from_slice(window);
+                expected[INLINE_BYTES] = len as u8;
+                assert_eq!(pack(window), Some(expected), "{window:?}");
+                let folded = ascii_upper(load_short(window)).map(|v| with_length(v, len));
+                let bytewise = window.is_ascii().then(|| {
+                    let mut upper = expected;
+                    upper[..len].make_ascii_uppercase();
+                    upper
+                });
+                assert_eq!(folded, bytewise, "{window:?}");
+            }
+        }
     }
 
     #[test]

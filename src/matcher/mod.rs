@@ -3,6 +3,7 @@
 pub mod exact;
 mod prefilter;
 pub mod regex_index;
+mod shape;
 
 pub use exact::ExactIndex;
 pub use regex_index::{DEFAULT_REGEX_SIZE_LIMIT, IndexedBy, RegexIndex};

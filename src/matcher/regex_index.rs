@@ -24,8 +24,9 @@ use regex_automata::{Input, MatchKind, PatternSet};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-use super::exact::{MapKey, pack};
-use super::prefilter::{KeyFilter, StartFilter};
+use super::exact::{INLINE_BYTES, InlineKey, MapKey, pack};
+use super::prefilter::{Anchor, KeyFilter, StartFilter};
+use super::shape::Shape;
 
 /// Compiled-size bound per pattern; generous for promo-code patterns, fatal for a pathological
 /// one such as `(a{100}){100}`.
@@ -42,7 +43,18 @@ const PER_REGEX_OVERHEAD: usize = 4 * 1024;
 enum Check {
     /// The pattern is exactly "starts with the indexed literal".
     PrefixHit,
+    Shape(Box<Shape>),
     Run(Regex),
+}
+
+impl Check {
+    fn is_match(&self, code: &str) -> bool {
+        match self {
+            Check::PrefixHit => true,
+            Check::Shape(shape) => shape.is_match(code),
+            Check::Run(regex) => regex.is_match(code),
+        }
+    }
 }
 
 struct Pattern {
@@ -80,11 +92,22 @@ impl LiteralIndex {
 
     fn finish(&mut self, from_end: bool) {
         let anchor = self.lengths.first().copied().unwrap_or(0);
-        self.filter = KeyFilter::build(self.inline.keys().map(|key| &key.0), anchor, from_end);
+        let literals: Vec<&[u8]> = self
+            .inline
+            .keys()
+            .map(|key| unpack(&key.0))
+            .chain(self.spilled.keys().map(|key| &key[..]))
+            .collect();
+        self.filter = KeyFilter::build(&literals, anchor, from_end);
     }
 
     fn candidates<'s>(&'s self, code: &'s [u8], from_end: bool) -> impl Iterator<Item = u32> + 's {
-        self.lengths
+        let anchor = self.filter.anchor(code);
+        let lengths = match anchor {
+            Anchor::Absent => &[][..],
+            _ => &self.lengths[..],
+        };
+        lengths
             .iter()
             .take_while(move |&&len| len <= code.len())
             .filter_map(move |&len| {
@@ -94,7 +117,9 @@ impl LiteralIndex {
                     &code[..len]
                 };
                 match pack(probe) {
-                    Some(key) if self.filter.may_contain(&key) => self.inline.get(&MapKey(key)),
+                    Some(key) if self.filter.may_contain(anchor, &key) => {
+                        self.inline.get(&MapKey(key))
+                    }
                     Some(_) => None,
                     None => self.spilled.get(probe),
                 }
@@ -102,6 +127,10 @@ impl LiteralIndex {
             .flatten()
             .copied()
     }
+}
+
+fn unpack(key: &InlineKey) -> &[u8] {
+    &key[..usize::from(key[INLINE_BYTES]).min(INLINE_BYTES)]
 }
 
 /// How one pattern ended up being indexed; reported by `explain`.
@@ -148,6 +177,15 @@ impl RegexIndex {
             });
             self.prefix.add(&literal, local);
             return Ok(IndexedBy::PrefixOnly);
+        }
+        if let Some(shape) = Shape::of(&hir) {
+            self.prefix.add(shape.literal(), local);
+            self.compiled_bytes += shape.memory_usage();
+            self.patterns.push(Pattern {
+                value,
+                check: Check::Shape(Box::new(shape)),
+            });
+            return Ok(IndexedBy::Prefix);
         }
         let (regex, bytes) = compile(pattern, self.size_limit)?;
         self.compiled_bytes += bytes;
@@ -256,11 +294,7 @@ impl RegexIndex {
             .chain(self.suffix.candidates(bytes, true));
         for local in indexed {
             let pattern = &self.patterns[local as usize];
-            let hit = match &pattern.check {
-                Check::PrefixHit => true,
-                Check::Run(regex) => regex.is_match(code),
-            };
-            if hit && !out[start..].contains(&pattern.value) {
+            if pattern.check.is_match(code) && !out[start..].contains(&pattern.value) {
                 out.push(pattern.value);
             }
         }
@@ -284,12 +318,12 @@ impl RegexIndex {
             }
             Some(_) => {}
             None => (0..self.unindexed.len())
-                .filter(
-                    |&i| match &self.patterns[self.unindexed[i] as usize].check {
-                        Check::Run(regex) => regex.is_match(code),
-                        Check::PrefixHit => false,
-                    },
-                )
+                // Only `add`'s last branch files a pattern here, always with a compiled regex.
+                .filter(|&i| {
+                    self.patterns[self.unindexed[i] as usize]
+                        .check
+                        .is_match(code)
+                })
                 .for_each(&mut push_unindexed),
         }
     }
@@ -330,7 +364,7 @@ fn literal_prefix_only(hir: &Hir) -> Option<Vec<u8>> {
     (!prefix.is_empty()).then_some(prefix)
 }
 
-fn literal_bytes(hir: &Hir) -> Option<Vec<u8>> {
+pub(super) fn literal_bytes(hir: &Hir) -> Option<Vec<u8>> {
     match hir.kind() {
         HirKind::Literal(literal) => Some(literal.0.to_vec()),
         HirKind::Capture(capture) => literal_bytes(&capture.sub),
@@ -390,8 +424,12 @@ fn compile(pattern: &str, size_limit: usize) -> Result<(Regex, usize), String> {
 /// The heap `pattern` would take in an index (see [`RegexIndex::memory_usage`]), compiled and
 /// dropped; `0` for a pattern indexed by its literal prefix alone, which compiles nothing.
 pub fn measure(pattern: &str, size_limit: usize) -> Result<usize, String> {
-    if literal_prefix_only(&parse(pattern)?).is_some() {
+    let hir = parse(pattern)?;
+    if literal_prefix_only(&hir).is_some() {
         return Ok(0);
+    }
+    if let Some(shape) = Shape::of(&hir) {
+        return Ok(shape.memory_usage());
     }
     compile(pattern, size_limit).map(|(_, bytes)| bytes)
 }
@@ -511,6 +549,20 @@ mod tests {
             let expected: Vec<u32> = set.matches(code).iter().map(|i| i as u32).collect();
             assert_eq!(hits(&ours, code), expected, "{code}");
         }
+    }
+
+    #[test]
+    fn literals_over_fifteen_bytes_are_found_past_the_filters() {
+        let index = index(&[
+            "^(AB).*",
+            "^(ABCDEFGHIJKLMNOPQ).*",
+            "^.*(YZ)$",
+            "^.*(0123456789ABCDEFXYZ)$",
+        ]);
+        assert_eq!(hits(&index, "ABCDEFGHIJKLMNOPQRS"), [0, 1]);
+        assert_eq!(hits(&index, "ABCDEFGHIJKLMNOP"), [0]);
+        assert_eq!(hits(&index, "__0123456789ABCDEFXYZ"), [2, 3]);
+        assert_eq!(hits(&index, "0123456789ABCDEFXY"), Vec::<u32>::new());
     }
 
     proptest::proptest! {
