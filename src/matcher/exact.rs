@@ -2,13 +2,15 @@
 //!
 //! At a million codes the cost of a lookup is cache misses, not hashing: a `HashMap<String, _>`
 //! touches the table slot and then a separate heap string. Codes of up to 15 bytes (nearly all of
-//! them) are therefore stored inline in a `u128` together with their length, and the entered code
-//! is folded into a stack buffer, so a hit or a miss costs one probe of one table.
+//! them) are therefore stored inline in a `u128` together with their length, in a map whose
+//! buckets are single cache lines ([`super::line_map`]), and the entered code is folded in
+//! registers, so a hit or a miss usually reads one cache line.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
+
+use super::line_map::LineMap;
 
 use crate::codes::normalize::{exact_key, trim_entered};
 
@@ -76,27 +78,16 @@ fn ascii_upper(loaded: u128) -> Option<u128> {
 
 pub(crate) type InlineKey = [u8; 16];
 
-/// A packed key as a map key: it hashes as one `u128`, which the hasher folds in a single step,
-/// instead of as a length prefix plus a byte slice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MapKey(pub(crate) InlineKey);
-
-impl Hash for MapKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u128(u128::from_ne_bytes(self.0));
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct ExactIndex {
-    inline: HashMap<MapKey, u32, RandomState>,
+    inline: LineMap,
     spilled: HashMap<Box<str>, u32, RandomState>,
 }
 
 impl ExactIndex {
     pub fn with_capacity(capacity: usize) -> ExactIndex {
         ExactIndex {
-            inline: HashMap::with_capacity_and_hasher(capacity, RandomState::default()),
+            inline: LineMap::with_capacity(capacity),
             spilled: HashMap::default(),
         }
     }
@@ -104,7 +95,7 @@ impl ExactIndex {
     /// Adds a canonical key (see [`exact_key`]); returns the value it displaced, if any.
     pub fn insert(&mut self, canonical_key: &str, value: u32) -> Option<u32> {
         match pack(canonical_key.as_bytes()) {
-            Some(packed) => self.inline.insert(MapKey(packed), value),
+            Some(packed) => self.inline.insert(u128::from_le_bytes(packed), value),
             None => self.spilled.insert(canonical_key.into(), value),
         }
     }
@@ -116,17 +107,15 @@ impl ExactIndex {
         if trimmed.len() <= INLINE_BYTES
             && let Some(folded) = ascii_upper(load_short(trimmed))
         {
-            return self
-                .inline
-                .get(&MapKey(with_length(folded, trimmed.len())))
-                .copied();
+            let key = with_length(folded, trimmed.len());
+            return self.inline.get(u128::from_le_bytes(key));
         }
         self.get_canonical(&exact_key(entered))
     }
 
     fn get_canonical(&self, key: &str) -> Option<u32> {
         match pack(key.as_bytes()) {
-            Some(packed) => self.inline.get(&MapKey(packed)).copied(),
+            Some(packed) => self.inline.get(u128::from_le_bytes(packed)),
             None => self.spilled.get(key).copied(),
         }
     }

@@ -1,6 +1,7 @@
 //! The indexes that find which code-table entries an entered code matches, per program.
 
 pub mod exact;
+mod line_map;
 mod prefilter;
 pub mod regex_index;
 mod shape;

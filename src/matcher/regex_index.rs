@@ -24,7 +24,8 @@ use regex_automata::{Input, MatchKind, PatternSet};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-use super::exact::{INLINE_BYTES, InlineKey, MapKey, pack};
+use super::exact::{INLINE_BYTES, InlineKey, pack};
+use super::line_map::LineMap;
 use super::prefilter::{Anchor, KeyFilter, StartFilter};
 use super::shape::Shape;
 
@@ -62,11 +63,16 @@ struct Pattern {
     check: Check,
 }
 
+/// A literal's entry in [`LiteralIndex::inline`]: the one pattern filed under it, or with this
+/// bit set, the position of its list of several in [`LiteralIndex::shared`].
+const SHARED: u32 = 1 << 31;
+
 #[derive(Default)]
 struct LiteralIndex {
-    /// Literals of up to 15 bytes (all real prefixes) inline, like exact codes, so a probe hashes
-    /// 16 bytes and compares in place; longer ones spill to boxed keys.
-    inline: HashMap<MapKey, Vec<u32>, RandomState>,
+    /// Literals of up to 15 bytes (all real prefixes) inline, like exact codes, so a probe reads
+    /// one cache line and, nearly always, finds its pattern there; longer ones spill to boxed keys.
+    inline: LineMap,
+    shared: Vec<Vec<u32>>,
     spilled: HashMap<Box<[u8]>, Vec<u32>, RandomState>,
     /// Distinct literal lengths, ascending: the probes an entered code needs.
     lengths: Vec<usize>,
@@ -74,14 +80,49 @@ struct LiteralIndex {
     filter: KeyFilter,
 }
 
+/// The patterns filed under one literal.
+enum Filed<'s> {
+    One(Option<u32>),
+    Many(std::slice::Iter<'s, u32>),
+}
+
+impl Iterator for Filed<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            Filed::One(pattern) => pattern.take(),
+            Filed::Many(patterns) => patterns.next().copied(),
+        }
+    }
+}
+
 impl LiteralIndex {
     fn add(&mut self, literal: &[u8], pattern: u32) {
-        let slot = match pack(literal) {
-            Some(key) => self.inline.entry(MapKey(key)).or_default(),
-            None => self.spilled.entry(literal.into()).or_default(),
-        };
-        if !slot.contains(&pattern) {
-            slot.push(pattern);
+        match pack(literal).map(u128::from_le_bytes) {
+            Some(key) => match self.inline.get(key) {
+                None => {
+                    self.inline.insert(key, pattern);
+                }
+                Some(filed) if filed & SHARED != 0 => {
+                    if let Some(list) = self.shared.get_mut((filed & !SHARED) as usize)
+                        && !list.contains(&pattern)
+                    {
+                        list.push(pattern);
+                    }
+                }
+                Some(filed) if filed != pattern => {
+                    self.inline.insert(key, SHARED | self.shared.len() as u32);
+                    self.shared.push(vec![filed, pattern]);
+                }
+                Some(_) => {}
+            },
+            None => {
+                let list = self.spilled.entry(literal.into()).or_default();
+                if !list.contains(&pattern) {
+                    list.push(pattern);
+                }
+            }
         }
         if let Err(at) = self.lengths.binary_search(&literal.len()) {
             self.lengths.insert(at, literal.len());
@@ -92,13 +133,31 @@ impl LiteralIndex {
 
     fn finish(&mut self, from_end: bool) {
         let anchor = self.lengths.first().copied().unwrap_or(0);
-        let literals: Vec<&[u8]> = self
-            .inline
-            .keys()
-            .map(|key| unpack(&key.0))
+        let keys: Vec<InlineKey> = self.inline.keys().map(u128::to_le_bytes).collect();
+        let literals: Vec<&[u8]> = keys
+            .iter()
+            .map(unpack)
             .chain(self.spilled.keys().map(|key| &key[..]))
             .collect();
         self.filter = KeyFilter::build(&literals, anchor, from_end);
+    }
+
+    fn filed(&self, filed: u32) -> Filed<'_> {
+        if filed & SHARED == 0 {
+            return Filed::One(Some(filed));
+        }
+        let list = self.shared.get((filed & !SHARED) as usize);
+        Filed::Many(list.map_or(&[][..], Vec::as_slice).iter())
+    }
+
+    fn memory_usage(&self) -> usize {
+        let list = std::mem::size_of::<Vec<u32>>();
+        self.inline.memory_usage()
+            + self.shared.capacity() * list
+            + self.shared.iter().map(Vec::capacity).sum::<usize>() * 4
+            + self.spilled.capacity() * (std::mem::size_of::<(Box<[u8]>, Vec<u32>)>() + 17)
+            + self.spilled.values().map(Vec::capacity).sum::<usize>() * 4
+            + self.filter.memory_usage()
     }
 
     fn candidates<'s>(&'s self, code: &'s [u8], from_end: bool) -> impl Iterator<Item = u32> + 's {
@@ -117,15 +176,15 @@ impl LiteralIndex {
                     &code[..len]
                 };
                 match pack(probe) {
-                    Some(key) if self.filter.may_contain(anchor, &key) => {
-                        self.inline.get(&MapKey(key))
-                    }
+                    Some(key) if self.filter.may_contain(anchor, &key) => self
+                        .inline
+                        .get(u128::from_le_bytes(key))
+                        .map(|filed| self.filed(filed)),
                     Some(_) => None,
-                    None => self.spilled.get(probe),
+                    None => self.spilled.get(probe).map(|list| Filed::Many(list.iter())),
                 }
             })
             .flatten()
-            .copied()
     }
 }
 
@@ -263,16 +322,7 @@ impl RegexIndex {
     /// grows with use, up to the lazy DFA's capacity per searching thread), literal tables and
     /// filters.
     pub fn memory_usage(&self) -> usize {
-        let literal_tables = [&self.prefix, &self.suffix]
-            .iter()
-            .map(|index| {
-                let slot = std::mem::size_of::<(MapKey, Vec<u32>)>() + 1;
-                index.inline.capacity() * slot
-                    + index.spilled.capacity() * (slot + 16)
-                    + index.inline.values().map(Vec::capacity).sum::<usize>() * 4
-                    + index.filter.memory_usage()
-            })
-            .sum::<usize>();
+        let literal_tables = self.prefix.memory_usage() + self.suffix.memory_usage();
         self.compiled_bytes
             + literal_tables
             + self.patterns.capacity() * std::mem::size_of::<Pattern>()
@@ -549,6 +599,22 @@ mod tests {
             let expected: Vec<u32> = set.matches(code).iter().map(|i| i as u32).collect();
             assert_eq!(hits(&ours, code), expected, "{code}");
         }
+    }
+
+    #[test]
+    fn patterns_sharing_a_literal_are_all_filed_under_it() {
+        let index = index(&[
+            "^(AB).*",
+            "^AB[0-9]$",
+            "^(AB)X",
+            "^(AB).*",
+            "^.*(YZ)$",
+            "^.*YZ$",
+        ]);
+        assert_eq!(hits(&index, "AB1"), [0, 1, 3]);
+        assert_eq!(hits(&index, "ABX"), [0, 2, 3]);
+        assert_eq!(hits(&index, "AB"), [0, 3]);
+        assert_eq!(hits(&index, "XYZ"), [4, 5]);
     }
 
     #[test]
