@@ -2,6 +2,7 @@
 
 pub mod exact;
 mod line_map;
+mod literal_index;
 mod prefilter;
 pub mod regex_index;
 mod shape;
