@@ -249,8 +249,25 @@ fn without_values(message: &str) -> String {
     message.to_string()
 }
 
+/// An identifier field's name, spelled out only when it is too long: an order that passes
+/// (nearly all of them) builds no strings.
+#[derive(Debug, Clone, Copy)]
+enum FieldName {
+    Top(&'static str),
+    Touchpoint(usize, &'static str),
+}
+
+impl FieldName {
+    fn spelled(self) -> String {
+        match self {
+            FieldName::Top(name) => name.to_string(),
+            FieldName::Touchpoint(i, field) => format!("touchpoints[{i}].{field}"),
+        }
+    }
+}
+
 /// The identifier fields of an order and their byte lengths, for the length limits.
-fn identifiers<'o>(order: &'o Order<'_>) -> impl Iterator<Item = (String, usize)> + 'o {
+fn identifiers<'o>(order: &'o Order<'_>) -> impl Iterator<Item = (FieldName, usize)> + 'o {
     let top = [
         ("order_id", Some(&order.order_id)),
         ("program_id", Some(&order.program_id)),
@@ -274,20 +291,20 @@ fn identifiers<'o>(order: &'o Order<'_>) -> impl Iterator<Item = (String, usize)
         .into_iter()
         .chain(customer)
         .chain(risk)
-        .filter_map(|(name, value)| Some((name.to_string(), value?.len())));
+        .filter_map(|(name, value)| Some((FieldName::Top(name), value?.len())));
     let touchpoints = order.touchpoints.iter().enumerate().flat_map(|(i, tp)| {
         [
-            (format!("touchpoints[{i}].partner_id"), tp.partner_id.len()),
-            (format!("touchpoints[{i}].click_id"), tp.click_id.len()),
+            (FieldName::Touchpoint(i, "partner_id"), tp.partner_id.len()),
+            (FieldName::Touchpoint(i, "click_id"), tp.click_id.len()),
         ]
     });
     named.chain(touchpoints)
 }
 
 fn check_lengths(order: &Order<'_>, limits: &InputLimits) -> Result<(), OrderError> {
-    let too_long = |field: String, length: usize, limit: usize, setting| {
-        (length > limit).then_some(OrderError::FieldTooLong {
-            field,
+    let too_long = |field: FieldName, length: usize, limit: usize, setting| {
+        (length > limit).then(|| OrderError::FieldTooLong {
+            field: field.spelled(),
             length,
             limit,
             setting,
@@ -295,7 +312,7 @@ fn check_lengths(order: &Order<'_>, limits: &InputLimits) -> Result<(), OrderErr
     };
     let currency = order.currency.as_ref().and_then(|c| {
         too_long(
-            "currency".into(),
+            FieldName::Top("currency"),
             c.len(),
             limits.max_currency_bytes,
             "limits.max_currency_bytes",
