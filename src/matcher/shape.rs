@@ -148,21 +148,25 @@ mod tests {
 
     use super::*;
 
+    /// Patterns of the shape, each with something the others lack.
+    const SHAPES: [&str; 8] = [
+        "^WIN[0-9]{2,4}$",
+        "^(WIN)\\d+$",
+        "^VIP[A-Z0-9]{6}$",
+        "^WIN0*$",
+        "^WIN$",
+        "^WIN.$",
+        "^(W)(IN)[ä-ü]{1,}$",
+        "^W[^0-9]{0,3}$",
+    ];
+
     fn shape(pattern: &str) -> Option<Shape> {
         Shape::of(&regex_syntax::Parser::new().parse(pattern).expect("valid"))
     }
 
     #[test]
     fn recognises_only_the_literal_class_end_shape() {
-        for pattern in [
-            "^WIN[0-9]{2,4}$",
-            "^(WIN)\\d+$",
-            "^VIP[A-Z0-9]{6}$",
-            "^WIN0*$",
-            "^WIN$",
-            "^WIN.$",
-            "^(W)(IN)[ä-ü]{1,}$",
-        ] {
+        for pattern in SHAPES {
             assert!(shape(pattern).is_some(), "{pattern}");
         }
         for pattern in [
@@ -185,16 +189,7 @@ mod tests {
         /// scripts that `\d` also takes).
         #[test]
         fn agrees_with_the_regex(code in "(WIN|VIP|W|)[0-9A-Za-z\u{e4}\u{fc}\u{661}\n ]{0,8}") {
-            for pattern in [
-                "^WIN[0-9]{2,4}$",
-                "^(WIN)\\d+$",
-                "^VIP[A-Z0-9]{6}$",
-                "^WIN0*$",
-                "^WIN$",
-                "^WIN.$",
-                "^(W)(IN)[ä-ü]{1,}$",
-                "^W[^0-9]{0,3}$",
-            ] {
+            for pattern in SHAPES {
                 let regex = Regex::new(pattern).expect("valid");
                 let ours = shape(pattern).expect("a shape");
                 proptest::prop_assert_eq!(ours.is_match(&code), regex.is_match(&code), "{}", pattern);
