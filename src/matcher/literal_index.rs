@@ -22,7 +22,7 @@ pub(super) struct LiteralIndex {
     spilled: HashMap<Box<[u8]>, Vec<u32>, RandomState>,
     /// Distinct literal lengths, ascending: the probes an entered code needs.
     lengths: Vec<usize>,
-    /// Built by [`super::RegexIndex::finish`] over `inline`; lets most probes skip the hash table.
+    /// Built by [`super::RegexIndex::finish`] over every literal; lets most probes skip the maps.
     filter: KeyFilter,
 }
 
