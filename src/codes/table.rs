@@ -369,10 +369,13 @@ impl CodeTable {
         scratch: &mut Vec<EntryId>,
     ) -> Option<CodeMatch> {
         scratch.clear();
-        let exact = program.exact.get(entered);
+        // The exact bucket is asked for first and read last, so its cache miss overlaps the
+        // regex side's work instead of preceding it.
+        let exact = program.exact.start(entered);
         if !program.regex.is_empty() {
             program.regex.matches_into(trim_entered(entered), scratch);
         }
+        let exact = program.exact.finish(exact, entered);
         // The common cases are a single match or none: they are answered without reading any
         // entry, because at a million entries each read is a cache and TLB miss.
         let best_regex = match scratch.as_slice() {

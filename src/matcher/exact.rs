@@ -102,15 +102,31 @@ impl ExactIndex {
 
     /// Looks up a code as the customer entered it.
     pub fn get(&self, entered: &str) -> Option<u32> {
+        self.finish(self.start(entered), entered)
+    }
+
+    /// The first half of [`ExactIndex::get`]: the entered code's key, with the read of its
+    /// bucket already asked for, so that the caller's other work overlaps the cache miss.
+    pub fn start(&self, entered: &str) -> Option<u128> {
         // Nearly every entered code is short ASCII: folded in registers, straight into the key.
         let trimmed = trim_entered(entered).as_bytes();
         if trimmed.len() <= INLINE_BYTES
             && let Some(folded) = ascii_upper(load_short(trimmed))
         {
-            let key = with_length(folded, trimmed.len());
-            return self.inline.get(u128::from_le_bytes(key));
+            let key = u128::from_le_bytes(with_length(folded, trimmed.len()));
+            self.inline.prefetch(key);
+            return Some(key);
         }
-        self.get_canonical(&exact_key(entered))
+        None
+    }
+
+    /// The second half of [`ExactIndex::get`], given what [`ExactIndex::start`] returned for
+    /// the same `entered`.
+    pub fn finish(&self, started: Option<u128>, entered: &str) -> Option<u32> {
+        match started {
+            Some(key) => self.inline.get(key),
+            None => self.get_canonical(&exact_key(entered)),
+        }
     }
 
     fn get_canonical(&self, key: &str) -> Option<u32> {

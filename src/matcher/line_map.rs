@@ -111,6 +111,19 @@ impl LineMap {
         None
     }
 
+    /// Asks for the line of `key`'s home bucket without waiting for it.
+    pub(crate) fn prefetch(&self, key: u128) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(bucket) = self.buckets.get(self.home(key)) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            // SAFETY: a prefetch is a hint: it never faults and changes no memory, and SSE, which
+            // it needs, is part of every x86_64 target.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(bucket).cast()) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = key;
+    }
+
     pub(crate) fn get(&self, key: u128) -> Option<u32> {
         let (at, slot) = self.find(key)?;
         self.buckets.get(at)?.values.get(slot).copied()
