@@ -187,6 +187,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The key `start` folds in registers is the packed canonical key of the general path
+        /// (NFKC, upper case, trimmed), whenever it takes the fast path at all.
+        #[test]
+        fn fast_key_is_the_canonical_key(raw in r"[ \t\u{A0}\u{3000}\u{200B}a-zA-Z0-9ﬁß_-]{0,17}") {
+            let index = ExactIndex::default();
+            if let Some(key) = index.start(&raw) {
+                let canonical = pack(exact_key(&raw).as_bytes()).map(u128::from_le_bytes);
+                proptest::prop_assert_eq!(Some(key), canonical);
+            }
+        }
+    }
+
     #[test]
     fn length_is_part_of_the_key() {
         assert_ne!(pack(b"A"), pack(b"A\0"));

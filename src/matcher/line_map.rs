@@ -131,24 +131,24 @@ impl LineMap {
 
     /// Adds `key`; returns the value it displaced, if any.
     pub(crate) fn insert(&mut self, key: u128, value: u32) -> Option<u32> {
-        if let Some((at, slot)) = self.find(key) {
-            let stored = self.buckets.get_mut(at)?.values.get_mut(slot)?;
-            return Some(std::mem::replace(stored, value));
-        }
+        // Growing one insert early when `key` turns out to be present changes nothing found.
         if (self.len + 1) * 5 > self.buckets.len() * SLOTS * MAX_LOAD_FIFTHS {
             self.grow();
         }
+        // One walk serves both cases: a present key sits before any free slot on its path,
+        // because every bucket it passed was full when it was placed and keys are never removed.
         let mask = self.buckets.len().wrapping_sub(1);
         let mut at = self.home(key);
         for _ in 0..self.buckets.len() {
-            let Some(bucket) = self.buckets.get_mut(at) else {
-                break;
-            };
+            let bucket = self.buckets.get_mut(at)?;
+            if let Some(slot) = bucket.slot_of(key) {
+                return Some(std::mem::replace(&mut bucket.values[slot], value));
+            }
             if let Some(slot) = bucket.slot_of(EMPTY) {
                 bucket.keys[slot] = key;
                 bucket.values[slot] = value;
                 self.len += 1;
-                break;
+                return None;
             }
             bucket.passed = 1;
             at = (at + 1) & mask;

@@ -150,7 +150,7 @@ pub(crate) struct StartFilter {
 #[derive(Debug)]
 struct StartTables {
     /// Which of the three tables hold anything: a code is not tested against an empty one.
-    lengths: [bool; 3],
+    used: [bool; 3],
     single: [u64; 4],
     pairs: Box<[u64; 1024]>,
     /// Hashed to 16 bits, so a "maybe" here can be false.
@@ -180,7 +180,7 @@ fn set(bits: &mut [u64], index: usize) {
 impl StartFilter {
     pub(crate) fn build<'h>(patterns: impl IntoIterator<Item = &'h Hir>) -> StartFilter {
         let mut tables = StartTables {
-            lengths: [false; 3],
+            used: [false; 3],
             single: [0; 4],
             pairs: Box::new([0; 1024]),
             triples: Box::new([0; 1024]),
@@ -194,18 +194,18 @@ impl StartFilter {
                 return StartFilter { tables: None };
             }
             for literal in literals {
-                let length = literal.as_bytes().len().min(3);
-                if let Some(used) = length
-                    .checked_sub(1)
-                    .and_then(|i| tables.lengths.get_mut(i))
-                {
-                    *used = true;
-                }
                 match literal.as_bytes() {
                     [] => return StartFilter { tables: None },
-                    [only] => set(&mut tables.single, usize::from(*only)),
-                    [first, second] => set(&mut tables.pairs[..], pair(*first, *second)),
+                    [only] => {
+                        tables.used[0] = true;
+                        set(&mut tables.single, usize::from(*only))
+                    }
+                    [first, second] => {
+                        tables.used[1] = true;
+                        set(&mut tables.pairs[..], pair(*first, *second))
+                    }
                     [first, second, third, ..] => {
+                        tables.used[2] = true;
                         set(&mut tables.triples[..], triple(*first, *second, *third))
                     }
                 }
@@ -227,7 +227,7 @@ impl StartFilter {
         let Some(tables) = &self.tables else {
             return true;
         };
-        let [single, pairs, triples] = tables.lengths;
+        let [single, pairs, triples] = tables.used;
         code.iter().enumerate().any(|(i, &byte)| {
             single && test(&tables.single, usize::from(byte))
                 || code.get(i + 1).is_some_and(|&second| {
