@@ -1,16 +1,25 @@
 //! Order and adjustment bytes through the engine with every detector and reversals on: no panic, every output valid against
-//! its schema, no raw customer identifier in any output. The input is split at newlines into a
+//! its schema, no raw customer identifier in any output. Each record also reads the same through
+//! `parse_order` (its fast path) as through serde_json alone, value or error. The input is split at newlines into a
 //! batch, so the detectors see several orders (duplicates, limits, enumeration) at once.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use promo_attribution::detectors::MemoryState;
 use promo_attribution::engine::{Outputs, WriteKind};
+use promo_attribution::schema::{parse_order, parse_order_reference};
+use promo_attribution::settings::InputLimits;
 use promo_attribution_fuzz::{assert_valid, customer_identifiers, fixture};
 
 fuzz_target!(|data: &[u8]| {
     let fixture = fixture();
     let records: Vec<&[u8]> = data.split(|&b| b == b'\n').take(16).collect();
+    let limits = InputLimits::default();
+    for record in &records {
+        let fast = format!("{:?}", parse_order(record, &limits));
+        let reference = format!("{:?}", parse_order_reference(record, &limits));
+        assert_eq!(fast, reference, "record {:?}", String::from_utf8_lossy(record));
+    }
     let mut state = MemoryState::new();
     let mut outputs = Outputs::default();
     if let Err(error) = fixture

@@ -91,20 +91,28 @@ impl<'b> ObjectWriter<'b> {
 /// and the control characters below U+0020. Checked eight bytes at a time, because this scan
 /// runs over every byte of every output record.
 fn needs_no_escape(value: &str) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Exact for "is any byte below n" when n <= 0x80 (bytes >= 0x80 never count as below).
-    let any_below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH != 0;
-    let any_equal = |word: u64, b: u8| any_below(word ^ (ONES * u64::from(b)), 1);
     let safe = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\';
     let mut chunks = value.as_bytes().chunks_exact(8);
     let words_safe = chunks.by_ref().all(|chunk| {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(chunk);
-        let word = u64::from_ne_bytes(bytes);
-        !(any_below(word, 0x20) || any_equal(word, b'"') || any_equal(word, b'\\'))
+        stop_bytes(u64::from_le_bytes(bytes)) == 0
     });
     words_safe && chunks.remainder().iter().all(safe)
+}
+
+/// The high bit set in each byte of `word` (little-endian order) that JSON does not allow
+/// unescaped in a string: a quote, a backslash, or below 0x20. Exact for the lowest such byte
+/// (and so for whether there is one): the borrows that can flag a later byte wrongly start only
+/// at a true match below it. Bytes of 0x80 and above are never flagged.
+pub(super) const fn stop_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let quote = word ^ (ONES * b'"' as u64);
+    let backslash = word ^ (ONES * b'\\' as u64);
+    let zero = quote.wrapping_sub(ONES) & !quote | backslash.wrapping_sub(ONES) & !backslash;
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    (zero | control) & HIGH
 }
 
 /// A JSON string, byte for byte as `serde_json` writes it.

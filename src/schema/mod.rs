@@ -6,9 +6,12 @@ pub mod conversion;
 mod json_out;
 pub mod number;
 pub mod order;
+mod order_fast;
 
 pub use adjustment::{AdjustmentKind, AdjustmentRecord, Reason};
 pub use alert::{Alert, AlertKind, Severity};
 pub use conversion::{Basis, ClickRef, CodeRef, Conversion, InvalidReason, Status};
 pub use number::JsonNumber;
-pub use order::{Order, OrderError, Touchpoint, TouchpointKind, ValidOrder, parse_order};
+pub use order::{
+    Order, OrderError, Touchpoint, TouchpointKind, ValidOrder, parse_order, parse_order_reference,
+};

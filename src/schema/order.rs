@@ -196,6 +196,25 @@ pub fn parse_order<'a>(
     bytes: &'a [u8],
     limits: &InputLimits,
 ) -> Result<ValidOrder<'a>, OrderError> {
+    parse_with(bytes, limits, super::order_fast::parse)
+}
+
+/// [`parse_order`] through serde_json alone: the reference its fast path is held to by the
+/// tests and the `order_engine` fuzz target. Same results, same errors, only slower.
+pub fn parse_order_reference<'a>(
+    bytes: &'a [u8],
+    limits: &InputLimits,
+) -> Result<ValidOrder<'a>, OrderError> {
+    parse_with(bytes, limits, |_| None)
+}
+
+/// `fast` reads the plain orders it recognises; whatever it leaves (`None`), serde_json reads
+/// and, if it must, rejects with the message a producer needs.
+fn parse_with<'a>(
+    bytes: &'a [u8],
+    limits: &InputLimits,
+    fast: fn(&'a str) -> Option<Order<'a>>,
+) -> Result<ValidOrder<'a>, OrderError> {
     if bytes.len() > limits.max_message_bytes {
         return Err(OrderError::Oversize {
             size: bytes.len(),
@@ -203,10 +222,15 @@ pub fn parse_order<'a>(
         });
     }
     let text = std::str::from_utf8(bytes).map_err(|e| OrderError::InvalidUtf8(e.valid_up_to()))?;
-    let order: Order<'a> = serde_json::from_str(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => OrderError::SchemaViolation(schema_problem(text, &e)),
-        _ => OrderError::MalformedJson(e.to_string()),
-    })?;
+    let order = match fast(text) {
+        Some(order) => order,
+        None => serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                OrderError::SchemaViolation(schema_problem(text, &e))
+            }
+            _ => OrderError::MalformedJson(e.to_string()),
+        })?,
+    };
     validate(order, limits)
 }
 
