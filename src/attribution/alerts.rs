@@ -8,9 +8,8 @@ use serde_json::{Value, json};
 use super::MatchedCode;
 use crate::codes::{CodeTable, EntryId};
 use crate::ids::alert_id;
-use crate::schema::{Alert, AlertKind, InvalidReason, Status, ValidOrder};
+use crate::schema::{Alert, AlertKind, Detail, InvalidReason, Status, ValidOrder};
 use crate::settings::ForeignCodeRule;
-use crate::timefmt::format_instant;
 
 /// The parts of the decision the alerts need.
 pub struct OutcomeView<'o> {
@@ -46,7 +45,7 @@ impl<'a, 't: 'a> OrderAlerts<'a, 't> {
         kind: AlertKind,
         code: Option<&MatchedCode<'a>>,
         other_partner: Option<&'a str>,
-        detail: Value,
+        detail: Detail<'a>,
     ) {
         let order = &self.order.order;
         let code_id = code.map(|m| self.table.code_id(m.entry));
@@ -97,13 +96,13 @@ pub fn per_order_alerts<'a, 't: 'a>(
         if let Err(reason) = code.validity
             && let Some(kind) = kind_for(reason)
         {
-            let detail = json!({
-                "reason": reason.as_str(),
-                "active_start": entry.start.as_ref().map(format_instant),
-                "active_end": entry.end.as_ref().map(format_instant),
-                "code_type": entry.code_type,
-                "conversion_status": outcome.status,
-            });
+            let detail = Detail::CodeValidity {
+                reason: reason.as_str(),
+                active_start: entry.start,
+                active_end: entry.end,
+                code_type: entry.code_type,
+                conversion_status: outcome.status,
+            };
             let other = outcome
                 .winner
                 .filter(|w| Some(*w) != entry.owner_partner_id.as_deref());
@@ -124,7 +123,7 @@ pub fn per_order_alerts<'a, 't: 'a>(
                 AlertKind::AmbiguousCodeMatch,
                 Some(code),
                 None,
-                json!({ "matches": candidates }),
+                Detail::Value(json!({ "matches": candidates })),
             );
         }
     }
@@ -143,37 +142,27 @@ pub fn per_order_alerts<'a, 't: 'a>(
         let decisive = matched
             .iter()
             .find(|m| Some(m.entry) == outcome.decisive_code);
-        // Built directly rather than through `json!`, which would serialize each list into a
-        // `Value` first; this alert is raised often enough for that to show. Same value.
-        let strings = |items: &mut dyn Iterator<Item = &str>| {
-            Value::Array(items.map(|s| Value::String(s.to_owned())).collect())
+        let code_ids = matched
+            .iter()
+            .filter(|m| m.validity.is_ok())
+            .map(|m| table.code_id(m.entry))
+            .collect();
+        let detail = Detail::PartnerCodes {
+            owners: valid_owners.into_iter().collect(),
+            code_ids,
         };
-        let codes = strings(
-            &mut matched
-                .iter()
-                .filter(|m| m.validity.is_ok())
-                .map(|m| table.code_id(m.entry)),
-        );
-        let mut detail = serde_json::Map::new();
-        detail.insert("owners".to_owned(), strings(&mut valid_owners.into_iter()));
-        detail.insert("code_ids".to_owned(), codes);
-        out.push(
-            AlertKind::MultiplePartnerCodes,
-            decisive,
-            None,
-            Value::Object(detail),
-        );
+        out.push(AlertKind::MultiplePartnerCodes, decisive, None, detail);
     }
     if outcome.foreign_code_decided
         && let Some(code) = matched
             .iter()
             .find(|m| Some(m.entry) == outcome.decisive_code)
     {
-        let detail = json!({
-            "credit_policy": table.entry(code.entry).credit_policy,
-            "foreign_code": outcome.foreign_rule,
-            "conversion_status": outcome.status,
-        });
+        let detail = Detail::UnauthorizedPartner {
+            credit_policy: table.entry(code.entry).credit_policy,
+            foreign_code: outcome.foreign_rule,
+            conversion_status: outcome.status,
+        };
         out.push(
             AlertKind::CodeUsedByUnauthorizedPartner,
             Some(code),
@@ -211,7 +200,7 @@ mod tests {
             .find(|a| a.kind == AlertKind::MultiplePartnerCodes)
             .expect("two owners");
         assert_eq!(
-            alert.detail,
+            alert.detail.to_value(),
             json!({ "owners": ["A", "B"], "code_ids": ["LI:BBB", "LI:AAA"] })
         );
     }

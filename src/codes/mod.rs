@@ -37,6 +37,16 @@ pub enum CreditPolicy {
     Winner,
 }
 
+impl CodeType {
+    /// The serde spelling, for writers that bypass serde.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeType::Tracking => "TRACKING",
+            CodeType::Restricted => "RESTRICTED",
+        }
+    }
+}
+
 impl CreditPolicy {
     /// The serde spelling, for writers that bypass serde.
     pub fn as_str(self) -> &'static str {

@@ -22,7 +22,7 @@ use crate::attribution::Decision;
 use crate::codes::{CodeTable, EntryId};
 use crate::ids::alert_id;
 use crate::schema::alert::{MAX_EVIDENCE_ORDERS, SCHEMA_VERSION};
-use crate::schema::{Alert, AlertKind, Severity, ValidOrder};
+use crate::schema::{Alert, AlertKind, Detail, Severity, ValidOrder};
 use crate::timefmt::format_instant;
 
 /// One detector finding, before it is dressed as an alert.
@@ -168,7 +168,7 @@ pub(super) fn dress<'a>(
         event_time: Cow::Borrowed(&o.event_time),
         code_table_version: Cow::Borrowed(table.version()),
         count: finding.count,
-        detail: finding.detail,
+        detail: Detail::Value(finding.detail),
     }
 }
 

@@ -11,7 +11,7 @@ use super::{Request, Summary};
 use crate::ids::alert_id;
 use crate::report::decimal::Decimal;
 use crate::schema::{
-    AdjustmentKind, AdjustmentRecord, Alert, AlertKind, JsonNumber, Status, ValidOrder,
+    AdjustmentKind, AdjustmentRecord, Alert, AlertKind, Detail, JsonNumber, Status, ValidOrder,
 };
 use crate::settings::ReversalSettings;
 
@@ -289,7 +289,7 @@ impl Reversals {
             event_time: Cow::Owned(request.event_time.clone()),
             code_table_version: Cow::Owned(table_version.to_string()),
             count: 1,
-            detail,
+            detail: Detail::Value(detail),
         }
     }
 }

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::alert_detail::Detail;
 use super::json_out::ObjectWriter;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -167,12 +168,12 @@ pub struct Alert<'a> {
     /// Orders that gave rise to this alert (1 for a per-order alert).
     pub count: u64,
     /// Kind-specific facts; keys are listed per kind in the README.
-    pub detail: serde_json::Value,
+    pub detail: Detail<'a>,
 }
 
 impl Alert<'_> {
     /// Appends the record's JSON to `out`, byte for byte what `serde_json::to_writer` writes for
-    /// it; only `detail` goes through serde.
+    /// it.
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut o = ObjectWriter::open(out);
         o.u64("schema_version", u64::from(self.schema_version));
@@ -188,7 +189,7 @@ impl Alert<'_> {
         o.str("event_time", &self.event_time)?;
         o.str("code_table_version", &self.code_table_version)?;
         o.u64("count", self.count);
-        serde_json::to_writer(o.key("detail"), &self.detail)?;
+        self.detail.write_json(o.key("detail"))?;
         o.close();
         Ok(())
     }
@@ -247,7 +248,7 @@ mod tests {
                 event_time: Cow::Owned(strings[2].clone()),
                 code_table_version: Cow::Owned(strings[3].clone()),
                 count,
-                detail: json!({ "reason": detail, "codes": [1, 2.5, null] }),
+                detail: Detail::Value(json!({ "reason": detail, "codes": [1, 2.5, null] })),
             }
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod adjustment;
 pub mod alert;
+pub mod alert_detail;
 pub mod conversion;
 mod json_out;
 pub mod number;
@@ -10,6 +11,7 @@ mod order_fast;
 
 pub use adjustment::{AdjustmentKind, AdjustmentRecord, Reason};
 pub use alert::{Alert, AlertKind, Severity};
+pub use alert_detail::Detail;
 pub use conversion::{Basis, ClickRef, CodeRef, Conversion, InvalidReason, Status};
 pub use number::JsonNumber;
 pub use order::{

@@ -50,6 +50,16 @@ pub enum ForeignCodeRule {
     CreditClickWinner,
 }
 
+impl ForeignCodeRule {
+    /// The serde spelling, for writers that bypass serde.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForeignCodeRule::Invalidate => "invalidate",
+            ForeignCodeRule::CreditClickWinner => "credit_click_winner",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttributionSettings {

@@ -25,7 +25,7 @@ use crate::detectors::{Thresholds, crossed_power_of_two, secs_ms, window_start};
 use crate::ids::alert_id;
 use crate::report::decimal::Decimal;
 use crate::schema::alert::{MAX_EVIDENCE_ORDERS, SCHEMA_VERSION};
-use crate::schema::{Alert, AlertKind};
+use crate::schema::{Alert, AlertKind, Detail};
 use crate::timefmt::format_instant;
 
 /// Amounts are counted in units of 10^-2 of the currency.
@@ -231,7 +231,7 @@ pub fn alerts(
                 event_time: owned(raised.event_time),
                 code_table_version: owned(raised.code_table_version),
                 count: c.reversed_orders,
-                detail: json!({
+                detail: Detail::Value(json!({
                     "subject": subject.as_str(),
                     "currency": sale.currency,
                     "window_start": instant(window),
@@ -243,7 +243,7 @@ pub fn alerts(
                     "reversed_share_percent": c.reversed * 100 / c.credited.max(1),
                     "threshold_percent": t.reversal_share_percent,
                     "min_orders": t.reversal_min_orders,
-                }),
+                })),
             }
         })
         .collect()
@@ -381,9 +381,9 @@ mod tests {
         assert_eq!(a.code_id.as_deref(), Some("LI:A"));
         assert_eq!(a.order_ids, ["o1", "o2"]);
         assert_eq!(a.count, 5);
-        assert_eq!(a.detail["credited_amount"], "10.00");
-        assert_eq!(a.detail["reversed_amount"], "6.00");
-        assert_eq!(a.detail["reversed_share_percent"], 60);
+        assert_eq!(a.detail.to_value()["credited_amount"], "10.00");
+        assert_eq!(a.detail.to_value()["reversed_amount"], "6.00");
+        assert_eq!(a.detail.to_value()["reversed_share_percent"], 60);
         code.reversed_orders_before = 7;
         code.reversed_orders = 8;
         let again = super::alerts(&t, &sale, &[code], &raised);
