@@ -62,6 +62,11 @@ pub struct Metrics {
     orders_consumed: IntCounter,
     conversions: IntCounterVec,
     alerts: IntCounterVec,
+    /// The series of `conversions` and `alerts` that orders move, resolved once: looking one up
+    /// by its label values hashes them and takes the family's lock, and this happens for every
+    /// order. In [`conversion_label_sets`] order and [`AlertKind::ALL`] order.
+    conversion_series: Vec<IntCounter>,
+    alert_series: Vec<IntCounter>,
     /// Adjustment records (refunds, cancels) by kind and reason; `src/reversals`.
     adjustments: IntCounterVec,
     /// Decision summaries newly written to the decision store (`src/reversals`).
@@ -335,12 +340,13 @@ impl Metrics {
         for outcome in ReloadOutcome::ALL {
             code_table_reloads.with_label_values(&[outcome.as_str()]);
         }
-        for (status, basis, reason) in conversion_label_sets() {
-            conversions.with_label_values(&[status, basis, reason]);
-        }
-        for kind in AlertKind::ALL {
-            alerts.with_label_values(&[kind.as_str()]);
-        }
+        let conversion_series = conversion_label_sets()
+            .map(|(status, basis, reason)| conversions.with_label_values(&[status, basis, reason]))
+            .collect();
+        let alert_series = AlertKind::ALL
+            .iter()
+            .map(|kind| alerts.with_label_values(&[kind.as_str()]))
+            .collect();
         for reason in Rejection::REASONS {
             dlq_records.with_label_values(&[reason]);
         }
@@ -350,6 +356,8 @@ impl Metrics {
             orders_consumed,
             conversions,
             alerts,
+            conversion_series,
+            alert_series,
             adjustments,
             decision_summaries,
             dlq_records,
@@ -391,17 +399,31 @@ impl Metrics {
         basis: Option<Basis>,
         reason: Option<InvalidReason>,
     ) {
-        self.conversions
-            .with_label_values(&[
-                status.as_str(),
-                basis.map_or("", Basis::as_str),
-                reason.map_or("", InvalidReason::as_str),
-            ])
-            .inc();
+        match conversion_series_index(status, basis, reason)
+            .and_then(|i| self.conversion_series.get(i))
+        {
+            Some(series) => series.inc(),
+            // A combination the decision core does not produce today: looked up, not lost.
+            None => self
+                .conversions
+                .with_label_values(&[
+                    status.as_str(),
+                    basis.map_or("", Basis::as_str),
+                    reason.map_or("", InvalidReason::as_str),
+                ])
+                .inc(),
+        }
     }
 
     pub fn record_alert(&self, kind: AlertKind) {
-        self.alerts.with_label_values(&[kind.as_str()]).inc();
+        match AlertKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.alert_series.get(i))
+        {
+            Some(series) => series.inc(),
+            None => self.alerts.with_label_values(&[kind.as_str()]).inc(),
+        }
     }
 
     /// An adjustment event's outcome: `None` when it wrote no record.
@@ -565,6 +587,23 @@ impl Metrics {
 
 /// The (status, basis, reason) label sets a conversion can have: a basis only when credited, a
 /// reason only when invalid.
+/// Where a label combination sits in [`conversion_label_sets`]; `None` for one it does not list.
+fn conversion_series_index(
+    status: Status,
+    basis: Option<Basis>,
+    reason: Option<InvalidReason>,
+) -> Option<usize> {
+    match (status, basis, reason) {
+        (Status::Credited, Some(basis), None) => Basis::ALL.iter().position(|b| *b == basis),
+        (Status::Invalid, None, Some(reason)) => InvalidReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map(|i| Basis::ALL.len() + i),
+        (Status::Unattributed, None, None) => Some(Basis::ALL.len() + InvalidReason::ALL.len()),
+        _ => None,
+    }
+}
+
 fn conversion_label_sets() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
     let credited = Basis::ALL
         .into_iter()

@@ -351,3 +351,25 @@ fn worker_state_is_one_hot_from_the_start() {
         vec![r#"promo_worker_state{state="retrying"} 1"#.to_owned()]
     );
 }
+
+/// Every combination the cache holds sits where `conversion_label_sets` put it, so a cached
+/// increment moves the series a lookup by label values would have moved.
+#[test]
+fn cached_conversion_series_are_the_labelled_ones() {
+    let sets: Vec<_> = conversion_label_sets().collect();
+    let mut combinations = vec![(Status::Unattributed, None, None)];
+    combinations.extend(Basis::ALL.map(|b| (Status::Credited, Some(b), None)));
+    combinations.extend(InvalidReason::ALL.map(|r| (Status::Invalid, None, Some(r))));
+    for (status, basis, reason) in combinations {
+        let index = conversion_series_index(status, basis, reason).expect("listed");
+        assert_eq!(
+            sets[index],
+            (
+                status.as_str(),
+                basis.map_or("", Basis::as_str),
+                reason.map_or("", InvalidReason::as_str)
+            )
+        );
+    }
+    assert_eq!(conversion_series_index(Status::Credited, None, None), None);
+}
