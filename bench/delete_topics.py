@@ -20,7 +20,7 @@ def main():
         try:
             future.result(timeout=30)
         except Exception as e:  # one line per topic; the run's numbers do not depend on it
-            # The live part restarts the (memory) broker before each latency point, which drops
+            # The live part restarts the (memory) broker before its latency steps, which drops
             # every topic created before it: gone is what deleting wanted.
             code = e.args[0].code() if e.args and isinstance(e.args[0], KafkaError) else None
             if code != KafkaError.UNKNOWN_TOPIC_OR_PART:

@@ -288,9 +288,9 @@ def render(results, micro_source, criterion_root, tansu, commit, chart_link, sto
         "time a `read_committed` reader receives the conversion − the send time carried in the "
         "order id, at 10%, 50% and 80% of the sustainable rate. The confluent-kafka loop's "
         "sustainable rate is found exactly as the worker's, from its own drain rate. "
-        + ("Each latency point runs on the run's broker restarted for it, with fresh topics "
-           "and a fresh contender (tansu's memory storage slows down as transactions and "
-           "records accumulate; Kafka does not)."
+        + ("The latency steps run on the run's broker restarted after the rate search, with "
+           "fresh topics and a fresh contender (tansu's commits slow down as transactions "
+           "accumulate; Kafka's do not)."
            if any(l.get("latency_on_fresh_broker") for l in live.values())
            else "The latency steps run on the broker and topic of the rate search."),
         "",

@@ -247,8 +247,8 @@ impl<'a> Stage<'a> {
 }
 
 /// Restarts the run's private broker (`BENCH_FRESH_BROKER`, a shell command set by
-/// `scripts/bench`) so that a latency point runs on a broker that has served nothing before
-/// it: tansu's commits slow down as transactions accumulate
+/// `scripts/bench`) so that the latency steps run on a broker that has not served the rate
+/// search: tansu's commits slow down as transactions accumulate
 /// (docs/dev-notes/2026-12-05-commit-path-and-tansu.md), which a broker that keeps its
 /// transactions compacted, as Kafka does, would not show. Returns whether it restarted.
 fn fresh_broker() -> bool {
@@ -287,8 +287,11 @@ pub fn live(
     );
     let mut topics = Vec::new();
     let step_secs = env_number("BENCH_STEP_SECS", 10) as f64;
-    // Short enough that even the 80 % point stays below the record counts at which tansu's
-    // memory storage slows down (see the restart below).
+    // Short enough that the 10 % and 50 % points, run one after the other on one broker, stay
+    // below the record counts at which tansu's memory storage slows down: with no worker at
+    // all, a probe producing 14,500 orders/s and reading them back saw p99 15 ms on an empty
+    // topic and 939 ms once the topic held 145,000 records (BENCHMARKS.md, "The broker's own
+    // latency as its topics fill"). Kafka does not slow down this way.
     let latency_secs = env_number("BENCH_LATENCY_SECS", 6) as f64;
     // Bounded lag: at the end of a step at most half a second of input behind, and grown by at
     // most a tenth of a second of input over the second half. Start under the drain rate (the
@@ -330,26 +333,22 @@ pub fn live(
         }
     }
     let sustainable = best;
-    let mut fresh = false;
+    let fresh = sustainable > 0.0 && {
+        let searched = stage.stop();
+        let restarted = fresh_broker();
+        // A restarted memory broker has dropped them already.
+        if !restarted {
+            topics.extend(searched);
+        }
+        let name = format!("latency-{mode}");
+        stage = Stage::start(brokers, run, &name, files, orders, (delivery, who));
+        restarted
+    };
     let mut latency = Vec::new();
     for (tag, fraction) in [("l10", 0.1), ("l50", 0.5), ("l80", 0.8)] {
         if sustainable <= 0.0 {
             break;
         }
-        // Every point on a broker of its own, not only the first: tansu's memory storage also
-        // slows down as records pile up. With no worker at all, a probe producing 14,500
-        // orders/s and reading them back saw p99 15 ms on an empty topic and 939 ms once the
-        // topic held 145,000 records (BENCHMARKS.md, "The broker's own latency as its topics
-        // fill"); a Kafka broker does not. A point would otherwise measure what the ones
-        // before it left behind.
-        let used = stage.stop();
-        fresh = fresh_broker();
-        // A restarted memory broker has dropped them already.
-        if !fresh {
-            topics.extend(used);
-        }
-        let name = format!("latency-{mode}-{tag}");
-        stage = Stage::start(brokers, run, &name, files, orders, (delivery, who));
         let rate = sustainable * fraction;
         // A backlog left by an overloaded step would be measured as latency.
         stage.catch_up(Duration::from_secs(120));
