@@ -367,53 +367,44 @@ impl<'a> Reader<'a> {
     }
 
     fn customer(&mut self) -> Option<Option<Customer<'a>>> {
-        if self.null() {
-            return Some(None);
-        }
-        let mut seen = Seen::default();
-        let mut customer = Customer::default();
-        self.object(|reader, key| {
-            match key {
-                "id" => {
-                    seen.first(0)?;
-                    customer.id = reader.optional_string()?;
-                }
-                "email_sha256" => {
-                    seen.first(1)?;
-                    customer.email_sha256 = reader.optional_string()?;
-                }
-                "status" => {
-                    seen.first(2)?;
-                    customer.status = reader.optional_string()?;
-                }
-                _ => reader.skip_value(1)?,
-            }
-            Some(())
-        })?;
-        Some(Some(customer))
+        let fields = self.string_fields(["id", "email_sha256", "status"])?;
+        Some(fields.map(|[id, email_sha256, status]| Customer {
+            id,
+            email_sha256,
+            status,
+        }))
     }
 
     fn risk(&mut self) -> Option<Option<Risk<'a>>> {
+        let fields = self.string_fields(["ip_hash", "device_hash"])?;
+        Some(fields.map(|[ip_hash, device_hash]| Risk {
+            ip_hash,
+            device_hash,
+        }))
+    }
+
+    /// An object of optional strings (`customer`, `risk`): `null`, or the values of `names`, in
+    /// that order; other keys are skipped, as serde does.
+    fn string_fields<const N: usize>(
+        &mut self,
+        names: [&str; N],
+    ) -> Option<Option<[Option<Cow<'a, str>>; N]>> {
         if self.null() {
             return Some(None);
         }
         let mut seen = Seen::default();
-        let mut risk = Risk::default();
+        let mut values = std::array::from_fn(|_| None);
         self.object(|reader, key| {
-            match key {
-                "ip_hash" => {
-                    seen.first(0)?;
-                    risk.ip_hash = reader.optional_string()?;
+            match names.iter().position(|name| *name == key) {
+                Some(i) => {
+                    seen.first(u32::try_from(i).ok()?)?;
+                    values[i] = reader.optional_string()?;
                 }
-                "device_hash" => {
-                    seen.first(1)?;
-                    risk.device_hash = reader.optional_string()?;
-                }
-                _ => reader.skip_value(1)?,
+                None => reader.skip_value(1)?,
             }
             Some(())
         })?;
-        Some(Some(risk))
+        Some(Some(values))
     }
 }
 
