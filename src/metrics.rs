@@ -28,6 +28,7 @@ use crate::engine::Rejection;
 use crate::schema::alert::AlertKind;
 use crate::schema::conversion::{Basis, InvalidReason, Status};
 use crate::settings::CodeSource;
+use labels::{conversion_label_sets, conversion_series_index};
 
 mod labels;
 pub use labels::{CommitPhase, ReloadOutcome, StepResult, TxOutcome};
@@ -583,37 +584,6 @@ impl Metrics {
         TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)?;
         Ok(out)
     }
-}
-
-/// The (status, basis, reason) label sets a conversion can have: a basis only when credited, a
-/// reason only when invalid.
-/// Where a label combination sits in [`conversion_label_sets`]; `None` for one it does not list.
-fn conversion_series_index(
-    status: Status,
-    basis: Option<Basis>,
-    reason: Option<InvalidReason>,
-) -> Option<usize> {
-    match (status, basis, reason) {
-        (Status::Credited, Some(basis), None) => Basis::ALL.iter().position(|b| *b == basis),
-        (Status::Invalid, None, Some(reason)) => InvalidReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map(|i| Basis::ALL.len() + i),
-        (Status::Unattributed, None, None) => Some(Basis::ALL.len() + InvalidReason::ALL.len()),
-        _ => None,
-    }
-}
-
-fn conversion_label_sets() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
-    let credited = Basis::ALL
-        .into_iter()
-        .map(|basis| (Status::Credited.as_str(), basis.as_str(), ""));
-    let invalid = InvalidReason::ALL
-        .into_iter()
-        .map(|reason| (Status::Invalid.as_str(), "", reason.as_str()));
-    credited
-        .chain(invalid)
-        .chain([(Status::Unattributed.as_str(), "", "")])
 }
 
 pub mod events;

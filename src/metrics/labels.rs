@@ -1,5 +1,7 @@
 //! The small fixed sets of label values the worker's metrics are broken down by.
 
+use crate::schema::conversion::{Basis, InvalidReason, Status};
+
 /// How a Kafka transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TxOutcome {
@@ -87,4 +89,36 @@ impl CommitPhase {
             CommitPhase::End => "end",
         }
     }
+}
+
+/// Where a label combination sits in [`conversion_label_sets`]; `None` for one it does not list.
+pub(super) fn conversion_series_index(
+    status: Status,
+    basis: Option<Basis>,
+    reason: Option<InvalidReason>,
+) -> Option<usize> {
+    match (status, basis, reason) {
+        (Status::Credited, Some(basis), None) => Basis::ALL.iter().position(|b| *b == basis),
+        (Status::Invalid, None, Some(reason)) => InvalidReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map(|i| Basis::ALL.len() + i),
+        (Status::Unattributed, None, None) => Some(Basis::ALL.len() + InvalidReason::ALL.len()),
+        _ => None,
+    }
+}
+
+/// The (status, basis, reason) label sets a conversion can have: a basis only when credited, a
+/// reason only when invalid.
+pub(super) fn conversion_label_sets()
+-> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    let credited = Basis::ALL
+        .into_iter()
+        .map(|basis| (Status::Credited.as_str(), basis.as_str(), ""));
+    let invalid = InvalidReason::ALL
+        .into_iter()
+        .map(|reason| (Status::Invalid.as_str(), "", reason.as_str()));
+    credited
+        .chain(invalid)
+        .chain([(Status::Unattributed.as_str(), "", "")])
 }
