@@ -9,8 +9,8 @@
 //! field, deep nesting, trailing bytes, malformed JSON). The caller then reads the record with
 //! serde_json, whose answer, value or error, stays the reference: the fast path never rejects
 //! a record and never accepts one serde_json would not, and when it accepts it builds the same
-//! [`Order`]. `tests` below hold it to that on generated and mutated records, and the `order`
-//! fuzz target on arbitrary ones.
+//! [`Order`]. Its tests (`order_fast_tests.rs`) hold it to that on generated and mutated
+//! records, and the `order_engine` fuzz target on arbitrary ones.
 
 use std::borrow::Cow;
 
@@ -127,14 +127,19 @@ impl<'a> Reader<'a> {
         Some(Some(Cow::Borrowed(self.string()?)))
     }
 
-    /// The text of a JSON number (its grammar checked, not its value).
-    fn number_text(&mut self) -> Option<&'a str> {
+    /// The characters a JSON number can hold, unchecked.
+    fn number_span(&mut self) -> Option<&'a str> {
         self.whitespace();
         let start = self.pos;
         while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.bytes.get(self.pos) {
             self.pos += 1;
         }
-        let text = self.text.get(start..self.pos)?;
+        self.text.get(start..self.pos)
+    }
+
+    /// The text of a JSON number (its grammar checked, not its value).
+    fn number_text(&mut self) -> Option<&'a str> {
+        let text = self.number_span()?;
         super::number::is_json_number(text).then_some(text)
     }
 
@@ -143,7 +148,8 @@ impl<'a> Reader<'a> {
         if self.null() {
             return Some(None);
         }
-        Some(Some(JsonNumber::parse(self.number_text()?)?))
+        // `parse` checks the grammar itself, and the range.
+        Some(Some(JsonNumber::parse(self.number_span()?)?))
     }
 
     /// What `Option<u32>` reads, for the plain spellings: `null` or digits without a sign,
