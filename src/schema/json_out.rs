@@ -91,14 +91,18 @@ impl<'b> ObjectWriter<'b> {
 /// and the control characters below U+0020. Checked eight bytes at a time, because this scan
 /// runs over every byte of every output record.
 fn needs_no_escape(value: &str) -> bool {
-    let safe = |b: &u8| *b >= 0x20 && *b != b'"' && *b != b'\\';
     let mut chunks = value.as_bytes().chunks_exact(8);
     let words_safe = chunks.by_ref().all(|chunk| {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(chunk);
         stop_bytes(u64::from_le_bytes(bytes)) == 0
     });
-    words_safe && chunks.remainder().iter().all(safe)
+    words_safe && !chunks.remainder().iter().any(|&b| is_stop_byte(b))
+}
+
+/// One byte of what [`stop_bytes`] flags eight at a time.
+pub(super) fn is_stop_byte(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
 /// The high bit set in each byte of `word` (little-endian order) that JSON does not allow

@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use super::json_out::stop_bytes;
+use super::json_out::{is_stop_byte, stop_bytes};
 use super::number::JsonNumber;
 use super::order::{Customer, Order, Risk, Touchpoint, TouchpointKind};
 use crate::codes::CreditGroup;
@@ -48,14 +48,8 @@ fn plain_string_len(rest: &[u8]) -> Option<usize> {
         }
         at += 8;
     }
-    for (offset, &byte) in rest.get(at..)?.iter().enumerate() {
-        match byte {
-            b'"' => return Some(at + offset),
-            b'\\' | 0..=0x1f => return None,
-            _ => {}
-        }
-    }
-    None
+    let offset = rest.get(at..)?.iter().position(|&b| is_stop_byte(b))?;
+    (rest.get(at + offset) == Some(&b'"')).then_some(at + offset)
 }
 
 struct Reader<'a> {

@@ -381,9 +381,10 @@ mod tests {
         assert_eq!(a.code_id.as_deref(), Some("LI:A"));
         assert_eq!(a.order_ids, ["o1", "o2"]);
         assert_eq!(a.count, 5);
-        assert_eq!(a.detail.to_value()["credited_amount"], "10.00");
-        assert_eq!(a.detail.to_value()["reversed_amount"], "6.00");
-        assert_eq!(a.detail.to_value()["reversed_share_percent"], 60);
+        let detail = a.detail.to_value();
+        assert_eq!(detail["credited_amount"], "10.00");
+        assert_eq!(detail["reversed_amount"], "6.00");
+        assert_eq!(detail["reversed_share_percent"], 60);
         code.reversed_orders_before = 7;
         code.reversed_orders = 8;
         let again = super::alerts(&t, &sale, &[code], &raised);
