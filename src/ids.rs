@@ -46,17 +46,34 @@ fn length_prefixed<'b>(parts: &[&str], buf: &'b mut [u8]) -> &'b [u8] {
     buf
 }
 
-/// `{:032x}` without the formatting machinery, which costs more than the hash itself.
+/// `{:032x}` without the formatting machinery, which costs more than the hash itself: eight
+/// digits at a time, each nibble spread into its own byte and turned into a digit in all
+/// eight bytes at once.
 fn hex128(value: u128) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = DIGITS[(value >> ((31 - i) * 4)) as usize & 0xf];
+    for (i, digits) in hex.chunks_exact_mut(8).enumerate() {
+        let word = (value >> (96 - 32 * i)) as u32;
+        digits.copy_from_slice(&hex_digits(word));
     }
     // Every byte is an ASCII hex digit, so this never takes the empty default.
     std::str::from_utf8(&hex)
         .map(str::to_owned)
         .unwrap_or_default()
+}
+
+/// The eight lower-case hex digits of `word`, most significant first.
+fn hex_digits(word: u32) -> [u8; 8] {
+    const LOW_NIBBLES: u64 = 0x0F0F_0F0F_0F0F_0F0F;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Nibble i (from the least significant) into byte i.
+    let mut x = u64::from(word);
+    x = (x | x << 16) & 0x0000_FFFF_0000_FFFF;
+    x = (x | x << 8) & 0x00FF_00FF_00FF_00FF;
+    x = (x | x << 4) & LOW_NIBBLES;
+    // A byte of 10 or more carries into its high nibble when 6 is added: those become a-f.
+    let letters = ((x + ONES * 6) >> 4) & ONES;
+    let ascii = x + ONES * u64::from(b'0') + letters * u64::from(b'a' - b'0' - 10);
+    ascii.to_be_bytes()
 }
 
 /// Fingerprint of file contents, used as the version of a table read from files.

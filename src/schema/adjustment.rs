@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::json_out::ObjectWriter;
+use super::json_out::{ObjectWriter, field};
 use super::number::JsonNumber;
 use super::order::{OrderError, borrowed_opt};
 use super::{Basis, Status};
@@ -165,27 +165,27 @@ impl AdjustmentRecord<'_> {
     /// Appends the record's JSON, byte for byte what `serde_json::to_writer` writes for it.
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut o = ObjectWriter::open(out);
-        o.u64("schema_version", u64::from(self.schema_version));
-        o.str("event_id", &self.event_id)?;
-        o.str("original_event_id", &self.original_event_id)?;
-        o.str("order_id", &self.order_id)?;
-        o.str("program_id", &self.program_id)?;
-        o.str("adjustment_id", &self.adjustment_id)?;
-        o.str("event_type", &self.event_type)?;
-        o.str("kind", self.kind.as_str())?;
-        o.str("reason", self.reason.as_str())?;
-        o.str("original_status", self.original_status.as_str())?;
-        o.opt_str("partner_id", self.partner_id.as_deref())?;
-        o.opt_str("basis", self.basis.map(Basis::as_str))?;
-        o.opt_str("code", self.code.as_deref())?;
-        o.opt_number("amount_delta", Some(&self.amount_delta));
-        o.opt_number("discount_delta", Some(&self.discount_delta));
-        o.opt_number("amount_after", Some(&self.amount_after));
-        o.opt_str("currency", self.currency.as_deref())?;
-        o.key("after_lock")
+        o.u64(field!("schema_version"), u64::from(self.schema_version));
+        o.str(field!("event_id"), &self.event_id)?;
+        o.str(field!("original_event_id"), &self.original_event_id)?;
+        o.str(field!("order_id"), &self.order_id)?;
+        o.str(field!("program_id"), &self.program_id)?;
+        o.str(field!("adjustment_id"), &self.adjustment_id)?;
+        o.str(field!("event_type"), &self.event_type)?;
+        o.word(field!("kind"), self.kind.as_str());
+        o.word(field!("reason"), self.reason.as_str());
+        o.word(field!("original_status"), self.original_status.as_str());
+        o.opt_str(field!("partner_id"), self.partner_id.as_deref())?;
+        o.opt_word(field!("basis"), self.basis.map(Basis::as_str));
+        o.opt_str(field!("code"), self.code.as_deref())?;
+        o.opt_number(field!("amount_delta"), Some(&self.amount_delta));
+        o.opt_number(field!("discount_delta"), Some(&self.discount_delta));
+        o.opt_number(field!("amount_after"), Some(&self.amount_after));
+        o.opt_str(field!("currency"), self.currency.as_deref())?;
+        o.key(field!("after_lock"))
             .extend_from_slice(if self.after_lock { b"true" } else { b"false" });
-        o.str("code_table_version", &self.code_table_version)?;
-        o.str("event_time", &self.event_time)?;
+        o.str(field!("code_table_version"), &self.code_table_version)?;
+        o.str(field!("event_time"), &self.event_time)?;
         o.close();
         Ok(())
     }

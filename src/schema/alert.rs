@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::alert_detail::Detail;
-use super::json_out::ObjectWriter;
+use super::json_out::{ObjectWriter, field};
 
 pub const SCHEMA_VERSION: u32 = 1;
 /// Evidence is capped so that a burst cannot produce an unbounded record.
@@ -176,20 +176,23 @@ impl Alert<'_> {
     /// it.
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut o = ObjectWriter::open(out);
-        o.u64("schema_version", u64::from(self.schema_version));
-        o.str("alert_id", &self.alert_id)?;
-        o.str("kind", self.kind.as_str())?;
-        o.str("severity", self.severity.as_str())?;
-        o.str("program_id", &self.program_id)?;
-        o.str_array("order_ids", self.order_ids.iter().map(AsRef::as_ref))?;
-        o.opt_str("code_id", self.code_id.as_deref())?;
-        o.opt_str("code", self.code.as_deref())?;
-        o.opt_str("owner_partner_id", self.owner_partner_id.as_deref())?;
-        o.opt_str("other_partner_id", self.other_partner_id.as_deref())?;
-        o.str("event_time", &self.event_time)?;
-        o.str("code_table_version", &self.code_table_version)?;
-        o.u64("count", self.count);
-        self.detail.write_json(o.key("detail"))?;
+        o.u64(field!("schema_version"), u64::from(self.schema_version));
+        o.str(field!("alert_id"), &self.alert_id)?;
+        o.word(field!("kind"), self.kind.as_str());
+        o.word(field!("severity"), self.severity.as_str());
+        o.str(field!("program_id"), &self.program_id)?;
+        o.str_array(
+            field!("order_ids"),
+            self.order_ids.iter().map(AsRef::as_ref),
+        )?;
+        o.opt_str(field!("code_id"), self.code_id.as_deref())?;
+        o.opt_str(field!("code"), self.code.as_deref())?;
+        o.opt_str(field!("owner_partner_id"), self.owner_partner_id.as_deref())?;
+        o.opt_str(field!("other_partner_id"), self.other_partner_id.as_deref())?;
+        o.str(field!("event_time"), &self.event_time)?;
+        o.str(field!("code_table_version"), &self.code_table_version)?;
+        o.u64(field!("count"), self.count);
+        self.detail.write_json(o.key(field!("detail")))?;
         o.close();
         Ok(())
     }

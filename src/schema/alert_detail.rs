@@ -17,7 +17,7 @@ use serde::ser::{Serialize, Serializer};
 use serde_json::{Value, json};
 
 use super::conversion::Status;
-use super::json_out::ObjectWriter;
+use super::json_out::{ObjectWriter, field};
 use crate::codes::{CodeType, CreditPolicy};
 use crate::settings::ForeignCodeRule;
 use crate::timefmt::{Instant, format_instant};
@@ -94,22 +94,22 @@ impl Detail<'_> {
             } => {
                 let mut o = ObjectWriter::open(out);
                 o.opt_str(
-                    "active_end",
+                    field!("active_end"),
                     active_end.map(|t| format_instant(&t)).as_deref(),
                 )?;
                 o.opt_str(
-                    "active_start",
+                    field!("active_start"),
                     active_start.map(|t| format_instant(&t)).as_deref(),
                 )?;
-                o.str("code_type", code_type.as_str())?;
-                o.str("conversion_status", conversion_status.as_str())?;
-                o.str("reason", reason)?;
+                o.word(field!("code_type"), code_type.as_str());
+                o.word(field!("conversion_status"), conversion_status.as_str());
+                o.str(field!("reason"), reason)?;
                 o.close();
             }
             Detail::PartnerCodes { owners, code_ids } => {
                 let mut o = ObjectWriter::open(out);
-                o.str_array("code_ids", code_ids.iter().copied())?;
-                o.str_array("owners", owners.iter().copied())?;
+                o.str_array(field!("code_ids"), code_ids.iter().copied())?;
+                o.str_array(field!("owners"), owners.iter().copied())?;
                 o.close();
             }
             Detail::UnauthorizedPartner {
@@ -118,9 +118,12 @@ impl Detail<'_> {
                 conversion_status,
             } => {
                 let mut o = ObjectWriter::open(out);
-                o.str("conversion_status", conversion_status.as_str())?;
-                o.opt_str("credit_policy", credit_policy.map(CreditPolicy::as_str))?;
-                o.str("foreign_code", foreign_code.as_str())?;
+                o.word(field!("conversion_status"), conversion_status.as_str());
+                o.opt_word(
+                    field!("credit_policy"),
+                    credit_policy.map(CreditPolicy::as_str),
+                );
+                o.word(field!("foreign_code"), foreign_code.as_str());
                 o.close();
             }
         }

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::json_out::ObjectWriter;
+use super::json_out::{ObjectWriter, field};
 use super::number::JsonNumber;
 use crate::codes::{CreditGroup, CreditPolicy, MatchType};
 
@@ -180,15 +180,15 @@ pub struct Conversion<'a> {
 impl CodeRef<'_> {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut o = ObjectWriter::open(out);
-        o.str("entered", &self.entered)?;
-        o.str("code_id", &self.code_id)?;
-        o.str("match_type", self.match_type.as_str())?;
-        o.opt_str("owner_partner_id", self.owner_partner_id.as_deref())?;
-        o.opt_str(
-            "credit_policy",
+        o.str(field!("entered"), &self.entered)?;
+        o.str(field!("code_id"), &self.code_id)?;
+        o.word(field!("match_type"), self.match_type.as_str());
+        o.opt_str(field!("owner_partner_id"), self.owner_partner_id.as_deref())?;
+        o.opt_word(
+            field!("credit_policy"),
             self.credit_policy.map(CreditPolicy::as_str),
-        )?;
-        o.opt_str("deal_id", self.deal_id.as_deref())?;
+        );
+        o.opt_str(field!("deal_id"), self.deal_id.as_deref())?;
         o.close();
         Ok(())
     }
@@ -197,10 +197,10 @@ impl CodeRef<'_> {
 impl ClickRef<'_> {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut o = ObjectWriter::open(out);
-        o.str("partner_id", &self.partner_id)?;
-        o.str("click_id", &self.click_id)?;
-        o.str("ts", &self.ts)?;
-        o.str("credit_group", self.credit_group.as_str())?;
+        o.str(field!("partner_id"), &self.partner_id)?;
+        o.str(field!("click_id"), &self.click_id)?;
+        o.str(field!("ts"), &self.ts)?;
+        o.word(field!("credit_group"), self.credit_group.as_str());
         o.close();
         Ok(())
     }
@@ -211,44 +211,47 @@ impl Conversion<'_> {
     /// it, without serde's per-field dispatch; the worker calls this once per order.
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut o = ObjectWriter::open(out);
-        o.u64("schema_version", u64::from(self.schema_version));
-        o.str("event_id", &self.event_id)?;
-        o.str("order_id", &self.order_id)?;
-        o.str("program_id", &self.program_id)?;
-        o.str("event_type", &self.event_type)?;
-        o.str("event_time", &self.event_time)?;
-        o.opt_number("amount", self.amount.as_ref());
-        o.opt_number("discount", self.discount.as_ref());
-        o.opt_str("currency", self.currency.as_deref())?;
-        o.str("status", self.status.as_str())?;
-        o.opt_str("basis", self.basis.map(Basis::as_str))?;
-        o.opt_str("partner_id", self.partner_id.as_deref())?;
-        o.opt_str(
-            "invalid_reason",
+        o.u64(field!("schema_version"), u64::from(self.schema_version));
+        o.str(field!("event_id"), &self.event_id)?;
+        o.str(field!("order_id"), &self.order_id)?;
+        o.str(field!("program_id"), &self.program_id)?;
+        o.str(field!("event_type"), &self.event_type)?;
+        o.str(field!("event_time"), &self.event_time)?;
+        o.opt_number(field!("amount"), self.amount.as_ref());
+        o.opt_number(field!("discount"), self.discount.as_ref());
+        o.opt_str(field!("currency"), self.currency.as_deref())?;
+        o.word(field!("status"), self.status.as_str());
+        o.opt_word(field!("basis"), self.basis.map(Basis::as_str));
+        o.opt_str(field!("partner_id"), self.partner_id.as_deref())?;
+        o.opt_word(
+            field!("invalid_reason"),
             self.invalid_reason.map(InvalidReason::as_str),
-        )?;
-        o.opt_str("invalid_partner_id", self.invalid_partner_id.as_deref())?;
+        );
         o.opt_str(
-            "overridden_partner_id",
+            field!("invalid_partner_id"),
+            self.invalid_partner_id.as_deref(),
+        )?;
+        o.opt_str(
+            field!("overridden_partner_id"),
             self.overridden_partner_id.as_deref(),
         )?;
         match &self.code {
-            Some(code) => code.write_json(o.key("code"))?,
-            None => o.null("code"),
+            Some(code) => code.write_json(o.key(field!("code")))?,
+            None => o.null(field!("code")),
         }
         match &self.winning_click {
-            Some(click) => click.write_json(o.key("winning_click"))?,
-            None => o.null("winning_click"),
+            Some(click) => click.write_json(o.key(field!("winning_click")))?,
+            None => o.null(field!("winning_click")),
         }
         o.str_array(
-            "involved_partners",
+            field!("involved_partners"),
             self.involved_partners.iter().map(AsRef::as_ref),
         )?;
         o.str_array(
-            "unknown_codes",
+            field!("unknown_codes"),
             self.unknown_codes.iter().map(AsRef::as_ref),
         )?;
-        o.str("code_table_version", &self.code_table_version)?;
+        o.str(field!("code_table_version"), &self.code_table_version)?;
         o.close();
         Ok(())
     }
