@@ -49,7 +49,7 @@ fn length_prefixed<'b>(parts: &[&str], buf: &'b mut [u8]) -> &'b [u8] {
 /// `{:032x}` without the formatting machinery, which costs more than the hash itself: eight
 /// digits at a time, each nibble spread into its own byte and turned into a digit in all
 /// eight bytes at once.
-fn hex128(value: u128) -> String {
+pub(crate) fn hex128(value: u128) -> String {
     let mut hex = [0u8; 32];
     for (i, digits) in hex.chunks_exact_mut(8).enumerate() {
         let word = (value >> (96 - 32 * i)) as u32;

@@ -122,7 +122,9 @@ fn pseudonym_with(mac: &Hmac<Sha256>, kind: &str, value: &str) -> String {
     mac.update(b":");
     mac.update(value.trim().as_bytes());
     let digest = mac.finalize().into_bytes();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    crate::ids::hex128(u128::from_be_bytes(first))
 }
 
 fn keyed(key: &str) -> Hmac<Sha256> {
@@ -178,5 +180,27 @@ mod tests {
         assert_ne!(a.pseudonym("email", "x"), b.pseudonym("email", "x"));
         assert_ne!(a.pseudonym("email", "x"), a.pseudonym("device", "x"));
         assert_eq!(a.pseudonym("email", "x").len(), 32);
+    }
+
+    #[test]
+    fn pseudonyms_are_the_hmacs_first_sixteen_bytes_in_hex() {
+        // Redis keys are made of these, so their spelling must never change between versions.
+        let key = "key-a-0123456789";
+        let detectors = Detectors::new(
+            &DetectorSettings {
+                customer_hmac_key: key.into(),
+                ..DetectorSettings::default()
+            },
+            "p:",
+        );
+        for value in ["x", "someone@example.com", "10.0.0.1", ""] {
+            let mut mac = keyed(key);
+            mac.update(format!("email:{value}").as_bytes());
+            let expected: String = mac.finalize().into_bytes()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(detectors.pseudonym("email", value), expected);
+        }
     }
 }

@@ -58,7 +58,7 @@ impl RedisState {
                 let first = chunk.first().map_or("", |&i| ops[i].key());
                 (
                     slot(first.as_bytes()),
-                    command(ops, chunk, script.get_hash()),
+                    command(ops, chunk, script.get_hash()).get_packed_command(),
                 )
             })
             .collect();

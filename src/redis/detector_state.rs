@@ -20,11 +20,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use redis::{Connection, Script};
-use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::detectors::state::{
-    CountRef, DetectorState, Gate, Op, OpResult, OrderStep, Range, StateError, StepOutcome,
+    CountRef, DetectorState, Gate, Op, OrderStep, Range, StateError, StepOutcome,
 };
 use crate::redis::connect::{Endpoint, Node, SlotMap, slot};
 use crate::settings::StoreSettings;
@@ -138,8 +136,8 @@ impl RedisState {
             .clone()
     }
 
-    /// Runs script calls, each `(slot, EVALSHA command)` of `script`, pipelined into one round
-    /// trip (one per primary on a cluster), and answers one reply per call, in order. On error
+    /// Runs script calls, each `(slot, EVALSHA command in RESP)` of `script`, pipelined into one
+    /// round trip (one per primary on a cluster), and answers one reply per call, in order. On error
     /// the connections are dropped: a broken or timed-out connection may hold half a reply, and
     /// on a cluster a redirection (MOVED, ASK), TRYAGAIN or CLUSTERDOWN means the slot map
     /// changed, so the next call starts afresh, reading the map again. The caller redoes the
@@ -147,7 +145,7 @@ impl RedisState {
     pub(super) fn run_scripts<T: redis::FromRedisValue>(
         &mut self,
         script: &Script,
-        calls: Vec<(u16, redis::Cmd)>,
+        calls: Vec<(u16, Vec<u8>)>,
     ) -> Result<Vec<T>, StateError> {
         let result = if self.endpoint.is_cluster() {
             self.run_on_cluster(script, calls)
@@ -163,27 +161,22 @@ impl RedisState {
     fn run_on_node<T: redis::FromRedisValue>(
         &mut self,
         script: &Script,
-        calls: Vec<(u16, redis::Cmd)>,
+        calls: Vec<(u16, Vec<u8>)>,
     ) -> Result<Vec<T>, StateError> {
-        let mut pipe = redis::pipe();
-        // Loading with every batch costs a hash of a short script and survives a Redis restart
-        // (which forgets loaded scripts) without a NOSCRIPT round trip.
-        pipe.load_script(script).ignore();
-        for (_, cmd) in calls {
-            pipe.add_command(cmd);
-        }
         let (replicas, wait_ms) = (self.wait_replicas, self.wait_ms);
         let connection = self.connection()?;
-        let answers = pipe
-            .query::<Vec<T>>(connection)
-            .map_err(|e| StateError(e.to_string()))?;
-        if replicas > 0 {
-            let acknowledged: u32 = wait_command(replicas, wait_ms)
-                .query(connection)
-                .map_err(|e| StateError(e.to_string()))?;
+        let wait = (replicas > 0).then(|| wait_command(replicas, wait_ms));
+        let answers = exchange(
+            connection,
+            script,
+            calls.iter().map(|(_, c)| c),
+            wait.as_ref(),
+        )
+        .map_err(|e| StateError(e.to_string()))?;
+        if let Some(acknowledged) = answers.wait {
             check_replicas(acknowledged, replicas, "redis")?;
         }
-        Ok(answers)
+        Ok(answers.replies)
     }
 
     /// One pipeline per primary, all sent before any reply is read, so the nodes work at the
@@ -191,7 +184,7 @@ impl RedisState {
     fn run_on_cluster<T: redis::FromRedisValue>(
         &mut self,
         script: &Script,
-        calls: Vec<(u16, redis::Cmd)>,
+        calls: Vec<(u16, Vec<u8>)>,
     ) -> Result<Vec<T>, StateError> {
         let error = |e: redis::RedisError| StateError(e.to_string());
         if self.nodes.is_none() {
@@ -211,6 +204,8 @@ impl RedisState {
                 .ok_or_else(|| StateError(format!("CLUSTERDOWN no primary serves slot {slot}")))?;
             groups.entry(node).or_default().push(i);
         }
+        // Every node's pipeline is sent before any reply is read, so the nodes work at once.
+        let wait = (self.wait_replicas > 0).then(|| wait_command(self.wait_replicas, self.wait_ms));
         for (node, members) in &groups {
             let connection = match nodes.connections.entry((*node).clone()) {
                 Entry::Occupied(held) => held.into_mut(),
@@ -220,17 +215,13 @@ impl RedisState {
                         .map_err(|e| StateError(format!("connect to {node}: {e}")))?,
                 ),
             };
-            let mut pipe = redis::pipe();
-            pipe.load_script(script);
-            for &i in members {
-                pipe.add_command(calls[i].1.clone());
-            }
-            if self.wait_replicas > 0 {
-                pipe.add_command(wait_command(self.wait_replicas, self.wait_ms));
-            }
-            connection
-                .send_packed_command(&pipe.get_packed_pipeline())
-                .map_err(error)?;
+            send(
+                connection,
+                script,
+                members.iter().map(|&i| &calls[i].1),
+                wait.as_ref(),
+            )
+            .map_err(error)?;
         }
         let mut answers: Vec<Option<T>> = calls.iter().map(|_| None).collect();
         for (node, members) in &groups {
@@ -238,17 +229,12 @@ impl RedisState {
                 .connections
                 .get_mut(*node)
                 .ok_or_else(|| StateError(format!("no connection to {node}")))?;
-            let mut reply = || connection.recv_response().and_then(|v| v.extract_error());
-            reply().map_err(error)?;
-            for &i in members {
-                answers[i] = Some(
-                    redis::from_redis_value(reply().map_err(error)?)
-                        .map_err(|e| StateError(format!("a script reply from {node}: {e}")))?,
-                );
+            let received = receive::<T>(connection, members.len(), wait.is_some())
+                .map_err(|e| StateError(format!("a script reply from {node}: {e}")))?;
+            for (&i, reply) in members.iter().zip(received.replies) {
+                answers[i] = Some(reply);
             }
-            if self.wait_replicas > 0 {
-                let acknowledged: u32 = redis::from_redis_value(reply().map_err(error)?)
-                    .map_err(|e| StateError(format!("a WAIT reply from {node}: {e}")))?;
+            if let Some(acknowledged) = received.wait {
                 check_replicas(acknowledged, self.wait_replicas, &node.to_string())?;
             }
         }
@@ -257,6 +243,63 @@ impl RedisState {
             .map(|a| a.ok_or_else(|| StateError("a script call without a reply".into())))
             .collect()
     }
+}
+
+/// The replies of one pipeline: one per call, and the replicas `WAIT` counted, if asked.
+struct Received<T> {
+    replies: Vec<T>,
+    wait: Option<u32>,
+}
+
+/// Sends one pipeline: the script's load (which costs a hash of a short script and survives a
+/// Redis restart, which forgets loaded scripts, without a NOSCRIPT round trip), the calls as
+/// they were packed, then `WAIT` if given.
+fn send<'c>(
+    connection: &mut Connection,
+    script: &Script,
+    calls: impl Iterator<Item = &'c Vec<u8>>,
+    wait: Option<&redis::Cmd>,
+) -> redis::RedisResult<()> {
+    let mut load = redis::pipe();
+    load.load_script(script);
+    let mut packed = load.get_packed_pipeline();
+    for call in calls {
+        packed.extend_from_slice(call);
+    }
+    if let Some(wait) = wait {
+        packed.extend_from_slice(&wait.get_packed_command());
+    }
+    connection.send_packed_command(&packed)
+}
+
+/// Reads what [`send`] asked for: the load's reply, `calls` replies, and `WAIT`'s.
+fn receive<T: redis::FromRedisValue>(
+    connection: &mut Connection,
+    calls: usize,
+    wait: bool,
+) -> redis::RedisResult<Received<T>> {
+    let mut reply = || connection.recv_response().and_then(|v| v.extract_error());
+    reply()?;
+    let replies = (0..calls)
+        .map(|_| redis::from_redis_value(reply()?).map_err(redis::RedisError::from))
+        .collect::<redis::RedisResult<Vec<T>>>()?;
+    let wait = match wait {
+        true => Some(redis::from_redis_value(reply()?)?),
+        false => None,
+    };
+    Ok(Received { replies, wait })
+}
+
+/// [`send`] then [`receive`] on one connection.
+fn exchange<'c, T: redis::FromRedisValue>(
+    connection: &mut Connection,
+    script: &Script,
+    calls: impl ExactSizeIterator<Item = &'c Vec<u8>>,
+    wait: Option<&redis::Cmd>,
+) -> redis::RedisResult<Received<T>> {
+    let count = calls.len();
+    send(connection, script, calls, wait)?;
+    receive(connection, count, wait.is_some())
 }
 
 /// `WAIT`: blocks until `replicas` replicas acknowledged this connection's writes, or `ms`.
@@ -323,7 +366,7 @@ impl DetectorState for RedisState {
                 return Err(StateError("a script reply of the wrong length".into()));
             }
             for (&i, text) in call.steps.iter().zip(answer) {
-                outcomes[i] = Some(parse_outcome(&text)?);
+                outcomes[i] = Some(super::step_reply::parse_outcome(&text)?);
             }
         }
         outcomes
@@ -347,10 +390,15 @@ impl Args {
         self.ends.push(self.bytes.len());
     }
 
-    fn number(&mut self, n: impl std::fmt::Display) {
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = write!(self.bytes, "{n}");
+    fn number(&mut self, n: impl itoa::Integer) {
+        self.bytes
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.ends.push(self.bytes.len());
+    }
+
+    /// A text built piece by piece in place (`write` appends to the buffer it is given).
+    fn build(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.bytes);
         self.ends.push(self.bytes.len());
     }
 
@@ -365,11 +413,13 @@ impl Args {
 
     /// `n` must fit the width; an order's operations take a few hundred arguments at most.
     fn fill(&mut self, at: usize, n: usize) {
-        let text = format!("{n:0PLACEHOLDER_WIDTH$}");
-        if let Some(place) = self.bytes.get_mut(at..at + PLACEHOLDER_WIDTH)
-            && text.len() == PLACEHOLDER_WIDTH
+        let mut digits = itoa::Buffer::new();
+        let text = digits.format(n).as_bytes();
+        if let Some(place) = PLACEHOLDER_WIDTH
+            .checked_sub(text.len())
+            .and_then(|pad| self.bytes.get_mut(at + pad..at + PLACEHOLDER_WIDTH))
         {
-            place.copy_from_slice(text.as_bytes());
+            place.copy_from_slice(text);
         }
     }
 
@@ -430,16 +480,16 @@ impl<'s> Call<'s> {
                                 + SHAPE * SHAPE * merges,
                         );
                         args.number(key(name));
-                        args.number(ttl_secs.max(&1));
+                        args.number(*ttl_secs.max(&1));
                         match trim_below {
-                            Some(bound) => args.number(format_args!("({bound}")),
+                            Some(bound) => args.build(|out| push_exclusive(out, *bound)),
                             None => args.text(""),
                         }
                         if let Some(from) = merge_from {
                             args.number(key(from));
                         }
                         for (score, member) in members {
-                            args.number(score);
+                            args.number(*score);
                             args.text(member);
                             for chunk in ranges.chunks(MASK_BITS) {
                                 let mask = chunk
@@ -452,17 +502,16 @@ impl<'s> Call<'s> {
                         }
                         push_ranges(&mut args, ranges);
                         let evidence_ranges = evidence.as_ref().map_or(&[][..], |e| &e.ranges);
-                        let mut text = String::new();
-                        for range in evidence_ranges {
-                            let (min, max) = bounds(*range);
-                            if !text.is_empty() {
-                                text.push(' ');
+                        args.build(|out| {
+                            for (i, range) in evidence_ranges.iter().enumerate() {
+                                if i > 0 {
+                                    out.push(b' ');
+                                }
+                                push_min(out, *range);
+                                out.push(b' ');
+                                push_max(out, *range);
                             }
-                            text.push_str(&min);
-                            text.push(' ');
-                            text.push_str(&max);
-                        }
-                        args.text(&text);
+                        });
                         push_gate(&mut args, evidence.as_ref().map(|e| &e.gate));
                     }
                     Op::Tally {
@@ -474,7 +523,7 @@ impl<'s> Call<'s> {
                     } => {
                         args.number(-1 - members.len() as i128);
                         args.number(key(name));
-                        args.number(ttl_secs.max(&1));
+                        args.number(*ttl_secs.max(&1));
                         for member in members {
                             args.text(member);
                         }
@@ -493,26 +542,34 @@ impl<'s> Call<'s> {
         }
     }
 
-    /// `EVALSHA` of the loaded script with this call's keys and arguments.
-    fn command(&self, sha: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(sha).arg(self.keys.len());
-        for k in &self.keys {
-            cmd.arg(*k);
+    /// `EVALSHA` of the loaded script with this call's keys and arguments, in RESP, written
+    /// straight from the argument buffer (a `redis::Cmd` would copy every argument twice).
+    fn command(&self, sha: &str) -> Vec<u8> {
+        let mut packed = Vec::with_capacity(self.args.bytes.len() + 16 * self.args.count() + 64);
+        let mut digits = itoa::Buffer::new();
+        let mut header = |out: &mut Vec<u8>, marker: u8, n: usize| {
+            out.push(marker);
+            out.extend_from_slice(digits.format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        };
+        header(&mut packed, b'*', 3 + self.keys.len() + self.args.count());
+        let keys = self.keys.iter().map(|k| k.as_bytes());
+        let count = self.keys.len().to_string();
+        let fixed = [b"EVALSHA".as_slice(), sha.as_bytes(), count.as_bytes()];
+        for arg in fixed.into_iter().chain(keys).chain(self.args.iter()) {
+            header(&mut packed, b'$', arg.len());
+            packed.extend_from_slice(arg);
+            packed.extend_from_slice(b"\r\n");
         }
-        for a in self.args.iter() {
-            cmd.arg(a);
-        }
-        cmd
+        packed
     }
 }
 
 /// Each range's bounds in `ZCOUNT` syntax (the script passes them on as they are).
 fn push_ranges(args: &mut Args, ranges: &[Range]) {
     for range in ranges {
-        let (min, max) = bounds(*range);
-        args.text(&min);
-        args.text(&max);
+        args.build(|out| push_min(out, *range));
+        args.build(|out| push_max(out, *range));
     }
 }
 
@@ -520,122 +577,88 @@ fn push_ranges(args: &mut Args, ranges: &[Range]) {
 /// for none.
 fn push_gate(args: &mut Args, gate: Option<&Gate>) {
     let at = |c: CountRef| [c.op as u64, c.range as u64];
-    let (letter, numbers): (&str, Vec<u64>) = match gate {
-        None => ("-", Vec::new()),
-        Some(Gate::Excess { count, limit }) => ("X", [&at(*count)[..], &[*limit]].concat()),
+    let (letter, numbers): (u8, [u64; 7]) = match gate {
+        None => (b'-', [0; 7]),
+        Some(Gate::Excess { count, limit }) => {
+            let [op, range] = at(*count);
+            (b'X', [op, range, *limit, 0, 0, 0, 0])
+        }
         Some(Gate::Share {
             part,
             total,
             min_total,
             percent,
-        }) => (
-            "S",
-            [&at(*part)[..], &at(*total), &[*min_total, *percent]].concat(),
-        ),
+        }) => {
+            let ([p_op, p_range], [t_op, t_range]) = (at(*part), at(*total));
+            (
+                b'S',
+                [p_op, p_range, t_op, t_range, *min_total, *percent, 0],
+            )
+        }
         Some(Gate::Spike {
             uses,
             base,
             buckets,
             factor,
             floor,
-        }) => (
-            "P",
-            [&at(*uses)[..], &at(*base), &[*buckets, *factor, *floor]].concat(),
-        ),
+        }) => {
+            let ([u_op, u_range], [b_op, b_range]) = (at(*uses), at(*base));
+            (
+                b'P',
+                [u_op, u_range, b_op, b_range, *buckets, *factor, *floor],
+            )
+        }
         Some(Gate::Either {
             distinct,
             unknown,
             min_distinct,
             min_unknown,
-        }) => (
-            "E",
-            [
-                &at(*distinct)[..],
-                &at(*unknown),
-                &[*min_distinct, *min_unknown],
-            ]
-            .concat(),
-        ),
-    };
-    let mut text = letter.to_string();
-    for n in numbers {
-        text.push(' ');
-        text.push_str(&n.to_string());
-    }
-    args.text(&text);
-}
-
-/// The bounds of `min <= score < max` in `ZCOUNT` syntax: the upper one exclusive, the open
-/// ends as the infinities Redis reads.
-fn bounds(range: Range) -> (String, String) {
-    let min = if range.min == i64::MIN {
-        "-inf".to_string()
-    } else {
-        range.min.to_string()
-    };
-    let max = if range.max == i64::MAX {
-        "+inf".to_string()
-    } else {
-        format!("({}", range.max)
-    };
-    (min, max)
-}
-
-fn parse_outcome(text: &str) -> Result<StepOutcome, StateError> {
-    match text.split_at_checked(1) {
-        Some(("D", _)) => Ok(StepOutcome::Duplicate),
-        Some(("N" | "R", json)) => parse_results(json).map(StepOutcome::Applied),
-        _ => Err(StateError(format!("unexpected script reply {text:?}"))),
-    }
-}
-
-/// A list as cjson writes it: an empty Lua table comes out as `{}`, so an empty list may
-/// arrive as an empty object.
-struct Lenient<T>(Vec<T>);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for Visit<T> {
-            type Value = Lenient<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list, or an empty object for an empty list")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Lenient(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Lenient(Vec::new()))
-            }
+        }) => {
+            let ([d_op, d_range], [u_op, u_range]) = (at(*distinct), at(*unknown));
+            (
+                b'E',
+                [d_op, d_range, u_op, u_range, *min_distinct, *min_unknown, 0],
+            )
         }
-        deserializer.deserialize_any(Visit(std::marker::PhantomData))
+    };
+    let used = match letter {
+        b'X' => 3,
+        b'S' | b'E' => 6,
+        b'P' => 7,
+        _ => 0,
+    };
+    args.build(|out| {
+        out.push(letter);
+        let mut digits = itoa::Buffer::new();
+        for n in &numbers[..used] {
+            out.push(b' ');
+            out.extend_from_slice(digits.format(*n).as_bytes());
+        }
+    });
+}
+
+/// The lower bound of `min <= score` in `ZCOUNT` syntax, `-inf` when open.
+fn push_min(out: &mut Vec<u8>, range: Range) {
+    if range.min == i64::MIN {
+        out.extend_from_slice(b"-inf");
+    } else {
+        out.extend_from_slice(itoa::Buffer::new().format(range.min).as_bytes());
     }
 }
 
-#[derive(Deserialize)]
-struct RawResult {
-    b: Lenient<u64>,
-    a: Lenient<u64>,
-    e: Lenient<Lenient<String>>,
+/// The upper bound of `score < max` in `ZCOUNT` syntax: exclusive, `+inf` when open.
+fn push_max(out: &mut Vec<u8>, range: Range) {
+    if range.max == i64::MAX {
+        out.extend_from_slice(b"+inf");
+    } else {
+        push_exclusive(out, range.max);
+    }
 }
 
-fn parse_results(json: &str) -> Result<Vec<OpResult>, StateError> {
-    let raw: Lenient<RawResult> = serde_json::from_str(json)
-        .map_err(|e| StateError(format!("unreadable script result: {e}")))?;
-    Ok(raw
-        .0
-        .into_iter()
-        .map(|r| OpResult {
-            before: r.b.0,
-            after: r.a.0,
-            evidence: r.e.0.into_iter().map(|l| l.0).collect(),
-        })
-        .collect())
+/// `(<bound>`: an exclusive score bound.
+fn push_exclusive(out: &mut Vec<u8>, bound: i64) {
+    out.push(b'(');
+    out.extend_from_slice(itoa::Buffer::new().format(bound).as_bytes());
 }
 
 #[cfg(test)]
@@ -643,37 +666,77 @@ mod tests {
     use super::*;
 
     #[test]
-    fn results_read_empty_objects_as_empty_lists() {
-        let parsed =
-            parse_outcome(r#"N[{"b":{},"a":[3],"e":[["o1","o2"],{}]},{"b":[1],"a":[2],"e":{}}]"#)
-                .expect("parses");
-        let StepOutcome::Applied(results) = parsed else {
-            panic!("applied")
-        };
-        assert_eq!(results[0].after, [3]);
-        assert!(results[0].before.is_empty());
-        assert_eq!(results[0].evidence, [vec!["o1", "o2"], vec![]]);
-        assert!(results[1].evidence.is_empty());
-        assert_eq!(
-            parse_outcome("R{}").expect("parses"),
-            StepOutcome::Applied(Vec::new())
-        );
-        assert_eq!(parse_outcome("D").expect("parses"), StepOutcome::Duplicate);
-        assert!(parse_outcome("x").is_err());
-    }
-
-    #[test]
     fn bounds_exclude_the_upper_end() {
+        let written = |range: Range| {
+            let (mut min, mut max) = (Vec::new(), Vec::new());
+            push_min(&mut min, range);
+            push_max(&mut max, range);
+            (
+                String::from_utf8(min).expect("ascii"),
+                String::from_utf8(max).expect("ascii"),
+            )
+        };
+        assert_eq!(written(Range { min: 5, max: 9 }), ("5".into(), "(9".into()));
         assert_eq!(
-            bounds(Range { min: 5, max: 9 }),
-            ("5".to_string(), "(9".to_string())
+            written(Range { min: -5, max: -1 }),
+            ("-5".into(), "(-1".into())
         );
         assert_eq!(
-            bounds(Range {
+            written(Range {
                 min: i64::MIN,
                 max: i64::MAX
             }),
-            ("-inf".to_string(), "+inf".to_string())
+            ("-inf".into(), "+inf".into())
         );
+    }
+
+    #[test]
+    fn gates_and_placeholders_read_as_the_script_expects() {
+        let gate = |g: Option<&Gate>| {
+            let mut args = Args::default();
+            push_gate(&mut args, g);
+            String::from_utf8(args.bytes).expect("ascii")
+        };
+        let c = |op, range| CountRef { op, range };
+        assert_eq!(gate(None), "-");
+        assert_eq!(
+            gate(Some(&Gate::Excess {
+                count: c(0, 1),
+                limit: 5
+            })),
+            "X 0 1 5"
+        );
+        assert_eq!(
+            gate(Some(&Gate::Share {
+                part: c(1, 0),
+                total: c(2, 3),
+                min_total: 10,
+                percent: 40
+            })),
+            "S 1 0 2 3 10 40"
+        );
+        assert_eq!(
+            gate(Some(&Gate::Spike {
+                uses: c(0, 0),
+                base: c(0, 1),
+                buckets: 24,
+                factor: 3,
+                floor: 20
+            })),
+            "P 0 0 0 1 24 3 20"
+        );
+        assert_eq!(
+            gate(Some(&Gate::Either {
+                distinct: c(3, 0),
+                unknown: c(3, 1),
+                min_distinct: 8,
+                min_unknown: 4
+            })),
+            "E 3 0 3 1 8 4"
+        );
+        let mut args = Args::default();
+        let at = args.placeholder();
+        args.fill(at, 1234);
+        assert_eq!(args.bytes, b"000001234");
     }
 }

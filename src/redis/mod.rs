@@ -7,4 +7,5 @@ pub mod code_sync;
 pub mod connect;
 mod decision_store;
 pub mod detector_state;
+mod step_reply;
 pub mod store;
