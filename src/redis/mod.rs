@@ -7,5 +7,6 @@ pub mod code_sync;
 pub mod connect;
 mod decision_store;
 pub mod detector_state;
+mod step_args;
 mod step_reply;
 pub mod store;
