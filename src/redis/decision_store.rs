@@ -52,16 +52,13 @@ impl RedisState {
         }
         let script = self.decision_script();
         // Every key of a call is in its program's slot: the first one routes it on a cluster.
-        let commands = calls
-            .iter()
-            .map(|chunk| {
-                let first = chunk.first().map_or("", |&i| ops[i].key());
-                (
-                    slot(first.as_bytes()),
-                    command(ops, chunk, script.get_hash()).get_packed_command(),
-                )
-            })
-            .collect();
+        let commands = calls.iter().map(|chunk| {
+            let first = chunk.first().map_or("", |&i| ops[i].key());
+            (
+                slot(first.as_bytes()),
+                command(ops, chunk, script.get_hash()).get_packed_command(),
+            )
+        });
         let answers: Vec<Vec<Vec<String>>> = self.run_scripts(&script, commands)?;
         if answers.len() != calls.len() {
             return Err(StateError(format!(

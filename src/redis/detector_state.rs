@@ -133,10 +133,10 @@ impl RedisState {
     pub(super) fn run_scripts<T: redis::FromRedisValue>(
         &mut self,
         script: &Script,
-        calls: Vec<(u16, Vec<u8>)>,
+        calls: impl Iterator<Item = (u16, Vec<u8>)>,
     ) -> Result<Vec<T>, StateError> {
         let result = if self.endpoint.is_cluster() {
-            self.run_on_cluster(script, calls)
+            self.run_on_cluster(script, calls.collect())
         } else {
             self.run_on_node(script, calls)
         };
@@ -146,21 +146,18 @@ impl RedisState {
         })
     }
 
+    /// Each call is sent as soon as it is built, so Redis runs the first while the next are
+    /// still being written.
     fn run_on_node<T: redis::FromRedisValue>(
         &mut self,
         script: &Script,
-        calls: Vec<(u16, Vec<u8>)>,
+        calls: impl Iterator<Item = (u16, Vec<u8>)>,
     ) -> Result<Vec<T>, StateError> {
         let (replicas, wait_ms) = (self.wait_replicas, self.wait_ms);
         let connection = self.connection()?;
         let wait = (replicas > 0).then(|| wait_command(replicas, wait_ms));
-        let answers = exchange(
-            connection,
-            script,
-            calls.iter().map(|(_, c)| c),
-            wait.as_ref(),
-        )
-        .map_err(|e| StateError(e.to_string()))?;
+        let answers = exchange(connection, script, calls.map(|(_, c)| c), wait.as_ref())
+            .map_err(|e| StateError(e.to_string()))?;
         if let Some(acknowledged) = answers.wait {
             check_replicas(acknowledged, replicas, "redis")?;
         }
@@ -241,23 +238,26 @@ struct Received<T> {
 
 /// Sends one pipeline: the script's load (which costs a hash of a short script and survives a
 /// Redis restart, which forgets loaded scripts, without a NOSCRIPT round trip), the calls as
-/// they were packed, then `WAIT` if given.
-fn send<'c>(
+/// they were packed, each written as it comes, then `WAIT` if given. Answers how many calls
+/// it sent.
+fn send<C: AsRef<[u8]>>(
     connection: &mut Connection,
     script: &Script,
-    calls: impl Iterator<Item = &'c Vec<u8>>,
+    calls: impl Iterator<Item = C>,
     wait: Option<&redis::Cmd>,
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<usize> {
     let mut load = redis::pipe();
     load.load_script(script);
-    let mut packed = load.get_packed_pipeline();
+    connection.send_packed_command(&load.get_packed_pipeline())?;
+    let mut sent = 0;
     for call in calls {
-        packed.extend_from_slice(call);
+        connection.send_packed_command(call.as_ref())?;
+        sent += 1;
     }
     if let Some(wait) = wait {
-        packed.extend_from_slice(&wait.get_packed_command());
+        connection.send_packed_command(&wait.get_packed_command())?;
     }
-    connection.send_packed_command(&packed)
+    Ok(sent)
 }
 
 /// Reads what [`send`] asked for: the load's reply, `calls` replies, and `WAIT`'s.
@@ -279,14 +279,13 @@ fn receive<T: redis::FromRedisValue>(
 }
 
 /// [`send`] then [`receive`] on one connection.
-fn exchange<'c, T: redis::FromRedisValue>(
+fn exchange<T: redis::FromRedisValue>(
     connection: &mut Connection,
     script: &Script,
-    calls: impl ExactSizeIterator<Item = &'c Vec<u8>>,
+    calls: impl Iterator<Item = Vec<u8>>,
     wait: Option<&redis::Cmd>,
 ) -> redis::RedisResult<Received<T>> {
-    let count = calls.len();
-    send(connection, script, calls, wait)?;
+    let count = send(connection, script, calls, wait)?;
     receive(connection, count, wait.is_some())
 }
 
@@ -324,22 +323,20 @@ impl DetectorState for RedisState {
             });
             groups[slot].1.push(i);
         }
-        let calls: Vec<Call<'_>> = groups
+        let calls: Vec<&[usize]> = groups
             .iter()
             .flat_map(|(_, members)| members.chunks(ORDERS_PER_CALL))
-            .map(|chunk| Call::new(steps, chunk))
             .collect();
         if calls.is_empty() {
             return Ok(Vec::new());
         }
         let script = self.script.clone();
-        let commands = calls
-            .iter()
-            .map(|call| {
-                let slot = call.keys.first().map_or(0, |key| slot(key.as_bytes()));
-                (slot, call.command(script.get_hash()))
-            })
-            .collect();
+        // Built one by one as they are sent (on one node, each goes out as soon as it is built).
+        let commands = calls.iter().map(|chunk| {
+            let call = Call::new(steps, chunk);
+            let slot = call.keys.first().map_or(0, |key| slot(key.as_bytes()));
+            (slot, call.command(script.get_hash()))
+        });
         let answers: Vec<Vec<String>> = self.run_scripts(&script, commands)?;
         if answers.len() != calls.len() {
             return Err(StateError(format!(
@@ -349,11 +346,11 @@ impl DetectorState for RedisState {
             )));
         }
         let mut outcomes: Vec<Option<StepOutcome>> = vec![None; steps.len()];
-        for (call, answer) in calls.iter().zip(answers) {
-            if answer.len() != call.steps.len() {
+        for (chunk, answer) in calls.iter().zip(answers) {
+            if answer.len() != chunk.len() {
                 return Err(StateError("a script reply of the wrong length".into()));
             }
-            for (&i, text) in call.steps.iter().zip(answer) {
+            for (&i, text) in chunk.iter().zip(answer) {
                 outcomes[i] = Some(super::step_reply::parse_outcome(&text)?);
             }
         }

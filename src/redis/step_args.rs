@@ -76,7 +76,6 @@ impl Args {
 
 /// One script call: the steps of one program (chunk), with their keys deduplicated.
 pub(super) struct Call<'s> {
-    pub(super) steps: Vec<usize>,
     pub(super) keys: Vec<&'s str>,
     args: Args,
 }
@@ -176,11 +175,7 @@ impl<'s> Call<'s> {
             }
             args.fill(skip, args.count() - start);
         }
-        Call {
-            steps: chosen.to_vec(),
-            keys,
-            args,
-        }
+        Call { keys, args }
     }
 
     /// `EVALSHA` of the loaded script with this call's keys and arguments, in RESP, written
