@@ -302,6 +302,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_call_packs_as_redis_rs_packs_the_same_command() {
+        let add = Op::Add {
+            key: "p:{P1}:u:C1".into(),
+            merge_from: Some("p:{P1}:c:old".into()),
+            ttl_secs: 3600,
+            members: vec![(1_700_000_000_000, "order-1".into()), (-5, "?X".into())],
+            trim_below: Some(1_699_999_000_000),
+            ranges: vec![
+                Range {
+                    min: i64::MIN,
+                    max: i64::MAX,
+                },
+                Range {
+                    min: 1_699_999_999_000,
+                    max: 1_700_000_000_001,
+                },
+            ],
+            evidence: None,
+        };
+        let tally = Op::Tally {
+            key: "p:{P1}:nt:0".into(),
+            ttl_secs: 60,
+            members: vec!["UNKNOWN1".into()],
+            top: 5,
+            evidence: None,
+        };
+        let steps = [OrderStep {
+            group: "P1".into(),
+            memo_key: "p:{P1}:o:abc".into(),
+            fingerprint: "f00d".into(),
+            memo_ttl_secs: 86_400,
+            ops: vec![add, tally],
+        }];
+        let call = Call::new(&steps, &[0]);
+        let mut expected = redis::cmd("EVALSHA");
+        expected.arg("sha").arg(call.keys.len());
+        for key in &call.keys {
+            expected.arg(*key);
+        }
+        for arg in call.args.iter() {
+            expected.arg(arg);
+        }
+        assert_eq!(call.command("sha"), expected.get_packed_command());
+    }
+
+    #[test]
     fn bounds_exclude_the_upper_end() {
         let written = |range: Range| {
             let (mut min, mut max) = (Vec::new(), Vec::new());
