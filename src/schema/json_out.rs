@@ -56,28 +56,13 @@ impl<'b> ObjectWriter<'b> {
     }
 
     pub(crate) fn str(&mut self, field: Field, value: &str) -> serde_json::Result<()> {
-        if needs_no_escape(value) {
-            self.verbatim(field, value);
-            Ok(())
-        } else {
-            serde_json::to_writer(self.key(field), value)
-        }
+        write_str(self.key(field), value)
     }
 
     /// A string known to need no escaping (an enum's spelling), written without the scan.
     pub(crate) fn word(&mut self, field: Field, value: &'static str) {
         debug_assert!(needs_no_escape(value), "{value:?} needs escaping");
-        self.verbatim(field, value);
-    }
-
-    fn verbatim(&mut self, field: Field, value: &str) {
-        let token = field.bytes(self.first);
-        self.first = false;
-        self.out.reserve(token.len() + value.len() + 2);
-        self.out.extend_from_slice(token);
-        self.out.push(b'"');
-        self.out.extend_from_slice(value.as_bytes());
-        self.out.push(b'"');
+        write_verbatim(self.key(field), value);
     }
 
     pub(crate) fn null(&mut self, field: Field) {
@@ -177,14 +162,19 @@ pub(super) const fn stop_bytes(word: u64) -> u64 {
 /// A JSON string, byte for byte as `serde_json` writes it.
 pub(crate) fn write_str(out: &mut Vec<u8>, value: &str) -> serde_json::Result<()> {
     if needs_no_escape(value) {
-        out.reserve(value.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
+        write_verbatim(out, value);
         Ok(())
     } else {
         serde_json::to_writer(out, value)
     }
+}
+
+/// A string between quotes as it is, for one that needs no escaping.
+fn write_verbatim(out: &mut Vec<u8>, value: &str) {
+    out.reserve(value.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
 }
 
 /// A decimal integer, as `serde_json` (itoa) writes it.
