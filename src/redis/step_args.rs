@@ -32,9 +32,7 @@ impl Args {
     }
 
     fn number(&mut self, n: impl itoa::Integer) {
-        self.bytes
-            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        self.ends.push(self.bytes.len());
+        self.build(|out| push_integer(out, n));
     }
 
     /// A text built piece by piece in place (`write` appends to the buffer it is given).
@@ -182,10 +180,9 @@ impl<'s> Call<'s> {
     /// straight from the argument buffer (a `redis::Cmd` would copy every argument twice).
     pub(super) fn command(&self, sha: &str) -> Vec<u8> {
         let mut packed = Vec::with_capacity(self.args.bytes.len() + 16 * self.args.count() + 64);
-        let mut digits = itoa::Buffer::new();
-        let mut header = |out: &mut Vec<u8>, marker: u8, n: usize| {
+        let header = |out: &mut Vec<u8>, marker: u8, n: usize| {
             out.push(marker);
-            out.extend_from_slice(digits.format(n).as_bytes());
+            push_integer(out, n);
             out.extend_from_slice(b"\r\n");
         };
         header(&mut packed, b'*', 3 + self.keys.len() + self.args.count());
@@ -265,10 +262,9 @@ fn push_gate(args: &mut Args, gate: Option<&Gate>) {
     };
     args.build(|out| {
         out.push(letter);
-        let mut digits = itoa::Buffer::new();
         for n in &numbers[..used] {
             out.push(b' ');
-            out.extend_from_slice(digits.format(*n).as_bytes());
+            push_integer(out, *n);
         }
     });
 }
@@ -278,7 +274,7 @@ fn push_min(out: &mut Vec<u8>, range: Range) {
     if range.min == i64::MIN {
         out.extend_from_slice(b"-inf");
     } else {
-        out.extend_from_slice(itoa::Buffer::new().format(range.min).as_bytes());
+        push_integer(out, range.min);
     }
 }
 
@@ -294,7 +290,12 @@ fn push_max(out: &mut Vec<u8>, range: Range) {
 /// `(<bound>`: an exclusive score bound.
 fn push_exclusive(out: &mut Vec<u8>, bound: i64) {
     out.push(b'(');
-    out.extend_from_slice(itoa::Buffer::new().format(bound).as_bytes());
+    push_integer(out, bound);
+}
+
+/// An integer's decimal text, as Redis and the script read it.
+fn push_integer(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 #[cfg(test)]
