@@ -86,7 +86,43 @@ fn shape(steps: &[OrderStep]) {
             }
         }
     }
+    // Within one script call (a program's orders, 250 at a time), how many of the counts and
+    // keys were already read or touched by an earlier order of the same call.
+    let mut by_group: BTreeMap<&str, Vec<&OrderStep>> = BTreeMap::new();
+    for step in steps {
+        by_group.entry(step.group.as_str()).or_default().push(step);
+    }
+    let (mut distinct_ranges, mut distinct_keys, mut calls) = (0, 0, 0);
+    for group in by_group.values() {
+        for call in group.chunks(250) {
+            calls += 1;
+            let mut keys = std::collections::BTreeSet::new();
+            let mut counted = std::collections::BTreeSet::new();
+            for step in call {
+                for op in &step.ops {
+                    match op {
+                        Op::Add { key, ranges: r, .. } => {
+                            keys.insert(key.as_str());
+                            for range in r {
+                                counted.insert((key.as_str(), range.min, range.max));
+                            }
+                        }
+                        Op::Tally { key, .. } => {
+                            keys.insert(key.as_str());
+                        }
+                    }
+                }
+            }
+            distinct_ranges += counted.len();
+            distinct_keys += keys.len();
+        }
+    }
     let n = steps.len().max(1) as f64;
+    eprintln!(
+        "  per order within a call ({calls} calls): {:.1} distinct keys, {:.1} distinct (key, range) counts",
+        distinct_keys as f64 / n,
+        distinct_ranges as f64 / n
+    );
     eprintln!(
         "  shape: {} steps; per order {:.1} ops ({:.1} adds), {:.1} members, {:.1} ranges, {:.1} evidence ranges, {:.1} gates",
         steps.len(),

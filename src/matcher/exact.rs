@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use super::line_map::LineMap;
+use super::line_map::{LineMap, Prefetched};
 
 use crate::codes::normalize::{exact_key, trim_entered};
 
@@ -78,6 +78,10 @@ fn ascii_upper(loaded: u128) -> Option<u128> {
 
 pub(crate) type InlineKey = [u8; 16];
 
+/// An entered code's lookup between [`ExactIndex::start`] and [`ExactIndex::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started(Prefetched);
+
 #[derive(Debug, Default)]
 pub struct ExactIndex {
     inline: LineMap,
@@ -107,24 +111,23 @@ impl ExactIndex {
 
     /// The first half of [`ExactIndex::get`]: the entered code's key, with the read of its
     /// bucket already asked for, so that the caller's other work overlaps the cache miss.
-    pub fn start(&self, entered: &str) -> Option<u128> {
+    pub fn start(&self, entered: &str) -> Option<Started> {
         // Nearly every entered code is short ASCII: folded in registers, straight into the key.
         let trimmed = trim_entered(entered).as_bytes();
         if trimmed.len() <= INLINE_BYTES
             && let Some(folded) = ascii_upper(load_short(trimmed))
         {
             let key = u128::from_le_bytes(with_length(folded, trimmed.len()));
-            self.inline.prefetch(key);
-            return Some(key);
+            return Some(Started(self.inline.prefetch(key)));
         }
         None
     }
 
     /// The second half of [`ExactIndex::get`], given what [`ExactIndex::start`] returned for
-    /// the same `entered`.
-    pub fn finish(&self, started: Option<u128>, entered: &str) -> Option<u32> {
+    /// the same `entered` on this index.
+    pub fn finish(&self, started: Option<Started>, entered: &str) -> Option<u32> {
         match started {
-            Some(key) => self.inline.get(key),
+            Some(Started(probe)) => self.inline.get_prefetched(probe),
             None => self.get_canonical(&exact_key(entered)),
         }
     }
@@ -193,7 +196,8 @@ mod tests {
         #[test]
         fn fast_key_is_the_canonical_key(raw in r"[ \t\u{A0}\u{3000}\u{200B}a-zA-Z0-9ﬁß_-]{0,17}") {
             let index = ExactIndex::default();
-            if let Some(key) = index.start(&raw) {
+            if let Some(Started(probe)) = index.start(&raw) {
+                let key = probe.key();
                 let canonical = pack(exact_key(&raw).as_bytes()).map(u128::from_le_bytes);
                 proptest::prop_assert_eq!(Some(key), canonical);
             }

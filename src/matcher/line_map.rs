@@ -45,6 +45,20 @@ impl Bucket {
     }
 }
 
+/// A key and its home bucket, hashed once for both the prefetch and the lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Prefetched {
+    key: u128,
+    home: usize,
+}
+
+impl Prefetched {
+    #[cfg(test)]
+    pub(crate) fn key(self) -> u128 {
+        self.key
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct LineMap {
     buckets: Vec<Bucket>,
@@ -93,10 +107,10 @@ impl LineMap {
         self.hasher.hash_one(key) as usize & (self.buckets.len().wrapping_sub(1))
     }
 
-    /// The bucket and slot holding `key`.
-    fn find(&self, key: u128) -> Option<(usize, usize)> {
+    /// The bucket and slot holding `key`, whose home bucket is `home`.
+    fn find(&self, key: u128, home: usize) -> Option<(usize, usize)> {
         let mask = self.buckets.len().checked_sub(1)?;
-        let mut at = self.home(key);
+        let mut at = home;
         // Bounded by the bucket count: the load limit leaves free slots, so a search ends sooner.
         for _ in 0..self.buckets.len() {
             let bucket = self.buckets.get(at)?;
@@ -111,21 +125,30 @@ impl LineMap {
         None
     }
 
-    /// Asks for the line of `key`'s home bucket without waiting for it.
-    pub(crate) fn prefetch(&self, key: u128) {
+    /// Asks for the line of `key`'s home bucket without waiting for it, and returns what
+    /// [`LineMap::get_prefetched`] needs to finish the lookup without hashing again.
+    pub(crate) fn prefetch(&self, key: u128) -> Prefetched {
+        let home = self.home(key);
         #[cfg(target_arch = "x86_64")]
-        if let Some(bucket) = self.buckets.get(self.home(key)) {
+        if let Some(bucket) = self.buckets.get(home) {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
             // SAFETY: a prefetch is a hint: it never faults and changes no memory, and SSE, which
             // it needs, is part of every x86_64 target.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(bucket).cast()) };
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
+        Prefetched { key, home }
     }
 
     pub(crate) fn get(&self, key: u128) -> Option<u32> {
-        let (at, slot) = self.find(key)?;
+        self.get_prefetched(Prefetched {
+            key,
+            home: self.home(key),
+        })
+    }
+
+    /// The value of a key [`LineMap::prefetch`] asked for, on this map.
+    pub(crate) fn get_prefetched(&self, probe: Prefetched) -> Option<u32> {
+        let (at, slot) = self.find(probe.key, probe.home)?;
         self.buckets.get(at)?.values.get(slot).copied()
     }
 
