@@ -14,6 +14,8 @@
 
 use std::borrow::Cow;
 
+#[cfg(target_arch = "x86_64")]
+use super::json_out::stop_bytes_16;
 use super::json_out::{is_stop_byte, stop_bytes};
 use super::number::JsonNumber;
 use super::order::{Customer, Order, Risk, Touchpoint, TouchpointKind};
@@ -35,10 +37,23 @@ pub(super) fn parse(text: &str) -> Option<Order<'_>> {
 }
 
 /// The length of a string's content up to its closing quote, when it holds no escape and no
-/// control character (`None` otherwise, and when it does not end). Reads eight bytes per step:
-/// most of an order's bytes are inside strings.
+/// control character (`None` otherwise, and when it does not end). Reads sixteen bytes per step
+/// (eight where SSE2 is not at hand, and near the record's end): most of an order's bytes are
+/// inside strings.
 fn plain_string_len(rest: &[u8]) -> Option<usize> {
     let mut at = 0;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = rest
+        .get(at..at + 16)
+        .and_then(|c| <&[u8; 16]>::try_from(c).ok())
+    {
+        let stops = stop_bytes_16(chunk);
+        if stops != 0 {
+            at += stops.trailing_zeros() as usize;
+            return (*rest.get(at)? == b'"').then_some(at);
+        }
+        at += 16;
+    }
     while let Some(chunk) = rest.get(at..at + 8) {
         let word = u64::from_le_bytes(chunk.try_into().ok()?);
         let stops = stop_bytes(word);
