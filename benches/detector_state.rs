@@ -28,7 +28,7 @@ use promo_attribution::detectors::{
 };
 use promo_attribution::engine::{Engine, Outputs};
 use promo_attribution::redis::connect::Endpoint;
-use promo_attribution::redis::detector_state::RedisState;
+use promo_attribution::redis::detector_state::{ORDERS_PER_CALL, RedisState};
 use promo_attribution::settings::StoreSettings;
 use promo_attribution::table_source::load_from_files;
 use support::Names;
@@ -86,15 +86,15 @@ fn shape(steps: &[OrderStep]) {
             }
         }
     }
-    // Within one script call (a program's orders, 250 at a time), how many of the counts and
-    // keys were already read or touched by an earlier order of the same call.
+    // Within one script call (a program's orders, `ORDERS_PER_CALL` at a time), how many of the
+    // counts and keys were already read or touched by an earlier order of the same call.
     let mut by_group: BTreeMap<&str, Vec<&OrderStep>> = BTreeMap::new();
     for step in steps {
         by_group.entry(step.group.as_str()).or_default().push(step);
     }
     let (mut distinct_ranges, mut distinct_keys, mut calls) = (0, 0, 0);
     for group in by_group.values() {
-        for call in group.chunks(250) {
+        for call in group.chunks(ORDERS_PER_CALL) {
             calls += 1;
             let mut keys = std::collections::BTreeSet::new();
             let mut counted = std::collections::BTreeSet::new();

@@ -27,7 +27,7 @@ use crate::redis::connect::{Endpoint, Node, SlotMap, slot};
 use crate::settings::StoreSettings;
 
 /// Orders per script call: bounds how long one call holds Redis (a script blocks the server).
-const ORDERS_PER_CALL: usize = 250;
+pub const ORDERS_PER_CALL: usize = 250;
 
 /// Arguments, after the evidence limit and the number of orders, per order:
 ///
