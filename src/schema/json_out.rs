@@ -206,19 +206,9 @@ fn write_verbatim(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// A decimal integer, as `serde_json` (itoa) writes it.
-pub(crate) fn write_u64(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+/// A decimal integer, through the same `itoa` that `serde_json` writes integers with.
+pub(crate) fn write_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 #[cfg(test)]
