@@ -26,7 +26,7 @@
 //! pair, default 1), BENCH_PYTHON (the venv's python; peers are skipped when unset),
 //! BENCH_WORKER_BIN (default target/release/promo-attribution), BENCH_BROKERS and
 //! BENCH_BROKER_PID (default: the services of `scripts/services`), BENCH_PERF (1 = one extra
-//! worker drain under `perf record`, not counted), BENCH_BATCH_RECORDS / BENCH_BATCH_MS (every
+//! worker drain under `perf record`, not counted; BENCH_PERF_CALLGRAPH=1 adds DWARF call graphs), BENCH_BATCH_RECORDS / BENCH_BATCH_MS (every
 //! contender's batches), BENCH_ONLY (drains to keep, by output-name prefix), BENCH_LIVE (0 skips
 //! the live part), BENCH_LIVE_START (first live rate instead of 0.9x the drain rate),
 //! BENCH_LIVE_MODES (live modes to keep: eos, alo, patched-eos, confluent-eos), BENCH_REDIS_URL
@@ -390,8 +390,14 @@ fn drain(
             None if committed > 0 => {
                 first = Some(last);
                 perf = watch.perf_out.map(|out| {
-                    Command::new("perf")
-                        .args(["record", "-F", "999", "-o"])
+                    let mut perf = Command::new("perf");
+                    perf.args(["record", "-F", "999"]);
+                    // Call graphs from DWARF (no frame pointers in librdkafka or our release
+                    // build): which caller pays for a hot leaf such as `clock_gettime`.
+                    if std::env::var("BENCH_PERF_CALLGRAPH").is_ok_and(|v| v == "1") {
+                        perf.args(["--call-graph", "dwarf,32768"]);
+                    }
+                    perf.arg("-o")
                         .arg(out)
                         .args(["-p", &pid.to_string()])
                         .stdout(Stdio::null())

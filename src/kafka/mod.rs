@@ -1,6 +1,7 @@
 //! The Kafka edge: client configuration, the consume→decide→produce pipeline with its delivery
 //! guarantees, and the poll loop that drives it on its own thread.
 
+mod acks;
 pub mod context;
 pub mod delivery;
 pub mod events;

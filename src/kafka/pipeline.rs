@@ -28,6 +28,7 @@ pub use rewind::RewindPoint;
 use rewind::{offsets_list, retry_resumable};
 
 use super::Failure;
+use super::acks::AckWait;
 use super::context::WorkerContext;
 use super::delivery::{DeliveryCounts, DeliveryMark};
 use super::events::ClientEvents;
@@ -151,6 +152,8 @@ pub enum BatchFill {
 }
 
 pub struct Pipeline {
+    /// Declared before `producer`, so it lets go of the producer's queue first.
+    acks: AckWait,
     producer: BaseProducer<DeliveryTracker>,
     settings: Arc<Settings>,
     table: TableHandle,
@@ -178,6 +181,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Pipeline {
         Pipeline {
+            acks: AckWait::new(&producer),
             producer,
             transactional_id: settings.kafka.effective_transactional_id(),
             engine: Engine::new(settings.clone()),
@@ -395,7 +399,8 @@ impl Pipeline {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
-                    self.producer.poll(Duration::from_millis(5));
+                    // Room comes back as deliveries are reported.
+                    self.acks.serve(&self.producer, Duration::from_millis(5));
                 }
                 Err((err, _)) => return Err(Failure::from_client("produce", &err)),
             }
@@ -486,22 +491,17 @@ impl Pipeline {
     /// Waits until every output produced so far is acknowledged and its delivery report served.
     /// rust-rdkafka 0.39's `flush` (which `commit_transaction` calls) polls in 100 ms steps that
     /// always run to the end, so a batch the broker acknowledges in a millisecond would still
-    /// wait 100 ms; short polls end the wait as soon as the last report is in, and leave
-    /// `flush` nothing to wait for.
-    pub(super) fn await_deliveries(&self) -> Result<(), Failure> {
-        const STEP: Duration = Duration::from_millis(1);
+    /// wait 100 ms; waking on each report ends the wait as soon as the last one is in, and
+    /// leaves `flush` nothing to wait for.
+    fn await_deliveries(&self) -> Result<(), Failure> {
         let limit = Duration::from_millis(self.settings.kafka.transaction_timeout_ms);
-        let started = Instant::now();
-        while self.producer.in_flight_count() > 0 {
-            if started.elapsed() >= limit {
-                return Err(Failure::Transient(format!(
-                    "{} outputs not acknowledged within {limit:?}",
-                    self.producer.in_flight_count()
-                )));
-            }
-            self.producer.poll(STEP);
-        }
-        Ok(())
+        self.acks
+            .until_acknowledged(&self.producer, limit)
+            .map_err(|in_flight| {
+                Failure::Transient(format!(
+                    "{in_flight} outputs not acknowledged within {limit:?}"
+                ))
+            })
     }
 
     /// Gives up the open batch: aborts its transaction and moves the consumer back to the batch's

@@ -2,7 +2,7 @@
 //! lines, read a topic back. Debian's `kcat` is too old to talk to current brokers such as
 //! tansu, so the project carries its own, built on the same client as the worker.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,6 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::acks::AckWait;
 use super::delivery::DeliveryCounts;
 
 fn client(brokers: &str) -> ClientConfig {
@@ -52,11 +53,13 @@ pub fn produce_records(brokers: &str, topic: &str, records: &[Vec<u8>]) -> Resul
 }
 
 /// An idempotent producer for tools and tests that send many small batches (a stream paced in
-/// chunks): one connection for all of them, and each batch awaited in short polls rather than
-/// through `flush`, whose polls run in whole 100 ms steps. A batch counts as sent only when the
+/// chunks): one connection for all of them, and each batch awaited as its acknowledgements arrive
+/// rather than through `flush`, whose polls run in whole 100 ms steps. A batch counts as sent only when the
 /// broker stored every record of it at an offset ([`DeliveryCounts`]); otherwise the call fails and the
 /// caller sends the batch again, accepting repeats, which the worker writes byte-identical.
 pub struct RecordProducer {
+    /// Declared before `producer`, so it lets go of the producer's queue first.
+    acks: AckWait,
     producer: BaseProducer<DeliveryCounts>,
 }
 
@@ -67,7 +70,10 @@ impl RecordProducer {
             .set("enable.idempotence", "true")
             .create_with_context(DeliveryCounts::default())
             .map_err(|e| format!("producer: {e}"))?;
-        Ok(RecordProducer { producer })
+        Ok(RecordProducer {
+            acks: AckWait::new(&producer),
+            producer,
+        })
     }
 
     /// Sends `records` to `topic`, keyed by their `order_id` where they have one, and returns
@@ -128,7 +134,8 @@ impl RecordProducer {
                     back,
                 )) => {
                     record = back;
-                    self.producer.poll(Duration::from_millis(10));
+                    // Room comes back as deliveries are reported.
+                    self.acks.serve(&self.producer, Duration::from_millis(10));
                 }
                 Err((e, _)) => return Err(format!("produce: {e}")),
             }
@@ -137,16 +144,11 @@ impl RecordProducer {
 
     fn await_acks(&self, topic: &str, sent: usize) -> Result<usize, String> {
         let before = self.producer.context().mark();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.producer.in_flight_count() > 0 {
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{} records to {topic} not acknowledged within 30 s",
-                    self.producer.in_flight_count()
-                ));
-            }
-            self.producer.poll(Duration::from_millis(1));
-        }
+        self.acks
+            .until_acknowledged(&self.producer, Duration::from_secs(30))
+            .map_err(|in_flight| {
+                format!("{in_flight} records to {topic} not acknowledged within 30 s")
+            })?;
         let answered = self.producer.context().since(before);
         let (failed, unplaced) = (answered.failed, answered.unplaced);
         if failed > 0 {

@@ -1,0 +1,145 @@
+//! Waiting for a producer's acknowledgements without spinning.
+//!
+//! rust-rdkafka 0.39's `BaseProducer::poll(t)` keeps polling until `t` has passed and hands
+//! librdkafka the time left in whole milliseconds, so once less than a millisecond is left each
+//! poll returns at once: a `poll(1 ms)` spins for its whole millisecond, reading the clock three
+//! times a turn. The worker's commit waited for its outputs that way, and in a drain that spin
+//! was about a tenth of the worker's CPU (BENCHMARKS.md, "Acknowledgements awaited without
+//! spinning"). Here librdkafka calls back when an event lands on the producer's empty queue,
+//! and the waiting thread sleeps on a condition variable until then; the events themselves are
+//! still served by rust-rdkafka's `poll`, which never blocks here.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::bindings as rdsys;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+
+/// Set by librdkafka's callback, waited on by the producing thread.
+#[derive(Default)]
+struct Signal {
+    ready: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// librdkafka runs this on one of its own threads, holding the queue's lock, when an event is
+/// added to the empty queue: it must be quick and must not call librdkafka.
+unsafe extern "C" fn event_ready(_: *mut rdsys::rd_kafka_t, opaque: *mut c_void) {
+    // SAFETY: `opaque` is the `Signal` of an `AckWait`, which keeps it alive and turns this
+    // callback off (under the same queue lock) before letting it go.
+    let signal = unsafe { &*opaque.cast::<Signal>() };
+    signal.ready.store(true, Ordering::SeqCst);
+    // Taking the lock orders this wake-up after a waiter's check of `ready`: a waiter that saw
+    // `false` is already waiting when the notification comes. The waiter never calls librdkafka
+    // while holding this lock, so the two locks cannot be taken in opposite orders.
+    drop(signal.lock.lock().unwrap_or_else(PoisonError::into_inner));
+    signal.wake.notify_all();
+}
+
+/// The producer's event queue (delivery reports, errors), watched for new events.
+pub struct AckWait {
+    client: *mut rdsys::rd_kafka_t,
+    queue: *mut rdsys::rd_kafka_queue_t,
+    signal: Arc<Signal>,
+}
+
+// SAFETY: librdkafka's client and queue handles may be used from any thread; the callback's
+// state is shared through atomics and a mutex.
+unsafe impl Send for AckWait {}
+// SAFETY: as above; every method takes `&self` and touches only thread-safe state.
+unsafe impl Sync for AckWait {}
+
+/// How long one wait may last even without a wake-up: a safety net only, since every event
+/// wakes the waiter.
+const LONGEST_WAIT: Duration = Duration::from_millis(5);
+
+impl AckWait {
+    /// Watches `producer`'s queue. Drop this before the producer.
+    pub fn new<C: ProducerContext>(producer: &BaseProducer<C>) -> AckWait {
+        let client = producer.client().native_ptr();
+        let signal = Arc::new(Signal::default());
+        // SAFETY: `client` is a live producer; the queue handle returned holds its own reference
+        // and is released in `drop`, where the callback is also turned off before `signal` can go.
+        let queue = unsafe {
+            let queue = rdsys::rd_kafka_queue_get_main(client);
+            rdsys::rd_kafka_queue_cb_event_enable(
+                queue,
+                Some(event_ready),
+                Arc::as_ptr(&signal).cast_mut().cast(),
+            );
+            queue
+        };
+        AckWait {
+            client,
+            queue,
+            signal,
+        }
+    }
+
+    /// Serves every event that is ready (delivery reports reach the producer's context here),
+    /// then, if none was, waits for the next one for up to `longest`.
+    pub fn serve<C: ProducerContext>(&self, producer: &BaseProducer<C>, longest: Duration) {
+        debug_assert_eq!(producer.client().native_ptr(), self.client);
+        self.signal.ready.store(false, Ordering::SeqCst);
+        if self.ready_events() > 0 {
+            while self.ready_events() > 0 {
+                // One event per call, without blocking (a zero timeout makes one pass).
+                producer.poll(Duration::ZERO);
+            }
+            return;
+        }
+        // The queue was empty after `ready` was cleared, so the next event runs the callback.
+        let guard = self
+            .signal
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _ = self
+            .signal
+            .wake
+            .wait_timeout_while(guard, longest, |()| {
+                !self.signal.ready.load(Ordering::SeqCst)
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Serves events until `producer` has nothing in flight (every record acknowledged or
+    /// failed, and its report served), or `limit` has passed: then the count still in flight.
+    pub fn until_acknowledged<C: ProducerContext>(
+        &self,
+        producer: &BaseProducer<C>,
+        limit: Duration,
+    ) -> Result<(), i32> {
+        let started = Instant::now();
+        loop {
+            let in_flight = producer.in_flight_count();
+            if in_flight == 0 {
+                return Ok(());
+            }
+            let left = limit.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(in_flight);
+            }
+            self.serve(producer, left.min(LONGEST_WAIT));
+        }
+    }
+
+    fn ready_events(&self) -> usize {
+        // SAFETY: `queue` is live until `drop`.
+        unsafe { rdsys::rd_kafka_queue_length(self.queue) }
+    }
+}
+
+impl Drop for AckWait {
+    fn drop(&mut self) {
+        // SAFETY: turning the callback off takes the queue's lock, which the callback runs under,
+        // so once this returns it is not running and will not run again; then the handle goes.
+        unsafe {
+            rdsys::rd_kafka_queue_cb_event_enable(self.queue, None, std::ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(self.queue);
+        }
+    }
+}
