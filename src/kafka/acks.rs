@@ -143,3 +143,52 @@ impl Drop for AckWait {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext};
+
+    /// This thread's user and system CPU time so far, in clock ticks (/proc, fields 14 and 15).
+    fn thread_cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        // The command name (field 2) may hold spaces; the fields after it do not. The first of
+        // them is field 3, so field N is at N - 3.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        field(14).unwrap_or(0) + field(15).unwrap_or(0)
+    }
+
+    #[test]
+    fn an_unanswered_wait_sleeps_until_its_limit_and_reports_what_is_in_flight() {
+        // Nothing listens on port 1: the records stay in flight for as long as the test waits.
+        let producer: BaseProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .expect("producer");
+        let acks = AckWait::new(&producer);
+        for _ in 0..3 {
+            producer
+                .send(BaseRecord::<[u8], [u8]>::to("t").payload(b"x".as_slice()))
+                .expect("queued");
+        }
+        let limit = Duration::from_millis(600);
+        let ticks_before = thread_cpu_ticks();
+        let started = Instant::now();
+        let outcome = acks.until_acknowledged(&producer, limit);
+        let waited = started.elapsed();
+        let ticks_used = thread_cpu_ticks() - ticks_before;
+        assert_eq!(outcome, Err(3));
+        assert!(waited >= limit, "returned after {waited:?}");
+        // A spinning wait burns its whole 600 ms (about 60 ticks at 100 Hz); a sleeping one
+        // almost none. A third of the wall time is far from either.
+        assert!(
+            ticks_used <= 20,
+            "the wait used {ticks_used} ticks of CPU in {waited:?}: it spins"
+        );
+        drop(acks);
+    }
+}
