@@ -244,6 +244,16 @@ fn stream_matches_offline() {
     );
 }
 
+/// A worker's transactions so far: (committed, aborted).
+fn transactions(worker: &InProcessWorker) -> (f64, f64) {
+    let count = |outcome: &str| {
+        worker.metric(&format!(
+            "promo_transactions_total{{outcome=\"{outcome}\"}}"
+        ))
+    };
+    (count("committed"), count("aborted"))
+}
+
 #[test]
 fn two_workers_split_partitions() {
     let t0 = Instant::now();
@@ -286,7 +296,10 @@ fn two_workers_split_partitions() {
     assert_eq!(
         seen,
         ids,
-        "conversions within the deadline; diagnosis:\n{}",
+        "conversions within the deadline; the test's reader got offsets {}; transactions (committed, aborted): a {:?}, b {:?}; diagnosis:\n{}",
+        support::offset_runs(outputs.records()),
+        transactions(&a),
+        transactions(&b),
         support::diagnose(&names, 4, &ids)
     );
     let (metrics_a, metrics_b) = (a.metrics.clone(), b.metrics.clone());

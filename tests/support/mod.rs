@@ -678,32 +678,61 @@ pub fn wait_for_keys(
     wanted: &BTreeSet<String>,
     timeout: Duration,
 ) -> Vec<ReadRecord> {
-    let mut reader = tools::TopicReader::open(brokers(), topic, tools::Isolation::ReadCommitted)
-        .unwrap_or_else(|e| panic!("read {topic}: {e}"));
-    read_until_keys(&mut reader, name, wanted, Instant::now() + timeout);
-    reader.into_records()
+    read_until_keys(
+        topic,
+        tools::Isolation::ReadCommitted,
+        name,
+        wanted,
+        Instant::now() + timeout,
+    )
+    .into_records()
 }
 
-/// Reads on with `reader` until every value in `wanted` of the string field `name` was seen, or
-/// `deadline` passes.
+/// How long one reader reads while values are still missing before a fresh one starts again
+/// from offset 0. tansu's fetch answers with the next *stored* batch at or after the offset
+/// asked for, and two producers' batches on one partition can be stored out of offset order, so
+/// a reader that fetches in between skips the batch stored late for good; a fresh reader gets
+/// it (docs/dev-notes/2026-12-05-commit-path-and-tansu.md, 2d). Records that were never written
+/// stay missing whatever reads them.
+const REREAD_AFTER: Duration = Duration::from_secs(15);
+
+/// Reads `topic` until every value in `wanted` of the string field `name` was seen, or
+/// `deadline` passes; returns the reader, at the end of what it read.
 fn read_until_keys(
-    reader: &mut tools::TopicReader,
+    topic: &str,
+    isolation: tools::Isolation,
     name: &str,
     wanted: &BTreeSet<String>,
     deadline: Instant,
-) {
-    let mut missing: BTreeSet<&str> = wanted.iter().map(String::as_str).collect();
-    let mut looked_at = 0;
-    let topic = reader.topic().to_string();
-    reader
-        .read_until(deadline, |records| {
-            for record in &records[looked_at..] {
-                missing.remove(field(record.payload.as_deref().unwrap_or_default(), name).as_str());
-            }
-            looked_at = records.len();
-            missing.is_empty()
-        })
-        .unwrap_or_else(|e| panic!("read {topic}: {e}"));
+) -> tools::TopicReader {
+    loop {
+        let mut reader = tools::TopicReader::open(brokers(), topic, isolation)
+            .unwrap_or_else(|e| panic!("read {topic}: {e}"));
+        let mut missing: BTreeSet<&str> = wanted.iter().map(String::as_str).collect();
+        let mut looked_at = 0;
+        reader
+            .read_until(deadline.min(Instant::now() + REREAD_AFTER), |records| {
+                for record in &records[looked_at..] {
+                    missing.remove(
+                        field(record.payload.as_deref().unwrap_or_default(), name).as_str(),
+                    );
+                }
+                looked_at = records.len();
+                missing.is_empty()
+            })
+            .unwrap_or_else(|e| panic!("read {topic}: {e}"));
+        if missing.is_empty() || Instant::now() >= deadline {
+            return reader;
+        }
+        eprintln!(
+            "WARNING: {topic} ({isolation:?}): {} of {} values of {name} not read after {REREAD_AFTER:?}; \
+             reading again from offset 0, in case tansu's fetch skipped a batch stored late \
+             (see REREAD_AFTER). This reader got offsets {}",
+            missing.len(),
+            wanted.len(),
+            offset_runs(reader.records())
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -935,6 +964,32 @@ impl GroupOffsets {
 /// What a reader sees of the outputs when conversions are missing: end offsets for both
 /// isolation levels, the missing orders by input partition and offset, whether a
 /// read_uncommitted reader sees them, and the group's committed input offsets.
+/// The offsets of `records` per partition as runs (`3-40`), so two readers' views of one topic
+/// can be compared: a run broken by one offset is a transaction marker, a longer gap records
+/// that reader never got.
+pub fn offset_runs(records: &[ReadRecord]) -> String {
+    let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in records {
+        offsets.entry(r.partition).or_default().push(r.offset);
+    }
+    let mut out = Vec::new();
+    for (partition, mut list) in offsets {
+        list.sort_unstable();
+        list.dedup();
+        let mut runs: Vec<String> = Vec::new();
+        let mut start = list[0];
+        for pair in list.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                runs.push(format!("{start}-{}", pair[0]));
+                start = pair[1];
+            }
+        }
+        runs.push(format!("{start}-{}", list[list.len() - 1]));
+        out.push(format!("[{partition}] {}", runs.join(",")));
+    }
+    out.join("; ")
+}
+
 pub fn diagnose(names: &Names, input_partitions: i32, ids: &BTreeSet<String>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -965,6 +1020,11 @@ pub fn diagnose(names: &Names, input_partitions: i32, ids: &BTreeSet<String>) ->
         tools::Isolation::ReadUncommitted,
     )
     .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "a fresh read_uncommitted reader's conversion offsets: {}",
+        offset_runs(&uncommitted)
+    );
     let seen_c: BTreeSet<String> = group_by(&committed, "order_id").into_keys().collect();
     let seen_u: BTreeSet<String> = group_by(&uncommitted, "order_id").into_keys().collect();
     let missing: BTreeSet<&String> = ids.difference(&seen_c).collect();
@@ -1076,8 +1136,13 @@ pub fn read_outputs(
         tools::TopicReader::open(brokers(), topic, isolation)
             .unwrap_or_else(|e| panic!("read {topic}: {e}"))
     };
-    let mut uncommitted = open(Isolation::ReadUncommitted);
-    read_until_keys(&mut uncommitted, name, wanted, Instant::now() + timeout);
+    let uncommitted = read_until_keys(
+        topic,
+        Isolation::ReadUncommitted,
+        name,
+        wanted,
+        Instant::now() + timeout,
+    );
     let written_count = uncommitted.records().len();
     let mut committed = open(Isolation::ReadCommitted);
     committed
