@@ -961,9 +961,6 @@ impl GroupOffsets {
     }
 }
 
-/// What a reader sees of the outputs when conversions are missing: end offsets for both
-/// isolation levels, the missing orders by input partition and offset, whether a
-/// read_uncommitted reader sees them, and the group's committed input offsets.
 /// The offsets of `records` per partition as runs (`3-40`), so two readers' views of one topic
 /// can be compared: a run broken by one offset is a transaction marker, a longer gap records
 /// that reader never got.
@@ -990,6 +987,9 @@ pub fn offset_runs(records: &[ReadRecord]) -> String {
     out.join("; ")
 }
 
+/// What a reader sees of the outputs when conversions are missing: end offsets for both
+/// isolation levels, the missing orders by input partition and offset, whether a
+/// read_uncommitted reader sees them, and the group's committed input offsets.
 pub fn diagnose(names: &Names, input_partitions: i32, ids: &BTreeSet<String>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
