@@ -26,8 +26,8 @@
 //! pair, default 1), BENCH_PYTHON (the venv's python; peers are skipped when unset),
 //! BENCH_WORKER_BIN (default target/release/promo-attribution), BENCH_BROKERS and
 //! BENCH_BROKER_PID (default: the services of `scripts/services`), BENCH_PERF (1 = one extra
-//! worker drain under `perf record`, not counted; BENCH_PERF_CALLGRAPH=1 adds DWARF call graphs), BENCH_BATCH_RECORDS / BENCH_BATCH_MS (every
-//! contender's batches), BENCH_ONLY (drains to keep, by output-name prefix), BENCH_LIVE (0 skips
+//! worker drain under `perf record`, not counted; BENCH_PERF_CALLGRAPH=1 adds DWARF call
+//! graphs), BENCH_BATCH_RECORDS / BENCH_BATCH_MS (every contender's batches), BENCH_ONLY (drains to keep, by output-name prefix), BENCH_LIVE (0 skips
 //! the live part), BENCH_LIVE_START (first live rate instead of 0.9x the drain rate),
 //! BENCH_LIVE_MODES (live modes to keep: eos, alo, patched-eos, confluent-eos), BENCH_REDIS_URL
 //! and BENCH_REDIS_PID (the detectors' Redis; default: the services of `scripts/services`, and

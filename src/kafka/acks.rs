@@ -89,9 +89,14 @@ impl AckWait {
                 // One event per call, without blocking (a zero timeout makes one pass).
                 producer.poll(Duration::ZERO);
             }
-            return;
+        } else {
+            self.wait_for_event(longest);
         }
-        // The queue was empty after `ready` was cleared, so the next event runs the callback.
+    }
+
+    /// Sleeps until the callback reports an event or `longest` passes. Called only when the
+    /// queue was empty after `ready` was cleared, so the next event runs the callback.
+    fn wait_for_event(&self, longest: Duration) {
         let guard = self
             .signal
             .lock

@@ -53,10 +53,11 @@ pub fn produce_records(brokers: &str, topic: &str, records: &[Vec<u8>]) -> Resul
 }
 
 /// An idempotent producer for tools and tests that send many small batches (a stream paced in
-/// chunks): one connection for all of them, and each batch awaited as its acknowledgements arrive
-/// rather than through `flush`, whose polls run in whole 100 ms steps. A batch counts as sent only when the
-/// broker stored every record of it at an offset ([`DeliveryCounts`]); otherwise the call fails and the
-/// caller sends the batch again, accepting repeats, which the worker writes byte-identical.
+/// chunks): one connection for all of them, and each batch awaited as its acknowledgements
+/// arrive rather than through `flush`, whose polls run in whole 100 ms steps. A batch counts as
+/// sent only when the broker stored every record of it at an offset ([`DeliveryCounts`]);
+/// otherwise the call fails and the caller sends the batch again, accepting repeats, which the
+/// worker writes byte-identical.
 pub struct RecordProducer {
     /// Declared before `producer`, so it lets go of the producer's queue first.
     acks: AckWait,
