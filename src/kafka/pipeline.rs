@@ -303,23 +303,24 @@ impl Pipeline {
         self.engine
             .run(&table, None, &[payload], outputs)
             .map_err(engine_failure)?;
-        let source = Source::of(message);
         for record in outputs.iter() {
-            self.produce_outcome(&record, &source)?;
+            // Only a dead letter needs the record's coordinates and headers, and librdkafka
+            // parses headers on request: asking for them per record cost a parse per order.
+            self.produce_outcome(&record, || Source::of(message))?;
         }
         Ok(fill)
     }
 
     /// Produces one record's outcome into the open batch: its conversion and alerts, or its
     /// dead letter.
-    fn produce_outcome<H: Headers>(
+    fn produce_outcome<'m, H: Headers + 'm>(
         &self,
         record: &RecordOutcome<'_>,
-        source: &Source<'_, H>,
+        source: impl FnOnce() -> Source<'m, H>,
     ) -> Result<(), Failure> {
         let decided = match record.result {
             Ok(decided) => decided,
-            Err(rejection) => return self.dead_letter(source, rejection),
+            Err(rejection) => return self.dead_letter(&source(), rejection),
         };
         let kafka = &self.settings.kafka;
         for write in record.writes() {

@@ -84,7 +84,7 @@ impl Pipeline {
             .map_err(engine_failure)?;
         for record in outputs.iter() {
             let h = &held[record.input];
-            let source = Source {
+            let source = || Source {
                 topic: positions.get(h.position).map_or("", |p| p.topic.as_str()),
                 partition: h.partition,
                 offset: h.offset,
@@ -92,7 +92,7 @@ impl Pipeline {
                 payload: h.payload.clone().map(|r| &arena[r]),
                 headers: h.headers.as_ref(),
             };
-            self.produce_outcome(&record, &source)?;
+            self.produce_outcome(&record, source)?;
         }
         outputs.clear();
         held.clear();
