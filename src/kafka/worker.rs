@@ -213,6 +213,15 @@ fn poll_loop(
 /// `batch_max_ms` by at most one burst's processing time (well under a millisecond).
 const BURST: usize = 64;
 
+/// rust-rdkafka 0.39's `poll(t)` polls until `t` has passed, but hands librdkafka the time left
+/// rounded down to whole milliseconds, so it spins through the last fraction of a millisecond
+/// (the cause `acks.rs` works around for the producer). Waiting a whole millisecond instead
+/// sleeps through it, and notices a due batch at most that much later.
+fn whole_millis_up(wait: Duration) -> Duration {
+    let millis = wait.as_nanos().div_ceil(1_000_000);
+    Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
 /// Polls until nothing is ready, the batch is full, or `BURST` records were taken; only the
 /// first poll waits. Returns whether the consumer had nothing more ready.
 fn poll_burst(
@@ -220,7 +229,7 @@ fn poll_burst(
     pipeline: &Pipeline,
     events: &ClientEvents,
 ) -> Result<bool, Failure> {
-    let mut timeout = pipeline.time_to_due().min(POLL_SLICE);
+    let mut timeout = whole_millis_up(pipeline.time_to_due().min(POLL_SLICE));
     for _ in 0..BURST {
         match consumer.poll(timeout) {
             None | Some(Err(KafkaError::PartitionEOF(_))) => return Ok(true),
@@ -322,4 +331,19 @@ fn drain(
         .flush(Timeout::After(Duration::from_secs(5)));
     tracing::info!("worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_waits_are_whole_milliseconds_never_shorter_than_asked() {
+        let ms = Duration::from_millis;
+        assert_eq!(whole_millis_up(Duration::ZERO), Duration::ZERO);
+        assert_eq!(whole_millis_up(Duration::from_nanos(1)), ms(1));
+        assert_eq!(whole_millis_up(Duration::from_micros(2_400)), ms(3));
+        assert_eq!(whole_millis_up(ms(3)), ms(3));
+        assert_eq!(whole_millis_up(POLL_SLICE), POLL_SLICE);
+    }
 }
