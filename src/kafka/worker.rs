@@ -213,10 +213,11 @@ fn poll_loop(
 /// `batch_max_ms` by at most one burst's processing time (well under a millisecond).
 const BURST: usize = 64;
 
-/// rust-rdkafka 0.39's `poll(t)` polls until `t` has passed, but hands librdkafka the time left
-/// rounded down to whole milliseconds, so it spins through the last fraction of a millisecond
-/// (the cause `acks.rs` works around for the producer). Waiting a whole millisecond instead
-/// sleeps through it, and notices a due batch at most that much later.
+/// The wait for a consumer poll. rust-rdkafka 0.39's `poll(t)` polls until `t` has passed, but
+/// hands librdkafka the time left rounded down to whole milliseconds, so it spins through the
+/// last fraction of a millisecond (the cause `acks.rs` works around for the producer). Waiting a
+/// whole millisecond instead sleeps through it, and notices a due batch (or the end of a
+/// backoff) at most that much later.
 fn whole_millis_up(wait: Duration) -> Duration {
     let millis = wait.as_nanos().div_ceil(1_000_000);
     Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
@@ -287,7 +288,8 @@ fn recover(
     let until = Instant::now() + wait;
     while Instant::now() < until && !deps.shutdown.load(Ordering::SeqCst) {
         heartbeat.beat();
-        match consumer.poll(POLL_SLICE.min(until.saturating_duration_since(Instant::now()))) {
+        let left = until.saturating_duration_since(Instant::now());
+        match consumer.poll(whole_millis_up(POLL_SLICE.min(left))) {
             Some(Ok(message)) => {
                 rewind.note(message.topic(), message.partition(), message.offset())
             }
