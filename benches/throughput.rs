@@ -19,24 +19,24 @@
 //! the contender's process tree, or for the in-process passthrough the threads it started; the
 //! broker's process; with detectors, the Redis process. Memory is the contender's VmHWM.
 //!
-//! Environment (all optional): BENCH_DIR (results, logs, generated table; default
-//! target/bench), BENCH_ORDERS (backlog, default 200000), BENCH_PEER_SECS (how long the Python
-//! peers drain it at most, default 60), BENCH_STEP_SECS (sustainable-rate steps, default 10),
-//! BENCH_LATENCY_SECS (per load level, default 15), BENCH_REPEAT (second passthrough/worker
-//! pair, default 1), BENCH_PYTHON (the venv's python; peers are skipped when unset),
-//! BENCH_WORKER_BIN (default target/release/promo-attribution), BENCH_BROKERS and
-//! BENCH_BROKER_PID (default: the services of `scripts/services`), BENCH_PERF (1 = one extra
-//! worker drain under `perf record`, not counted; BENCH_PERF_CALLGRAPH=1 adds DWARF call
-//! graphs), BENCH_BATCH_RECORDS / BENCH_BATCH_MS (every contender's batches), BENCH_ONLY (drains to keep, by output-name prefix), BENCH_LIVE (0 skips
+//! Environment (all optional): BENCH_DIR (results, logs, generated table; default target/bench),
+//! BENCH_ORDERS (backlog, default 200000), BENCH_PEER_SECS (how long the Python peers drain it at
+//! most, default 60), BENCH_STEP_SECS (sustainable-rate steps, default 10), BENCH_LATENCY_SECS (per
+//! load level, default 15), BENCH_REPEAT (second passthrough/worker pair, default 1), BENCH_PYTHON
+//! (the venv's python; peers are skipped when unset), BENCH_WORKER_BIN (default
+//! target/release/promo-attribution), BENCH_BROKERS and BENCH_BROKER_PID (default: the services of
+//! `scripts/services`), BENCH_PERF (1 = one extra worker drain under `perf record`, not counted;
+//! BENCH_PERF_CALLGRAPH=1 adds DWARF call graphs), BENCH_BATCH_RECORDS / BENCH_BATCH_MS (every
+//! contender's batches), BENCH_ONLY (drains to keep, by output-name prefix), BENCH_LIVE (0 skips
 //! the live part), BENCH_LIVE_START (first live rate instead of 0.9x the drain rate),
-//! BENCH_LIVE_MODES (live modes to keep: eos, alo, patched-eos, confluent-eos), BENCH_REDIS_URL
-//! and BENCH_REDIS_PID (the detectors' Redis; default: the services of `scripts/services`, and
-//! the pair is skipped without one), BENCH_DETECTORS (0 skips the detectors pair),
-//! BENCH_DETECTOR_SECS (how long the worker with detectors drains at most, default 90),
-//! BENCH_WORKER_SETS (extra `--set`s for the worker, `;`-separated), BENCH_BIG_BATCH (0 skips
-//! the 10000 / 500 ms variants), BENCH_QUIX_LOGLEVEL, BENCH_PATCHED_WORKER_BIN (a second worker
-//! binary, built with a patch, drained and run live beside the first), BENCH_PASS_FLUSH=timed (the passthrough
-//! times its flush apart from the commit).
+//! BENCH_LIVE_MODES (live modes to keep: eos, alo, patched-eos, confluent-eos), BENCH_REDIS_URL and
+//! BENCH_REDIS_PID (the detectors' Redis; default: the services of `scripts/services`, and the pair
+//! is skipped without one), BENCH_DETECTORS (0 skips the detectors pair), BENCH_DETECTOR_SECS (how
+//! long the worker with detectors drains at most, default 90), BENCH_WORKER_SETS (extra `--set`s
+//! for the worker, `;`-separated), BENCH_BIG_BATCH (0 skips the 10000 / 500 ms variants),
+//! BENCH_QUIX_LOGLEVEL, BENCH_PATCHED_WORKER_BIN (a second worker binary, built with a patch,
+//! drained and run live beside the first), BENCH_PASS_FLUSH=timed (the passthrough times its flush
+//! apart from the commit).
 //!
 //! The passthrough also runs with a 1 ms poll loop instead of rust-rdkafka's flush before each
 //! commit: that flush polls in steps of up to 100 ms, which costs ~100 ms per batch, while the
